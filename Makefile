@@ -1,0 +1,43 @@
+# Two commands do all set-up on a fresh machine (Python 3.11, no GPU needed):
+#   make demo   – create .venv, install histlib, run the demo study on the embedded sample (HTML under results/demo/)
+#   make test   – create .venv, install histlib with test extras, run the default (fast, CPU) test suite
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+PYTEST_ARGS ?=
+
+.PHONY: demo test test-slow test-gpu test-notebooks lab lint clean-venv
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -e '.[test]'
+	$(PY) -m ipykernel install --sys-prefix --name histlib --display-name "Python (histlib)" > /dev/null
+	touch $@
+
+venv: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(PY) -m histlib study run studies/demo.yaml
+
+test: $(VENV)/.installed
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-slow: $(VENV)/.installed
+	$(PY) -m pytest -m slow $(PYTEST_ARGS)
+
+test-gpu: $(VENV)/.installed
+	$(PY) -m pytest -m gpu $(PYTEST_ARGS)
+
+test-notebooks: $(VENV)/.installed
+	$(PY) -m pytest -m notebooks $(PYTEST_ARGS)
+
+lab: $(VENV)/.installed
+	$(VENV)/bin/jupyter lab notebooks/
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check histlib tests benchmarks
+
+clean-venv:
+	rm -rf $(VENV)

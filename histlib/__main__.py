@@ -1,0 +1,62 @@
+"""``python -m histlib COMMAND …``: the command line.
+
+Each command lives in its own module, which provides ``add_arguments(parser)`` and ``main(args) -> int``; the
+module is imported only when its command runs, so ``--help`` stays fast and never imports torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# command -> (module, one-line description)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "prepare": ("histlib.data.prepare", "tile/validate/stain-normalise a raw dataset into a prepared dataset"),
+    "download": ("histlib.data.registry", "download a registered public dataset (resumable, checksum-verified)"),
+    "datasets": ("histlib.data.registry_cli", "list the registered public datasets"),
+    "build-sample": ("histlib.data.sample", "rebuild the embedded sample under data/sample/ from CC BY sources"),
+    "train-gan": ("histlib.train_gan", "train or fine-tune the conditional StyleGAN2 from a config JSON"),
+    "metrics": ("histlib.metrics.cli", "FID, precision/recall, density/coverage between two ImageFolders"),
+    "classify": ("histlib.classify", "train and evaluate a timm classifier from a config JSON"),
+    "study": ("histlib.study", "run a study YAML: execute the notebooks stage by stage with papermill"),
+    "kernels": ("histlib.ops.cli", "build the CUDA kernels and report which implementation each op uses"),
+}
+
+
+def _top_parser() -> argparse.ArgumentParser:
+    width = max(len(c) for c in COMMANDS)
+    lines = [f"  {name:<{width}}  {desc}" for name, (_, desc) in COMMANDS.items()]
+    return argparse.ArgumentParser(
+        prog="python -m histlib",
+        description="histlib: generative augmentation for histology image classification.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="commands:\n" + "\n".join(lines) + "\n\nRun 'python -m histlib COMMAND --help' for a command's options.",
+        usage="python -m histlib [-h] [--version] COMMAND ...",
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    top = _top_parser()
+    if not argv or argv[0] in ("-h", "--help"):
+        top.print_help()
+        return 0
+    if argv[0] == "--version":
+        import histlib
+
+        print(f"histlib {histlib.__version__}")
+        return 0
+    cmd = argv[0]
+    if cmd not in COMMANDS:
+        top.error(f"unknown command {cmd!r}; choose one of: {', '.join(COMMANDS)}")
+    module_name, desc = COMMANDS[cmd]
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(prog=f"python -m histlib {cmd}", description=desc)
+    module.add_arguments(parser)
+    args = parser.parse_args(argv[1:])
+    return int(module.main(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""The study runner: plans, validation, hashing, resumable execution with papermill."""
+
+import shutil
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from histlib import study
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("name", ["demo.yaml", "reduced.yaml", "paper.yaml"])
+def test_committed_studies_parse_and_plan(name):
+    s = study.load_study(ROOT / "studies" / name)
+    steps = study.plan(s)
+    study.hash_steps(steps)
+    names = [st.name for st in steps]
+    assert len(names) == len(set(names)) and all(st.hash for st in steps)
+    order = {n: i for i, n in enumerate(names)}
+    for st in steps:  # dependencies run first
+        assert all(order[d] < order[st.name] for d in st.depends)
+
+
+def test_paper_study_has_the_paper_variants():
+    s = study.load_study(ROOT / "studies" / "paper.yaml")
+    finetune = [st for st in study.plan(s) if st.stage == "finetune"]
+    assert {st.name.split("__")[-1] for st in finetune} == set(study.VARIANTS)
+    fd1 = next(st for st in finetune if st.name.endswith("__freeze_d1_g2"))
+    assert fd1.params["FREEZE_D"] == 1 and fd1.params["FREEZE_G"] == 2 and fd1.params["RESUME_FROM"]
+    scratch = next(st for st in finetune if st.name.endswith("__scratch"))
+    assert scratch.params["RESUME_FROM"] is None
+
+
+@pytest.mark.parametrize("text, match", [
+    ("name: x\nbase: {name: a}\nstages: [data, bogus]\n", "unknown stage"),
+    ("name: x\nprofile: huge\nbase: {name: a}\n", "profile"),
+    ("name: x\nbase: {name: a}\nfinetune: {variants: [freeze_d9]}\n", "freeze_d9"),
+    ("name: x\nbase: {name: a}\ntargets: [{name: a}]\n", "unique"),
+    ("name: x\nbase: {name: a, sauce: b}\n", "sauce"),
+    ("name: [x\n", "not valid YAML"),
+    ("nme: x\nbase: {name: a}\n", "nme"),
+])
+def test_bad_study_files_get_one_clear_error(tmp_path, text, match):
+    p = _write(tmp_path / "s.yaml", text)
+    with pytest.raises(study.StudyError, match=match) as e:
+        study.load_study(p)
+    assert "s.yaml" in str(e.value)
+
+
+def test_hash_changes_propagate_downstream_only():
+    s = study.load_study(ROOT / "studies" / "demo.yaml")
+    a = study.plan(s)
+    study.hash_steps(a)
+    s.targets[0]["prepare"]["PATCH"] = 48
+    b = study.plan(s)
+    study.hash_steps(b)
+    ha, hb = {x.name: x.hash for x in a}, {x.name: x.hash for x in b}
+    assert ha["01_data_prep__sample_base"] == hb["01_data_prep__sample_base"]
+    assert ha["02_base_gan__sample_base"] == hb["02_base_gan__sample_base"]
+    assert ha["01_data_prep__sample_target"] != hb["01_data_prep__sample_target"]
+    assert ha["05_classify__sample_target"] != hb["05_classify__sample_target"]
+
+
+def _toy_project(tmp_path: Path) -> Path:
+    """A project root with one tiny notebook standing in for 01_data_prep, to exercise the runner quickly."""
+    _write(tmp_path / "pyproject.toml", '[project]\nname = "histlib"\n')
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_markdown_cell("Toy stage. `papermill 01_data_prep.ipynb out.ipynb`"),
+        nbformat.v4.new_code_cell('DATASET = "x"\nOUT_DIR = "out"\nSOURCE_DIR = None\nPATCH = 8',
+                                  metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell("from histlib import runs\n"
+                                  "runs.write_json(runs.project_path(OUT_DIR) / 'done.json', {'patch': PATCH})"),
+    ]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    (tmp_path / "notebooks").mkdir()
+    nbformat.write(nb, str(tmp_path / "notebooks" / "01_data_prep.ipynb"))
+    _write(tmp_path / "studies" / "toy.yaml",
+           "name: toy\nstages: [data]\nbase: {name: a, source: src, prepare: {PATCH: 4}}\n")
+    return tmp_path
+
+
+@pytest.mark.slow
+def test_run_study_executes_exports_html_and_skips_when_finished(tmp_path, monkeypatch):
+    root = _toy_project(tmp_path)
+    monkeypatch.chdir(root)
+    rows = study.run_study("studies/toy.yaml")
+    assert [r["status"] for r in rows] == ["finished"]
+    assert (root / "data/prepared/a/done.json").read_text().strip().startswith("{")
+    html = root / "results/toy/notebooks/01_data_prep__a.html"
+    assert html.is_file() and "PATCH" in html.read_text()
+    rows = study.run_study("studies/toy.yaml")
+    assert rows[0]["status"].startswith("skipped")
+    _write(root / "studies/toy.yaml", "name: toy\nstages: [data]\nbase: {name: a, source: src, prepare: {PATCH: 5}}\n")
+    assert study.run_study("studies/toy.yaml")[0]["status"] == "finished"
+
+
+def test_unknown_notebook_parameter_is_rejected_before_running(tmp_path, monkeypatch):
+    root = _toy_project(tmp_path)
+    monkeypatch.chdir(root)
+    _write(root / "studies/toy.yaml", "name: toy\nstages: [data]\nbase: {name: a, prepare: {PACH: 4}}\n")
+    with pytest.raises(study.StudyError, match="PACH"):
+        study.run_study("studies/toy.yaml")
+    assert not (root / "results").exists()
+
+
+def test_missing_notebook_is_a_clear_error(tmp_path, monkeypatch):
+    root = _toy_project(tmp_path)
+    monkeypatch.chdir(root)
+    _write(root / "studies/toy.yaml", "name: toy\nstages: [data, base_gan]\nbase: {name: a}\n")
+    with pytest.raises(study.StudyError, match="02_base_gan.ipynb"):
+        study.run_study("studies/toy.yaml")
+
+
+def test_failed_step_keeps_failed_notebook_and_raises(tmp_path, monkeypatch):
+    root = _toy_project(tmp_path)
+    monkeypatch.chdir(root)
+    nb_path = root / "notebooks" / "01_data_prep.ipynb"
+    nb = nbformat.read(str(nb_path), as_version=4)
+    nb.cells.append(nbformat.v4.new_code_cell("raise ValueError('bad patch')"))
+    nbformat.write(nb, str(nb_path))
+    with pytest.raises(Exception, match="bad patch"):
+        study.run_study("studies/toy.yaml")
+    out = root / "results/toy/notebooks"
+    assert (out / "01_data_prep__a.failed.ipynb").is_file()
+    assert not (out / "01_data_prep__a.ipynb").exists()
+    shutil.rmtree(root / "results")
