@@ -1,0 +1,40 @@
+"""The data stage: folders, tiling, WSI regions, stain normalisation, splits, merging, sampling, prepared datasets.
+
+Importing this package is cheap (no torch, no image libraries); the names below are loaded on first use, e.g.
+``from histlib.data import ImageDataset`` or ``histlib.data.prepare_dataset(cfg)``.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+# public name -> submodule that defines it (loaded lazily so that `import histlib.data` stays cheap)
+_LAZY = {
+    "MANIFEST_COLUMNS": "manifest",
+    "load_manifest": "manifest",
+    "class_count_table": "manifest",
+    "split_summary": "manifest",
+    "to_rgb8": "manifest",
+    "ImageDataset": "dataset",
+    "to_uint8_tensor": "dataset",
+    "ClassBalancedSampler": "sampling",
+    "infinite_balanced_indices": "sampling",
+    "validate_folder": "folders",
+    "FolderReport": "folders",
+    "tile_positions": "tiling",
+    "group_split": "splits",
+    "merge_datasets": "merge",
+    "PrepareConfig": "prepare",
+    "prepare_dataset": "prepare",
+    "build_sample": "sample",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + list(_LAZY))

@@ -1,0 +1,557 @@
+"""``prepare``: raw dataset folder or annotated slides → prepared dataset (patches + ``manifest.csv``).
+
+Contract (DESIGN.md): ``OUT/manifest.csv`` with the columns ``path,class,split,group,source`` (``path`` relative to
+OUT), the images under ``OUT/<class>/``, and ``OUT/prepare.json`` (config, config hash, counts, validation report).
+Re-running with the same config is a no-op ("already prepared"). Everything is written into a temporary sibling
+folder that is renamed to OUT only at the end, so an interrupted run leaves nothing half-made.
+
+Sources:
+- a folder ``SOURCE/<class>/<image>`` (jpg, png, tif): validated up front (``folders.validate_folder``), converted to
+  8-bit RGB, optionally Macenko-normalised (per source image), tiled into ``patch``/``stride`` patches (or copied
+  whole when ``patch`` is None) and optionally resized;
+- a slide file (svs, tiff, ...) or a folder of slides with QuPath GeoJSON annotations (``annotations``: a file, or a
+  folder holding ``<slide stem>.geojson``; default: the ``.geojson`` beside each slide): tiled inside the labelled
+  polygons (``wsi``), Macenko-normalised per patch when asked.
+
+Groups (``group_by``): ``'source'`` (the source image or slide; the default, so overlapping patches of one image
+never straddle splits), ``'region'`` (slides only: one group per annotated polygon, for a single annotated slide;
+patches of neighbouring polygons may still touch), ``'patch'`` (every patch alone: leaks, only for sets of
+independent images), or the name of a column of ``SOURCE/MANIFEST.tsv`` (``relpath`` + column, e.g.
+``lc25000_clean_cluster``) whose empty values fall back to the source image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import shutil
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from histlib.data.folders import list_class_folders, validate_folder
+from histlib.data.manifest import MANIFEST_COLUMNS, MANIFEST_NAME, to_rgb8
+from histlib.data.splits import check_no_straddle, group_split
+from histlib.data.tiling import patch_name, patch_stem, tile_positions
+from histlib.data.wsi import WSI_EXTENSIONS
+from histlib.runs import atomic_dir, atomic_write_text, config_hash, project_root, read_json, write_json
+
+PREPARE_JSON = "prepare.json"
+IMAGE_FORMATS = {"png": "png", "jpg": "jpg", "jpeg": "jpg"}
+STAINS = (None, "macenko")
+MAX_LISTED = 20
+
+
+@dataclass
+class PrepareConfig:
+    """Settings of the data stage (one prepared dataset).
+
+    Attributes:
+        source: raw dataset folder (``<class>/<image>``), a slide file, or a folder of slides.
+        out: prepared dataset folder to write.
+        patch: patch side in pixels; None copies/converts whole images (folder sources only).
+        stride: step between patches; None = ``patch`` (no overlap).
+        stain: None or ``'macenko'``.
+        stain_target: image whose stain the Macenko normaliser is fitted to; None = the standard H&E reference.
+        val_fraction: fraction of each class (in groups) put in the ``val`` split.
+        group_by: ``'source'``, ``'region'``, ``'patch'`` or a ``SOURCE/MANIFEST.tsv`` column (module docstring).
+        seed: seed of the split.
+        min_fraction: slides only: fraction of a patch that must lie inside a class's polygons.
+        annotations: slides only: GeoJSON file, or folder of ``<slide stem>.geojson``; None = beside the slide.
+        resize: when set, every written image is resized (Lanczos) to ``resize × resize``.
+        image_format: ``'png'`` (lossless) or ``'jpg'`` (quality 95).
+        workers: processes used for decoding/tiling/writing (0 = in this process); never changes the output.
+    """
+
+    source: str
+    out: str
+    patch: int | None = None
+    stride: int | None = None
+    stain: str | None = None
+    stain_target: str | None = None
+    val_fraction: float = 0.0
+    group_by: str = "source"
+    seed: int = 0
+    min_fraction: float = 0.5
+    annotations: str | None = None
+    resize: int | None = None
+    image_format: str = "png"
+    workers: int = 0
+
+
+    def resolve_paths(self) -> PrepareConfig:
+        """A copy whose relative paths are resolved against the project root (notebooks run from ``notebooks/``
+        in JupyterLab and from the root under the study runner; both then name the same folders)."""
+        from histlib.runs import project_path
+
+        def res(p):
+            return None if p is None else project_path(p).as_posix()
+
+        return dataclasses.replace(self, source=res(self.source), out=res(self.out), annotations=res(self.annotations),
+                                   stain_target=res(self.stain_target))
+
+
+# Fields that do not change what is written, hence not part of the hash that decides "already prepared".
+_NOT_HASHED = ("out", "workers")
+
+
+def _path_key(p: str | None) -> str | None:
+    """A path as hashed: relative to the project root when inside it (so CLI, notebook and runner agree)."""
+    if p is None:
+        return None
+    resolved = Path(p).expanduser().resolve()
+    try:
+        return resolved.relative_to(project_root()).as_posix()
+    except ValueError:
+        return resolved.as_posix()
+
+
+def prepare_hash(cfg: PrepareConfig) -> str:
+    """The hash of everything in ``cfg`` that changes the prepared dataset."""
+    d = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _NOT_HASHED}
+    for k in ("source", "stain_target", "annotations"):
+        d[k] = _path_key(d[k])
+    return config_hash(d)
+
+
+def check_config(cfg: PrepareConfig) -> None:
+    """Raises ValueError naming the first invalid parameter."""
+    for name in ("patch", "stride", "resize"):
+        v = getattr(cfg, name)
+        if v is not None and (not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v <= 0):
+            raise ValueError(f"{name}={v!r}: expected a positive integer or None")
+    if cfg.stride is not None and cfg.patch is None:
+        raise ValueError("stride is set but patch is None: give a patch size to tile")
+    if cfg.stain not in STAINS:
+        raise ValueError(f"stain={cfg.stain!r}: expected one of {STAINS}")
+    if cfg.stain_target is not None and cfg.stain is None:
+        raise ValueError("stain_target is set but stain is None: use stain='macenko'")
+    if not 0.0 <= float(cfg.val_fraction) < 1.0:
+        raise ValueError(f"val_fraction={cfg.val_fraction}: expected a number in [0, 1)")
+    if not 0.0 < float(cfg.min_fraction) <= 1.0:
+        raise ValueError(f"min_fraction={cfg.min_fraction}: expected a number in (0, 1]")
+    if str(cfg.image_format).lower() not in IMAGE_FORMATS:
+        raise ValueError(f"image_format={cfg.image_format!r}: expected one of {sorted(IMAGE_FORMATS)}")
+    if not cfg.group_by:
+        raise ValueError("group_by: expected 'source', 'region', 'patch' or a MANIFEST.tsv column name")
+    if int(cfg.workers) < 0:
+        raise ValueError(f"workers={cfg.workers}: expected 0 or a positive integer")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Per-image work (top-level functions so that worker processes can run them)
+
+
+def _make_normalizer(cfg: PrepareConfig):
+    if cfg.stain is None:
+        return None
+    from histlib.data.stain import MacenkoNormalizer  # lazy: only prepare runs that ask for it pay the import
+
+    norm = MacenkoNormalizer()
+    if cfg.stain_target is not None:
+        with Image.open(cfg.stain_target) as im:
+            norm.fit(np.asarray(to_rgb8(im)))
+    return norm
+
+
+def _normalize(norm, a: np.ndarray) -> tuple[np.ndarray, bool]:
+    """Stain-normalised copy of ``a`` [H, W, 3], or ``a`` itself and False when no stain can be estimated."""
+    from histlib.data.stain import StainNormalizationError
+
+    try:
+        return norm.transform(a), True
+    except StainNormalizationError:
+        return a, False
+
+
+def _save(a: np.ndarray, path: Path, resize: int | None, fmt: str) -> None:
+    img = Image.fromarray(np.ascontiguousarray(a), mode="RGB")
+    if resize is not None and img.size != (resize, resize):
+        img = img.resize((resize, resize), Image.LANCZOS)
+    if fmt == "png":
+        img.save(path, format="PNG", compress_level=1)  # H&E patches: level 1 is as small as 3 or 6 and faster
+    else:
+        img.save(path, format="JPEG", quality=95)
+
+
+@dataclass
+class _Job:
+    src: str  # absolute path of the source image
+    rel: str  # path relative to SOURCE (the manifest's ``source``)
+    cls: str
+    tmp: str  # temporary output folder
+
+
+def _process_image(job: _Job, cfg: PrepareConfig, norm) -> tuple[list[dict], int, int]:
+    """Reads, converts, normalises, tiles and writes one source image; returns (rows, n_normalised, n_failed)."""
+    fmt = IMAGE_FORMATS[cfg.image_format.lower()]
+    try:
+        with Image.open(job.src) as im:
+            a = np.asarray(to_rgb8(im))  # [H, W, 3] uint8
+    except (OSError, ValueError, SyntaxError) as e:
+        raise OSError(f"{job.src}: cannot read image ({type(e).__name__}: {e})") from None
+    ok = failed = 0
+    if norm is not None:
+        a, success = _normalize(norm, a)
+        ok, failed = int(success), int(not success)
+    out_dir = Path(job.tmp) / job.cls
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # the class folder is not part of the stem: patches already go under their class folder
+    stem = patch_stem(Path(job.rel).relative_to(job.cls).as_posix())
+    rows = []
+    if cfg.patch is None:
+        name = f"{stem}.{fmt}"
+        _save(a, out_dir / name, cfg.resize, fmt)
+        rows.append({"path": f"{job.cls}/{name}", "class": job.cls, "source": job.rel})
+    else:
+        h, w = a.shape[:2]
+        for x, y in tile_positions(w, h, cfg.patch, cfg.stride):
+            name = patch_name(stem, x, y, fmt)
+            _save(a[y:y + cfg.patch, x:x + cfg.patch], out_dir / name, cfg.resize, fmt)
+            rows.append({"path": f"{job.cls}/{name}", "class": job.cls, "source": job.rel})
+    return rows, ok, failed
+
+
+def _process_star(args):
+    return _process_image(*args)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Sources
+
+
+def _is_slide_source(source: Path) -> bool:
+    if source.is_file():
+        return source.suffix.lower() in WSI_EXTENSIONS
+    has_slides = any(f.is_file() and f.suffix.lower() in WSI_EXTENSIONS for f in source.iterdir())
+    return has_slides and not list_class_folders(source)
+
+
+def _slide_annotations(slide: Path, annotations: str | None) -> Path:
+    if annotations is None:
+        path = slide.with_suffix(".geojson")
+    else:
+        ann = Path(annotations)
+        path = ann / f"{slide.stem}.geojson" if ann.is_dir() else ann
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: annotation GeoJSON for slide {slide.name} not found "
+                                f"(set annotations= to a .geojson file or a folder of <slide stem>.geojson)")
+    return path
+
+
+def _group_column(source: Path, column: str) -> dict[str, str]:
+    """``{relative path: group}`` from ``SOURCE/MANIFEST.tsv`` (or ``SOURCE/manifest.csv``) column ``column``."""
+    for name, sep, key in (("MANIFEST.tsv", "\t", "relpath"), (MANIFEST_NAME, ",", "path")):
+        f = source / name
+        if f.is_file():
+            with open(f, newline="", encoding="utf-8") as fh:
+                rows = list(csv.DictReader(fh, delimiter=sep))
+            if rows and column in rows[0] and key in rows[0]:
+                return {r[key]: r[column] for r in rows if r[column]}
+    raise ValueError(f"group_by={column!r}: expected 'source', 'region', 'patch' or a column of "
+                     f"{source / 'MANIFEST.tsv'}")
+
+
+def _prepare_folder(cfg: PrepareConfig, source: Path, tmp: Path, progress: bool) -> tuple[list[dict], dict]:
+    from tqdm.auto import tqdm
+
+    # headers only up front (sizes, modes, unreadable files); truncated pixel data is caught, naming the file,
+    # while tiling, and the temporary folder is then removed
+    report = validate_folder(source, cfg.patch, check_pixels=False, progress=progress)
+    norm = _make_normalizer(cfg)
+    jobs = [_Job(str(source / r.path), r.path, r.cls, str(tmp)) for r in report.images]
+    rows: list[dict] = []
+    n_ok = n_failed = 0
+    failed_sources: list[str] = []
+    bar = tqdm(total=len(jobs), desc=f"prepare {source.name}", unit="img", disable=not progress)
+    if cfg.workers > 0:
+        from concurrent.futures import ProcessPoolExecutor
+
+        pool = ProcessPoolExecutor(cfg.workers)
+        try:
+            results = pool.map(_process_star, [(j, cfg, norm) for j in jobs], chunksize=16)
+            for job, (r, ok, failed) in zip(jobs, results):
+                rows += r
+                n_ok, n_failed = n_ok + ok, n_failed + failed
+                if failed:
+                    failed_sources.append(job.rel)
+                bar.update(1)
+        finally:
+            # on an error, drop the queued images; the caller then removes the temporary folder
+            pool.shutdown(wait=True, cancel_futures=True)
+    else:
+        for job in jobs:
+            r, ok, failed = _process_image(job, cfg, norm)
+            rows += r
+            n_ok, n_failed = n_ok + ok, n_failed + failed
+            if failed:
+                failed_sources.append(job.rel)
+            bar.update(1)
+    bar.close()
+    info = {"kind": "folder", "validation": report.to_dict(), "n_sources": len(jobs)}
+    if norm is not None:
+        info["stain"] = {"unit": "source image", "normalised": n_ok, "not_normalised": n_failed,
+                         "not_normalised_examples": failed_sources[:MAX_LISTED]}
+    return rows, info
+
+
+def _region_index(geom, x: int, y: int, patch: int) -> int:
+    """Index of the polygon (part of a class's MultiPolygon) that covers most of the patch at ``(x, y)``."""
+    import shapely
+
+    parts = list(getattr(geom, "geoms", [geom]))
+    if len(parts) == 1:
+        return 0
+    areas = shapely.area(shapely.intersection(shapely.box(x, y, x + patch, y + patch), parts))
+    return int(np.argmax(areas))
+
+
+def _prepare_slides(cfg: PrepareConfig, source: Path, tmp: Path, progress: bool) -> tuple[list[dict], dict]:
+    from tqdm.auto import tqdm
+
+    from histlib.data.wsi import iter_wsi_patches, read_geojson
+
+    if cfg.patch is None:
+        raise ValueError(f"{source}: slides must be tiled; set patch (e.g. 224)")
+    slides = [source] if source.is_file() else sorted(f for f in source.iterdir()
+                                                        if f.is_file() and f.suffix.lower() in WSI_EXTENSIONS)
+    fmt = IMAGE_FORMATS[cfg.image_format.lower()]
+    norm = _make_normalizer(cfg)
+    rows: list[dict] = []
+    n_ok = n_failed = 0
+    per_slide = {}
+    for slide in slides:
+        geoms = read_geojson(_slide_annotations(slide, cfg.annotations))
+        n = 0
+        for p, img in tqdm(iter_wsi_patches(slide, geoms, cfg.patch, cfg.stride, cfg.min_fraction),
+                           desc=f"prepare {slide.name}", unit="patch", disable=not progress):
+            a = np.asarray(img)  # [patch, patch, 3]
+            if norm is not None:
+                a, success = _normalize(norm, a)
+                n_ok, n_failed = n_ok + int(success), n_failed + int(not success)
+            (tmp / p.cls).mkdir(parents=True, exist_ok=True)
+            name = patch_name(patch_stem(slide.name), p.x, p.y, fmt)
+            _save(a, tmp / p.cls / name, cfg.resize, fmt)
+            rows.append({"path": f"{p.cls}/{name}", "class": p.cls, "source": slide.name,
+                         "region": f"{slide.name}:{p.cls}:{_region_index(geoms[p.cls], p.x, p.y, cfg.patch)}"})
+            n += 1
+        per_slide[slide.name] = n
+        if n == 0:
+            warnings.warn(f"{slide}: no patch lies at least {cfg.min_fraction:.0%} inside a labelled polygon",
+                          stacklevel=2)
+    info = {"kind": "slides", "n_sources": len(slides), "patches_per_slide": per_slide}
+    if norm is not None:
+        info["stain"] = {"unit": "patch", "normalised": n_ok, "not_normalised": n_failed}
+    return rows, info
+
+
+@dataclass
+class SlideReport:
+    """What ``validate_source`` found for slide sources: one row per (slide, class)."""
+
+    rows: list[dict]
+
+    def to_frame(self) -> pd.DataFrame:
+        """Slide size, polygon area and the number of patches ``prepare`` will cut, per (slide, class)."""
+        return pd.DataFrame(self.rows).set_index(["slide", "class"])
+
+    def __str__(self) -> str:
+        slides = sorted({r["slide"] for r in self.rows})
+        per_class: dict[str, int] = {}
+        for r in self.rows:
+            per_class[r["class"]] = per_class.get(r["class"], 0) + r["patches"]
+        return (f"{len(slides)} slide(s), {len(per_class)} classes; patches per class: "
+                + ", ".join(f"{c} {n}" for c, n in sorted(per_class.items())))
+
+
+def validate_source(cfg: PrepareConfig, progress: bool = True):
+    """Checks the source before preparing it, for display (``print(report)``, ``report.to_frame()``).
+
+    Returns:
+        For a ``<class>/<image>`` folder: the ``folders.FolderReport`` (raises, naming every bad file, on bad input).
+        For slides: a ``SlideReport`` (polygon areas and the number of patches ``prepare`` will cut).
+    """
+    check_config(cfg)
+    source = Path(cfg.source).expanduser()
+    if not source.exists():
+        raise FileNotFoundError(f"source={cfg.source}: not found")
+    if not _is_slide_source(source):
+        return validate_folder(source, cfg.patch, check_pixels=True, progress=progress)
+    from histlib.data.wsi import open_slide, read_geojson, wsi_patch_positions
+
+    if cfg.patch is None:
+        raise ValueError(f"{source}: slides must be tiled; set patch (e.g. 224)")
+    rows = []
+    slides = [source] if source.is_file() else sorted(f for f in source.iterdir()
+                                                        if f.is_file() and f.suffix.lower() in WSI_EXTENSIONS)
+    for slide in slides:
+        geoms = read_geojson(_slide_annotations(slide, cfg.annotations))
+        s = open_slide(slide)
+        width, height = s.dimensions
+        s.close()
+        positions = wsi_patch_positions(geoms, width, height, cfg.patch, cfg.stride, cfg.min_fraction)
+        for cls, geom in geoms.items():
+            rows.append({"slide": slide.name, "class": cls, "width": width, "height": height,
+                         "polygon_area_px": round(geom.area), "patches": sum(p.cls == cls for p in positions)})
+    return SlideReport(rows)
+
+
+def format_report(report: dict) -> str:
+    """A short text summary of a ``prepare_dataset`` report."""
+    lines = [f"{report['out']}: {report['status']}, {report['n_images']} images, {len(report['classes'])} classes, "
+             f"{report['n_groups']} groups (config hash {report['config_hash']})"]
+    for cls, c in report["counts"].items():
+        lines.append(f"  {cls}: " + ", ".join(f"{s} {n}" for s, n in c.items()))
+    info = report.get("source_info", {})
+    conv = info.get("validation", {}).get("converted")
+    if conv:
+        lines.append(f"  converted to 8-bit RGB: {conv}")
+    if "stain" in info:
+        st = info["stain"]
+        lines.append(f"  Macenko per {st['unit']}: {st['normalised']} normalised, {st['not_normalised']} kept as they "
+                     f"were (no stain could be estimated)")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Entry point
+
+
+def _remove_stale_partials(out: Path) -> None:
+    """Removes temporary folders left by a killed run (an exception already removes its own)."""
+    if out.parent.is_dir():
+        for stale in out.parent.glob(f".{out.name}.*.partial"):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def prepare_dataset(cfg: PrepareConfig, force: bool = False, progress: bool = True) -> dict:
+    """Builds the prepared dataset ``cfg.out`` from ``cfg.source`` (see the module docstring).
+
+    Args:
+        cfg: the stage config.
+        force: rebuild even when ``cfg.out`` already holds this config's dataset.
+        progress: show progress bars.
+
+    Returns:
+        The report also stored in ``prepare.json``: ``status`` ('prepared' or 'already prepared'), ``out``,
+        ``n_images``, ``counts`` ({class: {split: n}}), ``classes``, ``source_info`` (validation report,
+        conversions, stain statistics), ``config``, ``config_hash``, ``elapsed_s``.
+
+    Raises:
+        FileNotFoundError, ValueError (including ``DatasetValidationError``): bad config or bad input, naming the
+        parameter or file; ``out`` is then left as it was.
+    """
+    check_config(cfg)
+    source, out = Path(cfg.source).expanduser(), Path(cfg.out).expanduser()
+    if not source.exists():
+        raise FileNotFoundError(f"source={cfg.source}: not found")
+    src_r, out_r = source.resolve(), out.resolve()
+    if src_r == out_r or out_r in src_r.parents or (source.is_dir() and src_r in out_r.parents):
+        raise ValueError(f"out={out}: must not be the source folder, contain it or lie inside it")
+    h = prepare_hash(cfg)
+    meta_path = out / PREPARE_JSON
+    if out.exists():
+        if meta_path.is_file():
+            meta = read_json(meta_path)
+            if not force and meta.get("config_hash") == h and (out / MANIFEST_NAME).is_file():
+                report = {**meta["report"], "status": "already prepared", "config": meta["config"],
+                          "config_hash": h}
+                print(f"{out}: already prepared (config hash {h}); nothing to do")
+                return report
+        elif out.is_file() or any(out.iterdir()):
+            raise FileExistsError(f"out={out}: exists and is not a prepared dataset (no {PREPARE_JSON}); "
+                                  f"refusing to replace it")
+    slides = _is_slide_source(source)
+    if source.is_file() and not slides:
+        raise ValueError(f"source={source}: expected a <class>/<image> folder or a slide ({', '.join(WSI_EXTENSIONS)})")
+    if cfg.group_by == "region" and not slides:
+        raise ValueError("group_by='region' applies to slide sources only (one group per annotated polygon)")
+    mapping = None
+    if cfg.group_by not in ("source", "patch", "region"):
+        mapping = _group_column(source if source.is_dir() else source.parent, cfg.group_by)
+    _remove_stale_partials(out)
+
+    t0 = time.time()
+    with atomic_dir(out) as tmp:
+        if slides:
+            rows, info = _prepare_slides(cfg, source, tmp, progress)
+        else:
+            rows, info = _prepare_folder(cfg, source, tmp, progress)
+        if not rows:
+            raise ValueError(f"source={source}: no patches produced (patch={cfg.patch}, stride={cfg.stride})")
+        df = pd.DataFrame(rows)
+        if cfg.group_by == "source":
+            df["group"] = df["source"]
+        elif cfg.group_by == "patch":
+            df["group"] = df["path"]
+        elif cfg.group_by == "region":
+            df["group"] = df["region"]
+        else:
+            df["group"] = [f"{cfg.group_by}:{mapping[s]}" if s in mapping else s for s in df["source"]]
+        df["split"] = group_split(df, cfg.val_fraction, seed=cfg.seed)
+        check_no_straddle(df)
+        df = df[list(MANIFEST_COLUMNS)].sort_values("path", kind="stable").reset_index(drop=True)
+        atomic_write_text(tmp / MANIFEST_NAME, df.to_csv(index=False))
+
+        counts = {c: {s: int(n) for s, n in part["split"].value_counts().sort_index().items()}
+                  for c, part in df.groupby("class", sort=True)}
+        report = {
+            "status": "prepared",
+            "out": out.as_posix(),
+            "n_images": len(df),
+            "n_groups": int(df["group"].nunique()),
+            "classes": sorted(counts),
+            "counts": counts,
+            "source_info": info,
+            "config": dataclasses.asdict(cfg),
+            "config_hash": h,
+            "elapsed_s": round(time.time() - t0, 3),
+        }
+        import histlib
+
+        stored = {k: v for k, v in report.items() if k not in ("config", "config_hash")}
+        write_json(tmp / PREPARE_JSON, {"config": dataclasses.asdict(cfg), "config_hash": h,
+                                        "histlib_version": histlib.__version__, "report": stored})
+    return report
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Command line
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--source", required=True, help="raw <class>/<image> folder, a slide, or a folder of slides")
+    parser.add_argument("--out", required=True, help="prepared dataset folder to write")
+    parser.add_argument("--patch", type=int, default=None, help="patch side in pixels (default: whole images)")
+    parser.add_argument("--stride", type=int, default=None, help="step between patches (default: --patch)")
+    parser.add_argument("--stain", choices=["macenko"], default=None, help="stain normalisation")
+    parser.add_argument("--stain-target", default=None, help="image to fit the Macenko normaliser to")
+    parser.add_argument("--val-fraction", type=float, default=0.0, help="fraction of each class in val (by group)")
+    parser.add_argument("--group-by", default="source",
+                        help="'source' (default), 'region' (slides), 'patch', or a column of SOURCE/MANIFEST.tsv")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the split")
+    parser.add_argument("--min-fraction", type=float, default=0.5,
+                        help="slides: fraction of a patch inside a class polygon (default 0.5)")
+    parser.add_argument("--annotations", default=None,
+                        help="slides: QuPath GeoJSON file or folder of <slide stem>.geojson (default: beside slide)")
+    parser.add_argument("--resize", type=int, default=None, help="resize every written image to N x N")
+    parser.add_argument("--image-format", default="png", choices=sorted(IMAGE_FORMATS), help="output format")
+    parser.add_argument("--workers", type=int, default=0, help="worker processes (0: none)")
+    parser.add_argument("--force", action="store_true", help="rebuild even if OUT holds this config's dataset")
+
+
+def main(args: argparse.Namespace) -> int:
+    cfg = PrepareConfig(source=args.source, out=args.out, patch=args.patch, stride=args.stride, stain=args.stain,
+                        stain_target=args.stain_target, val_fraction=args.val_fraction, group_by=args.group_by,
+                        seed=args.seed, min_fraction=args.min_fraction, annotations=args.annotations,
+                        resize=args.resize, image_format=args.image_format, workers=args.workers)
+    report = prepare_dataset(cfg, force=args.force)
+    if report["status"] == "prepared":
+        print(format_report(report) + f"\n  took {report['elapsed_s']:.1f} s")
+    return 0

@@ -1,0 +1,68 @@
+"""histlib.data.splits: group-aware, stratified, seeded splits."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from histlib.data.splits import check_no_straddle, group_split
+
+
+def _random_manifest(seed, n_groups=120, n_classes=4):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for g in range(n_groups):
+        cls = int(rng.integers(n_classes))
+        for _ in range(int(rng.integers(1, 40))):
+            # a few groups are mixed (a slide with two tissue classes)
+            c = cls if rng.random() > 0.1 else int(rng.integers(n_classes))
+            rows.append({"group": f"g{g}", "class": f"c{c}"})
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_groups_never_straddle_and_fraction_per_class(seed):
+    df = _random_manifest(seed)
+    df["split"] = group_split(df, 0.25, seed=seed)
+    per_group = df.groupby("group")["split"].nunique()
+    assert (per_group == 1).all()
+    check_no_straddle(df)
+    frac = df.groupby("class")["split"].apply(lambda s: (s == "val").mean())
+    assert ((frac > 0.12) & (frac < 0.38)).all(), frac  # ~30 groups per class of 1..39 images
+
+
+def test_seeded_and_seed_dependent():
+    df = _random_manifest(0)
+    a = group_split(df, 0.3, seed=1)
+    assert a.equals(group_split(df, 0.3, seed=1))
+    assert not a.equals(group_split(df, 0.3, seed=2))
+
+
+def test_exact_when_groups_equal_sized():
+    # BACH-like: 4 classes x 100 images, each image one group of 35 patches, 25% val → 25 images per class
+    df = pd.DataFrame([{"class": f"c{c}", "group": f"c{c}_img{i}"} for c in range(4) for i in range(100)
+                       for _ in range(35)])
+    split = group_split(df, 0.25, seed=0)
+    val = df[split == "val"]
+    assert len(val) == 3500 and (val.groupby("class").size() == 875).all()
+
+
+def test_zero_fraction_and_single_group():
+    df = pd.DataFrame({"group": ["a", "a", "b", "c"], "class": ["x", "x", "y", "y"]})
+    assert (group_split(df, 0.0) == "train").all()
+    with pytest.warns(UserWarning, match=r"\['x'\] have a single group"):
+        s = group_split(df, 0.5)
+    assert (s[df["class"] == "x"] == "train").all()
+    assert sorted(s[df["class"] == "y"]) == ["train", "val"]
+
+
+def test_bad_input():
+    df = pd.DataFrame({"group": ["a"], "class": ["x"]})
+    with pytest.raises(ValueError, match="val_fraction=1.0"):
+        group_split(df, 1.0)
+    with pytest.raises(ValueError, match="column 'source'"):
+        group_split(df, 0.2, group_col="source")
+    bad = pd.DataFrame({"group": ["a", "a"], "split": ["train", "val"]})
+    with pytest.raises(ValueError, match="straddle"):
+        check_no_straddle(bad)
