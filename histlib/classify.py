@@ -1,0 +1,922 @@
+"""Classification stage: timm classifiers trained on real, synthetic or real + synthetic images (notebook 05).
+
+One run trains one (train set, model, seed) and writes the contract run directory (DESIGN.md §4):
+``config.json`` (the ``ClassifyConfig``), ``env.json`` (versions, device, whether ImageNet weights were used),
+``stats.jsonl`` (one line per epoch), ``metrics.json`` (accuracy, balanced accuracy, per-class recall, confusion
+matrix on the validation split; flat keys) and ``checkpoints/best.pt`` (best epoch by validation balanced
+accuracy). ``run_classifiers`` repeats that over train sets × models × seeds in independent run directories and
+skips runs whose config matches a finished one.
+
+Training sets (``ClassifyConfig.train_set``):
+    ``real``            ``real_per_class`` images per class drawn from the real set's train split (None: all).
+    ``synthetic``       ``synthetic_per_class`` images per class drawn from a generated ImageFolder.
+    ``real+synthetic``  both of the above, concatenated.
+Validation is always the real set's ``val_split``. Augmentation follows the paper only: rot90, horizontal and
+vertical flips, brightness/contrast/saturation factors in [0.8, 1.2]; ImageNet normalisation.
+
+ImageNet weights are used when they can be found without waiting on a network that is not there: a local file
+(``weights_file``), the Hugging Face or torch hub cache, or a download when the hub host answers. Otherwise the
+run warns once (saying where to put the file) and trains from scratch; ``pretrained: true/false`` is recorded in
+``env.json``, ``metrics.json`` and the checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import random
+import re
+import socket
+import threading
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from histlib.config import from_dict
+from histlib.runs import Run, atomic_torch_save, config_hash, read_json
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+TRAIN_SETS = ("real", "synthetic", "real+synthetic")
+PAPER_MODELS = ("resnet34", "densenet169", "efficientnet_b2")
+COLOR_FACTORS = (0.8, 1.2)  # brightness, contrast and saturation factor range of the paper's augmentation
+
+
+@dataclass
+class ClassifyConfig:
+    """Settings of one classifier run (written to ``config.json``).
+
+    Attributes:
+        model: a timm model name (paper: ``resnet34``, ``densenet169``, ``efficientnet_b2``).
+        train_set: ``'real'``, ``'synthetic'`` or ``'real+synthetic'``.
+        real_dir: prepared real dataset (``manifest.csv`` with train/val splits); always needed for validation.
+        synthetic_dir: generated ImageFolder ``<dir>/<class>/*.png``; ``{seed}`` in the path is replaced by the
+            seed, and a folder of generated sets ``set0, set1, …`` resolves to ``set<seed>``, so each seed trains on
+            its own freshly generated set (as in the paper).
+        real_per_class: real training images per class (None: all of the train split).
+        synthetic_per_class: synthetic images per class (None: all of the generated set).
+        subset_seed: seed of the per-class draws (None: ``seed``).
+        train_split, val_split: split names in the real set's manifest.
+        image_size: network input size in pixels (images are resized to it).
+        epochs: training epochs (upper bound with early stopping).
+        batch_size: training batch size.
+        optimizer: ``'adamw'`` or ``'sgd'``.
+        lr, weight_decay, momentum: optimiser settings (momentum for SGD only); no decay on norms and biases.
+        warmup_epochs: linear warm-up before the cosine decay (0: none).
+        label_smoothing: cross-entropy label smoothing.
+        balanced_sampling: draw classes uniformly (with replacement) instead of shuffling; for imbalanced sets.
+        pretrained: ``'auto'`` (ImageNet weights when available, else from scratch), True (must have them),
+            False (from scratch).
+        weights_file: a local ImageNet checkpoint for ``model`` (``.safetensors``/``.pth``/``.bin``).
+        amp: mixed precision, ``'auto'`` = on for CUDA (bf16 where supported, else fp16), off on CPU.
+        channels_last: ``'auto'`` = on for CUDA.
+        num_workers: data-loader processes, ``'auto'`` = 0 on CPU (decoding would compete with the model for the
+            same cores), ``min(8, cores)`` on CUDA.
+        seed: seed of initialisation, sampling and augmentation.
+        device: ``'auto'``, ``'cpu'``, ``'cuda'`` or ``'cuda:N'``.
+        early_stopping_patience: stop after this many epochs without a better validation balanced accuracy
+            (None or 0: never).
+        max_steps: stop after this many optimiser steps (for quick tests); None: ``epochs`` full epochs.
+    """
+
+    model: str = "resnet34"
+    train_set: str = "real"
+    real_dir: str | None = None
+    synthetic_dir: str | None = None
+    real_per_class: int | None = None
+    synthetic_per_class: int | None = None
+    subset_seed: int | None = None
+    train_split: str = "train"
+    val_split: str = "val"
+    image_size: int = 224
+    epochs: int = 20
+    batch_size: int = 64
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    momentum: float = 0.9
+    warmup_epochs: float = 0.0
+    label_smoothing: float = 0.0
+    balanced_sampling: bool = False
+    pretrained: str | bool = "auto"
+    weights_file: str | None = None
+    amp: str | bool = "auto"
+    channels_last: str | bool = "auto"
+    num_workers: str | int = "auto"
+    seed: int = 0
+    device: str = "auto"
+    early_stopping_patience: int | None = None
+    max_steps: int | None = None
+
+    def __post_init__(self):
+        if self.train_set not in TRAIN_SETS:
+            raise ValueError(f"ClassifyConfig.train_set={self.train_set!r}: expected one of {list(TRAIN_SETS)}")
+        if self.optimizer not in ("adamw", "sgd"):
+            raise ValueError(f"ClassifyConfig.optimizer={self.optimizer!r}: expected 'adamw' or 'sgd'")
+        for name in ("pretrained", "amp", "channels_last"):
+            if getattr(self, name) not in ("auto", True, False):
+                raise ValueError(f"ClassifyConfig.{name}={getattr(self, name)!r}: expected 'auto', true or false")
+        if not (self.num_workers == "auto" or (isinstance(self.num_workers, int) and self.num_workers >= 0)):
+            raise ValueError(f"ClassifyConfig.num_workers={self.num_workers!r}: expected 'auto' or an integer >= 0")
+        for name in ("image_size", "epochs", "batch_size"):
+            if int(getattr(self, name)) <= 0:
+                raise ValueError(f"ClassifyConfig.{name}={getattr(self, name)!r}: expected a positive integer")
+        for name in ("real_per_class", "synthetic_per_class", "max_steps"):
+            v = getattr(self, name)
+            if v is not None and int(v) <= 0:
+                raise ValueError(f"ClassifyConfig.{name}={v!r}: expected a positive integer or null")
+        if self.lr <= 0:
+            raise ValueError(f"ClassifyConfig.lr={self.lr!r}: expected a positive number")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Augmentation
+
+
+class RandomRot90:
+    """Rotates a ``[..., H, W]`` image by k·90° with k uniform in {0, 1, 2, 3} (an exact pixel permutation)."""
+
+    def __call__(self, img):
+        from torchvision import tv_tensors
+
+        k = int(torch.randint(0, 4, ()).item())
+        if k == 0:
+            return img
+        out = torch.rot90(img, k, dims=(-2, -1))
+        return tv_tensors.wrap(out, like=img) if isinstance(img, tv_tensors.TVTensor) else out
+
+    def __repr__(self) -> str:
+        return "RandomRot90()"
+
+
+def train_transform(image_size: int):
+    """The paper's classifier augmentation: PIL RGB → normalised float tensor ``[3, S, S]``.
+
+    Resize (antialiased) to ``image_size``, random rot90, horizontal and vertical flips, brightness, contrast and
+    saturation factors drawn uniformly from [0.8, 1.2] (random order, no hue), ImageNet normalisation.
+    """
+    from torchvision.transforms import v2
+
+    return v2.Compose([
+        v2.ToImage(),  # uint8 [3, H, W]
+        v2.Resize((image_size, image_size), antialias=True),
+        RandomRot90(),
+        v2.RandomHorizontalFlip(p=0.5),
+        v2.RandomVerticalFlip(p=0.5),
+        v2.ToDtype(torch.float32, scale=True),  # colour factors in float, so no rounding of the factors
+        v2.ColorJitter(brightness=COLOR_FACTORS, contrast=COLOR_FACTORS, saturation=COLOR_FACTORS),
+        v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])
+
+
+def eval_transform(image_size: int):
+    """Evaluation preprocessing: resize to ``image_size`` and ImageNet normalisation only."""
+    from torchvision.transforms import v2
+
+    return v2.Compose([
+        v2.ToImage(),
+        v2.Resize((image_size, image_size), antialias=True),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Training sets
+
+
+class TrainSet(torch.utils.data.Dataset):
+    """Selected items of one or more ``ImageDataset``s sharing one class list.
+
+    Attributes:
+        classes: class names in label order.
+        labels: ``np.int64 [N]``; ``sources``: ``'real'``/``'synthetic'`` per item ``[N]``; ``paths``: ``[N]``.
+    """
+
+    def __init__(self, parts: list[tuple[str, Any, np.ndarray]], classes: list[str]):
+        self.classes = list(classes)
+        self._parts = [(name, ds, np.asarray(idx, dtype=np.int64)) for name, ds, idx in parts]
+        self._offsets = np.cumsum([0] + [len(idx) for _, _, idx in self._parts])
+        self.labels = np.concatenate([ds.labels[idx] for _, ds, idx in self._parts]).astype(np.int64)  # [N]
+        self.sources = np.concatenate([np.full(len(idx), name, dtype=object) for name, _, idx in self._parts])
+        self.paths = [ds.paths[i] for _, ds, idx in self._parts for i in idx]
+
+    def __len__(self) -> int:
+        return int(self._offsets[-1])
+
+    def __getitem__(self, i: int):
+        if i < 0:
+            i += len(self)
+        part = int(np.searchsorted(self._offsets, i, side="right") - 1)
+        _, ds, idx = self._parts[part]
+        return ds[int(idx[i - self._offsets[part]])]
+
+    def class_counts(self, source: str | None = None) -> dict[str, int]:
+        """Items per class (of one source when given), in label order."""
+        labels = self.labels if source is None else self.labels[self.sources == source]
+        counts = np.bincount(labels, minlength=len(self.classes))
+        return {c: int(n) for c, n in zip(self.classes, counts)}
+
+
+def _draw_per_class(labels: np.ndarray, classes: list[str], per_class: int | None, rng: np.random.Generator,
+                    what: str) -> np.ndarray:
+    """Sorted indices with ``per_class`` items of every class drawn without replacement (None: all items)."""
+    if per_class is None:
+        return np.arange(len(labels))
+    chosen = []
+    for c, name in enumerate(classes):
+        members = np.flatnonzero(labels == c)
+        if len(members) < per_class:
+            raise ValueError(f"{what}: class {name!r} has {len(members)} images, fewer than the {per_class} per "
+                             f"class requested; lower the count or provide more images")
+        chosen.append(rng.choice(members, size=per_class, replace=False))
+    return np.sort(np.concatenate(chosen))
+
+
+def _class_names(root: Path) -> list[str]:
+    from histlib.data.dataset import load_manifest
+
+    return sorted(load_manifest(root)["class"].unique().tolist())
+
+
+def synthetic_dir_for(cfg: ClassifyConfig) -> Path | None:
+    """The generated ImageFolder of this run's seed.
+
+    ``{seed}`` in ``cfg.synthetic_dir`` is replaced by the seed. Without it, a folder that holds only generated sets
+    ``set0``, ``set1``, … (``histlib.generate`` with several sets) resolves to ``set<seed>``, so each seed trains on
+    its own freshly generated set as in the paper.
+    """
+    if cfg.synthetic_dir is None:
+        return None
+    path = Path(str(cfg.synthetic_dir).replace("{seed}", str(cfg.seed)))
+    if "{seed}" in str(cfg.synthetic_dir) or not path.is_dir():
+        return path
+    subs = sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if subs and all(re.fullmatch(r"set\d+", name) for name in subs):
+        chosen = path / f"set{cfg.seed}"
+        if not chosen.is_dir():
+            raise ValueError(f"synthetic_dir={cfg.synthetic_dir}: holds the generated sets {subs} but no set for "
+                             f"seed {cfg.seed} (set{cfg.seed}); generate more sets or use seeds 0..{len(subs) - 1}")
+        return chosen
+    return path
+
+
+def build_train_set(cfg: ClassifyConfig, transform=None) -> tuple[TrainSet, dict[str, Any]]:
+    """The training set named by ``cfg.train_set`` with its per-class counts.
+
+    Args:
+        cfg: the run's config (``train_set``, ``real_dir``, ``synthetic_dir``, ``*_per_class``, ``subset_seed``).
+        transform: applied to every PIL image; default ``train_transform(cfg.image_size)``.
+
+    Returns:
+        ``(dataset, report)``; ``report`` holds ``classes``, ``n_train``, ``n_train_real``, ``n_train_synthetic``,
+        per-class counts ``train_per_class/<source>/<class>`` and the folders used.
+
+    Raises:
+        ValueError: a folder is not configured, a class has too few images, or the synthetic classes differ from
+            the real ones (the message names the missing and extra classes).
+    """
+    from histlib.data.dataset import ImageDataset
+
+    if transform is None:
+        transform = train_transform(cfg.image_size)
+    if cfg.real_dir is None:
+        raise ValueError("ClassifyConfig.real_dir is not set: the real dataset is needed for its classes and "
+                         "validation split (and its train split for train_set 'real' / 'real+synthetic')")
+    real_dir = Path(cfg.real_dir)
+    classes = _class_names(real_dir)
+    seed = cfg.seed if cfg.subset_seed is None else cfg.subset_seed
+    parts = []
+    folders: dict[str, str] = {"real_dir": str(real_dir)}
+    if cfg.train_set in ("real", "real+synthetic"):
+        real = ImageDataset(real_dir, split=cfg.train_split, transform=transform, classes=classes)
+        idx = _draw_per_class(real.labels, classes, cfg.real_per_class, np.random.default_rng([seed, 0]),
+                              f"{real_dir} (split {cfg.train_split!r}, real_per_class)")
+        parts.append(("real", real, idx))
+    if cfg.train_set in ("synthetic", "real+synthetic"):
+        synth_dir = synthetic_dir_for(cfg)
+        if synth_dir is None:
+            raise ValueError(f"ClassifyConfig.synthetic_dir is not set but train_set={cfg.train_set!r} needs a "
+                             "generated ImageFolder <synthetic_dir>/<class>/*.png")
+        synth_classes = _class_names(synth_dir)
+        missing = sorted(set(classes) - set(synth_classes))
+        extra = sorted(set(synth_classes) - set(classes))
+        if missing or extra:
+            raise ValueError(f"synthetic set {synth_dir} does not have the classes of the real set {real_dir}: "
+                             f"missing {missing}, extra {extra} (real classes: {classes})")
+        synth = ImageDataset(synth_dir, split=None, transform=transform, classes=classes)
+        idx = _draw_per_class(synth.labels, classes, cfg.synthetic_per_class, np.random.default_rng([seed, 1]),
+                              f"{synth_dir} (synthetic_per_class)")
+        parts.append(("synthetic", synth, idx))
+        folders["synthetic_dir"] = str(synth_dir)
+    ds = TrainSet(parts, classes)
+    report: dict[str, Any] = {"classes": classes, "n_train": len(ds), **folders}
+    for source in ("real", "synthetic"):
+        counts = ds.class_counts(source)
+        report[f"n_train_{source}"] = int(sum(counts.values()))
+        report[f"train_per_class/{source}"] = counts
+    return ds, report
+
+
+def build_val_set(cfg: ClassifyConfig, classes: list[str], transform=None):
+    """The real set's ``val_split`` with the training labels (resize + normalise only)."""
+    from histlib.data.dataset import ImageDataset
+
+    transform = eval_transform(cfg.image_size) if transform is None else transform
+    try:
+        return ImageDataset(Path(cfg.real_dir), split=cfg.val_split, transform=transform, classes=classes)
+    except ValueError as e:
+        raise ValueError(f"validation set: {e} (ClassifyConfig.val_split={cfg.val_split!r}; prepare the real set "
+                         "with a validation split)") from None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Models and ImageNet weights
+
+_WARNED: set[str] = set()  # models whose missing-weights warning was already shown in this process
+_REACHABLE: dict[str, bool] = {}  # host -> answered a TCP connect (cached per process)
+
+
+def _env_true(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def host_reachable(host: str, port: int = 443, timeout: float = 2.0) -> bool:
+    """Whether a TCP connection to ``host:port`` opens within ``timeout`` seconds (DNS included).
+
+    The Hugging Face client retries a dead network for about 50 s before giving up; this check lets an offline
+    machine skip the lookup at once. The answer is cached for the process.
+    """
+    key = f"{host}:{port}"
+    if key in _REACHABLE:
+        return _REACHABLE[key]
+    result = [False]
+
+    def probe():
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                result[0] = True
+        except OSError:
+            pass
+
+    # DNS resolution ignores socket timeouts, so the probe runs in a thread that is abandoned after the deadline.
+    t = threading.Thread(target=probe, daemon=True)
+    t.start()
+    t.join(timeout + 0.5)
+    _REACHABLE[key] = result[0]
+    return result[0]
+
+
+def _hf_cache_dir() -> Path:
+    """The Hugging Face hub cache folder, read from the environment at call time."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")).expanduser() / "huggingface" / "hub"
+
+
+def _torch_cache_dir() -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def _pretrained_cfg(model_name: str) -> dict[str, Any] | None:
+    import timm
+
+    cfg = timm.models.get_pretrained_cfg(model_name)
+    if cfg is None:
+        return None
+    cfg = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
+    return cfg if (cfg.get("hf_hub_id") or cfg.get("url") or cfg.get("file")) else None
+
+
+def _cached_weights(pcfg: dict[str, Any]) -> tuple[str, Path] | None:
+    """A local copy of the model's ImageNet weights in the Hugging Face or torch hub cache, if any."""
+    hub_id = pcfg.get("hf_hub_id")
+    if hub_id:
+        repo, _, revision = hub_id.partition("@")
+        repo_dir = _hf_cache_dir() / ("models--" + repo.replace("/", "--"))
+        ref = repo_dir / "refs" / (revision or "main")
+        names = [pcfg["hf_hub_filename"]] if pcfg.get("hf_hub_filename") else ["model.safetensors", "pytorch_model.bin"]
+        snapshots = [repo_dir / "snapshots" / ref.read_text().strip()] if ref.is_file() else []
+        if not snapshots and (repo_dir / "snapshots").is_dir():
+            snapshots = sorted((repo_dir / "snapshots").iterdir())
+        for snap in snapshots:
+            for name in names:
+                if (snap / name).is_file():
+                    return "hf-cache", snap / name
+    url = pcfg.get("url")
+    if url:
+        f = _torch_cache_dir() / os.path.basename(urlparse(url).path)
+        if f.is_file():
+            return "torch-cache", f
+    return None
+
+
+def weights_help(model_name: str) -> str:
+    """Where ImageNet weights for ``model_name`` can be put so that an offline machine finds them."""
+    pcfg = _pretrained_cfg(model_name) or {}
+    lines = ["To use ImageNet weights offline, do one of:"]
+    hub_id = pcfg.get("hf_hub_id")
+    if hub_id:
+        repo = hub_id.partition("@")[0]
+        lines += [
+            f"  - download https://huggingface.co/{repo}/resolve/main/model.safetensors and set "
+            f"ClassifyConfig.weights_file (JSON key \"weights_file\") to its path;",
+            f"  - or run `python -c \"import timm; timm.create_model('{model_name}', pretrained=True)\"` on a machine "
+            f"with internet, then copy the folder models--{repo.replace('/', '--')} from its Hugging Face cache "
+            f"(~/.cache/huggingface/hub) into this machine's cache {_hf_cache_dir()} (HF_HUB_CACHE or HF_HOME "
+            f"choose another folder);",
+        ]
+    if pcfg.get("url"):
+        lines.append(f"  - or put {os.path.basename(urlparse(pcfg['url']).path)} (from {pcfg['url']}) into the torch "
+                     f"hub cache {_torch_cache_dir()} (set TORCH_HOME to use another folder).")
+    if len(lines) == 1:
+        lines = [f"timm lists no ImageNet weights for {model_name!r}; set ClassifyConfig.weights_file to a local "
+                 "checkpoint of this architecture."]
+    return "\n".join(lines)
+
+
+def _hub_host(pcfg: dict[str, Any]) -> str:
+    if pcfg.get("hf_hub_id"):
+        return urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    return urlparse(pcfg.get("url", "")).hostname or "github.com"
+
+
+def _check_loaded(model: nn.Module, file: Path, classifier: Any) -> None:
+    """Raises when a weights file left most of the backbone untouched (timm loads non-strictly)."""
+    import timm
+
+    file_sd = timm.models.load_state_dict(str(file))
+    heads = tuple(classifier) if isinstance(classifier, (list, tuple)) else (classifier or "",)
+    keys = [k for k in model.state_dict() if not (heads[0] and k.startswith(heads))]
+    same = sum(1 for k in keys if k in file_sd and file_sd[k].shape == model.state_dict()[k].shape
+               and torch.equal(file_sd[k].to(model.state_dict()[k].dtype), model.state_dict()[k]))
+    if same < 0.5 * len(keys):
+        raise ValueError(f"weights file {file}: only {same} of {len(keys)} tensors of timm model "
+                         f"{type(model).__name__} were found in it; is it a checkpoint of this architecture?")
+
+
+def create_classifier(model_name: str, num_classes: int, pretrained: str | bool = "auto",
+                      weights_file: str | os.PathLike | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """A timm model with a ``num_classes`` head, from ImageNet weights when they can be had without stalling.
+
+    Order: ``weights_file``; the Hugging Face / torch hub cache; a download when the hub host answers a TCP
+    connect within 2 s and ``HF_HUB_OFFLINE`` is not set. With ``pretrained='auto'`` and no weights, one warning per
+    model (with ``weights_help``) and the model starts from scratch.
+
+    Args:
+        model_name: any ``timm.create_model`` name (e.g. ``resnet34``, ``densenet169``, ``efficientnet_b2``).
+        num_classes: size of the new classification head.
+        pretrained: ``'auto'``, True (raise when the weights are unavailable) or False (from scratch).
+        weights_file: local ImageNet checkpoint for this architecture.
+
+    Returns:
+        ``(model, info)`` with ``info = {"pretrained": bool, "weights_source": str | None, "weights_file": ...}``.
+    """
+    import timm
+
+    if pretrained not in ("auto", True, False):
+        raise ValueError(f"pretrained={pretrained!r}: expected 'auto', True or False")
+    if not timm.is_model(model_name.partition(".")[0]):
+        raise ValueError(f"ClassifyConfig.model={model_name!r}: not a timm model name (see timm.list_models())")
+    scratch = {"pretrained": False, "weights_source": None, "weights_file": None}
+    if pretrained is False:
+        return timm.create_model(model_name, pretrained=False, num_classes=num_classes), scratch
+
+    pcfg = _pretrained_cfg(model_name)
+    found: tuple[str, Path] | None = None
+    if weights_file is not None:
+        path = Path(weights_file).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"ClassifyConfig.weights_file={str(weights_file)!r}: file not found")
+        found = ("file", path)
+    elif pcfg is not None:
+        found = _cached_weights(pcfg)
+    if found is not None:
+        source, path = found
+        try:
+            model = timm.create_model(model_name, pretrained=True, num_classes=num_classes,
+                                      pretrained_cfg_overlay={"file": str(path), "source": ""})
+        except (RuntimeError, KeyError, ValueError) as e:
+            raise ValueError(f"weights file {path} ({source}) does not fit the tensors of timm model "
+                             f"{model_name!r}: {str(e)[:400]}") from None
+        _check_loaded(model, path, model.pretrained_cfg.get("classifier"))
+        return model, {"pretrained": True, "weights_source": source, "weights_file": str(path)}
+
+    reason = None
+    if pcfg is None:
+        reason = f"timm lists no pretrained weights for {model_name!r}"
+    elif _env_true("HF_HUB_OFFLINE") and pcfg.get("hf_hub_id"):
+        reason = "HF_HUB_OFFLINE is set and they are not in the local caches"
+    elif not host_reachable(_hub_host(pcfg)):
+        reason = f"{_hub_host(pcfg)} cannot be reached and they are not in the local caches"
+    else:
+        try:
+            model = timm.create_model(model_name, pretrained=True, num_classes=num_classes)
+            return model, {"pretrained": True, "weights_source": "download", "weights_file": None}
+        except Exception as e:  # noqa: BLE001 — any download failure means "no weights" for 'auto'
+            reason = f"the download failed ({type(e).__name__}: {e})"
+    message = f"ImageNet weights for timm model {model_name!r} are not available: {reason}.\n{weights_help(model_name)}"
+    if pretrained is True:
+        raise RuntimeError(message + "\n(ClassifyConfig.pretrained=true; set it to 'auto' or false to train "
+                                     "from scratch instead)")
+    if model_name not in _WARNED:
+        _WARNED.add(model_name)
+        warnings.warn(message + "\nTraining from scratch (pretrained=false is recorded in env.json and "
+                      "metrics.json).", UserWarning, stacklevel=2)
+    return timm.create_model(model_name, pretrained=False, num_classes=num_classes), scratch
+
+
+def load_classifier(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """Loads ``checkpoints/best.pt`` written by ``train_classifier`` as an eval-mode model.
+
+    Returns:
+        ``(model, checkpoint)``; the checkpoint dict holds ``model_name``, ``num_classes``, ``classes``,
+        ``image_size``, ``mean``, ``std``, ``config`` and the ``state_dict``.
+    """
+    import timm
+
+    ckpt = torch.load(Path(path), map_location="cpu", weights_only=True)
+    for key in ("model_name", "num_classes", "state_dict"):
+        if key not in ckpt:
+            raise ValueError(f"{path}: not a classifier checkpoint (no {key!r})")
+    model = timm.create_model(ckpt["model_name"], pretrained=False, num_classes=ckpt["num_classes"])
+    model.load_state_dict(ckpt["state_dict"])
+    return model.to(device).eval(), ckpt
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Training and evaluation
+
+
+def _resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"ClassifyConfig.device={name!r}: CUDA is not available on this machine")
+    return dev
+
+
+def _resolve_flag(value: str | bool, device: torch.device, name: str) -> bool:
+    if value == "auto":
+        return device.type == "cuda"
+    if value and device.type != "cuda":
+        raise ValueError(f"ClassifyConfig.{name}=true needs a CUDA device (the CPU path runs in fp32)")
+    return bool(value)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _seed_worker(worker_id: int) -> None:
+    # torch seeds each worker from the loader's generator; numpy and random follow it so augmentation is reproducible
+    s = torch.initial_seed() % 2**32
+    np.random.seed(s)
+    random.seed(s)
+
+
+def classification_metrics(y_true, y_pred, classes: list[str]) -> dict[str, Any]:
+    """Accuracy, balanced accuracy, per-class recall and confusion matrix (scikit-learn).
+
+    Args:
+        y_true, y_pred: integer labels ``[N]``.
+        classes: class names in label order (every label in ``range(len(classes))``).
+
+    Returns:
+        ``{"accuracy", "balanced_accuracy", "recall": {class: r}, "confusion_matrix": [[...]] (rows = true,
+        columns = predicted), "classes"}``. Balanced accuracy averages recall over the classes present in
+        ``y_true``; the recall of a class absent from ``y_true`` is reported as None.
+    """
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix, recall_score
+
+    y_true = np.asarray(y_true, dtype=np.int64)
+    y_pred = np.asarray(y_pred, dtype=np.int64)
+    labels = list(range(len(classes)))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*y_pred contains classes not in y_true.*")
+        bal = float(balanced_accuracy_score(y_true, y_pred))
+    recall = recall_score(y_true, y_pred, labels=labels, average=None, zero_division=0)
+    present = np.bincount(y_true, minlength=len(classes)) > 0
+    return {
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "balanced_accuracy": bal,
+        "recall": {c: (float(r) if p else None) for c, r, p in zip(classes, recall, present)},
+        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+        "classes": list(classes),
+    }
+
+
+@torch.no_grad()
+def predict(model: nn.Module, loader, device: torch.device, amp: bool = False,
+            channels_last: bool = False) -> tuple[np.ndarray, np.ndarray, float]:
+    """Labels, predictions and mean cross-entropy of ``model`` over ``loader``.
+
+    Returns:
+        ``(y_true [N], y_pred [N], mean loss)``.
+    """
+    model.eval()
+    ys, ps, loss_sum, n = [], [], 0.0, 0
+    for x, y in loader:
+        x = x.to(device, non_blocking=True)  # [B, 3, S, S]
+        if channels_last:
+            x = x.to(memory_format=torch.channels_last)
+        y = y.to(device, non_blocking=True)  # [B]
+        with torch.autocast(device_type=device.type, dtype=_amp_dtype(device), enabled=amp):
+            logits = model(x)  # [B, K]
+        loss_sum += float(nn.functional.cross_entropy(logits.float(), y, reduction="sum"))
+        n += len(y)
+        ys.append(y.cpu())
+        ps.append(logits.argmax(1).cpu())
+    return torch.cat(ys).numpy(), torch.cat(ps).numpy(), loss_sum / max(n, 1)
+
+
+def _amp_dtype(device: torch.device) -> torch.dtype:
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float16 if device.type == "cuda" else torch.bfloat16
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """No weight decay on norm weights and biases (1-D tensors), the usual practice for conv nets."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def make_optimizer(model: nn.Module, cfg: ClassifyConfig) -> torch.optim.Optimizer:
+    """AdamW or SGD (with momentum) as configured."""
+    groups = _param_groups(model, cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr)
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+
+
+def cosine_lr_factor(step: int, total_steps: int, warmup_steps: int = 0) -> float:
+    """LR multiplier at optimiser step ``step``: linear warm-up to 1, then cosine decay to 0 at ``total_steps``."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _loaders(cfg: ClassifyConfig, train_ds, val_ds, device: torch.device):
+    if cfg.num_workers == "auto":
+        workers = 0 if device.type == "cpu" else min(8, os.cpu_count() or 1)
+    else:
+        workers = int(cfg.num_workers)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    if cfg.balanced_sampling:
+        from histlib.data.sampling import ClassBalancedSampler
+
+        sampler = ClassBalancedSampler(train_ds.labels, num_samples=len(train_ds), seed=cfg.seed)
+    else:
+        sampler = torch.utils.data.RandomSampler(train_ds, generator=gen)
+    common = {"num_workers": workers, "pin_memory": device.type == "cuda", "worker_init_fn": _seed_worker,
+              "persistent_workers": workers > 0}
+    # drop the ragged last batch (BatchNorm fails on a batch of one) unless that would leave no batch at all
+    train = torch.utils.data.DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler, generator=gen,
+                                        drop_last=len(train_ds) > cfg.batch_size, **common)
+    val = torch.utils.data.DataLoader(val_ds, batch_size=2 * cfg.batch_size, shuffle=False, **common)
+    return train, val, sampler, workers
+
+
+def train_classifier(cfg: ClassifyConfig, run_dir: str | os.PathLike, progress: bool = True) -> dict[str, Any]:
+    """Trains one classifier and evaluates its best epoch on the validation split.
+
+    Writes ``config.json``, ``env.json``, ``stats.jsonl`` (one line per epoch), ``checkpoints/best.pt``
+    (``{model_name, num_classes, classes, image_size, mean, std, state_dict, config, pretrained, epoch, ...}``,
+    written whenever validation balanced accuracy improves) and ``metrics.json`` (last, so its presence marks a
+    finished run).
+
+    Args:
+        cfg: the run's settings.
+        run_dir: the run directory (created; a previous ``stats.jsonl`` there is replaced).
+        progress: show tqdm progress bars.
+
+    Returns:
+        The metrics as written to ``metrics.json`` (flat keys: ``accuracy``, ``balanced_accuracy``,
+        ``recall/<class>``, ``confusion_matrix``, ``pretrained``, counts, timings).
+    """
+    t_begin = time.perf_counter()
+    run = Run(run_dir)
+    for stale in (run.metrics_path, run.stats_path):
+        stale.unlink(missing_ok=True)
+    device = _resolve_device(cfg.device)
+    amp = _resolve_flag(cfg.amp, device, "amp")
+    channels_last = _resolve_flag(cfg.channels_last, device, "channels_last")
+    _seed_everything(cfg.seed)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+    train_ds, report = build_train_set(cfg)
+    classes = report["classes"]
+    val_ds = build_val_set(cfg, classes)
+    model, winfo = create_classifier(cfg.model, len(classes), cfg.pretrained, cfg.weights_file)
+    model = model.to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    run.write_config(cfg)
+    run.write_env(device=str(device), pretrained=winfo["pretrained"], weights_source=winfo["weights_source"],
+                  weights_file=winfo["weights_file"], amp=amp, amp_dtype=str(_amp_dtype(device)) if amp else None,
+                  channels_last=channels_last)
+
+    train_loader, val_loader, sampler, workers = _loaders(cfg, train_ds, val_ds, device)
+    steps_per_epoch = len(train_loader)
+    total_steps = cfg.epochs * steps_per_epoch
+    if cfg.max_steps is not None:
+        total_steps = min(total_steps, cfg.max_steps)
+    warmup_steps = int(round(cfg.warmup_epochs * steps_per_epoch))
+    optimizer = make_optimizer(model, cfg)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: cosine_lr_factor(s, total_steps, warmup_steps))
+    scaler = torch.amp.GradScaler("cuda", enabled=amp and _amp_dtype(device) == torch.float16)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    ckpt_path = run.checkpoints / "best.pt"
+
+    best, best_epoch, stale_epochs, step, epochs_run, stopped_early = -1.0, 0, 0, 0, 0, False
+    t_start = time.perf_counter()
+    for epoch in range(1, cfg.epochs + 1):
+        if step >= total_steps:
+            break
+        epochs_run = epoch
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+        model.train()
+        t0 = time.perf_counter()
+        loss_sum, correct, seen = 0.0, 0, 0
+        bar = tqdm(train_loader, desc=f"{cfg.model} epoch {epoch}/{cfg.epochs}", leave=False, disable=not progress)
+        for x, y in bar:
+            x = x.to(device, non_blocking=True)  # [B, 3, S, S]
+            if channels_last:
+                x = x.to(memory_format=torch.channels_last)
+            y = y.to(device, non_blocking=True)  # [B]
+            with torch.autocast(device_type=device.type, dtype=_amp_dtype(device), enabled=amp):
+                logits = model(x)  # [B, K]
+                loss = loss_fn(logits.float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            step += 1
+            loss_sum += float(loss.detach()) * len(y)
+            correct += int((logits.detach().argmax(1) == y).sum())
+            seen += len(y)
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}")
+            if step >= total_steps:
+                break
+        train_time = time.perf_counter() - t0
+        y_true, y_pred, val_loss = predict(model, val_loader, device, amp, channels_last)
+        m = classification_metrics(y_true, y_pred, classes)
+        improved = m["balanced_accuracy"] > best
+        if improved:
+            best, best_epoch, stale_epochs = m["balanced_accuracy"], epoch, 0
+            state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            atomic_torch_save({
+                "model_name": cfg.model, "num_classes": len(classes), "classes": classes,
+                "image_size": cfg.image_size, "mean": IMAGENET_MEAN, "std": IMAGENET_STD, "state_dict": state,
+                "config": dataclasses.asdict(cfg), "pretrained": winfo["pretrained"], "epoch": epoch, "step": step,
+                "val_balanced_accuracy": m["balanced_accuracy"], "val_accuracy": m["accuracy"],
+            }, ckpt_path)
+        else:
+            stale_epochs += 1
+        run.log_stats({
+            "epoch": epoch, "step": step, "nimg": step * cfg.batch_size, "lr": optimizer.param_groups[0]["lr"],
+            "train_loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1),
+            "val_loss": val_loss, "val_accuracy": m["accuracy"], "val_balanced_accuracy": m["balanced_accuracy"],
+            "best": improved, "epoch_time_s": train_time, "train_img_per_s": seen / max(train_time, 1e-9),
+        })
+        if cfg.early_stopping_patience and stale_epochs >= cfg.early_stopping_patience:
+            stopped_early = True
+            break
+    train_time_s = time.perf_counter() - t_start
+
+    # Final numbers come from the saved checkpoint, so metrics.json always describes best.pt.
+    best_model, _ = load_classifier(ckpt_path, device)
+    if channels_last:
+        best_model = best_model.to(memory_format=torch.channels_last)
+    y_true, y_pred, val_loss = predict(best_model, val_loader, device, amp, channels_last)
+    m = classification_metrics(y_true, y_pred, classes)
+    metrics = {
+        "model": cfg.model, "train_set": cfg.train_set, "seed": cfg.seed,
+        "pretrained": winfo["pretrained"], "weights_source": winfo["weights_source"],
+        "accuracy": m["accuracy"], "balanced_accuracy": m["balanced_accuracy"], "val_loss": val_loss,
+        "recall": m["recall"], "confusion_matrix": m["confusion_matrix"], "classes": classes,
+        "n_val": int(len(y_true)), "val_per_class": val_ds.class_counts(),
+        **{k: v for k, v in report.items() if k != "classes"},
+        "best_epoch": best_epoch, "epochs_run": epochs_run, "steps": step, "stopped_early": stopped_early,
+        "train_time_s": train_time_s, "total_time_s": time.perf_counter() - t_begin,
+        "device": str(device), "amp": amp, "channels_last": channels_last,
+        "num_workers": workers, "image_size": cfg.image_size, "config_hash": config_hash(cfg),
+    }
+    run.write_metrics(metrics)
+    return run.read_metrics()
+
+
+def run_name(train_set: str, model: str, seed: int) -> str:
+    """``<train_set>__<model>__seed<k>``, the run directory name of one classifier run."""
+    return f"{train_set}__{model}__seed{seed}"
+
+
+def run_classifiers(train_sets: list[str], models: list[str], seeds: list[int] | int, base_cfg: ClassifyConfig,
+                    out_root: str | os.PathLike, progress: bool = True) -> pd.DataFrame:
+    """Trains every (train set, model) once per seed, each in ``<out_root>/<train_set>__<model>__seed<k>/``.
+
+    A run whose ``config.json`` hash matches its config and that has a ``metrics.json`` is skipped (its metrics
+    are read back), so an interrupted study resumes where it stopped.
+
+    Args:
+        train_sets: e.g. ``['real', 'real+synthetic']``.
+        models: timm names.
+        seeds: seed list, or a count ``n`` meaning ``range(n)``.
+        base_cfg: every other setting.
+        out_root: parent folder of the run directories.
+        progress: show progress bars.
+
+    Returns:
+        One row per run: ``train_set, model, seed, pretrained, accuracy, balanced_accuracy, n_train, best_epoch,
+        train_time_s, skipped, run_dir``.
+    """
+    seeds = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
+    rows = []
+    for ts in train_sets:
+        for model in models:
+            for seed in seeds:
+                cfg = dataclasses.replace(base_cfg, train_set=ts, model=model, seed=int(seed))
+                path = Path(out_root) / run_name(ts, model, int(seed))
+                run = Run(path)
+                skipped = run.is_finished(cfg)
+                metrics = run.read_metrics() if skipped else train_classifier(cfg, path, progress=progress)
+                rows.append({
+                    "train_set": ts, "model": model, "seed": int(seed), "pretrained": metrics.get("pretrained"),
+                    "accuracy": metrics["accuracy"], "balanced_accuracy": metrics["balanced_accuracy"],
+                    "n_train": metrics.get("n_train"), "best_epoch": metrics.get("best_epoch"),
+                    "train_time_s": metrics.get("train_time_s"), "skipped": skipped, "run_dir": str(path),
+                })
+    return pd.DataFrame(rows)
+
+
+def summarize_runs(results: pd.DataFrame) -> pd.DataFrame:
+    """Mean and standard deviation over seeds of accuracy and balanced accuracy per (train set, model)."""
+    g = results.groupby(["train_set", "model"], sort=False)
+    out = g[["accuracy", "balanced_accuracy"]].agg(["mean", "std"])
+    out.columns = [f"{a}_{b}" for a, b in out.columns]
+    out["n_seeds"] = g.size()
+    out["pretrained"] = g["pretrained"].agg(lambda s: bool(s.all()))
+    return out.reset_index()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Command line
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="ClassifyConfig as JSON (a config.json of a run works)")
+    parser.add_argument("--run-dir", required=True, help="run directory to write")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config field; VALUE is parsed as JSON when it can be (repeatable)")
+    parser.add_argument("--force", action="store_true", help="train even when a finished run with this config exists")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _parse_overrides(items: list[str]) -> dict[str, Any]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def main(args: argparse.Namespace) -> int:
+    cfg = from_dict(ClassifyConfig, read_json(args.config), **_parse_overrides(args.set))
+    run = Run(args.run_dir)
+    if run.is_finished(cfg) and not args.force:
+        metrics = run.read_metrics()
+        print(f"{args.run_dir}: finished run with the same config, skipped (use --force to retrain)")
+    else:
+        metrics = train_classifier(cfg, args.run_dir, progress=not args.no_progress)
+    print(f"accuracy {metrics['accuracy']:.4f}  balanced accuracy {metrics['balanced_accuracy']:.4f}  "
+          f"pretrained {str(metrics['pretrained']).lower()}  ({args.run_dir}/metrics.json)")
+    return 0

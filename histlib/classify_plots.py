@@ -1,0 +1,155 @@
+"""Plots of classifier runs: learning curves from ``stats.jsonl`` and confusion matrices from ``metrics.json``.
+
+Every function returns a matplotlib ``Figure`` (closed for pyplot, so a notebook shows it once, as the cell's value).
+Runs are given as run directories, or as the table returned by ``histlib.classify.run_classifiers`` (its
+``run_dir`` column).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from histlib.runs import read_json, read_jsonl
+
+RunsLike = Any  # a DataFrame with a ``run_dir`` column, one run directory, or an iterable of them
+
+
+def _run_dirs(runs: RunsLike) -> list[Path]:
+    if hasattr(runs, "columns"):
+        if "run_dir" not in runs.columns:
+            raise ValueError(f"runs: a table needs a 'run_dir' column, got columns {list(runs.columns)}")
+        return [Path(p) for p in runs["run_dir"]]
+    if isinstance(runs, (str, os.PathLike)):
+        return [Path(runs)]
+    if isinstance(runs, Iterable):
+        return [Path(p) for p in runs]
+    raise TypeError(f"runs: expected a DataFrame with 'run_dir', a run directory or a list of them, got {type(runs)}")
+
+
+def plot_learning_curves(runs: RunsLike, figsize: tuple[float, float] | None = None):
+    """Training/validation loss, validation accuracy and validation balanced accuracy per epoch.
+
+    Args:
+        runs: run directories (each with ``stats.jsonl``) or the ``run_classifiers`` table.
+        figsize: figure size in inches (default scales with the panels).
+
+    Returns:
+        A ``Figure`` with three panels; one colour per run (solid: train loss, dashed: validation loss).
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    dirs = _run_dirs(runs)
+    fig, axes = plt.subplots(1, 3, figsize=figsize or (15, 4), constrained_layout=True)
+    colors = plt.get_cmap("tab10")
+    for i, d in enumerate(dirs):
+        stats_path = d / "stats.jsonl"
+        if not stats_path.is_file():
+            raise FileNotFoundError(f"{stats_path}: no stats.jsonl (has the run started?)")
+        stats = read_jsonl(stats_path)
+        if not stats:
+            continue
+        ep = [s["epoch"] for s in stats]
+        c = colors(i % 10)
+        axes[0].plot(ep, [s["train_loss"] for s in stats], color=c, label=f"{d.name} train")
+        axes[0].plot(ep, [s["val_loss"] for s in stats], color=c, ls="--", label=f"{d.name} val")
+        axes[1].plot(ep, [s["val_accuracy"] for s in stats], color=c, marker="o", ms=3, label=d.name)
+        axes[2].plot(ep, [s["val_balanced_accuracy"] for s in stats], color=c, marker="o", ms=3, label=d.name)
+        best = [s for s in stats if s.get("best")]
+        if best:
+            axes[2].plot(best[-1]["epoch"], best[-1]["val_balanced_accuracy"], marker="*", ms=12, color=c)
+    for ax, title in zip(axes, ("cross-entropy loss", "validation accuracy", "validation balanced accuracy (★ best)")):
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    axes[1].set_ylim(0, 1.02)
+    axes[2].set_ylim(0, 1.02)
+    axes[0].legend(fontsize=7)
+    axes[2].legend(fontsize=7, loc="lower right")
+    plt.close(fig)
+    return fig
+
+
+def confusion_from_metrics(metrics: dict[str, Any]) -> tuple[np.ndarray, list[str]]:
+    """``(matrix [K, K], classes)`` from a flat ``metrics.json`` dict (rows: true class, columns: predicted)."""
+    if "confusion_matrix" not in metrics or "classes" not in metrics:
+        raise ValueError("metrics: needs 'confusion_matrix' and 'classes' (a classifier metrics.json)")
+    return np.asarray(metrics["confusion_matrix"], dtype=np.int64), list(metrics["classes"])
+
+
+def plot_confusion_matrix(run_or_metrics: str | os.PathLike | dict[str, Any], normalize: bool = True, ax=None,
+                          title: str | None = None):
+    """A seaborn heatmap of one run's validation confusion matrix.
+
+    Args:
+        run_or_metrics: a run directory (reads its ``metrics.json``) or a metrics dict.
+        normalize: show each row as fractions of the true class (its recall on the diagonal); counts otherwise.
+        ax: draw into this axes instead of a new figure.
+        title: axes title (default: the run directory name and its balanced accuracy).
+
+    Returns:
+        The ``Figure`` holding the heatmap.
+    """
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    if isinstance(run_or_metrics, dict):
+        metrics, name = run_or_metrics, ""
+    else:
+        metrics, name = read_json(Path(run_or_metrics) / "metrics.json"), Path(run_or_metrics).name
+    cm, classes = confusion_from_metrics(metrics)
+    if ax is None:
+        k = len(classes)
+        fig, ax = plt.subplots(figsize=(1.0 + 0.7 * k, 0.6 + 0.6 * k), constrained_layout=True)
+        plt.close(fig)
+    else:
+        fig = ax.figure
+    if normalize:
+        rows = cm.sum(axis=1, keepdims=True)
+        data = np.divide(cm, rows, out=np.zeros(cm.shape, dtype=np.float64), where=rows > 0)
+        sns.heatmap(data, annot=True, fmt=".2f", vmin=0, vmax=1, cmap="Blues", cbar=False, ax=ax,
+                    xticklabels=classes, yticklabels=classes, square=True)
+    else:
+        sns.heatmap(cm, annot=True, fmt="d", cmap="Blues", cbar=False, ax=ax, xticklabels=classes,
+                    yticklabels=classes, square=True)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if title is None:
+        bal = metrics.get("balanced_accuracy")
+        title = f"{name}  bal. acc {bal:.3f}" if bal is not None else name
+    ax.set_title(title, fontsize=9)
+    return fig
+
+
+def plot_confusion_matrices(runs: RunsLike, normalize: bool = True, ncols: int = 3):
+    """One confusion-matrix heatmap per run, in a grid.
+
+    Args:
+        runs: run directories or the ``run_classifiers`` table.
+        normalize: row-normalised fractions (True) or counts.
+        ncols: panels per row.
+    """
+    import matplotlib.pyplot as plt
+
+    dirs = _run_dirs(runs)
+    if not dirs:
+        raise ValueError("runs: no run directories given")
+    k = len(read_json(dirs[0] / "metrics.json").get("classes", [])) or 3
+    ncols = max(1, min(ncols, len(dirs)))
+    nrows = math.ceil(len(dirs) / ncols)
+    side = 1.5 + 0.6 * k
+    fig, axes = plt.subplots(nrows, ncols, figsize=(side * ncols, side * nrows), constrained_layout=True,
+                             squeeze=False)
+    for ax, d in zip(axes.flat, dirs):
+        plot_confusion_matrix(d, normalize=normalize, ax=ax)
+    for ax in list(axes.flat)[len(dirs):]:
+        ax.set_visible(False)
+    plt.close(fig)
+    return fig
