@@ -232,7 +232,10 @@ def plan(study: Study) -> list[Step]:
                       **_upper(cls)}
             deps = list(deps_data)
             if synth_variant:
-                params["SYNTH_DIR"] = (root / t / "generate" / synth_variant / "images").as_posix()
+                gen = {**study.settings["generate"], **target.get("generate", {})}
+                images = root / t / "generate" / synth_variant / "images"
+                # several generated sets (NUM_SETS > 1) live in images/set<k>/: classifier seed k reads set k
+                params["SYNTH_DIR"] = (images / "set{seed}" if int(gen.get("NUM_SETS", 1)) > 1 else images).as_posix()
                 if synth_variant in gen_steps:
                     deps.append(gen_steps[synth_variant])
             add(Step("classify", t, f"05_classify__{t}", STAGES["classify"], params, deps))

@@ -1,0 +1,620 @@
+"""Paper-layout tables, bootstrap confidence intervals and plots of a study's results (notebook 06).
+
+The study-level functions (notebook 06) read only the contract files of the run directories (DESIGN.md §4):
+``results/<study>/<dataset>/<stage>/<run>/metrics.json`` and ``stats.jsonl`` — never notebook outputs, never
+checkpoints — so the analysis can be re-run on a copied ``results/`` folder without the data or a GPU. The
+fine-tuning report of notebook 03 (:func:`transfer_summary`, :func:`transfer_tensors`, :func:`frozen_tensor_check`)
+reads one run's ``finetune.json`` and, for the frozen-tensor check, its checkpoint and the base checkpoint.
+
+Stages and their runs:
+    ``base_gan``, ``finetune``  one run per GAN variant (``default``, ``scratch``, ``pretrained``, ``freeze_d1`` …);
+    ``generate``                one run per variant: GAN metrics of the generated set, keys ``<extractor>/<metric>``
+                                (the extractor is part of every key, so a FID from a random test network can never
+                                be mistaken for an Inception FID);
+    ``classify``                one run per ``<train_set>__<model>__seed<k>``: ``accuracy``, ``balanced_accuracy``.
+
+A study may lack some stages (the demo skips fine-tuning and generation): the functions return empty frames for
+what is absent and :func:`stage_status` says what is missing.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import pandas as pd
+
+from histlib import runs
+
+# Execution order of the stages (the same names as the study runner's; repeated here so that the analysis never
+# imports the runner).
+STAGE_ORDER = ("data", "base_gan", "finetune", "generate", "classify", "analysis")
+RESULT_STAGES = ("base_gan", "finetune", "generate", "classify")  # stages that write run directories
+CLASSIFY_RUN = re.compile(r"^(?P<train_set>.+)__(?P<model>[^_].*?)__seed(?P<seed>\d+)$")
+GAN_METRICS = ("fid", "precision", "recall", "density", "coverage")
+CLASSIFICATION_METRICS = ("accuracy", "balanced_accuracy")
+TRAIN_SET_ORDER = ("real", "synthetic", "real+synthetic")
+ID_COLUMNS = ("stage", "dataset", "run")
+_SKIP_DIRS = {"notebooks", "analysis"}  # folders of results/<study>/ that are not datasets
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Reading the results tree
+
+
+def _is_scalar(v: Any) -> bool:
+    return v is None or isinstance(v, (bool, int, float, str))
+
+
+def _run_dirs(study_dir: Path) -> Iterable[tuple[str, str, str, Path]]:
+    """``(dataset, stage, run, path)`` of every ``<dataset>/<stage>/<run>/`` folder, sorted."""
+    for ds in sorted(p for p in study_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if ds.name in _SKIP_DIRS:
+            continue
+        for stage in sorted(p for p in ds.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            for run in sorted(p for p in stage.iterdir() if p.is_dir() and not p.name.startswith(".")):
+                yield ds.name, stage.name, run.name, run
+
+
+def _check_study_dir(study_dir: str | os.PathLike) -> Path:
+    path = runs.project_path(study_dir)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: study results folder not found (expected results/<study>/ written by "
+                                "'python -m histlib study run')")
+    return path
+
+
+def parse_classify_run(name: str) -> dict[str, Any] | None:
+    """``'real+synthetic__resnet34__seed2'`` → ``{'train_set': 'real+synthetic', 'model': 'resnet34', 'seed': 2}``.
+
+    Returns None when ``name`` does not follow the ``<train_set>__<model>__seed<k>`` pattern.
+    """
+    m = CLASSIFY_RUN.match(name)
+    if not m:
+        return None
+    return {"train_set": m["train_set"], "model": m["model"], "seed": int(m["seed"])}
+
+
+def collect_metrics(study_dir: str | os.PathLike, include_lists: bool = False) -> pd.DataFrame:
+    """One row per finished run (a run directory holding ``metrics.json``) of a study.
+
+    Args:
+        study_dir: ``results/<study>`` (relative to the project root or absolute).
+        include_lists: keep non-scalar values (confusion matrices, class lists) as Python objects; by default only
+            numbers, strings and booleans are kept.
+
+    Returns:
+        Columns ``stage, dataset, run, path`` then the flat metric keys (``accuracy``, ``recall/<class>``,
+        ``inception/fid`` …). Classification runs also get ``train_set``, ``model`` and ``seed`` parsed from the
+        run name when ``metrics.json`` lacks them. Empty (with the id columns) when no run has finished.
+
+    Raises:
+        FileNotFoundError: ``study_dir`` does not exist.
+        ValueError: a ``metrics.json`` is not valid JSON or not an object (the message names the file).
+    """
+    root = _check_study_dir(study_dir)
+    rows = []
+    for dataset, stage, run, path in _run_dirs(root):
+        mfile = path / "metrics.json"
+        if not mfile.is_file():
+            continue
+        metrics = runs.read_json(mfile)
+        if not isinstance(metrics, Mapping):
+            raise ValueError(f"{mfile}: expected a JSON object of metrics, got {type(metrics).__name__}")
+        flat = runs.flatten(metrics)
+        row: dict[str, Any] = {"stage": stage, "dataset": dataset, "run": run,
+                               "path": path.relative_to(root).as_posix()}
+        if stage == "classify":
+            for k, v in (parse_classify_run(run) or {}).items():
+                row[k] = flat.pop(k, v)
+        for k, v in flat.items():
+            if k in row:  # a metric named like an id column must not overwrite it
+                k = f"metrics/{k}"
+            if include_lists or _is_scalar(v):
+                row[k] = v
+        rows.append(row)
+    if not rows:
+        return pd.DataFrame(columns=[*ID_COLUMNS, "path"])
+    return pd.DataFrame(rows)
+
+
+def collect_stats(study_dir: str | os.PathLike, stage: str | Sequence[str] | None = None) -> pd.DataFrame:
+    """All ``stats.jsonl`` lines of a study in one long frame (one row per tick / epoch).
+
+    Args:
+        study_dir: ``results/<study>``.
+        stage: restrict to this stage (or these stages); None = all.
+
+    Returns:
+        Columns ``stage, dataset, run`` plus the scalar keys of the records (``kimg``, ``loss_g``, ``epoch`` …).
+    """
+    root = _check_study_dir(study_dir)
+    stages = {stage} if isinstance(stage, str) else (set(stage) if stage is not None else None)
+    frames = []
+    for dataset, st, run, path in _run_dirs(root):
+        if stages is not None and st not in stages:
+            continue
+        sfile = path / "stats.jsonl"
+        if not sfile.is_file():
+            continue
+        records = [{k: v for k, v in runs.flatten(r).items() if _is_scalar(v)} for r in runs.read_jsonl(sfile)]
+        if records:
+            df = pd.DataFrame(records)
+            df.insert(0, "run", run)
+            df.insert(0, "dataset", dataset)
+            df.insert(0, "stage", st)
+            frames.append(df)
+    if not frames:
+        return pd.DataFrame(columns=list(ID_COLUMNS))
+    return pd.concat(frames, ignore_index=True)
+
+
+def stage_status(study_dir: str | os.PathLike, df: pd.DataFrame | None = None) -> pd.DataFrame:
+    """What a study has produced: per stage and dataset, finished and unfinished runs.
+
+    The expected stages and datasets come from ``<study_dir>/study.json`` (written by the study runner) when it
+    exists, else from the stages with a run directory; a stage the study plans but that has no finished run is
+    reported as ``missing``.
+
+    Returns:
+        Columns ``stage, dataset, finished, unfinished, status`` (``ok``, ``partial``, ``missing``).
+    """
+    root = _check_study_dir(study_dir)
+    df = collect_metrics(root) if df is None else df
+    found: dict[tuple[str, str], list[int]] = {}
+    for dataset, stage, _, path in _run_dirs(root):
+        counts = found.setdefault((stage, dataset), [0, 0])
+        counts[0 if (path / "metrics.json").is_file() else 1] += 1
+    expected: set[tuple[str, str]] = set()
+    study_json = root / "study.json"
+    if study_json.is_file():
+        for step in runs.read_json(study_json).get("steps", []):
+            if step.get("stage") in RESULT_STAGES:
+                expected.add((step["stage"], step.get("dataset", "")))
+    rows = []
+    order = {s: i for i, s in enumerate(STAGE_ORDER)}
+    for stage, dataset in sorted(set(found) | expected, key=lambda k: (order.get(k[0], 99), k[1])):
+        fin, unfin = found.get((stage, dataset), [0, 0])
+        status = "missing" if fin == 0 else ("partial" if unfin else "ok")
+        rows.append({"stage": stage, "dataset": dataset, "finished": fin, "unfinished": unfin, "status": status})
+    return pd.DataFrame(rows, columns=["stage", "dataset", "finished", "unfinished", "status"])
+
+
+def describe_missing(status: pd.DataFrame, wanted: Iterable[str] = RESULT_STAGES) -> str:
+    """One human sentence per stage without finished runs (``''`` when every wanted stage has results)."""
+    have = set(status.loc[status["finished"] > 0, "stage"]) if len(status) else set()
+    lines = []
+    for stage in wanted:
+        if stage in have:
+            part = status[(status["stage"] == stage) & (status["status"] != "ok")]
+            for _, r in part.iterrows():
+                lines.append(f"{stage} / {r['dataset']}: {r['status']} ({r['finished']} finished, "
+                             f"{r['unfinished']} without metrics.json)")
+        else:
+            lines.append(f"{stage}: no finished run in this study (not run yet, or not among the study's stages)")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Statistics
+
+
+class BootstrapCI(NamedTuple):
+    """Mean of the values and the bounds of its percentile-bootstrap confidence interval."""
+
+    mean: float
+    low: float
+    high: float
+
+
+def bootstrap_ci(values: Sequence[float] | np.ndarray, n: int = 10000, ci: float = 0.95, seed: int = 0,
+                 chunk: int = 1000) -> BootstrapCI:
+    """Percentile bootstrap confidence interval of the mean.
+
+    Resamples the values with replacement ``n`` times, and takes the ``(1 - ci) / 2`` and ``(1 + ci) / 2``
+    quantiles of the resampled means (Efron & Tibshirani 1993, §13.3). With the three seeds of the paper the
+    interval is crude (at most 10 distinct resampled means); it is reported beside the standard deviation, not
+    instead of it.
+
+    Args:
+        values: the observations (NaNs are dropped).
+        n: number of bootstrap resamples.
+        ci: confidence level in (0, 1).
+        seed: seed of the resampling.
+        chunk: resamples drawn at a time (bounds memory for long inputs).
+
+    Returns:
+        ``BootstrapCI(mean, low, high)``; all NaN when no finite value is given, ``low == high == mean`` for one.
+    """
+    if not 0 < ci < 1:
+        raise ValueError(f"bootstrap_ci: ci={ci!r}; expected a confidence level in (0, 1)")
+    if int(n) < 1:
+        raise ValueError(f"bootstrap_ci: n={n!r}; expected a positive number of resamples")
+    x = np.asarray(values, dtype=np.float64).ravel()
+    x = x[np.isfinite(x)]
+    if x.size == 0:
+        return BootstrapCI(math.nan, math.nan, math.nan)
+    mean = float(x.mean())
+    if x.size == 1:
+        return BootstrapCI(mean, mean, mean)
+    rng = np.random.default_rng(seed)
+    means = np.empty(int(n))
+    for start in range(0, int(n), chunk):
+        stop = min(int(n), start + chunk)
+        idx = rng.integers(0, x.size, size=(stop - start, x.size))  # [chunk, m]
+        means[start:stop] = x[idx].mean(axis=1)
+    alpha = (1 - ci) / 2
+    low, high = np.quantile(means, [alpha, 1 - alpha])
+    return BootstrapCI(mean, float(low), float(high))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Tables
+
+
+def _classify_rows(df: pd.DataFrame) -> pd.DataFrame:
+    if df is None or len(df) == 0 or "stage" not in df:
+        return pd.DataFrame()
+    part = df[df["stage"] == "classify"].copy()
+    for col in ("train_set", "model", "seed"):
+        if col not in part:
+            part[col] = np.nan
+    return part.dropna(subset=["train_set", "model"])
+
+
+def classification_table(df: pd.DataFrame, metrics: Sequence[str] = CLASSIFICATION_METRICS,
+                         bootstrap: bool = False, n_boot: int = 10000, ci: float = 0.95) -> pd.DataFrame:
+    """The paper's classification table: rows train set × model, per dataset the mean ± std over seeds.
+
+    Args:
+        df: :func:`collect_metrics` output (other stages are ignored).
+        metrics: metric columns to summarise.
+        bootstrap: add ``ci_low`` / ``ci_high`` columns (percentile bootstrap of the mean, :func:`bootstrap_ci`).
+        n_boot, ci: bootstrap settings.
+
+    Returns:
+        Numbers, index ``(train_set, model)``, columns ``(dataset, metric, stat)`` with stat ``mean``, ``std``
+        (sample standard deviation, ddof=1: NaN for one seed), ``n`` (seeds) and optionally ``ci_low``,
+        ``ci_high``. Empty when there is no classification run. Format it with :func:`format_mean_std`.
+    """
+    part = _classify_rows(df)
+    present = [m for m in metrics if m in part.columns]
+    if len(part) == 0 or not present:
+        return pd.DataFrame()
+    records = {}
+    for (train_set, model, dataset), g in part.groupby(["train_set", "model", "dataset"], sort=False):
+        for m in present:
+            vals = pd.to_numeric(g[m], errors="coerce").dropna().to_numpy(dtype=np.float64)
+            cell = {"mean": float(vals.mean()) if vals.size else math.nan,
+                    "std": float(vals.std(ddof=1)) if vals.size > 1 else math.nan,
+                    "n": int(vals.size)}
+            if bootstrap:
+                b = bootstrap_ci(vals, n=n_boot, ci=ci)
+                cell.update(ci_low=b.low, ci_high=b.high)
+            for stat, v in cell.items():
+                records.setdefault((train_set, model), {})[(dataset, m, stat)] = v
+    # Paper order: real, synthetic, real + synthetic (then any other set), models in order of appearance.
+    models = list(dict.fromkeys(part["model"]))
+    rank = {t: i for i, t in enumerate(TRAIN_SET_ORDER)}
+    keys = sorted(records, key=lambda k: (rank.get(k[0], len(rank)), k[0], models.index(k[1])))
+    table = pd.DataFrame.from_dict({k: records[k] for k in keys}, orient="index")
+    table.index = pd.MultiIndex.from_tuples(table.index, names=["train_set", "model"])
+    table.columns = pd.MultiIndex.from_tuples(table.columns, names=["dataset", "metric", "stat"])
+    datasets = list(dict.fromkeys(part["dataset"]))
+    stats = ["mean", "std", "n"] + (["ci_low", "ci_high"] if bootstrap else [])
+    cols = [(d, m, s) for d in datasets for m in present for s in stats if (d, m, s) in table.columns]
+    return table[cols]
+
+
+def format_mean_std(table: pd.DataFrame, scale: float = 100.0, digits: int = 1) -> pd.DataFrame:
+    """Text version of a ``(…, metric, stat)`` table: one ``"92.3 ± 0.4"`` cell per metric (× ``scale``).
+
+    One seed gives ``"92.3"`` (no spread to report); bootstrap columns, when present, add ``" [91.8, 92.9]"``.
+    """
+    if table.empty:
+        return pd.DataFrame()
+    out = {}
+    groups = list(dict.fromkeys(c[:-1] for c in table.columns))
+    for key in groups:
+        mean = table[(*key, "mean")] * scale
+        std = table[(*key, "std")] * scale if (*key, "std") in table.columns else pd.Series(np.nan, table.index)
+        cells = []
+        for i in table.index:
+            m, s = mean.loc[i], std.loc[i]
+            if pd.isna(m):
+                cells.append("")
+                continue
+            text = f"{m:.{digits}f}" + ("" if pd.isna(s) else f" ± {s:.{digits}f}")
+            if (*key, "ci_low") in table.columns and not pd.isna(table.loc[i, (*key, "ci_low")]):
+                lo, hi = table.loc[i, (*key, "ci_low")] * scale, table.loc[i, (*key, "ci_high")] * scale
+                text += f" [{lo:.{digits}f}, {hi:.{digits}f}]"
+            cells.append(text)
+        out[key] = cells
+    res = pd.DataFrame(out, index=table.index)
+    res.columns = pd.MultiIndex.from_tuples(res.columns, names=list(table.columns.names[:-1]))
+    return res
+
+
+def gan_metric_columns(df: pd.DataFrame) -> dict[str, list[str]]:
+    """``{extractor: [metric columns]}`` of the overall GAN metrics (keys ``<extractor>/<metric>``)."""
+    out: dict[str, list[str]] = {}
+    for col in df.columns if df is not None else []:
+        parts = str(col).split("/")
+        if len(parts) == 2 and parts[1] in GAN_METRICS:
+            out.setdefault(parts[0], []).append(col)
+    for cols in out.values():
+        cols.sort(key=lambda c: GAN_METRICS.index(c.split("/")[1]))
+    return out
+
+
+def gan_table(df: pd.DataFrame, stage: str = "generate") -> pd.DataFrame:
+    """FID, precision, recall, density and coverage of each GAN variant, per dataset and feature extractor.
+
+    Args:
+        df: :func:`collect_metrics` output.
+        stage: the stage whose runs hold the GAN metrics (``generate``; ``finetune`` when the training hooks
+            computed them).
+
+    Returns:
+        Index ``(dataset, variant, extractor)``, columns the metrics present (``fid``, ``precision`` …) and
+        ``n_fake`` when recorded. Empty when no run of ``stage`` has GAN metrics. Extractors labelled
+        ``random-test`` are features of an untrained network: fine for plumbing checks, meaningless as quality
+        numbers.
+    """
+    if df is None or len(df) == 0 or "stage" not in df:
+        return pd.DataFrame()
+    part = df[df["stage"] == stage]
+    groups = gan_metric_columns(part.dropna(axis=1, how="all"))
+    rows = []
+    for _, r in part.iterrows():
+        for extractor, cols in groups.items():
+            vals = {c.split("/")[1]: r[c] for c in cols if pd.notna(r.get(c))}
+            if not vals:
+                continue
+            n_fake = r.get(f"{extractor}/n_fake")
+            rows.append({"dataset": r["dataset"], "variant": r["run"], "extractor": extractor, **vals,
+                         **({"n_fake": n_fake} if pd.notna(n_fake) else {})})
+    if not rows:
+        return pd.DataFrame()
+    table = pd.DataFrame(rows).set_index(["dataset", "variant", "extractor"])
+    return table[[c for c in (*GAN_METRICS, "n_fake") if c in table.columns]]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Fine-tuning runs (finetune.json, written by histlib.train_gan)
+
+TRANSFER_STATUSES = ("loaded", "skipped", "reinitialised", "frozen")
+
+
+def _finetune_json(run_dir: str | os.PathLike) -> dict[str, Any] | None:
+    path = runs.project_path(run_dir) / "finetune.json"
+    return runs.read_json(path) if path.is_file() else None
+
+
+def transfer_summary(run_dir: str | os.PathLike) -> pd.DataFrame:
+    """Per network (G, D, G_ema): how many tensors were loaded, skipped, re-initialised and frozen.
+
+    Reads ``<run_dir>/finetune.json``. A run trained from scratch without freezing has none: the frame is empty.
+    """
+    info = _finetune_json(run_dir)
+    if info is None:
+        return pd.DataFrame(columns=list(TRANSFER_STATUSES))
+    rows = {}
+    for net in ("G", "D", "G_ema"):
+        report = info.get(net) or {}
+        frozen = (info.get("frozen") or {}).get("G" if net == "G_ema" else net, [])
+        rows[net] = {s: len(report.get(s, [])) for s in TRANSFER_STATUSES[:3]} | {"frozen": len(frozen)}
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    table.index.name = "network"
+    table.attrs.update(resume_from=info.get("resume_from"), base_classes=info.get("base_classes"),
+                       classes=info.get("classes"))
+    return table
+
+
+def transfer_tensors(run_dir: str | os.PathLike, statuses: Sequence[str] = ("skipped", "reinitialised", "frozen"),
+                     ) -> pd.DataFrame:
+    """One row per (network, tensor, status) of a fine-tuning run, for the statuses asked for.
+
+    ``frozen`` is listed for G and D (G_ema's copies of G's frozen tensors are frozen with them).
+    """
+    info = _finetune_json(run_dir) or {}
+    rows = []
+    for net in ("G", "D", "G_ema"):
+        report = info.get(net) or {}
+        for status in statuses:
+            names = (info.get("frozen") or {}).get(net, []) if status == "frozen" else report.get(status, [])
+            rows.extend({"network": net, "tensor": n, "status": status} for n in names)
+    return pd.DataFrame(rows, columns=["network", "tensor", "status"])
+
+
+def frozen_tensor_check(run_dir: str | os.PathLike, checkpoint: str = "latest.pt") -> pd.DataFrame:
+    """Compares a fine-tuned checkpoint with the base it started from: frozen tensors must be bit-identical.
+
+    Args:
+        run_dir: the fine-tuning run (its ``finetune.json`` names the base checkpoint and the frozen tensors).
+        checkpoint: file under ``<run_dir>/checkpoints/``.
+
+    Returns:
+        Per network and group (``frozen`` / ``trainable``, i.e. loaded and not frozen): ``tensors``,
+        ``unchanged`` (bit-identical to the base) and ``max_abs_change``. Empty when the run has no base.
+    """
+    import torch
+
+    info = _finetune_json(run_dir)
+    if not info or not info.get("resume_from"):
+        return pd.DataFrame(columns=["network", "group", "tensors", "unchanged", "max_abs_change"])
+    base = torch.load(info["resume_from"], map_location="cpu", weights_only=True)
+    tuned = torch.load(runs.project_path(run_dir) / "checkpoints" / checkpoint, map_location="cpu", weights_only=True)
+    rows = []
+    for net in ("G", "D", "G_ema"):
+        frozen = set((info.get("frozen") or {}).get("G" if net == "G_ema" else net, []))
+        loaded = set((info.get(net) or {}).get("loaded", []))
+        for group, names in (("frozen", frozen), ("trainable", (loaded - frozen))):
+            names = sorted(n for n in names if n in base[net] and n in tuned[net])
+            if not names:
+                continue
+            diffs = [float((tuned[net][n].double() - base[net][n].double()).abs().max()) if tuned[net][n].numel()
+                     else 0.0 for n in names]
+            same = sum(bool(torch.equal(tuned[net][n], base[net][n])) for n in names)
+            rows.append({"network": net, "group": group, "tensors": len(names), "unchanged": same,
+                         "max_abs_change": max(diffs)})
+    return pd.DataFrame(rows, columns=["network", "group", "tensors", "unchanged", "max_abs_change"])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Writing
+
+
+def to_markdown(table: pd.DataFrame, floatfmt: str = ".4g") -> str:
+    """A GitHub-flavoured Markdown table (index included; multi-level headers joined with ``' / '``)."""
+    if table.empty:
+        return "(no rows)\n"
+    flat = table.reset_index() if any(n is not None for n in table.index.names) else table.copy()
+
+    def name(c: Any) -> str:
+        return " / ".join(str(x) for x in c if str(x)) if isinstance(c, tuple) else str(c)
+
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return "" if math.isnan(v) else format(v, floatfmt)
+        return str(v).replace("|", "\\|")
+
+    header = [name(c) for c in flat.columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for row in flat.itertuples(index=False):
+        lines.append("| " + " | ".join(cell(v) for v in row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def analysis_dir(study_dir: str | os.PathLike) -> Path:
+    """``<study_dir>/analysis``, where notebook 06 writes its tables."""
+    return runs.project_path(study_dir) / "analysis"
+
+
+def write_tables(tables: Mapping[str, pd.DataFrame], out_dir: str | os.PathLike) -> list[Path]:
+    """Writes each table as ``<name>.csv`` and ``<name>.md`` under ``out_dir`` (atomically, via ``histlib.runs``).
+
+    Empty tables are skipped. Returns the written paths.
+    """
+    out = runs.project_path(out_dir)
+    written = []
+    for name, table in tables.items():
+        if table is None or table.empty:
+            continue
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+            raise ValueError(f"write_tables: table name {name!r} must be a plain file name")
+        written.append(runs.atomic_write_text(out / f"{name}.csv", table.to_csv()))
+        written.append(runs.atomic_write_text(out / f"{name}.md", to_markdown(table)))
+    return written
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Plots
+
+
+def _empty_figure(message: str):
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 1.2))
+    ax.axis("off")
+    ax.text(0.5, 0.5, message, ha="center", va="center")
+    plt.close(fig)  # out of pyplot's registry: the notebook displays the returned figure once
+    return fig
+
+
+def plot_classification(df: pd.DataFrame, metrics: Sequence[str] = CLASSIFICATION_METRICS):
+    """Bars of the mean over seeds (± std) per train set × model, one panel per dataset and metric; dots = seeds."""
+    import matplotlib.pyplot as plt
+
+    part = _classify_rows(df)
+    metrics = [m for m in metrics if m in part.columns]
+    if len(part) == 0 or not metrics:
+        return _empty_figure("no classification runs in this study yet")
+    datasets = list(dict.fromkeys(part["dataset"]))
+    fig, axes = plt.subplots(len(datasets), len(metrics), figsize=(5.5 * len(metrics), 3.4 * len(datasets)),
+                             squeeze=False)
+    for i, dataset in enumerate(datasets):
+        d = part[part["dataset"] == dataset]
+        keys = list(dict.fromkeys(zip(d["train_set"], d["model"])))
+        for j, m in enumerate(metrics):
+            ax = axes[i][j]
+            for x, (ts, model) in enumerate(keys):
+                vals = pd.to_numeric(d[(d["train_set"] == ts) & (d["model"] == model)][m], errors="coerce").dropna()
+                std = vals.std(ddof=1) if len(vals) > 1 else 0.0
+                ax.bar(x, vals.mean(), yerr=std, capsize=4, color=f"C{x % 10}", alpha=0.75)
+                ax.scatter(np.full(len(vals), x), vals, color="k", s=12, zorder=3)
+            ax.set_xticks(range(len(keys)))
+            ax.set_xticklabels([f"{ts}\n{model}" for ts, model in keys], fontsize=8)
+            ax.set_ylim(0, 1)
+            ax.set_title(f"{dataset}: {m.replace('_', ' ')}")
+    fig.tight_layout()
+    plt.close(fig)  # out of pyplot's registry: the notebook displays the returned figure once
+    return fig
+
+
+def plot_gan_metrics(df: pd.DataFrame, stage: str = "generate"):
+    """One panel per GAN metric: a bar per variant, grouped by dataset (and extractor when there are several)."""
+    import matplotlib.pyplot as plt
+
+    table = gan_table(df, stage=stage)
+    if table.empty:
+        return _empty_figure(f"no GAN metrics ({stage} stage) in this study yet")
+    metrics = [m for m in GAN_METRICS if m in table.columns]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 3.6), squeeze=False)
+    t = table.reset_index()
+    t["label"] = t["dataset"] + "\n" + t["variant"]
+    labels = list(dict.fromkeys(t["label"]))
+    extractors = list(dict.fromkeys(t["extractor"]))
+    width = 0.8 / len(extractors)
+    for ax, m in zip(axes[0], metrics):
+        for k, extractor in enumerate(extractors):
+            vals = t[t["extractor"] == extractor].set_index("label")[m].reindex(labels).astype(float)
+            ax.bar(np.arange(len(labels)) + (k - (len(extractors) - 1) / 2) * width, vals, width=width,
+                   label=extractor, color=f"C{k}")
+        ax.set_xticks(np.arange(len(labels)))
+        ax.set_xticklabels(labels, fontsize=7, rotation=45, ha="right")
+        ax.set_title(m + (" (lower is better)" if m == "fid" else ""))
+    axes[0][-1].legend(fontsize=7, title="features")
+    if (t["extractor"] == "random-test").any():
+        fig.suptitle("'random-test' features come from an untrained network: plumbing check, not image quality",
+                     fontsize=9, color="C3")
+    fig.tight_layout()
+    plt.close(fig)  # out of pyplot's registry: the notebook displays the returned figure once
+    return fig
+
+
+def plot_training_curves(stats: pd.DataFrame, keys: Sequence[str] = ("loss_g", "loss_d"), x: str | None = None,
+                         stage: str | None = None):
+    """Curves from :func:`collect_stats`: one panel per key, one line per (dataset, run).
+
+    Args:
+        stats: long frame of ``stats.jsonl`` records.
+        keys: record keys to plot (absent keys are skipped).
+        x: x-axis column; default ``kimg`` when present, else ``epoch``, else the record index.
+        stage: restrict to one stage.
+    """
+    import matplotlib.pyplot as plt
+
+    if stage is not None and len(stats):
+        stats = stats[stats["stage"] == stage].dropna(axis=1, how="all")  # other stages' columns are all-NaN here
+    keys = [k for k in keys if k in stats.columns and stats[k].notna().any()]
+    if len(stats) == 0 or not keys:
+        return _empty_figure(f"no training statistics{f' for stage {stage}' if stage else ''} in this study yet")
+    if x is None:
+        x = next((c for c in ("kimg", "epoch") if c in stats.columns), None)
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.8 * len(keys), 3.4), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        for (st, ds, run), g in stats.groupby(["stage", "dataset", "run"], sort=False):
+            xs = g[x] if x is not None else np.arange(len(g))
+            ax.plot(xs, g[key], marker=".", ms=3, label=f"{ds}/{run}" if stage else f"{st}: {ds}/{run}")
+        ax.set_title(key)
+        ax.set_xlabel(x or "record")
+    axes[0][-1].legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    plt.close(fig)  # out of pyplot's registry: the notebook displays the returned figure once
+    return fig

@@ -1,0 +1,815 @@
+"""Class-conditional sampling to an ImageFolder, a memorisation audit and GAN metrics of a generated set (notebook 04).
+
+``generate_images(checkpoint, out_dir, images_per_class)`` samples ``G_ema`` of a checkpoint written by
+``histlib.train_gan`` and writes ``<out_dir>/<class>/<seed>_<index>.png`` — the layout ``histlib.classify`` reads.
+Class names come from the checkpoint. The folder is built under a temporary name and renamed when complete
+(``histlib.runs.atomic_dir``), so an interrupted run leaves nothing behind, and a folder whose ``generate.json``
+records the same settings is reused instead of regenerated.
+
+Determinism: the latent of image ``i`` of class ``k`` in a set with seed ``s`` is drawn from its own generator
+seeded with ``(s, k, i)``, so it does not depend on the batch size, on the other classes or on how many images are
+asked for (asking for more extends a set). With ``noise_mode='random'`` (the default, as in training) the per-pixel
+noise of each batch is drawn from a generator seeded with ``(s, k, first index)``: the images are then a function
+of the checkpoint, the seed, the batch size and the device; ``noise_mode='const'`` removes the batch size.
+
+Several sets (the paper trains each classifier run on a freshly generated set): ``num_sets=n`` writes
+``<out_dir>/set0 … set<n-1>/<class>/…``, set ``j`` with seed ``seed + j``; a classifier seed ``k`` then reads
+``<out_dir>/set{seed}`` (``histlib.classify`` substitutes ``{seed}``). One set keeps the plain layout.
+
+The memorisation audit finds, for every generated image, its nearest real training image in a feature space
+(pixels, or a network's features) and compares that distance with the real image's own nearest-real distance: a
+ratio near 0 flags a (near) copy. GAN metrics (FID, precision/recall, density/coverage, overall and per class)
+come from ``histlib.metrics``; every key carries the feature extractor's name, so numbers from the ``random-test``
+network (an untrained CNN for plumbing checks) can never pass for image-quality numbers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from histlib import runs
+
+IMAGE_FORMATS = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP"}
+NOISE_MODES = ("random", "const", "none")
+REPORT_NAME = "generate.json"
+PIXELS = "pixels"
+
+# ----------------------------------------------------------------------------------------------------------------
+# Configuration
+
+
+@dataclass
+class GenerateConfig:
+    """Settings of one generation stage (notebook 04), written to ``config.json``.
+
+    Attributes:
+        checkpoint: a ``histlib.train_gan`` checkpoint (or its run directory).
+        dataset_dir: the prepared real dataset the GAN learned (reference for the audit and the metrics).
+        images_per_class: images per class and set (int), or ``{class: count}`` for some classes.
+        num_sets: independently generated sets (seeds ``seed``, ``seed + 1``, …).
+        truncation_psi: 1 = no truncation; < 1 pulls each sample toward its class's mean w.
+        seed: seed of the first set.
+        batch_size: images per generator call.
+        device: ``'auto'``, ``'cpu'``, ``'cuda'``, ``'cuda:N'``.
+        classes: generate only these classes (None: every class of the checkpoint).
+        image_format: ``'png'`` (lossless, default), ``'jpg'`` or ``'webp'``.
+        noise_mode: synthesis noise: ``'random'`` (as in training), ``'const'`` or ``'none'``.
+        extractor: features for the GAN metrics: ``'auto'`` (Inception when its weights are on this machine,
+            else none), ``'inception'``, ``'vgg16'``, ``'domain:CKPT'``, ``'random-test'`` (plumbing only) or None.
+        metrics: compute GAN metrics (needs an extractor).
+        audit_extractor: features of the memorisation audit: ``'pixels'`` (default; exact and always available) or
+            any extractor name, or ``'same'`` for the metrics extractor.
+        real_split: split of ``dataset_dir`` the generated set is compared with (None: all images).
+        k_pr, k_dc: neighbourhood sizes of precision/recall and density/coverage.
+        num_workers: image-decoding processes for the audit and the metrics.
+        profile: ``'demo'``, ``'reduced'`` or ``'paper'`` (only the defaults differ).
+    """
+
+    checkpoint: str = "results/demo/sample_target/finetune/pretrained/checkpoints/latest.pt"
+    dataset_dir: str | None = "data/prepared/sample_target"
+    images_per_class: int | dict[str, int] = 32
+    num_sets: int = 1
+    truncation_psi: float = 1.0
+    seed: int = 0
+    batch_size: int = 64
+    device: str = "auto"
+    classes: list[str] | None = None
+    image_format: str = "png"
+    noise_mode: str = "random"
+    extractor: str | None = "auto"
+    metrics: bool = True
+    audit_extractor: str = PIXELS
+    real_split: str | None = "train"
+    k_pr: int = 3
+    k_dc: int = 5
+    num_workers: int = 0
+    profile: str = "demo"
+
+    @classmethod
+    def from_profile(cls, profile: str = "demo", **overrides: Any) -> GenerateConfig:
+        """The defaults of a profile with ``overrides`` applied (unknown names raise one clear error).
+
+        ``demo``: 32 images per class on the CPU; ``reduced``: 500 per class; ``paper``: PATH-DT-MSU's 5 000 per
+        class (BACH's 2 625 is set by its study), three sets.
+        """
+        defaults = {
+            "demo": dict(images_per_class=32, batch_size=64, device="cpu", num_workers=0),
+            "reduced": dict(images_per_class=500, batch_size=128, device="auto", num_workers=8),
+            "paper": dict(images_per_class=5000, num_sets=3, batch_size=64, device="auto", num_workers=8),
+        }
+        if profile not in defaults:
+            raise ValueError(f"GenerateConfig.from_profile: profile={profile!r}; expected one of {sorted(defaults)}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(overrides) - names)
+        if unknown:
+            raise ValueError(f"GenerateConfig: unknown field(s) {unknown}; expected some of {sorted(names)}")
+        return cls(**{**defaults[profile], "profile": profile, **overrides}).validate()
+
+    def validate(self) -> GenerateConfig:
+        """Checks the values; raises ``ValueError`` naming the field and what was expected."""
+        _check_counts(self.images_per_class)
+        checks = [
+            (isinstance(self.num_sets, int) and self.num_sets >= 1, "num_sets", "an integer >= 1"),
+            (isinstance(self.truncation_psi, (int, float)) and math.isfinite(self.truncation_psi), "truncation_psi",
+             "a finite number (1 = no truncation)"),
+            (isinstance(self.num_workers, int) and self.num_workers >= 0, "num_workers", "an integer >= 0"),
+            (isinstance(self.batch_size, int) and self.batch_size >= 1, "batch_size", "a positive integer"),
+            (self.image_format in IMAGE_FORMATS, "image_format", f"one of {sorted(IMAGE_FORMATS)}"),
+            (self.noise_mode in NOISE_MODES, "noise_mode", f"one of {NOISE_MODES}"),
+            (self.k_pr >= 1 and self.k_dc >= 1, "k_pr", "k_pr and k_dc >= 1"),
+        ]
+        for ok, name, expected in checks:
+            if not ok:
+                raise ValueError(f"GenerateConfig.{name}={getattr(self, name)!r}: expected {expected}")
+        return self
+
+
+def _check_counts(images_per_class: int | Mapping[str, int]) -> None:
+    if isinstance(images_per_class, Mapping):
+        bad = {k: v for k, v in images_per_class.items() if not isinstance(v, (int, np.integer)) or v < 0}
+        if bad or not images_per_class:
+            raise ValueError(f"images_per_class={dict(images_per_class)!r}: expected {{class: count >= 0}} "
+                             "with at least one class")
+    elif not isinstance(images_per_class, (int, np.integer)) or isinstance(images_per_class, bool) \
+            or images_per_class < 1:
+        raise ValueError(f"images_per_class={images_per_class!r}: expected a positive integer or {{class: count}}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Sampling
+
+
+def _resolve_device(device: str | torch.device) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r}: CUDA is not available on this machine")
+    return dev
+
+
+def load_generator(checkpoint: str | os.PathLike, device: str | torch.device = "cpu"):
+    """``G_ema`` of a training checkpoint and its class names.
+
+    Returns:
+        ``(G, info)`` with ``info`` holding ``classes``, ``resolution``, ``cur_nimg`` and ``path``.
+
+    Raises:
+        FileNotFoundError / ValueError: the checkpoint is missing, unreadable, or lacks class names.
+    """
+    from histlib.train_gan import load_generator as _load
+
+    G, info = _load(checkpoint, device=device, which="G_ema")
+    classes = info.get("classes")
+    if not classes:
+        raise ValueError(f"{info.get('path', checkpoint)}: the checkpoint stores no class names ('classes'); "
+                         "generated images could not be named by class")
+    if len(classes) > G.num_classes:
+        raise ValueError(f"{info['path']}: {len(classes)} class names for a generator with {G.num_classes} classes")
+    return G, info
+
+
+def _plan_counts(classes: list[str], images_per_class: int | Mapping[str, int],
+                 only: Sequence[str] | None) -> dict[str, int]:
+    """``{class: count}`` in checkpoint order, checking every named class exists."""
+    _check_counts(images_per_class)
+    selected = list(classes) if only is None else [str(c) for c in only]
+    unknown = sorted(set(selected) - set(classes))
+    if unknown:
+        raise ValueError(f"classes={list(selected)}: {unknown} not among the checkpoint's classes {classes}")
+    if isinstance(images_per_class, Mapping):
+        unknown = sorted(set(images_per_class) - set(classes))
+        if unknown:
+            raise ValueError(f"images_per_class names unknown class(es) {unknown}; the checkpoint's classes are "
+                             f"{classes}")
+        return {c: int(images_per_class[c]) for c in classes if c in images_per_class and c in selected}
+    return {c: int(images_per_class) for c in classes if c in selected}
+
+
+def latents(seed: int, class_index: int, start: int, count: int, z_dim: int) -> torch.Tensor:
+    """``z [count, z_dim]`` of images ``start … start + count - 1`` of one class: each from its own seeded stream."""
+    out = np.empty((count, z_dim), dtype=np.float32)
+    for j in range(count):
+        out[j] = np.random.default_rng([int(seed), int(class_index), int(start + j)]).standard_normal(z_dim)
+    return torch.from_numpy(out)
+
+
+def _to_uint8(img: torch.Tensor) -> np.ndarray:
+    """``[N, 3, H, W]`` in [-1, 1] → ``[N, H, W, 3]`` uint8."""
+    return ((img.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def _save_image(array: np.ndarray, path: Path, fmt: str) -> None:
+    from PIL import Image
+
+    kwargs = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}
+    Image.fromarray(array).save(path, format=fmt, **kwargs)
+
+
+@torch.no_grad()
+def _generate_set(G, class_index: dict[str, int], counts: dict[str, int], out: Path, seed: int, *,
+                  truncation_psi: float, batch_size: int, noise_mode: str, ext: str, fmt: str,
+                  pool: ThreadPoolExecutor, bar) -> dict[str, int]:
+    device = next(G.parameters()).device
+    written = {}
+    pending = []
+    for cls, n in counts.items():
+        folder = out / cls
+        folder.mkdir(parents=True, exist_ok=True)
+        k = class_index[cls]
+        for start in range(0, n, batch_size):
+            m = min(batch_size, n - start)
+            z = latents(seed, k, start, m, G.z_dim).to(device)  # [m, z_dim]
+            c = torch.full((m,), k, dtype=torch.int64, device=device)  # [m]
+            # The noise of this batch comes from its own seeded stream; the global RNG is left untouched.
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                torch.manual_seed(int(np.random.SeedSequence([seed, k, start, 1]).generate_state(1)[0]))
+                img = G(z, c, truncation_psi=truncation_psi, noise_mode=noise_mode)  # [m, 3, R, R]
+            arrays = _to_uint8(img)
+            for j in range(m):
+                pending.append(pool.submit(_save_image, arrays[j], folder / f"{seed}_{start + j:06d}.{ext}", fmt))
+            # Bound the number of images held in memory and surface write errors early.
+            while len(pending) > 4 * batch_size:
+                pending.pop(0).result()
+            bar.update(m)
+        written[cls] = n
+    for p in pending:
+        p.result()
+    return written
+
+
+def _settings(info: dict[str, Any], counts: dict[str, int], num_sets: int, seed: int, truncation_psi: float,
+              batch_size: int, device: torch.device, noise_mode: str, image_format: str,
+              checkpoint_sha: str) -> dict[str, Any]:
+    return {"checkpoint": str(info["path"]), "checkpoint_sha256": checkpoint_sha, "cur_nimg": info.get("cur_nimg"),
+            "classes": list(counts), "images_per_class": counts, "num_sets": num_sets, "seed": seed,
+            "truncation_psi": float(truncation_psi), "noise_mode": noise_mode, "image_format": image_format,
+            "batch_size": batch_size if noise_mode == "random" else None,
+            "device_type": device.type if noise_mode == "random" else None}
+
+
+def set_dirs(out_dir: str | os.PathLike, num_sets: int) -> list[Path]:
+    """The ImageFolder of each set: ``[out_dir]`` for one set, ``[out_dir/set0, …]`` for several."""
+    out = Path(out_dir)
+    return [out] if num_sets == 1 else [out / f"set{j}" for j in range(num_sets)]
+
+
+def generate_images(
+    checkpoint: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    images_per_class: int | Mapping[str, int],
+    *,
+    truncation_psi: float = 1.0,
+    seed: int = 0,
+    batch_size: int = 64,
+    device: str | torch.device = "auto",
+    classes: Sequence[str] | None = None,
+    image_format: str = "png",
+    num_sets: int = 1,
+    noise_mode: str = "random",
+    overwrite: bool = False,
+    workers: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Samples ``G_ema`` of a checkpoint into an ImageFolder ``<out_dir>/<class>/<seed>_<index>.<ext>``.
+
+    Args:
+        checkpoint: a ``histlib.train_gan`` checkpoint file or run directory.
+        out_dir: the folder to create (replaced atomically when it exists with other settings).
+        images_per_class: images per class and set, or ``{class: count}`` (only the named classes).
+        truncation_psi: 1 = none; < 1 pulls samples toward their class mean.
+        seed: seed of the first set; set ``j`` uses ``seed + j``.
+        batch_size: images per generator call.
+        device: ``'auto'``, ``'cpu'``, ``'cuda'``, ``'cuda:N'``.
+        classes: restrict to these class names (default: every class of the checkpoint).
+        image_format: ``'png'``, ``'jpg'`` or ``'webp'``.
+        num_sets: number of independent sets (``out_dir/set<j>/`` when more than one).
+        noise_mode: ``'random'``, ``'const'`` or ``'none'`` synthesis noise.
+        overwrite: regenerate even when ``out_dir/generate.json`` records the same settings.
+        workers: threads encoding images (default: up to 4).
+        progress: show a progress bar.
+
+    Returns:
+        The report (also ``<out_dir>/generate.json``): settings, ``counts`` per set and class, ``set_dirs``,
+        ``n_images``, ``seconds``, ``images_per_s`` and ``reused`` (True when an identical folder was kept).
+    """
+    if image_format not in IMAGE_FORMATS:
+        raise ValueError(f"image_format={image_format!r}: expected one of {sorted(IMAGE_FORMATS)}")
+    if noise_mode not in NOISE_MODES:
+        raise ValueError(f"noise_mode={noise_mode!r}: expected one of {NOISE_MODES}")
+    if not isinstance(num_sets, int) or num_sets < 1:
+        raise ValueError(f"num_sets={num_sets!r}: expected an integer >= 1")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r}: expected a positive integer")
+    dev = _resolve_device(device)
+    out = runs.project_path(out_dir)
+    G, info = load_generator(checkpoint, device=dev)
+    counts = _plan_counts(list(info["classes"]), images_per_class, classes)
+    settings = _settings(info, counts, num_sets, int(seed), truncation_psi, batch_size, dev, noise_mode,
+                         image_format, runs.file_sha256(info["path"]))
+    # The checkpoint is identified by its content (sha256), not its path, so a moved project reuses its images.
+    settings_hash = runs.config_hash({k: v for k, v in settings.items() if k != "checkpoint"})
+    report_path = out / REPORT_NAME
+    if not overwrite and report_path.is_file():
+        old = runs.read_json(report_path)
+        if old.get("settings_hash") == settings_hash:
+            return {**old, "reused": True}
+
+    class_index = {c: i for i, c in enumerate(info["classes"])}
+    total = sum(counts.values()) * num_sets
+    workers = workers or min(4, os.cpu_count() or 1)
+    t0 = time.perf_counter()
+    written: list[dict[str, int]] = []
+    with runs.atomic_dir(out) as tmp, ThreadPoolExecutor(max_workers=workers) as pool, \
+            tqdm(total=total, desc="generate", unit="img", disable=not progress) as bar:
+        for j, folder in enumerate(set_dirs(tmp, num_sets)):
+            written.append(_generate_set(G, class_index, counts, folder, int(seed) + j,
+                                         truncation_psi=truncation_psi, batch_size=batch_size,
+                                         noise_mode=noise_mode, ext=image_format, fmt=IMAGE_FORMATS[image_format],
+                                         pool=pool, bar=bar))
+        seconds = time.perf_counter() - t0
+        report = {
+            "settings": settings, "settings_hash": settings_hash,
+            "out_dir": out.as_posix(), "set_dirs": [p.as_posix() for p in set_dirs(out, num_sets)],
+            "set_seeds": [int(seed) + j for j in range(num_sets)], "counts": written,
+            "n_images": total, "resolution": info.get("resolution"), "seconds": round(seconds, 3),
+            "images_per_s": round(total / max(seconds, 1e-9), 1), "device": str(dev),
+        }
+        runs.write_json(tmp / REPORT_NAME, report)
+    return {**report, "reused": False}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Reading image folders and features
+
+
+def _image_dataset(root: str | os.PathLike, split: str | None, resolution: int | None):
+    from histlib.data.dataset import ImageDataset, to_uint8_tensor
+
+    return ImageDataset(runs.project_path(root), split=split, transform=to_uint8_tensor, resolution=resolution)
+
+
+def image_resolution(root: str | os.PathLike) -> int:
+    """Side length of the first image of an ImageFolder (generated sets are square and uniform)."""
+    from PIL import Image
+
+    ds = _image_dataset(root, None, None)
+    with Image.open(ds.paths[0]) as im:
+        return int(im.size[0])
+
+
+class PixelFeatures:
+    """Pixels as features: ``uint8 [N, 3, H, W]`` → ``float32 [N, 3·S·S]`` in [0, 1].
+
+    Images larger than ``max_resolution`` are area-downsampled to it first, which keeps a 256 px audit against tens
+    of thousands of real images within memory; identical images still map to identical features (distance 0).
+    """
+
+    name = PIXELS
+    cache_key = PIXELS
+
+    def __init__(self, max_resolution: int | None = 64):
+        self.max_resolution = max_resolution
+        self.dim = 0
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.to(torch.float32) / 255.0
+        if self.max_resolution is not None and x.shape[-1] > self.max_resolution:
+            x = torch.nn.functional.interpolate(x, size=(self.max_resolution, self.max_resolution), mode="area")
+        self.dim = x[0].numel()
+        return x.flatten(1)  # [N, 3·S·S]
+
+
+def get_feature_extractor(spec: Any, device: str | torch.device | None = None):
+    """An extractor from a name (``'pixels'``, ``'inception'``, ``'vgg16'``, ``'domain:CKPT'``, ``'random-test'``)
+    or an object with ``name`` and ``__call__`` (returned unchanged)."""
+    if spec is None:
+        raise ValueError("extractor=None: name a feature extractor ('pixels', 'inception', 'vgg16', 'domain:CKPT', "
+                         "'random-test')")
+    if not isinstance(spec, str):
+        if not callable(spec):
+            raise ValueError(f"extractor={spec!r}: expected a name or a callable images -> features")
+        return spec
+    if spec == PIXELS:
+        return PixelFeatures()
+    from histlib.metrics import get_extractor
+
+    return get_extractor(spec, device=device)
+
+
+def extractor_label(extractor: Any) -> str:
+    """The name used in metric keys (``inception-v3-fid``, ``vgg16-fc2``, ``domain-resnet34``, ``random-test``…)."""
+    name = getattr(extractor, "name", None) or type(extractor).__name__
+    return str(name).replace("/", "-")
+
+
+def resolve_extractor(spec: str | None = "auto", enabled: bool = True, device: str | torch.device | None = None,
+                      verbose: bool = True):
+    """The feature extractor of the GAN metrics, or None (with a printed reason) when metrics cannot be honest.
+
+    ``'auto'`` uses Inception-v3 (FID weights) when the weights file is already on this machine; it never
+    downloads and never falls back to an untrained network. ``'random-test'`` is honoured, with a warning that
+    its numbers only check the plumbing.
+    """
+    if not enabled:
+        if verbose:
+            print("GAN metrics disabled (METRICS=False).")
+        return None
+    if spec is None:
+        if verbose:
+            print("GAN metrics skipped: no feature extractor given (EXTRACTOR=None).")
+        return None
+    if spec == "auto":
+        from histlib.metrics import INCEPTION_FID_WEIGHTS, WeightsNotFoundError, find_weights
+
+        try:
+            find_weights(INCEPTION_FID_WEIGHTS, download=False)
+        except WeightsNotFoundError as e:
+            if verbose:
+                print("GAN metrics skipped: EXTRACTOR='auto' found no Inception-v3 FID weights on this machine; it "
+                      "neither downloads them nor falls back to an untrained network.\n"
+                      f"  {e}\n  Alternatives: EXTRACTOR='domain:<classifier run>/checkpoints/best.pt' (features of a "
+                      "histology classifier from notebook 05), or place the weights and re-run.")
+            return None
+        spec = "inception"
+    extractor = get_feature_extractor(spec, device=device)
+    if verbose and extractor_label(extractor) == "random-test":
+        print("WARNING: 'random-test' features come from an untrained network; the metrics below check the "
+              "pipeline and say nothing about image quality (their keys are labelled 'random-test/...').")
+    return extractor
+
+
+@torch.no_grad()
+def folder_features(root: str | os.PathLike, extractor: Any, *, split: str | None = None,
+                    resolution: int | None = None, batch_size: int = 256, num_workers: int = 0,
+                    desc: str | None = None, progress: bool = False):
+    """Features of every image of a folder, streamed in batches (the images are never all in memory).
+
+    Args:
+        root: a prepared dataset or ImageFolder.
+        extractor: a callable ``uint8 [N, 3, H, W] → [N, D]``.
+        split: keep only this split (None: all images).
+        resolution: resize every image to this size first (None: as stored).
+
+    Returns:
+        ``(features float32 [N, D] on the CPU, dataset)``; the dataset gives ``labels``, ``classes`` and ``paths``.
+    """
+    ds = _image_dataset(root, split, resolution)
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    feats = [extractor(x).detach().float().cpu() for x, _ in tqdm(loader, desc=desc or "features", unit="batch",
+                                                                  leave=False, disable=not progress)]
+    return torch.cat(feats), ds
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Memorisation audit
+
+
+def nearest_neighbours(query: torch.Tensor, reference: torch.Tensor, k: int = 1, exclude_self: bool = False,
+                       chunk: int = 1024, device: str | torch.device | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Exact k nearest reference rows (Euclidean) of each query row, computed in chunks.
+
+    Candidates (``k + 4`` per row) come from one float32 GEMM per chunk; their distances are then recomputed in
+    float64 as ``|q - r|`` directly, so identical rows give exactly 0 (the expanded GEMM form leaves round-off).
+
+    Args:
+        query: ``[N, D]``; reference: ``[M, D]``.
+        k: neighbours per query.
+        exclude_self: ``query`` is ``reference`` and row i must not be its own neighbour.
+        chunk: query rows per block.
+        device: where the GEMMs run (default CPU).
+
+    Returns:
+        ``(distances [N, k], indices [N, k])``, ascending.
+    """
+    dev = _resolve_device(device or "cpu")
+    q_all = torch.as_tensor(query).float()
+    r = torch.as_tensor(reference).float().to(dev)
+    if q_all.ndim != 2 or r.ndim != 2 or q_all.shape[1] != r.shape[1]:
+        raise ValueError(f"nearest_neighbours: expected [N, D] and [M, D], got {tuple(q_all.shape)} and "
+                         f"{tuple(r.shape)}")
+    extra = 1 if exclude_self else 0
+    if not 1 <= k <= r.shape[0] - extra:
+        raise ValueError(f"nearest_neighbours: k={k} but only {r.shape[0] - extra} reference rows are available")
+    kk = min(r.shape[0], k + 4 + extra)
+    # Bound the per-chunk memory (distance block + float64 candidate gather) to about 256 MiB.
+    chunk = max(1, min(chunk, (256 << 20) // (8 * kk * r.shape[1] + 4 * r.shape[0])))
+    r_sq = (r * r).sum(1)  # [M]
+    dists, idxs = [], []
+    for s in range(0, q_all.shape[0], chunk):
+        q = q_all[s:s + chunk].to(dev)  # [n, D]
+        d2 = (q * q).sum(1, keepdim=True) + r_sq.unsqueeze(0) - 2 * q @ r.T  # [n, M]
+        cand = d2.topk(kk, dim=1, largest=False).indices  # [n, kk]
+        exact = (q.double().unsqueeze(1) - r[cand].double()).norm(dim=2)  # [n, kk]
+        if exclude_self:
+            own = (torch.arange(q.shape[0], device=dev) + s).unsqueeze(1)
+            exact = torch.where(cand == own, math.inf, exact)
+        order = exact.argsort(dim=1, stable=True)[:, :k]
+        dists.append(exact.gather(1, order).cpu())
+        idxs.append(cand.gather(1, order).cpu())
+    return torch.cat(dists).numpy(), torch.cat(idxs).numpy()
+
+
+def memorisation_audit(
+    generated_dir: str | os.PathLike,
+    real_dir: str | os.PathLike,
+    extractor: Any = PIXELS,
+    k: int = 1,
+    *,
+    real_split: str | None = "train",
+    real_nn: bool = True,
+    device: str | torch.device | None = None,
+    batch_size: int = 256,
+    num_workers: int = 0,
+    progress: bool = False,
+) -> pd.DataFrame:
+    """Nearest real neighbour of every generated image in a feature space.
+
+    Real images are resized to the generated resolution first (as the GAN saw them in training).
+
+    Args:
+        generated_dir: an ImageFolder of generated images (one set).
+        real_dir: the real dataset the GAN learned from.
+        extractor: ``'pixels'`` (default), an extractor name (see :func:`get_feature_extractor`) or object.
+        k: neighbours per generated image.
+        real_split: split of ``real_dir`` to search (None: all images).
+        real_nn: also compute each real neighbour's distance to its own nearest other real image, and the
+            ratio ``distance / real_nn_distance`` (≪ 1: closer to a training image than training images are to
+            each other, a sign of copying).
+        device: where features and distances are computed.
+        batch_size, num_workers: image loading.
+
+    Returns:
+        One row per generated image and rank: ``generated, generated_class, rank, real, real_class, same_class,
+        distance`` (+ ``real_nn_distance``, ``ratio``), with ``generated_path`` / ``real_path`` (absolute) for
+        plotting. ``df.attrs`` holds ``extractor``, ``generated_dir``, ``real_dir``.
+    """
+    ext = get_feature_extractor(extractor, device=device)
+    kw = dict(batch_size=batch_size, num_workers=num_workers, progress=progress)
+    g_feat, g_ds = folder_features(generated_dir, ext, desc="generated features", **kw)  # [N, D]
+    r_feat, r_ds = folder_features(real_dir, ext, split=real_split, resolution=image_resolution(generated_dir),
+                                   desc="real features", **kw)  # [M, D]
+    dist, idx = nearest_neighbours(g_feat, r_feat, k=k, device=device)
+    g_root, r_root = g_ds.root, r_ds.root
+    flat = idx.ravel()
+    df = pd.DataFrame({
+        "generated": np.repeat([p.relative_to(g_root).as_posix() for p in g_ds.paths], k),
+        "generated_class": np.repeat([g_ds.classes[i] for i in g_ds.labels], k),
+        "rank": np.tile(np.arange(1, k + 1), len(g_ds)),
+        "real": [r_ds.paths[i].relative_to(r_root).as_posix() for i in flat],
+        "real_class": [r_ds.classes[r_ds.labels[i]] for i in flat],
+        "distance": dist.ravel(),
+    })
+    df["same_class"] = df["generated_class"] == df["real_class"]
+    if real_nn and len(r_feat) > 1:
+        rr, _ = nearest_neighbours(r_feat, r_feat, k=1, exclude_self=True, device=device)
+        df["real_nn_distance"] = rr[flat, 0]
+        nn_d = df["real_nn_distance"].to_numpy()
+        df["ratio"] = np.divide(df["distance"].to_numpy(), nn_d, out=np.full(len(df), np.nan), where=nn_d > 0)
+    df["generated_path"] = np.repeat([str(p) for p in g_ds.paths], k)
+    df["real_path"] = [str(r_ds.paths[i]) for i in flat]
+    df.attrs.update(extractor=extractor_label(ext), generated_dir=str(g_root), real_dir=str(r_root))
+    return df
+
+
+def summarize_audit(audit: pd.DataFrame, copy_tol: float = 1e-6) -> dict[str, Any]:
+    """Summary numbers of an audit (rank-1 neighbours).
+
+    ``n_exact_copies`` counts generated images whose nearest real image is at distance ≤ ``copy_tol`` × the median
+    real-to-real nearest-neighbour distance (≤ ``copy_tol`` when that is unavailable).
+    """
+    a = audit[audit["rank"] == 1]
+    scale = float(a["real_nn_distance"].median()) if "real_nn_distance" in a and len(a) else 1.0
+    out = {
+        "extractor": audit.attrs.get("extractor"), "n_generated": int(len(a)),
+        "min_distance": float(a["distance"].min()), "median_distance": float(a["distance"].median()),
+        "n_exact_copies": int((a["distance"] <= copy_tol * (scale if scale > 0 else 1.0)).sum()),
+        "fraction_same_class": float(a["same_class"].mean()),
+    }
+    if "ratio" in a:
+        r = a["ratio"].dropna()
+        out.update({"median_real_nn_distance": scale, "min_ratio": float(r.min()) if len(r) else None,
+                    "ratio_q05": float(r.quantile(0.05)) if len(r) else None,
+                    "median_ratio": float(r.median()) if len(r) else None,
+                    "fraction_ratio_below_0.5": float((r < 0.5).mean()) if len(r) else None})
+    return out
+
+
+def plot_nearest_pairs(audit: pd.DataFrame, n: int = 8, closest: bool = True):
+    """The ``n`` closest (or farthest) generated/real pairs: generated images on top, their nearest real below."""
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    a = audit[audit["rank"] == 1].sort_values("distance", ascending=closest).head(n)
+    cols = max(1, len(a))
+    fig, axes = plt.subplots(2, cols, figsize=(1.7 * cols, 4.4), squeeze=False)
+    for j, (_, r) in enumerate(a.iterrows()):
+        for i, (key, label) in enumerate((("generated_path", r["generated_class"]), ("real_path", r["real_class"]))):
+            with Image.open(r[key]) as im:
+                axes[i][j].imshow(np.asarray(im.convert("RGB")))
+            axes[i][j].set_title(f"{label}" + (f"\nd={r['distance']:.3g}" if i == 0 else ""), fontsize=7)
+            axes[i][j].axis("off")
+    extractor = audit.attrs.get("extractor", "features")
+    which = "closest" if closest else "farthest"
+    fig.suptitle(f"{which} generated (top) / nearest real (bottom) pairs, {extractor} distance", fontsize=9)
+    fig.tight_layout()
+    plt.close(fig)  # out of pyplot's registry: the notebook displays the returned figure once
+    return fig
+
+
+def plot_samples(images_dir: str | os.PathLike, n_per_class: int = 8):
+    """A grid of generated images, one row per class (the first ``n_per_class`` of each)."""
+    import matplotlib.pyplot as plt
+
+    ds = _image_dataset(images_dir, None, None)
+    fig, axes = plt.subplots(len(ds.classes), n_per_class,
+                             figsize=(1.1 * n_per_class + 1.5, 1.1 * len(ds.classes)), squeeze=False)
+    for i, cls in enumerate(ds.classes):
+        idx = np.flatnonzero(ds.labels == i)[:n_per_class]
+        for j in range(n_per_class):
+            ax = axes[i][j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j < len(idx):
+                ax.imshow(ds[int(idx[j])][0].permute(1, 2, 0).numpy())
+            if j == 0:
+                ax.set_ylabel(cls, rotation=0, ha="right", va="center", fontsize=8)
+    fig.tight_layout()
+    plt.close(fig)  # out of pyplot's registry: the notebook displays the returned figure once
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# GAN metrics
+
+
+def _set_metrics(real: torch.Tensor, fake: torch.Tensor, k_pr: int, k_dc: int, device) -> dict[str, float | None]:
+    from histlib.metrics import density_coverage, frechet_distance, precision_recall
+
+    out: dict[str, float | None] = {"n_real": int(len(real)), "n_fake": int(len(fake))}
+    n = min(len(real), len(fake))
+    out["fid"] = frechet_distance(real, fake) if n >= 2 else None
+    if n > max(k_pr, k_dc):
+        out.update(precision_recall(real, fake, k=k_pr, device=device))
+        out.update(density_coverage(real, fake, k=k_dc, device=device))
+    else:
+        out.update(precision=None, recall=None, density=None, coverage=None)
+    return out
+
+
+def gan_metrics(
+    generated_dir: str | os.PathLike,
+    real_dir: str | os.PathLike,
+    extractor: Any,
+    *,
+    real_split: str | None = "train",
+    k_pr: int = 3,
+    k_dc: int = 5,
+    per_class: bool = True,
+    device: str | torch.device | None = None,
+    batch_size: int = 256,
+    num_workers: int = 0,
+    progress: bool = False,
+    verbose: bool = True,
+) -> dict[str, Any]:
+    """FID, precision/recall and density/coverage of a generated ImageFolder against the real images.
+
+    Args:
+        generated_dir: one generated set.
+        real_dir: the real dataset (its ``real_split`` is the reference; images resized to the generated size).
+        extractor: an extractor (object or name); None returns ``{}`` (metrics skipped).
+        real_split: split of the real set (None: all).
+        k_pr, k_dc: k of precision/recall (3) and density/coverage (5).
+        per_class: also compare each class's generated images with the same class's real images (classes with
+            too few images for a k-NN metric get None).
+        device: where features and distances are computed.
+
+    Returns:
+        Flat keys ``<extractor>/<metric>`` and ``<extractor>/per_class/<class>/<metric>`` with metric in
+        ``fid, precision, recall, density, coverage, n_real, n_fake`` (the extractor's name, e.g.
+        ``inception-v3-fid`` or ``random-test``, is part of every key).
+    """
+    if extractor is None:
+        return {}
+    ext = get_feature_extractor(extractor, device=device)
+    label = extractor_label(ext)
+    kw = dict(batch_size=batch_size, num_workers=num_workers, progress=progress)
+    fake, g_ds = folder_features(generated_dir, ext, desc="generated features", **kw)  # [N, D]
+    real, r_ds = folder_features(real_dir, ext, split=real_split, resolution=image_resolution(generated_dir),
+                                 desc="real features", **kw)  # [M, D]
+    out: dict[str, Any] = {f"{label}/{k}": v for k, v in _set_metrics(real, fake, k_pr, k_dc, device).items()}
+    if per_class:
+        for i, cls in enumerate(g_ds.classes):
+            if cls not in r_ds.classes:
+                continue
+            r_sel = torch.from_numpy(r_ds.labels == r_ds.classes.index(cls))
+            f_sel = torch.from_numpy(g_ds.labels == i)
+            for key, v in _set_metrics(real[r_sel], fake[f_sel], k_pr, k_dc, device).items():
+                out[f"{label}/per_class/{cls}/{key}"] = v
+    if label == "random-test":
+        out[f"{label}/note"] = "untrained network: checks the pipeline, says nothing about image quality"
+    if verbose:
+        shown = {m: out.get(f"{label}/{m}") for m in ("fid", "precision", "recall", "density", "coverage")}
+        print(f"{label}: " + ", ".join(f"{m}={v:.4g}" if isinstance(v, float) else f"{m}={v}"
+                                       for m, v in shown.items()))
+    return out
+
+
+def per_class_table(metrics: Mapping[str, Any]) -> pd.DataFrame:
+    """The per-class part of :func:`gan_metrics` as a table: index ``(extractor, class)``, one column per metric."""
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    for key, v in metrics.items():
+        parts = key.split("/")
+        if len(parts) == 4 and parts[1] == "per_class":
+            rows.setdefault((parts[0], parts[2]), {})[parts[3]] = v
+    if not rows:
+        return pd.DataFrame()
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    table.index = pd.MultiIndex.from_tuples(table.index, names=["extractor", "class"])
+    return table
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The stage
+
+
+def run_generation(cfg: GenerateConfig, run_dir: str | os.PathLike, progress: bool = True) -> dict[str, Any]:
+    """Writes ``config.json``, ``env.json`` and ``images/`` (see :func:`generate_images`) of a generate run."""
+    cfg = dataclasses.replace(cfg).validate()
+    run = runs.Run(runs.project_path(run_dir))
+    run.write_config(cfg)
+    run.metrics_path.unlink(missing_ok=True)  # metrics.json marks a finished stage: written last
+    dev = _resolve_device(cfg.device)
+    run.write_env(device=str(dev))
+    return generate_images(cfg.checkpoint, run.images, cfg.images_per_class, truncation_psi=cfg.truncation_psi,
+                           seed=cfg.seed, batch_size=cfg.batch_size, device=dev, classes=cfg.classes,
+                           image_format=cfg.image_format, num_sets=cfg.num_sets, noise_mode=cfg.noise_mode,
+                           progress=progress)
+
+
+def skip_reason(cfg: GenerateConfig) -> str:
+    """Why a generate run with these settings has no GAN metrics (for ``metrics.json``)."""
+    if not cfg.metrics:
+        return "metrics disabled (metrics=False)"
+    if cfg.extractor is None:
+        return "no feature extractor given (extractor=None)"
+    if cfg.extractor == "auto":
+        return ("extractor='auto' found no Inception-v3 FID weights on this machine; it neither downloads them nor "
+                "uses an untrained network")
+    return f"extractor={cfg.extractor!r} gave no metrics"
+
+
+def write_generation_metrics(run_dir: str | os.PathLike, report: Mapping[str, Any],
+                             metrics: Mapping[str, Any] | None = None, audit: pd.DataFrame | None = None,
+                             cfg: GenerateConfig | None = None, skipped_reason: str | None = None) -> dict[str, Any]:
+    """Writes ``metrics.json`` (flat keys) of a generate run and ``memorisation.csv`` when an audit is given.
+
+    Keys: ``n_images``, ``num_sets``, ``images_per_class/<class>``, ``seconds``, ``images_per_s``,
+    ``truncation_psi``, ``seed``, ``checkpoint``, ``memorisation/<extractor>/…`` and the GAN metrics
+    ``<extractor>/…``; without GAN metrics, ``metrics_skipped`` says why (``skipped_reason``, else derived from
+    ``cfg``).
+    """
+    run = runs.Run(runs.project_path(run_dir))
+    s = report["settings"]
+    out: dict[str, Any] = {
+        "n_images": report["n_images"], "num_sets": s["num_sets"], "images_per_class": s["images_per_class"],
+        "seed": s["seed"], "truncation_psi": s["truncation_psi"], "noise_mode": s["noise_mode"],
+        "checkpoint": s["checkpoint"], "checkpoint_kimg": (s.get("cur_nimg") or 0) / 1000,
+        "resolution": report.get("resolution"), "seconds": report["seconds"], "images_per_s": report["images_per_s"],
+        "images_reused": bool(report.get("reused", False)),
+    }
+    if audit is not None:
+        summary = summarize_audit(audit)
+        label = summary.pop("extractor") or "features"
+        out.update({f"memorisation/{label}/{k}": v for k, v in summary.items()})
+        runs.atomic_write_text(run.path / "memorisation.csv",
+                               audit.drop(columns=["generated_path", "real_path"]).to_csv(index=False))
+    if metrics:
+        out.update(metrics)
+    else:
+        out["metrics_skipped"] = skipped_reason or (skip_reason(cfg) if cfg is not None else "no GAN metrics given")
+    run.write_metrics(out)
+    return run.read_metrics()
+
+
+def metrics_table(metrics: Mapping[str, Any]) -> pd.DataFrame:
+    """The overall GAN metrics of :func:`gan_metrics` as a table: one row per extractor."""
+    rows: dict[str, dict[str, Any]] = {}
+    for key, v in metrics.items():
+        parts = key.split("/")
+        if len(parts) == 2 and parts[0] not in ("images_per_class",):
+            rows.setdefault(parts[0], {})[parts[1]] = v
+    return pd.DataFrame.from_dict(rows, orient="index")

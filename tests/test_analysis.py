@@ -1,0 +1,199 @@
+"""histlib.analysis: reading a study's results tree, paper-layout tables, bootstrap CIs and plots."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from histlib import analysis, runs
+
+# Accuracies written into the synthetic tree: (dataset, train_set, model) -> per-seed (accuracy, balanced accuracy)
+RESULTS = {
+    ("path_dt_msu", "real", "resnet34"): [(0.90, 0.80), (0.92, 0.83), (0.94, 0.86)],
+    ("path_dt_msu", "synthetic", "resnet34"): [(0.70, 0.60), (0.74, 0.66), (0.78, 0.63)],
+    ("bach", "real", "resnet34"): [(0.81, 0.81), (0.85, 0.84)],
+    ("bach", "real+synthetic", "densenet169"): [(0.88, 0.87)],
+}
+
+
+@pytest.fixture
+def study(tmp_path) -> Path:
+    """``results/<study>`` with classify runs, one base GAN run (stats only partly), no generate stage."""
+    root = tmp_path / "results" / "toy"
+    for (dataset, train_set, model), values in RESULTS.items():
+        for seed, (acc, bal) in enumerate(values):
+            run = runs.Run(root / dataset / "classify" / f"{train_set}__{model}__seed{seed}")
+            run.write_metrics({"accuracy": acc, "balanced_accuracy": bal, "recall": {"a": 0.5, "b": 1.0},
+                               "confusion_matrix": [[1, 1], [0, 2]], "pretrained": False})
+            run.log_stats({"epoch": 1, "train_loss": 1.0, "val_balanced_accuracy": bal - 0.1})
+            run.log_stats({"epoch": 2, "train_loss": 0.5, "val_balanced_accuracy": bal})
+    base = runs.Run(root / "nct" / "base_gan" / "default")
+    for kimg in (1.0, 2.0, 3.0):
+        base.log_stats({"kimg": kimg, "loss_g": 1.0 / kimg, "loss_d": 0.5 + kimg})
+    base.write_metrics({"kimg": 3.0, "loss_g": 0.33})
+    runs.Run(root / "bach" / "classify" / "real__resnet34__seed9")  # started, never finished: no metrics.json
+    runs.write_json(root / "study.json", {"study": "toy", "steps": [
+        {"step": "02_base_gan__nct", "stage": "base_gan", "dataset": "nct"},
+        {"step": "04_generate__bach__pretrained", "stage": "generate", "dataset": "bach"},
+        {"step": "05_classify__bach", "stage": "classify", "dataset": "bach"},
+        {"step": "05_classify__path_dt_msu", "stage": "classify", "dataset": "path_dt_msu"}]})
+    (root / "notebooks").mkdir()  # executed notebooks live here: not a dataset
+    return root
+
+
+def test_collect_metrics_one_row_per_finished_run(study):
+    df = analysis.collect_metrics(study)
+    assert len(df) == sum(len(v) for v in RESULTS.values()) + 1
+    cls = df[df["stage"] == "classify"]
+    row = cls[(cls["dataset"] == "bach") & (cls["run"] == "real__resnet34__seed1")].iloc[0]
+    assert (row["train_set"], row["model"], row["seed"]) == ("real", "resnet34", 1)
+    assert row["accuracy"] == 0.85 and row["recall/b"] == 1.0
+    assert "confusion_matrix" not in df.columns  # lists dropped by default
+    assert "confusion_matrix" in analysis.collect_metrics(study, include_lists=True).columns
+    assert set(df["stage"]) == {"classify", "base_gan"}
+    with pytest.raises(FileNotFoundError, match="study results folder"):
+        analysis.collect_metrics(study / "nope")
+
+
+def test_parse_classify_run_names():
+    assert analysis.parse_classify_run("real+synthetic__efficientnet_b2__seed12") == {
+        "train_set": "real+synthetic", "model": "efficientnet_b2", "seed": 12}
+    assert analysis.parse_classify_run("default") is None
+
+
+def test_classification_table_means_and_stds(study):
+    table = analysis.classification_table(analysis.collect_metrics(study))
+    assert list(table.index) == [("real", "resnet34"), ("synthetic", "resnet34"), ("real+synthetic", "densenet169")]
+    for (dataset, train_set, model), values in RESULTS.items():
+        vals = np.array(values)
+        for j, metric in enumerate(("accuracy", "balanced_accuracy")):
+            assert table.loc[(train_set, model), (dataset, metric, "mean")] == pytest.approx(vals[:, j].mean())
+            assert table.loc[(train_set, model), (dataset, metric, "n")] == len(values)
+            std = table.loc[(train_set, model), (dataset, metric, "std")]
+            if len(values) > 1:
+                assert std == pytest.approx(np.std(vals[:, j], ddof=1))
+            else:
+                assert math.isnan(std)
+    # combinations that were not run stay empty
+    assert math.isnan(table.loc[("synthetic", "resnet34"), ("bach", "accuracy", "mean")])
+    text = analysis.format_mean_std(table)
+    assert text.loc[("real", "resnet34"), ("path_dt_msu", "accuracy")] == "92.0 ± 2.0"
+    assert text.loc[("real+synthetic", "densenet169"), ("bach", "accuracy")] == "88.0"  # one seed: no spread
+    boot = analysis.classification_table(analysis.collect_metrics(study), bootstrap=True, n_boot=2000)
+    lo = boot.loc[("real", "resnet34"), ("path_dt_msu", "accuracy", "ci_low")]
+    hi = boot.loc[("real", "resnet34"), ("path_dt_msu", "accuracy", "ci_high")]
+    assert 0.90 <= lo <= 0.92 <= hi <= 0.94
+
+
+def test_missing_stages_are_reported_not_fatal(study):
+    df = analysis.collect_metrics(study)
+    assert analysis.gan_table(df).empty
+    status = analysis.stage_status(study, df)
+    by = {(r.stage, r.dataset): r for r in status.itertuples()}
+    assert by[("generate", "bach")].status == "missing"
+    assert by[("classify", "bach")].status == "partial" and by[("classify", "bach")].unfinished == 1
+    assert by[("classify", "path_dt_msu")].status == "ok"
+    message = analysis.describe_missing(status)
+    assert "generate" in message and "finetune" in message and "base_gan" not in message
+    for fig in (analysis.plot_gan_metrics(df), analysis.plot_classification(df),
+                analysis.plot_training_curves(analysis.collect_stats(study), stage="finetune")):
+        assert fig.axes
+    empty = study.parent / "empty"
+    empty.mkdir()
+    assert analysis.collect_metrics(empty).empty
+    assert analysis.classification_table(analysis.collect_metrics(empty)).empty
+    assert analysis.stage_status(empty).empty
+
+
+def test_gan_table_and_extractor_labels(study):
+    for variant, fid in (("pretrained", 30.0), ("scratch", 60.0)):
+        runs.Run(study / "bach" / "generate" / variant).write_metrics({
+            "n_images": 100, "random-test/fid": fid, "random-test/precision": 0.5, "random-test/recall": 0.4,
+            "random-test/per_class/a/fid": 1.0, "memorisation/pixels/min_distance": 0.2})
+    df = analysis.collect_metrics(study)
+    table = analysis.gan_table(df)
+    assert list(table.index) == [("bach", "pretrained", "random-test"), ("bach", "scratch", "random-test")]
+    assert list(table.columns) == ["fid", "precision", "recall"]
+    assert table.loc[("bach", "scratch", "random-test"), "fid"] == 60.0
+    fig = analysis.plot_gan_metrics(df)
+    assert len(fig.axes) == 3 and "random-test" in fig.texts[0].get_text()
+
+
+def test_collect_stats_and_curves(study):
+    stats = analysis.collect_stats(study, stage="base_gan")
+    assert list(stats["kimg"]) == [1.0, 2.0, 3.0] and set(stats["run"]) == {"default"}
+    fig = analysis.plot_training_curves(stats, keys=("loss_g", "loss_d", "absent"))
+    assert len(fig.axes) == 2
+    assert len(analysis.collect_stats(study)) == 3 + 2 * sum(len(v) for v in RESULTS.values())
+
+
+def test_write_tables(study, tmp_path):
+    table = analysis.classification_table(analysis.collect_metrics(study))
+    paths = analysis.write_tables({"classification": table, "gan": analysis.gan_table(analysis.collect_metrics(study))},
+                                  tmp_path / "analysis")
+    assert sorted(p.name for p in paths) == ["classification.csv", "classification.md"]
+    md = (tmp_path / "analysis" / "classification.md").read_text()
+    header = "| train_set | model | bach / accuracy / mean | bach / accuracy / std | bach / accuracy / n |"
+    assert md.splitlines()[0].startswith(header)
+    assert len(md.splitlines()) == 2 + len(table)
+    with pytest.raises(ValueError, match="plain file name"):
+        analysis.write_tables({"../x": table}, tmp_path)
+
+
+def test_bootstrap_ci_contains_mean_and_narrows():
+    rng = np.random.default_rng(1)
+    small = rng.normal(10.0, 2.0, size=10)
+    large = rng.normal(10.0, 2.0, size=1000)
+    a = analysis.bootstrap_ci(small)
+    b = analysis.bootstrap_ci(large)
+    assert a.low <= a.mean <= a.high and b.low <= b.mean <= b.high
+    assert a.mean == pytest.approx(small.mean())
+    assert (b.high - b.low) < (a.high - a.low) / 5  # ~1/sqrt(100) as wide with 100x the data
+    # the normal-theory interval mean ± 1.96 s / sqrt(n) is an independent check for a large sample
+    half = 1.96 * large.std(ddof=1) / math.sqrt(large.size)
+    assert (b.high - b.low) / 2 == pytest.approx(half, rel=0.1)
+    assert analysis.bootstrap_ci(small, ci=0.5).high - analysis.bootstrap_ci(small, ci=0.5).low < a.high - a.low
+    assert analysis.bootstrap_ci(small, seed=3) == analysis.bootstrap_ci(small, seed=3)
+    assert analysis.bootstrap_ci([0.7]) == (0.7, 0.7, 0.7)
+    assert all(math.isnan(v) for v in analysis.bootstrap_ci([]))
+    with pytest.raises(ValueError, match="ci="):
+        analysis.bootstrap_ci(small, ci=95)
+
+
+def test_metrics_json_with_non_object_is_named(study):
+    bad = study / "bach" / "classify" / "real__resnet34__seed0" / "metrics.json"
+    bad.write_text(json.dumps([1, 2]))
+    with pytest.raises(ValueError, match="metrics.json"):
+        analysis.collect_metrics(study)
+
+
+def test_fine_tuning_transfer_report(tmp_path):
+    torch = pytest.importorskip("torch")
+    base = {"G": {"a": torch.ones(2), "b": torch.zeros(3), "emb": torch.ones(4)}, "D": {"x": torch.ones(1)}}
+    base["G_ema"] = {k: v.clone() for k, v in base["G"].items()}
+    torch.save(base, tmp_path / "base.pt")
+    tuned = {"G": {"a": torch.ones(2), "b": torch.tensor([0.0, 0.5, 0.0]), "emb": torch.zeros(5)},
+             "D": {"x": torch.tensor([1.0 + 2**-20])}}
+    tuned["G_ema"] = {k: v.clone() for k, v in tuned["G"].items()}
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    torch.save(tuned, run / "checkpoints" / "latest.pt")
+    loaded = {"loaded": ["a", "b"], "skipped": ["emb"], "reinitialised": ["emb"]}
+    runs.write_json(run / "finetune.json", {"resume_from": str(tmp_path / "base.pt"), "frozen": {"G": ["a"], "D": []},
+                                            "G": loaded, "G_ema": loaded, "D": {"loaded": ["x"]}})
+    summary = analysis.transfer_summary(run)
+    assert summary.loc["G"].to_dict() == {"loaded": 2, "skipped": 1, "reinitialised": 1, "frozen": 1}
+    assert summary.loc["D", "loaded"] == 1 and summary.loc["G_ema", "frozen"] == 1
+    tensors = analysis.transfer_tensors(run)
+    assert set(tensors[tensors["network"] == "G"]["status"]) == {"skipped", "reinitialised", "frozen"}
+    check = analysis.frozen_tensor_check(run).set_index(["network", "group"])
+    assert check.loc[("G", "frozen"), "unchanged"] == 1 and check.loc[("G", "frozen"), "max_abs_change"] == 0
+    assert check.loc[("G", "trainable"), "max_abs_change"] == 0.5 and check.loc[("G", "trainable"), "unchanged"] == 0
+    assert check.loc[("D", "trainable"), "max_abs_change"] == 2**-20
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    assert analysis.transfer_summary(scratch).empty and analysis.frozen_tensor_check(scratch).empty
