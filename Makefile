@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-slow test-gpu test-notebooks lab lint clean-venv
+.PHONY: demo test test-slow test-gpu test-notebooks gpu-check lab lint clean-venv
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ test-gpu: $(VENV)/.installed
 
 test-notebooks: $(VENV)/.installed
 	$(PY) -m pytest -m notebooks $(PYTEST_ARGS)
+
+# On a machine with a CUDA GPU: build the kernels, run the gpu tests and the ops benchmark (JSON under $$OUT if set).
+gpu-check:
+	bash tools/gpu_check.sh
 
 lab: $(VENV)/.installed
 	$(VENV)/bin/jupyter lab notebooks/
