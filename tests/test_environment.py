@@ -1,9 +1,9 @@
 """pyproject.toml is the one dependency list; environment.yml, the Makefile and CI must agree with it."""
 
 import re
-import tomllib
 from pathlib import Path
 
+import tomllib
 import yaml
 from packaging.specifiers import SpecifierSet
 
