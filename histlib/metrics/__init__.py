@@ -1,0 +1,54 @@
+"""GAN metrics: FID, improved precision/recall (Kynkäänniemi et al. 2019), density/coverage (Naeem et al. 2020).
+
+Public API (DESIGN.md §5) — feature arrays ``[N, D]``, numpy or torch:
+
+- ``frechet_distance(real, fake)``, ``frechet_distance_from_stats(mu1, s1, mu2, s2)``, ``feature_statistics(x)``
+- ``precision_recall(real, fake, k=3)``, ``density_coverage(real, fake, k=5)``, ``compute_prdc(real, fake, k, k_dc)``
+- ``compute_metrics`` / ``per_class_metrics`` (summary table), ``get_extractor`` (feature extractors),
+  ``extract_features`` / ``FeatureCache``, ``GanMetricsHook`` / ``EarlyStopping`` (training hooks).
+
+Submodules are imported on first use, so ``import histlib.metrics`` does not import torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "frechet_distance": "fid",
+    "frechet_distance_from_stats": "fid",
+    "feature_statistics": "fid",
+    "trace_sqrt_product": "fid",
+    "precision_recall": "prdc",
+    "density_coverage": "prdc",
+    "compute_prdc": "prdc",
+    "prdc_per_sample": "prdc",
+    "PRDCPerSample": "prdc",
+    "compute_metrics": "summary",
+    "per_class_metrics": "summary",
+    "table_to_dict": "summary",
+    "FeatureExtractor": "features",
+    "get_extractor": "features",
+    "InceptionFeatures": "features",
+    "VGG16Features": "features",
+    "RandomTestFeatures": "features",
+    "DomainFeatures": "features",
+    "WeightsNotFoundError": "features",
+    "find_weights": "features",
+    "INCEPTION_FID_WEIGHTS": "features",
+    "VGG16_WEIGHTS": "features",
+    "FeatureCache": "cache",
+    "extract_features": "cache",
+    "dataset_fingerprint": "cache",
+    "GanMetricsHook": "hooks",
+    "EarlyStopping": "hooks",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module 'histlib.metrics' has no attribute {name!r}")
