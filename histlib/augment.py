@@ -606,4 +606,5 @@ def plot_augment_grid(
     if title:
         fig.suptitle(title)
     fig.tight_layout()
+    plt.close(fig)  # out of pyplot's registry: the notebook displays the returned figure once
     return fig

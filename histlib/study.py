@@ -381,8 +381,9 @@ def run_study(path: str | os.PathLike, *, force: bool = False, only: Iterable[st
         else:
             t0 = time.time()
             html = execute_step(study, step, log_output=log_output)
-            row.update(status="finished", seconds=round(time.time() - t0, 1),
-                       html=html.relative_to(runs.project_root()).as_posix())
+            root = runs.project_root()
+            shown = html.relative_to(root) if html.is_relative_to(root) else html
+            row.update(status="finished", seconds=round(time.time() - t0, 1), html=shown.as_posix())
             tqdm.write(f"{step.name}: finished in {row['seconds']} s -> {row['html']}")
         rows.append(row)
     if not dry_run:

@@ -1218,6 +1218,7 @@ def plot_losses(run_dir: str | os.PathLike):
         if ax.lines:
             ax.legend(fontsize=8)
     fig.tight_layout()
+    plt.close(fig)  # out of pyplot's registry: the notebook displays the returned figure once
     return fig
 
 
@@ -1239,6 +1240,7 @@ def plot_augment(run_dir: str | os.PathLike):
     ax.set_title("adaptive augmentation")
     ax.legend(fontsize=8)
     fig.tight_layout()
+    plt.close(fig)  # out of pyplot's registry: the notebook displays the returned figure once
     return fig
 
 
@@ -1265,6 +1267,7 @@ def plot_class_grid(run_dir: str | os.PathLike, which: str = "latest"):
     label = "real images" if which == "reals" else f"G_ema, {path.stem.removeprefix('grid-')}"
     ax.set_title(f"{label} (row = class)")
     fig.tight_layout()
+    plt.close(fig)  # out of pyplot's registry: the notebook displays the returned figure once
     return fig
 
 
