@@ -56,7 +56,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=f"python -m histlib {cmd}", description=desc)
     module.add_arguments(parser)
     args = parser.parse_args(argv[1:])
-    return int(module.main(args) or 0)
+    try:
+        return int(module.main(args) or 0)
+    except (FileNotFoundError, FileExistsError, NotADirectoryError, ValueError) as e:
+        # bad input (a missing folder, a wrong parameter): the message names it; a traceback would only hide it
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

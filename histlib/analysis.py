@@ -13,7 +13,7 @@ Stages and their runs:
                                 be mistaken for an Inception FID);
     ``classify``                one run per ``<train_set>__<model>__seed<k>``: ``accuracy``, ``balanced_accuracy``.
 
-A study may lack some stages (the demo skips fine-tuning and generation): the functions return empty frames for
+A study may lack some stages (a study file lists the stages it runs): the functions return empty frames for
 what is absent and :func:`stage_status` says what is missing.
 """
 

@@ -103,7 +103,8 @@ class GenerateConfig:
         """The defaults of a profile with ``overrides`` applied (unknown names raise one clear error).
 
         ``demo``: 32 images per class on the CPU; ``reduced``: 500 per class; ``paper``: PATH-DT-MSU's 5 000 per
-        class (BACH's 2 625 is set by its study), three sets.
+        class (BACH's 2 625 is set by its study), three sets. An override of ``None`` for a field the profile
+        sets means "the profile's value".
         """
         defaults = {
             "demo": dict(images_per_class=32, batch_size=64, device="cpu", num_workers=0),
@@ -116,6 +117,7 @@ class GenerateConfig:
         unknown = sorted(set(overrides) - names)
         if unknown:
             raise ValueError(f"GenerateConfig: unknown field(s) {unknown}; expected some of {sorted(names)}")
+        overrides = {k: v for k, v in overrides.items() if v is not None or k not in defaults[profile]}
         return cls(**{**defaults[profile], "profile": profile, **overrides}).validate()
 
     def validate(self) -> GenerateConfig:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -414,7 +415,7 @@ def main(args: argparse.Namespace) -> int:
                          dry_run=args.action == "plan", results_root=args.results,
                          log_output=getattr(args, "log_output", False))
     except StudyError as e:
-        print(f"error: {e}")
+        print(f"error: {e}", file=sys.stderr)
         return 2
     if args.action == "run":
         ran = sum(r["status"] == "finished" for r in rows)

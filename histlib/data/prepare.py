@@ -486,6 +486,14 @@ def prepare_dataset(cfg: PrepareConfig, force: bool = False, progress: bool = Tr
         if not rows:
             raise ValueError(f"source={source}: no patches produced (patch={cfg.patch}, stride={cfg.stride})")
         df = pd.DataFrame(rows)
+        clashes = df[df["path"].duplicated(keep=False)]
+        if len(clashes):
+            # e.g. a/img0.png and a/img0.jpg both become a/img0.png: one would overwrite the other
+            first = clashes.groupby("path")["source"].apply(lambda s: sorted(set(s))).head(5)
+            detail = "; ".join(f"{p} <- {', '.join(srcs)}" for p, srcs in first.items())
+            raise ValueError(f"source={source}: {clashes['path'].nunique()} output name(s) would come from more "
+                             f"than one source file (same name, other extension or folder): {detail}. "
+                             "Rename the sources so their names differ.")
         if cfg.group_by == "source":
             df["group"] = df["source"]
         elif cfg.group_by == "patch":
@@ -501,6 +509,11 @@ def prepare_dataset(cfg: PrepareConfig, force: bool = False, progress: bool = Tr
 
         counts = {c: {s: int(n) for s, n in part["split"].value_counts().sort_index().items()}
                   for c, part in df.groupby("class", sort=True)}
+        no_val = [c for c, n in counts.items() if not n.get("val")]
+        if cfg.val_fraction > 0 and no_val:
+            # groups (slides, source images) span classes, so a class can end up with no validation images
+            warnings.warn(f"prepare {out}: class(es) {no_val} have no validation images after the group-aware "
+                          f"split (val_fraction={cfg.val_fraction}); their recall cannot be measured", stacklevel=2)
         report = {
             "status": "prepared",
             "out": out.as_posix(),
@@ -508,6 +521,7 @@ def prepare_dataset(cfg: PrepareConfig, force: bool = False, progress: bool = Tr
             "n_groups": int(df["group"].nunique()),
             "classes": sorted(counts),
             "counts": counts,
+            "classes_without_val": no_val if cfg.val_fraction > 0 else [],
             "source_info": info,
             "config": dataclasses.asdict(cfg),
             "config_hash": h,

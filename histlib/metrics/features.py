@@ -182,9 +182,11 @@ def find_weights(spec: WeightsSpec, path: str | os.PathLike | None = None, downl
             if _sha256(p) == spec.sha256:
                 return p
             mismatched.append(str(p))
+    offline_env = os.environ.get("HISTLIB_OFFLINE", "0") in ("1", "true", "yes")
     if download is None:
-        download = os.environ.get("HISTLIB_OFFLINE", "0") not in ("1", "true", "yes")
-    errors = _download(spec, weights_dir() / spec.filename) if download else ["downloads disabled (HISTLIB_OFFLINE)"]
+        download = not offline_env
+    reason = "downloads disabled (HISTLIB_OFFLINE=1)" if offline_env else "downloads disabled by the caller"
+    errors = _download(spec, weights_dir() / spec.filename) if download else [reason]
     if not errors:
         return weights_dir() / spec.filename
     where = os.environ.get("HISTLIB_WEIGHTS") or str(weights_dir())
