@@ -685,13 +685,26 @@ def _train(cfg, run_dir, hooks, early_stopping, resume, device, dist_info, t_sta
         base = load_checkpoint(cfg.resume_from, map_location=device)
         finetune = {"resume_from": base["path"], "base_classes": base.get("classes"), "classes": classes,
                     "base_cur_nimg": base.get("cur_nimg")}
+        # re-initialise class embeddings when the classes differ (by name where the base recorded them)
+        reinit = None if base.get("classes") is None else list(base["classes"]) != list(classes)
         for name, module in (("G", G), ("D", D), ("G_ema", G_ema)):
-            finetune[name] = networks.load_pretrained(module, base[name])
+            finetune[name] = networks.load_pretrained(module, base[name], reinit_class_embeddings=reinit)
         del base
+        with torch.no_grad():  # G_ema starts from G's freshly drawn class embeddings, not an independent draw
+            g_state, ema_state = G.state_dict(), G_ema.state_dict()
+            for n in finetune["G_ema"].get("reinitialised", []):
+                ema_state[n].copy_(g_state[n])
     frozen_d = set(networks.freeze_discriminator(D, cfg.freeze_d) if cfg.freeze_d else [])
     frozen_g = set(networks.freeze_generator(G, cfg.freeze_g) if cfg.freeze_g else [])
-    if frozen_g:  # G_ema mirrors G's frozen tensors: they stay those of the loaded G_ema (no EMA update)
+    if frozen_g:
+        # G_ema's frozen blocks must be the very tensors its trainable blocks are trained against: G's. They get
+        # no EMA update afterwards, so G and G_ema stay bit-identical there.
         networks.freeze_generator(G_ema, cfg.freeze_g)
+        with torch.no_grad():
+            g_params = dict(G.named_parameters())
+            for n, p in G_ema.named_parameters():
+                if n in frozen_g:
+                    p.copy_(g_params[n])
     G_params = [p for _, p in _trainable(G, frozen_g)]
     D_params = [p for _, p in _trainable(D, frozen_d)]
     G.requires_grad_(False)
@@ -801,6 +814,7 @@ def _train(cfg, run_dir, hooks, early_stopping, resume, device, dist_info, t_sta
                 "latent_rng": latents.gen.get_state(), "rng": rng_all, "best": best,
                 "next_metrics_nimg": next_metrics_nimg, "train_time": total_train_time,
                 "early_stopping": early_stopping.state_dict() if hasattr(early_stopping, "state_dict") else None,
+                "stopped_early": stopped_early,
                 "hooks": [h.state_dict() if hasattr(h, "state_dict") else None for h in hooks],
             })
         runs.atomic_torch_save(obj, path)
@@ -838,7 +852,7 @@ def _train(cfg, run_dir, hooks, early_stopping, resume, device, dist_info, t_sta
 
     aug_p = [float(augment_pipe.p) if augment_pipe is not None else 0.0]  # host copy: no device sync per step
     hook_results: dict[str, float] = {}
-    stopped_early = False
+    stopped_early = bool(state is not None and state.get("stopped_early"))
     total_train_time = float(state.get("train_time", 0.0)) if state is not None else 0.0
     session_nimg, session_time = 0, 0.0
     tick_start_nimg, tick_train_time = cur_nimg, 0.0
@@ -848,7 +862,8 @@ def _train(cfg, run_dir, hooks, early_stopping, resume, device, dist_info, t_sta
 
         bar = tqdm(total=round(total_nimg / 1000, 3), initial=round(cur_nimg / 1000, 3), unit="kimg",
                    desc="train_gan", dynamic_ncols=True)
-    done = cur_nimg >= total_nimg
+    # a run that stopped early stays stopped when resumed (its early-stopping state says so)
+    done = cur_nimg >= total_nimg or stopped_early
     while not done:
         t_iter = time.time()
         real_u8, real_c = stream.next()

@@ -254,7 +254,8 @@ def test_finetune_freezing_keeps_frozen_tensors(toy, tmp_path):
         assert torch.equal(b["D"][name], f["D"][name]), name
     for name in frozen_g:
         assert torch.equal(b["G"][name], f["G"][name]), name
-        assert torch.equal(b["G_ema"][name], f["G_ema"][name]), name
+        # G_ema's frozen blocks are G's (the ones its trainable blocks were trained against), unchanged
+        assert torch.equal(b["G"][name], f["G_ema"][name]), name
     # trainable tensors moved, the class embeddings were re-initialised for 3 classes
     assert not torch.equal(b["D"]["blocks.1.conv0.weight"], f["D"]["blocks.1.conv0.weight"])
     assert not torch.equal(b["G"]["synthesis.blocks.2.conv1.weight"], f["G"]["synthesis.blocks.2.conv1.weight"])
@@ -276,6 +277,9 @@ def test_early_stopping_and_best_checkpoint(toy, tmp_path):
     assert summary["best/fid"] == 2.0 and summary["best/cur_nimg"] == 32
     assert load(tmp_path / "run" / "checkpoints" / "best.pt")["cur_nimg"] == 32
     assert load(tmp_path / "run" / "checkpoints" / "latest.pt")["early_stopping"]["bad"] == 2
+    # re-running the finished, early-stopped run (as a resumed study step does) does not train on
+    again = tg.train_gan(cfg, tmp_path / "run", hooks=[lambda G_ema, n: {"fid": 0.5}])
+    assert again["cur_nimg"] == 64 and again["stopped_early"]
 
 
 def test_metrics_hooks_from_config(toy, tmp_path):
@@ -326,3 +330,20 @@ def test_conditioning_is_learned_on_two_colours(tmp_path):
         d_own, d_other = np.linalg.norm(mean - real[k]), np.linalg.norm(mean - real[1 - k])
         print(f"class {k}: mean colour {mean}, distance to own {d_own:.3f}, to other {d_other:.3f}")
         assert d_own < d_other
+
+
+def test_finetune_reinitialises_class_embeddings_by_name(toy, tmp_path):
+    """Same class count, other class names: the class embeddings are re-drawn, not mapped onto unrelated classes."""
+    base = tmp_path / "base"
+    tg.train_gan(tiny_cfg(toy, kimg=0.016), base)
+    renamed = make_colour_folder(tmp_path / "renamed", {"x0": (40, 60, 200), "x1": (210, 50, 40)}, n=4)
+    run = tmp_path / "ft"
+    tg.train_gan(tiny_cfg(renamed, kimg=0.016, resume_from=str(base)), run)
+    report = runs.read_json(run / "finetune.json")
+    reinit = report["G"]["reinitialised"]
+    assert any(n.endswith("embed.weight") for n in reinit)
+    assert report["G_ema"]["reinitialised"] == reinit
+    b = load(base / "checkpoints" / "latest.pt")
+    f = load(run / "checkpoints" / "latest.pt")
+    name = next(n for n in reinit if n.endswith("embed.weight"))
+    assert not torch.equal(f["G"][name], b["G"][name])
