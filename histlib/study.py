@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import shutil
 import sys
 import time
 from collections.abc import Iterable
@@ -306,6 +307,36 @@ def export_html(ipynb: Path, html: Path) -> Path:
     return runs.atomic_write_text(html, body)
 
 
+# parameters naming a step's own output folder (the data stage's OUT_DIR is keyed by its config in prepare.json)
+OUTPUT_PARAMS = ("RUN_DIR", "RUN_ROOT")
+
+
+def _supersede_outputs(study: Study, step: Step) -> None:
+    """Moves aside the outputs of an earlier execution of this step that ran with another hash.
+
+    Training and classification resume from (or skip to) what their run folders hold when the config matches;
+    but a config holds paths, not contents, so after an upstream change (re-prepared data, a retrained base GAN,
+    other settings) the old outputs would be reused. They are moved, not deleted, to
+    ``<results>/.superseded/<study>/<step>-<old hash>/``. A step interrupted with the *same* hash keeps its
+    outputs, so a re-run resumes it.
+    """
+    state = _state_path(study, step)
+    if not state.is_file():
+        return
+    old = runs.read_json(state).get("hash")
+    if old == step.hash:
+        return
+    dest_root = runs.project_path(study.results_root / ".superseded" / study.name / f"{step.name}-{old}")
+    for key in OUTPUT_PARAMS:
+        if step.params.get(key):
+            src = runs.project_path(step.params[key])
+            if src.exists():
+                dest = dest_root / key.lower()
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(str(src), str(dest))
+                print(f"{step.name}: settings changed since the last run; previous outputs moved to {dest}")
+
+
 def execute_step(study: Study, step: Step, *, log_output: bool = False, kernel_name: str = "python3") -> Path:
     """Runs one step with papermill from the project root and exports it to HTML.
 
@@ -318,6 +349,9 @@ def execute_step(study: Study, step: Step, *, log_output: bool = False, kernel_n
     root = runs.project_root()
     out_dir = runs.project_path(study.out_dir / "notebooks")
     out_dir.mkdir(parents=True, exist_ok=True)
+    _supersede_outputs(study, step)
+    runs.write_json(_state_path(study, step), {"status": "running", "hash": step.hash, "params": step.params,
+                                               "notebook": step.notebook})
     final = out_dir / f"{step.name}.ipynb"
     tmp = out_dir / f".{step.name}.running.ipynb"
     t0 = time.time()

@@ -133,3 +133,32 @@ def test_failed_step_keeps_failed_notebook_and_raises(tmp_path, monkeypatch):
     assert (out / "01_data_prep__a.failed.ipynb").is_file()
     assert not (out / "01_data_prep__a.ipynb").exists()
     shutil.rmtree(root / "results")
+
+
+def test_changed_settings_move_old_outputs_aside_and_same_settings_resume(tmp_path, monkeypatch):
+    root = _toy_project(tmp_path)
+    monkeypatch.chdir(root)
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [
+        nbformat.v4.new_markdown_cell("Toy training stage. `papermill 02_base_gan.ipynb out.ipynb`"),
+        nbformat.v4.new_code_cell('PROFILE = "demo"\nDATASET_DIR = "d"\nRUN_DIR = "r"\nKIMG = 1',
+                                  metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell("from histlib import runs\n"
+                                  "log = runs.project_path(RUN_DIR) / 'log.txt'\n"
+                                  "log.parent.mkdir(parents=True, exist_ok=True)\n"
+                                  "_ = log.open('a').write(f'kimg={KIMG}\\n')"),
+    ]
+    nbformat.write(nb, str(root / "notebooks" / "02_base_gan.ipynb"))
+    spec = "name: toy\nstages: [base_gan]\nbase: {name: a}\nbase_gan: {KIMG: %d}\n"
+    _write(root / "studies/toy.yaml", spec % 1)
+    study.run_study("studies/toy.yaml")
+    log = root / "results/toy/a/base_gan/default/log.txt"
+    assert log.read_text() == "kimg=1\n"
+    study.run_study("studies/toy.yaml", force=True)  # same settings: the run folder is kept (resumable)
+    assert log.read_text() == "kimg=1\nkimg=1\n"
+    _write(root / "studies/toy.yaml", spec % 2)
+    study.run_study("studies/toy.yaml")
+    assert log.read_text() == "kimg=2\n"
+    moved = list((root / "results/.superseded/toy").glob("02_base_gan__a-*/run_dir/log.txt"))
+    assert len(moved) == 1 and moved[0].read_text() == "kimg=1\nkimg=1\n"
