@@ -104,7 +104,7 @@ class GenerateConfig:
 
         ``demo``: 32 images per class on the CPU; ``reduced``: 500 per class; ``paper``: PATH-DT-MSU's 5 000 per
         class (BACH's 2 625 is set by its study), three sets. An override of ``None`` for a field the profile
-        sets means "the profile's value".
+        sets (or whose own default is not None) means "the profile's value" (or that default).
         """
         defaults = {
             "demo": dict(images_per_class=32, batch_size=64, device="cpu", num_workers=0),
@@ -117,7 +117,10 @@ class GenerateConfig:
         unknown = sorted(set(overrides) - names)
         if unknown:
             raise ValueError(f"GenerateConfig: unknown field(s) {unknown}; expected some of {sorted(names)}")
-        overrides = {k: v for k, v in overrides.items() if v is not None or k not in defaults[profile]}
+        # None = "not set here": the profile's value, else the field's own default
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        overrides = {k: v for k, v in overrides.items()
+                     if v is not None or (k not in defaults[profile] and fields[k].default is None)}
         return cls(**{**defaults[profile], "profile": profile, **overrides}).validate()
 
     def validate(self) -> GenerateConfig:

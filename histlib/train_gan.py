@@ -152,8 +152,9 @@ class TrainConfig:
         * ``reduced``: 64 px, one GPU, minutes.
         * ``paper``: 256 px, StyleGAN2's 256 px configuration (batch 64, γ = 1, EMA 20 kimg, 8 mapping layers).
 
-        An override of ``None`` for a field the profile sets means "the profile's value", so a notebook can pass
-        all of its parameters and leave the unset ones (``KIMG = None``) to the profile.
+        An override of ``None`` means "not set here": the profile's value, else the field's own default (fields
+        whose default is None keep None), so a notebook can pass all of its parameters and leave the unset ones
+        (``KIMG = None``) to the profile.
         """
         if profile not in PROFILES:
             raise ValueError(f"TrainConfig.from_profile: profile={profile!r}; expected one of {PROFILES}")
@@ -162,7 +163,9 @@ class TrainConfig:
         unknown = sorted(set(overrides) - names)
         if unknown:
             raise ValueError(f"TrainConfig: unknown field(s) {unknown}; expected some of {sorted(names)}")
-        overrides = {k: v for k, v in overrides.items() if v is not None or k not in base}
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        overrides = {k: v for k, v in overrides.items()
+                     if v is not None or (k not in base and fields[k].default is None)}
         return cls(**{**base, **overrides})
 
     def validate(self) -> TrainConfig:

@@ -1,0 +1,21 @@
+"""Profiles own the defaults: a notebook parameter left at None means the profile's value (or the field default)."""
+
+import pytest
+
+from histlib.generate import GenerateConfig
+from histlib.train_gan import TrainConfig
+
+
+@pytest.mark.parametrize("profile, kimg, batch, res", [("demo", 10.0, 16, 32), ("paper", 10000.0, 64, 256)])
+def test_train_config_none_means_profile_value(profile, kimg, batch, res):
+    cfg = TrainConfig.from_profile(profile, kimg=None, batch_size=None, resolution=None, resume_from=None,
+                                   metrics_every_kimg=None)
+    assert (cfg.kimg, cfg.batch_size, cfg.resolution, cfg.resume_from) == (kimg, batch, res, None)
+    assert TrainConfig.from_profile(profile, kimg=3).kimg == 3
+
+
+def test_generate_config_none_means_profile_value_or_field_default():
+    demo = GenerateConfig.from_profile("demo", checkpoint="c", dataset_dir="d", images_per_class=None, num_sets=None)
+    paper = GenerateConfig.from_profile("paper", checkpoint="c", dataset_dir="d", images_per_class=None, num_sets=None)
+    assert (demo.images_per_class, demo.num_sets) == (32, 1)
+    assert (paper.images_per_class, paper.num_sets) == (5000, 3)
