@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # OpenMP threads that busy-wait slow small CPU ops badly when cores are shared; passive waiting avoids that.
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: demo test test-slow test-gpu test-notebooks gpu-check lab lint clean-venv
+.PHONY: demo test test-slow test-online test-gpu test-notebooks gpu-check lab lint clean-venv
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,7 +27,10 @@ test: $(VENV)/.installed
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-slow: $(VENV)/.installed
-	$(PY) -m pytest -m slow $(PYTEST_ARGS)
+	$(PY) -m pytest -m "slow and not online and not gpu" $(PYTEST_ARGS)
+
+test-online: $(VENV)/.installed
+	$(PY) -m pytest -m online $(PYTEST_ARGS)
 
 test-gpu: $(VENV)/.installed
 	$(PY) -m pytest -m gpu $(PYTEST_ARGS)
