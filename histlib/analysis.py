@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -448,6 +449,12 @@ def frozen_tensor_check(run_dir: str | os.PathLike, checkpoint: str = "latest.pt
     info = _finetune_json(run_dir)
     if not info or not info.get("resume_from"):
         return pd.DataFrame(columns=["network", "group", "tensors", "unchanged", "max_abs_change"])
+    recorded = info.get("resume_from_sha256")
+    if recorded and runs.file_sha256(info["resume_from"]) != recorded:
+        # the base run went on (or was retrained) after this fine-tune started: comparing would be meaningless
+        warnings.warn(f"{info['resume_from']}: changed since {run_dir} was fine-tuned from it (sha256 differs); "
+                      "frozen tensors cannot be checked against it", stacklevel=2)
+        return pd.DataFrame(columns=["network", "group", "tensors", "unchanged", "max_abs_change"])
     base = torch.load(info["resume_from"], map_location="cpu", weights_only=True)
     tuned = torch.load(runs.project_path(run_dir) / "checkpoints" / checkpoint, map_location="cpu", weights_only=True)
     rows = []
@@ -455,12 +462,14 @@ def frozen_tensor_check(run_dir: str | os.PathLike, checkpoint: str = "latest.pt
         frozen = set((info.get("frozen") or {}).get("G" if net == "G_ema" else net, []))
         loaded = set((info.get(net) or {}).get("loaded", []))
         for group, names in (("frozen", frozen), ("trainable", (loaded - frozen))):
-            names = sorted(n for n in names if n in base[net] and n in tuned[net])
+            # G_ema's frozen blocks are taken from G when fine-tuning starts (see train_gan)
+            ref = base["G"] if (net == "G_ema" and group == "frozen") else base[net]
+            names = sorted(n for n in names if n in ref and n in tuned[net])
             if not names:
                 continue
-            diffs = [float((tuned[net][n].double() - base[net][n].double()).abs().max()) if tuned[net][n].numel()
+            diffs = [float((tuned[net][n].double() - ref[n].double()).abs().max()) if tuned[net][n].numel()
                      else 0.0 for n in names]
-            same = sum(bool(torch.equal(tuned[net][n], base[net][n])) for n in names)
+            same = sum(bool(torch.equal(tuned[net][n], ref[n])) for n in names)
             rows.append({"network": net, "group": group, "tensors": len(names), "unchanged": same,
                          "max_abs_change": max(diffs)})
     return pd.DataFrame(rows, columns=["network", "group", "tensors", "unchanged", "max_abs_change"])

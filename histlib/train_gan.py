@@ -686,7 +686,8 @@ def _train(cfg, run_dir, hooks, early_stopping, resume, device, dist_info, t_sta
         G_ema.load_state_dict(state["G_ema"])
     elif cfg.resume_from:
         base = load_checkpoint(cfg.resume_from, map_location=device)
-        finetune = {"resume_from": base["path"], "base_classes": base.get("classes"), "classes": classes,
+        finetune = {"resume_from": base["path"], "resume_from_sha256": runs.file_sha256(base["path"]),
+                    "base_classes": base.get("classes"), "classes": classes,
                     "base_cur_nimg": base.get("cur_nimg")}
         # re-initialise class embeddings when the classes differ (by name where the base recorded them)
         reinit = None if base.get("classes") is None else list(base["classes"]) != list(classes)

@@ -197,3 +197,19 @@ def test_fine_tuning_transfer_report(tmp_path):
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     assert analysis.transfer_summary(scratch).empty and analysis.frozen_tensor_check(scratch).empty
+
+
+def test_frozen_check_refuses_a_base_that_changed_since_fine_tuning(tmp_path):
+    torch = pytest.importorskip("torch")
+    base = {"G": {"a": torch.ones(2)}, "G_ema": {"a": torch.ones(2)}, "D": {}}
+    torch.save(base, tmp_path / "base.pt")
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    torch.save(base, run / "checkpoints" / "latest.pt")
+    runs.write_json(run / "finetune.json", {"resume_from": str(tmp_path / "base.pt"),
+                                            "resume_from_sha256": runs.file_sha256(tmp_path / "base.pt"),
+                                            "frozen": {"G": ["a"], "D": []}, "G": {"loaded": ["a"]}})
+    assert analysis.frozen_tensor_check(run).set_index(["network", "group"]).loc[("G", "frozen"), "unchanged"] == 1
+    torch.save({"G": {"a": torch.zeros(2)}, "G_ema": {"a": torch.zeros(2)}, "D": {}}, tmp_path / "base.pt")
+    with pytest.warns(UserWarning, match="changed since"):
+        assert analysis.frozen_tensor_check(run).empty
