@@ -184,6 +184,37 @@ def resolve(op: str, impl: str, device_type: str, device_key: str,
         return choice
 
 
+def make_probes(load_plugin: Callable[[], Any], get_compiled: Callable[[], Any],
+                check_against_ref: Callable[[str], None]) -> dict[str, Callable[[bool], None]]:
+    """The ``probe`` table of :func:`resolve` for one op.
+
+    ``load_plugin()`` builds/loads the CUDA extension, ``get_compiled()`` the ``torch.compile``d reference, and
+    ``check_against_ref(path)`` compares ``path`` with the reference on the current CUDA device (forward, backward,
+    double backward), raising on disagreement. The check runs once per (path, device).
+    """
+    validated: set[tuple[str, str]] = set()
+
+    def validate(path: str) -> None:
+        import torch
+
+        key = (path, str(torch.cuda.current_device()))
+        if key in validated:
+            return
+        # the first call may come from inside no_grad / inference_mode / autocast; the check needs plain autograd
+        with torch.inference_mode(False), torch.enable_grad(), torch.autocast("cuda", enabled=False):
+            check_against_ref(path)
+        validated.add(key)
+
+    def probe(build: Callable[[], Any], path: str) -> Callable[[bool], None]:
+        def run(validate_now: bool) -> None:
+            build()
+            if validate_now:
+                validate(path)
+        return run
+
+    return {"cuda": probe(load_plugin, "cuda"), "compiled": probe(get_compiled, "compiled")}
+
+
 class _CallableModule(types.ModuleType):
     """A module that can be called like its main function (``ops.bias_act(...)`` and ``ops.bias_act.bias_act(...)``
     both work, as do StyleGAN-style ``from histlib.ops import upfirdn2d; upfirdn2d.setup_filter(...)``)."""

@@ -167,7 +167,7 @@ def bias_act(x: torch.Tensor, b: torch.Tensor | None = None, dim: int = 1, act: 
         raise ValueError(f"bias_act: clamp must be None or >= 0, got {clamp}")
 
     path = _dispatch.resolve("bias_act", impl, x.device.type, str(x.device),
-                             {"cuda": _probe_cuda, "compiled": _probe_compiled})
+                             _PROBES)
     _dispatch.record("bias_act", path)
     if path == "ref":
         return _bias_act_ref(x, b, dim, act, alpha, gain, clamp)
@@ -338,36 +338,14 @@ class _ThirdOrderGuard(torch.autograd.Function):
 # Availability probes for the dispatcher
 
 
-_validated: dict[tuple[str, str], bool] = {}
-
-
 def _load_plugin():
     from histlib.ops import _build
 
     return _build.load_extension("bias_act", ["bias_act.cpp", "bias_act.cu"])
 
 
-def _probe_cuda(validate: bool) -> None:
-    _load_plugin()
-    if validate:
-        _validate("cuda")
-
-
-def _probe_compiled(validate: bool) -> None:
-    _get_compiled()
-    if validate:
-        _validate("compiled")
-
-
-def _validate(path: str) -> None:
-    """One-off check on the current CUDA device against the reference (forward, backward, double backward)."""
-    key = (path, str(torch.cuda.current_device()))
-    if _validated.get(key):
-        return
-    # the first call may come from inside no_grad / inference_mode / autocast; the check needs plain autograd
-    with torch.inference_mode(False), torch.enable_grad(), torch.autocast("cuda", enabled=False):
-        _check_against_ref(path)
-    _validated[key] = True
+# built lazily: _get_compiled and _check_against_ref are looked up when a probe runs
+_PROBES = _dispatch.make_probes(_load_plugin, lambda: _get_compiled(), lambda path: _check_against_ref(path))
 
 
 def _check_against_ref(path: str) -> None:

@@ -148,7 +148,7 @@ def upfirdn2d(x: torch.Tensor, f: torch.Tensor | None, up: Scaling = 1, down: Sc
                          f"up={up}, down={down}, padding={padding}")
 
     path = _dispatch.resolve("upfirdn2d", impl, x.device.type, str(x.device),
-                             {"cuda": _probe_cuda, "compiled": _probe_compiled})
+                             _PROBES)
     _dispatch.record("upfirdn2d", path)
     if f is None:
         f = torch.ones([1, 1], dtype=torch.float32, device=x.device)
@@ -316,36 +316,14 @@ def _function(path: str, up: tuple[int, int], down: tuple[int, int], padding: tu
 # Availability probes for the dispatcher
 
 
-_validated: dict[tuple[str, str], bool] = {}
-
-
 def _load_plugin():
     from histlib.ops import _build
 
     return _build.load_extension("upfirdn2d", ["upfirdn2d.cpp", "upfirdn2d.cu"])
 
 
-def _probe_cuda(validate: bool) -> None:
-    _load_plugin()
-    if validate:
-        _validate("cuda")
-
-
-def _probe_compiled(validate: bool) -> None:
-    _get_compiled()
-    if validate:
-        _validate("compiled")
-
-
-def _validate(path: str) -> None:
-    """One-off check on the current CUDA device against the reference (forward, backward, double backward)."""
-    key = (path, str(torch.cuda.current_device()))
-    if _validated.get(key):
-        return
-    # the first call may come from inside no_grad / inference_mode / autocast; the check needs plain autograd
-    with torch.inference_mode(False), torch.enable_grad(), torch.autocast("cuda", enabled=False):
-        _check_against_ref(path)
-    _validated[key] = True
+# built lazily: _get_compiled and _check_against_ref are looked up when a probe runs
+_PROBES = _dispatch.make_probes(_load_plugin, lambda: _get_compiled(), lambda path: _check_against_ref(path))
 
 
 def _check_against_ref(path: str) -> None:
