@@ -823,6 +823,13 @@ def _train(cfg, run_dir, hooks, early_stopping, resume, device, dist_info, t_sta
             })
         runs.atomic_torch_save(obj, path)
 
+    def optimizer_step(loss: torch.Tensor, params: list[torch.Tensor], opt: torch.optim.Optimizer) -> None:
+        """Backward, average the gradients over processes, step, clear."""
+        loss.backward()
+        _average_gradients(params, dist_info)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
     # ---- loop
     W = dist_info.world
     pl_global = max(W, cfg.batch_size // cfg.pl_batch_shrink // W * W)
@@ -889,10 +896,7 @@ def _train(cfg, run_dir, hooks, early_stopping, resume, device, dist_info, t_sta
                 loss = loss + lam * scaled
                 note("loss_g_d2d", value)
                 phase_losses.append(("G D2D-CE", value))
-            loss.backward()
-            _average_gradients(G_params, dist_info)
-            opt_G.step()
-            opt_G.zero_grad(set_to_none=True)
+            optimizer_step(loss, G_params, opt_G)
 
         # Greg: path length on a shrunk batch
         if cfg.pl_weight > 0 and step % cfg.pl_interval == 0:
@@ -906,10 +910,7 @@ def _train(cfg, run_dir, hooks, early_stopping, resume, device, dist_info, t_sta
                 note("loss_pl", pen.mean())
                 note("pl_mean", pl_reg.pl_mean)
                 phase_losses.append(("path length", loss))
-                loss.backward()
-                _average_gradients(G_params, dist_info)
-                opt_G.step()
-                opt_G.zero_grad(set_to_none=True)
+                optimizer_step(loss, G_params, opt_G)
 
         # Dmain (the fakes' w also update G's tracked means of w: over the global batch, identically on every rank)
         with _grad_enabled(D_params):
@@ -933,10 +934,7 @@ def _train(cfg, run_dir, hooks, early_stopping, resume, device, dist_info, t_sta
                 loss = loss + lam * scaled
                 note("loss_d_d2d", value)
                 phase_losses.append(("D D2D-CE", value))
-            loss.backward()
-            _average_gradients(D_params, dist_info)
-            opt_D.step()
-            opt_D.zero_grad(set_to_none=True)
+            optimizer_step(loss, D_params, opt_D)
 
         # Dreg: R1 on un-augmented reals
         if cfg.r1_gamma > 0 and step % cfg.r1_interval == 0:
@@ -947,10 +945,7 @@ def _train(cfg, run_dir, hooks, early_stopping, resume, device, dist_info, t_sta
                 loss = pen.mean() * (cfg.r1_gamma / 2) * cfg.r1_interval
                 note("r1_penalty", pen.mean())
                 phase_losses.append(("R1", loss))
-                loss.backward()
-                _average_gradients(D_params, dist_info)
-                opt_D.step()
-                opt_D.zero_grad(set_to_none=True)
+                optimizer_step(loss, D_params, opt_D)
 
         # G_ema, ADA
         with torch.no_grad():
