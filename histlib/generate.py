@@ -662,17 +662,11 @@ def plot_samples(images_dir: str | os.PathLike, n_per_class: int = 8):
 
 
 def _set_metrics(real: torch.Tensor, fake: torch.Tensor, k_pr: int, k_dc: int, device) -> dict[str, float | None]:
-    from histlib.metrics import density_coverage, frechet_distance, precision_recall
+    """``histlib.metrics.compute_metrics`` with counts as ints and metrics the set sizes do not allow as None."""
+    from histlib.metrics.summary import compute_metrics
 
-    out: dict[str, float | None] = {"n_real": int(len(real)), "n_fake": int(len(fake))}
-    n = min(len(real), len(fake))
-    out["fid"] = frechet_distance(real, fake) if n >= 2 else None
-    if n > max(k_pr, k_dc):
-        out.update(precision_recall(real, fake, k=k_pr, device=device))
-        out.update(density_coverage(real, fake, k=k_dc, device=device))
-    else:
-        out.update(precision=None, recall=None, density=None, coverage=None)
-    return out
+    out = compute_metrics(real, fake, k=k_pr, k_dc=k_dc, device=device)
+    return {k: int(v) if k.startswith("n_") else (None if math.isnan(v) else v) for k, v in out.items()}
 
 
 def gan_metrics(
