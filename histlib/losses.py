@@ -14,7 +14,10 @@ Written from the papers:
 
   with :math:`[x]_- = \min(x, 0)` and :math:`[x]_+ = \max(x, 0)`: positives already closer to their proxy than
   :math:`m_p` and negatives already farther than :math:`m_n` stop contributing gradient, and samples of the same
-  class (false negatives) are left out of the denominator. Defaults τ = 0.5, m_p = 0.98, m_n = 0 as ReACGAN.
+  class (false negatives) are left out of the denominator. The authors' released code (PyTorch-StudioGAN,
+  ``Data2DataCrossEntropyLoss``) fixes :math:`m_n = 1 - m_p` (it computes ``cos + m_p - 1``) and subtracts each
+  row's maximum negative similarity from the negatives; :func:`d2d_ce_loss` follows it by default.
+  Defaults τ = 0.25, m_p = 0.98 as the authors' StyleGAN2 + D2D-CE configurations at 32 px.
 
 The functions return per-sample values (``[N]``) or scalars as documented; the training loop (``histlib.train_gan``)
 combines them with their weights and lazy-regularisation intervals.
@@ -141,21 +144,29 @@ class PathLengthRegularizer(torch.nn.Module):
 # D2D-CE (ReACGAN)
 
 
-def d2d_ce_loss(embed: torch.Tensor, proxy: torch.Tensor, labels: torch.Tensor, tau: float = 0.5,
-                margin_pos: float = 0.98, margin_neg: float = 0.0, reduction: str = "mean") -> torch.Tensor:
-    """Data-to-data cross-entropy of ReACGAN (see the module docstring for the formula).
+def d2d_ce_loss(embed: torch.Tensor, proxy: torch.Tensor, labels: torch.Tensor, tau: float = 0.25,
+                margin_pos: float = 0.98, margin_neg: float | None = None, row_max: bool = True,
+                reduction: str = "mean") -> torch.Tensor:
+    """Data-to-data cross-entropy of ReACGAN in the authors' released form (see the module docstring).
 
-    The denominator is evaluated as a log-sum-exp over the positive term and the negatives (entries of the
-    same class, including the sample itself, are masked with ``-inf``), so large ``1/τ`` cannot overflow. A sample
-    with no negative in the batch contributes exactly 0.
+    Per sample ``i`` with ``a_i = [m_p - f_i·v_{y_i}]_+ / τ`` and ``s_ij = (f_i·f_j - m_n) / τ`` (``j ≠ i``)::
+
+        L_i = a_i + log(exp(-a_i) + Σ_{j: y_j ≠ y_i} exp([s_ij]_+ - M_i)),   M_i = max_{j ≠ i} s_ij  (no gradient)
+
+    ``M_i`` is the row maximum the released code subtracts from the negatives (``row_max``; it also rescales the
+    negatives' weight against the positive term, so it is part of the loss's definition, not only a numerical
+    guard); with ``row_max=False`` it is 0, the loss of the paper. The sum is evaluated as a log-sum-exp, so small
+    ``τ`` cannot overflow. A sample with no negative in the batch contributes exactly 0.
 
     Args:
         embed: L2-normalised sample embeddings ``f`` ``[N, E]``.
         proxy: L2-normalised proxies of the samples' classes ``v_{y_i}`` ``[N, E]``.
         labels: class ids ``[N]`` (int64).
         tau: temperature τ > 0.
-        margin_pos: m_p; positive similarities above it are clipped (easy positives give no gradient).
-        margin_neg: m_n; negative similarities below it are clipped (easy negatives give no gradient).
+        margin_pos: m_p; positive similarities above it give no gradient (easy positives).
+        margin_neg: m_n; negative similarities below it give no gradient (easy negatives). None = ``1 - m_p``,
+            as in the released code (``cos + m_p - 1``).
+        row_max: subtract the detached row maximum ``M_i`` from the negatives, as the released code does.
         reduction: ``'mean'`` (the loss), ``'sum'`` or ``'none'`` (``[N]`` per-sample terms).
 
     Returns:
@@ -168,15 +179,22 @@ def d2d_ce_loss(embed: torch.Tensor, proxy: torch.Tensor, labels: torch.Tensor, 
         raise ValueError(f"d2d_ce_loss: labels must have shape [{embed.shape[0]}], got {tuple(labels.shape)}")
     if tau <= 0:
         raise ValueError(f"d2d_ce_loss: tau={tau} must be positive")
+    m_n = 1.0 - margin_pos if margin_neg is None else margin_neg
     dtype = torch.float64 if embed.dtype == torch.float64 else torch.float32
     f = embed.to(dtype)
     v = proxy.to(dtype)
-    pos = (f * v).sum(dim=1).sub(margin_pos).clamp(max=0.0) / tau  # [N]
-    neg = (f @ f.t()).sub(margin_neg).clamp(min=0.0) / tau  # [N, N]
+    n = f.shape[0]
+    attract = (margin_pos - (f * v).sum(dim=1)).clamp(min=0.0) / tau  # [N]
+    sim = (f @ f.t() - m_n) / tau  # [N, N]
+    eye = torch.eye(n, dtype=torch.bool, device=f.device)
+    shift = torch.zeros(n, 1, dtype=dtype, device=f.device)
+    if row_max and n > 1:
+        shift = sim.detach().masked_fill(eye, float("-inf")).amax(dim=1, keepdim=True)  # [N, 1]
+    neg = sim.clamp(min=0.0) - shift
     same = labels[:, None] == labels[None, :]  # [N, N]; includes the diagonal (a sample is not its own negative)
     neg = neg.masked_fill(same, float("-inf"))
-    logits = torch.cat([pos[:, None], neg], dim=1)  # [N, 1 + N]
-    terms = torch.logsumexp(logits, dim=1) - pos  # [N]
+    logits = torch.cat([-attract[:, None], neg], dim=1)  # [N, 1 + N]
+    terms = attract + torch.logsumexp(logits, dim=1)  # [N]
     if reduction == "mean":
         return terms.mean()
     if reduction == "sum":

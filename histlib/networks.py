@@ -669,6 +669,103 @@ def load_pretrained(
     return {"loaded": loaded, "skipped": skipped, "reinitialised": sorted(reinit_names)}
 
 
+@torch.no_grad()
+def class_centres(D: Discriminator, images: torch.Tensor, labels: torch.Tensor, num_classes: int,
+                  batch_size: int = 256) -> torch.Tensor:
+    """Mean L2-normalised D2D-CE embedding of each class's images, normalised: ``[num_classes, E]``.
+
+    Args:
+        D: a discriminator (its embedding head is used; labels are not).
+        images: ``[N, C, R, R]`` in [-1, 1].
+        labels: ``[N]`` class indices.
+        num_classes: number of classes (every one must have an image).
+    """
+    D_labels = torch.zeros(min(batch_size, len(images)), dtype=torch.int64, device=images.device)
+    embeds = []
+    for i in range(0, len(images), batch_size):
+        x = images[i:i + batch_size]
+        _, e, _ = D(x, D_labels[: len(x)])
+        embeds.append(e.float())
+    embed = torch.cat(embeds)  # [N, E]
+    centres = []
+    for k in range(num_classes):
+        sel = labels == k
+        if not bool(sel.any()):
+            raise ValueError(f"class_centres: class {k} has no image")
+        centres.append(F.normalize(embed[sel].mean(0), dim=0))
+    return torch.stack(centres)  # [K, E]
+
+
+def match_classes(similarity: torch.Tensor) -> list[int]:
+    """For each target class (row), the source class (column) it starts from.
+
+    With no more target than source classes, the one-to-one assignment of largest total similarity (Hungarian
+    method), so no two target classes start from the same source class; otherwise each target class takes its
+    most similar source class.
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    sim = similarity.detach().double().cpu().numpy()
+    if sim.shape[0] <= sim.shape[1]:
+        rows, cols = linear_sum_assignment(sim, maximize=True)
+        return [int(c) for _, c in sorted(zip(rows, cols))]
+    return [int(c) for c in sim.argmax(axis=1)]
+
+
+@torch.no_grad()
+def init_class_embeddings_from_base(G: Generator, D: Discriminator, base_G: Generator, base_D: Discriminator,
+                                    real: torch.Tensor, real_labels: torch.Tensor, samples_per_class: int = 64,
+                                    seed: int = 0) -> dict:
+    """Starts each new class of a fine-tuned G and D from where the base networks already are, instead of at random.
+
+    A freshly drawn class embedding makes the pretrained mapping network produce whatever base appearance happens to
+    lie there, and fine-tuning rarely moves it across to the right one: target classes come out swapped (a
+    generator asked for class A draws class B). Instead, in the base discriminator's D2D-CE embedding space:
+
+    * the target classes' real images give one centre per target class;
+    * the base generator's images of each base class give one centre per base class;
+    * each target class is matched to a base class (:func:`match_classes` on the cosine similarities of the
+      centres) and starts with that base class's label embedding and mean ``w`` (so it draws the most similar base
+      appearance, and no two target classes draw the same one when there are enough base classes);
+    * D's proxy of each target class starts at that class's real centre, so D2D-CE pulls each class's fakes toward
+      its own real images from the first step.
+
+    ``G``/``D`` must already hold the base weights for every tensor but the class embeddings (see
+    :func:`load_pretrained`). Rescales for the different class counts so that the embedding of target class t equals
+    the base embedding of its matched class exactly.
+
+    Args:
+        G, D: the networks to fine-tune (target classes).
+        base_G, base_D: the base networks (base classes), e.g. the base checkpoint's ``G_ema`` and ``D``.
+        real: target training images ``[N, 3, R, R]`` in [-1, 1] (a few per class suffice).
+        real_labels: their classes ``[N]``.
+        samples_per_class: base images generated per base class for its centre.
+        seed: latent seed of those images.
+
+    Returns:
+        ``{'method': 'match', 'similarity': [[...]] (target × base), 'match': [base index per target class]}``.
+    """
+    device = real.device
+    K_t, K_b = G.num_classes, base_G.num_classes
+    target = class_centres(base_D, real, real_labels, K_t)  # [K_t, E]
+    gen = torch.Generator().manual_seed(int(seed))
+    z = torch.randn([samples_per_class * K_b, base_G.z_dim], generator=gen).to(device)
+    c = torch.arange(K_b, device=device).repeat_interleave(samples_per_class)
+    fakes = torch.cat([base_G(z[i:i + 256], c[i:i + 256], noise_mode="const") for i in range(0, len(z), 256)])
+    source = class_centres(base_D, fakes, c, K_b)  # [K_b, E]
+    similarity = target @ source.t()  # [K_t, K_b]
+    match = match_classes(similarity)
+    idx = torch.as_tensor(match, device=device)
+    emb, base_emb = G.mapping.embed, base_G.mapping.embed
+    emb.weight.copy_(base_emb.weight[:, idx] * (base_emb.weight_gain / emb.weight_gain))
+    if emb.bias is not None:
+        emb.bias.copy_(base_emb.bias)
+    G.mapping.w_avg_c.copy_(base_G.mapping.w_avg_c[idx])
+    scale = base_D.proxies.weight.norm(dim=1).mean()
+    D.proxies.weight.copy_(target.to(D.proxies.weight.dtype) * scale)
+    return {"method": "match", "similarity": similarity.cpu().tolist(), "match": match}
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Profiles
 

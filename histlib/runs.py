@@ -318,3 +318,17 @@ def project_path(path: str | os.PathLike) -> Path:
     """Resolves a path given relative to the project root (absolute paths are returned unchanged)."""
     p = Path(path).expanduser()
     return p if p.is_absolute() else project_root() / p
+
+
+def display_path(path: str | os.PathLike, start: str | os.PathLike | None = None) -> str:
+    """``path`` as a reader should see it: relative to ``start`` (default: the project root) when inside it.
+
+    Reports and metrics files show this form, so they read the same on every machine.
+    """
+    p = Path(path).expanduser()
+    p = p if p.is_absolute() else project_root() / p
+    base = Path(start).resolve() if start is not None else project_root()
+    try:
+        return p.resolve().relative_to(base).as_posix()
+    except ValueError:
+        return p.as_posix()

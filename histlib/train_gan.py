@@ -13,7 +13,8 @@ batch of ``cfg.batch_size`` real images:
 2. ``Greg`` (every ``pl_interval`` iterations): path-length penalty on a shrunk batch, × ``pl_interval``.
 3. ``Dmain``: logistic loss on augmented fakes and reals + ``cond_lambda`` × D2D-CE on the reals' embeddings; the
    signs of the real logits feed the ADA controller.
-4. ``Dreg`` (every ``r1_interval`` iterations): ``γ/2`` × R1 on un-augmented reals, × ``r1_interval``.
+4. ``Dreg`` (every ``r1_interval`` iterations): ``γ/2`` × R1, × ``r1_interval``; R1 is the squared gradient of
+   ``D(augment(x))`` with respect to the un-augmented real ``x`` (StyleGAN2-ADA's definition).
 
 Then ``G_ema`` follows ``G`` (half-life ``ema_kimg`` thousand images, ramped up over the first images) and ADA
 adjusts ``p``. As in the lazy-regularisation scheme, Adam's learning rate and betas of a regularised network are
@@ -62,6 +63,7 @@ CHECKPOINT_FORMAT = "histlib.train_gan/1"
 PROFILES = ("demo", "reduced", "paper")
 AUGMENT_MODES = ("ada", "none", "fixed")
 KERNEL_IMPLS = ("auto", "ref", "cuda", "compiled")
+CLASS_INITS = ("match", "random")
 
 # Fields that may differ between a run and the checkpoint it resumes from: they change how long or how verbosely a
 # run goes on, not what a training step computes.
@@ -117,7 +119,7 @@ class TrainConfig:
     cond_lambda: float = 0.25
     d2d_tau: float = 0.25
     d2d_margin_pos: float = 0.98
-    d2d_margin_neg: float = 0.0
+    d2d_margin_neg: float | None = None  # None: 1 - d2d_margin_pos, as the authors' released loss
     # augmentation
     augment: str = "ada"  # 'ada' | 'none' | 'fixed'
     augment_preset: str = "bgc"
@@ -129,6 +131,7 @@ class TrainConfig:
     resume_from: str | None = None
     freeze_d: int = 0
     freeze_g: int = 0
+    class_init: str = "match"  # new classes when fine-tuning: 'match' (from the most similar base class) | 'random'
     # periodic metrics (hooks) and early stopping
     metrics_every_kimg: float | None = None
     early_stop_patience: int | None = None
@@ -178,6 +181,7 @@ class TrainConfig:
         need(self.augment in AUGMENT_MODES, "augment", f"one of {AUGMENT_MODES}")
         need(self.kernel_impl in KERNEL_IMPLS, "kernel_impl", f"one of {KERNEL_IMPLS}")
         need(self.noise_mode in ("random", "const"), "noise_mode", "'random' or 'const'")
+        need(self.class_init in CLASS_INITS, "class_init", f"one of {CLASS_INITS}")
         need(self.device == "auto" or self.device == "cpu" or str(self.device).startswith("cuda"), "device",
              "'auto', 'cpu', 'cuda' or 'cuda:N'")
         need(isinstance(self.resolution, int) and self.resolution >= 4 and self.resolution & (self.resolution - 1) == 0,
@@ -210,8 +214,10 @@ class TrainConfig:
 
 
 # Per-profile settings. r1_gamma follows StyleGAN2-ADA's heuristic 0.0002 · res² / batch for the small profiles and
-# StyleGAN2's 256 px configuration (γ = 1) for the paper; D2D-CE weights as ReACGAN's StyleGAN2 experiments
-# (λ = 0.25, τ = 0.25, m_p = 0.98, m_n = 0).
+# StyleGAN2's 256 px configuration (γ = 1) for the paper. D2D-CE weights follow the authors' released StyleGAN2 + D2D-CE
+# configurations (PyTorch-StudioGAN) nearest in resolution: 32 px CIFAR (λ = 0.25, τ = 0.25, m_p = 0.98) for the
+# demo and reduced profiles, 512 px AFHQ with ADA (λ = 0.5, τ = 0.5, m_p = 0.95; the only release at >= 256 px) for
+# the paper profile; m_n = 1 - m_p in both, as in their loss.
 _PROFILE_SETTINGS: dict[str, dict[str, Any]] = {
     "demo": dict(resolution=32, batch_size=16, kimg=10.0, tick_kimg=1.0, snapshot_ticks=4, device="cpu",
                  r1_gamma=0.0128, ema_kimg=2.0, ema_rampup=0.05, ada_kimg=20.0, mixed_precision=False,
@@ -221,7 +227,8 @@ _PROFILE_SETTINGS: dict[str, dict[str, Any]] = {
                     num_workers=4),
     "paper": dict(resolution=256, batch_size=64, kimg=10000.0, tick_kimg=4.0, snapshot_ticks=50, device="auto",
                   r1_gamma=1.0, ema_kimg=20.0, ema_rampup=None, ada_kimg=500.0, mixed_precision=True,
-                  metrics_every_kimg=200.0, early_stop_patience=5, num_workers=6),
+                  metrics_every_kimg=200.0, early_stop_patience=5, num_workers=6, cond_lambda=0.5, d2d_tau=0.5,
+                  d2d_margin_pos=0.95),
 }
 
 
@@ -639,6 +646,29 @@ def _build(cfg: TrainConfig, num_classes: int, device: torch.device):
     return G, D, {"G": G_kwargs, "D": D_kwargs}
 
 
+def _match_classes(base: dict[str, Any], G, D, dataset, num_classes: int, cfg: TrainConfig,
+                   device: torch.device) -> dict[str, Any]:
+    """``networks.init_class_embeddings_from_base`` with the base checkpoint's G_ema and D and up to 64 real
+    training images per target class (the same on every rank: a fixed draw)."""
+    from histlib import networks
+
+    kw = base["network_kwargs"]
+    base_G = networks.Generator(**kw["G"]).to(device).eval()
+    base_G.load_state_dict(base["G_ema"])
+    base_D = networks.Discriminator(**kw["D"]).to(device).eval()
+    base_D.load_state_dict(base["D"])
+    labels = np.asarray(dataset.labels)
+    rng = np.random.default_rng(cfg.seed)
+    idx = np.concatenate([rng.permutation(np.flatnonzero(labels == k))[:64] for k in range(num_classes)])
+    real = torch.stack([dataset[int(i)][0] for i in idx]).to(device).float() / 127.5 - 1  # [n, 3, R, R]
+    real_c = torch.as_tensor(labels[idx], device=device)
+    with _forked_rng(device):
+        info = networks.init_class_embeddings_from_base(G, D, base_G, base_D, real, real_c, seed=cfg.seed)
+    base_classes = base.get("classes") or [str(i) for i in range(base_G.num_classes)]
+    info["matched_base_class"] = {c: base_classes[b] for c, b in zip(dataset.classes, info["match"])}
+    return info
+
+
 def _train(cfg, run_dir, hooks, early_stopping, resume, device, dist_info, t_start):  # noqa: C901 - one loop
     from histlib.data.dataset import ImageDataset, to_uint8_tensor
 
@@ -693,8 +723,12 @@ def _train(cfg, run_dir, hooks, early_stopping, resume, device, dist_info, t_sta
         reinit = None if base.get("classes") is None else list(base["classes"]) != list(classes)
         for name, module in (("G", G), ("D", D), ("G_ema", G_ema)):
             finetune[name] = networks.load_pretrained(module, base[name], reinit_class_embeddings=reinit)
+        if finetune["G"]["reinitialised"] and cfg.class_init == "match":
+            finetune["class_init"] = _match_classes(base, G, D, dataset, num_classes, cfg, device)
+        else:
+            finetune["class_init"] = {"method": "random" if finetune["G"]["reinitialised"] else "loaded"}
         del base
-        with torch.no_grad():  # G_ema starts from G's freshly drawn class embeddings, not an independent draw
+        with torch.no_grad():  # G_ema starts from G's new class embeddings, not an independent draw
             g_state, ema_state = G.state_dict(), G_ema.state_dict()
             for n in finetune["G_ema"].get("reinitialised", []):
                 ema_state[n].copy_(g_state[n])
@@ -936,11 +970,11 @@ def _train(cfg, run_dir, hooks, early_stopping, resume, device, dist_info, t_sta
                 phase_losses.append(("D D2D-CE", value))
             optimizer_step(loss, D_params, opt_D)
 
-        # Dreg: R1 on un-augmented reals
+        # Dreg: R1 = |grad of D(augment(x)) w.r.t. the un-augmented real x|^2, as StyleGAN2-ADA
         if cfg.r1_gamma > 0 and step % cfg.r1_interval == 0:
             with _grad_enabled(D_params):
                 x = real.detach().requires_grad_(True)
-                logits, _, _ = D(x, real_c)
+                logits, _, _ = run_D(x, real_c)
                 pen = losses.r1_penalty(x, logits)
                 loss = pen.mean() * (cfg.r1_gamma / 2) * cfg.r1_interval
                 note("r1_penalty", pen.mean())

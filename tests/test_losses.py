@@ -21,20 +21,27 @@ ROOT = Path(__file__).resolve().parents[1]
 # D2D-CE
 
 
-def d2d_closed_form(f, v, y, tau, m_p, m_n):
-    """The ReACGAN formula evaluated term by term with explicit loops in float64 (numpy)."""
+def d2d_closed_form(f, v, y, tau, m_p, m_n=None, row_max=True):
+    """The released ReACGAN loss (PyTorch-StudioGAN ``Data2DataCrossEntropyLoss``) term by term, float64 loops.
+
+    sim_ij = (cos(f_i, f_j) - m_n) / tau for j != i, with m_n = 1 - m_p unless given; the negatives are
+    exp(relu(sim_ij) - max_j sim_ij); the positive term is relu((m_p - cos(f_i, v_i)) / tau);
+    L_i = pos_i + log(exp(-pos_i) + sum over j of another class of the negatives).
+    """
     f = np.asarray(f, dtype=np.float64)
     v = np.asarray(v, dtype=np.float64)
+    m_n = 1.0 - m_p if m_n is None else m_n
     n = len(y)
     total = 0.0
     for i in range(n):
-        pos = min(float(f[i] @ v[i]) - m_p, 0.0) / tau
-        num = math.exp(pos)
-        den = num
+        sims = [(float(f[i] @ f[j]) - m_n) / tau for j in range(n) if j != i]
+        top = max(sims) if (row_max and sims) else 0.0
+        pos = max((m_p - float(f[i] @ v[i])) / tau, 0.0)
+        acc = math.exp(-pos)
         for j in range(n):
-            if y[j] != y[i]:
-                den += math.exp(max(float(f[i] @ f[j]) - m_n, 0.0) / tau)
-        total += -math.log(num / den)
+            if j != i and y[j] != y[i]:
+                acc += math.exp(max((float(f[i] @ f[j]) - m_n) / tau, 0.0) - top)
+        total += pos + math.log(acc)
     return total / n
 
 
@@ -43,8 +50,10 @@ def random_unit(n, e, gen):
     return x / x.norm(dim=1, keepdim=True)
 
 
-@pytest.mark.parametrize("tau,m_p,m_n", [(0.5, 0.98, 0.0), (0.25, 0.3, -0.2), (1.0, 0.0, 0.4)])
-def test_d2d_matches_closed_form(tau, m_p, m_n):
+@pytest.mark.parametrize("tau,m_p,m_n,row_max", [(0.25, 0.98, None, True), (0.5, 0.95, None, True),
+                                                 (0.5, 0.98, 0.0, False), (0.25, 0.3, -0.2, True),
+                                                 (1.0, 0.0, 0.4, False)])
+def test_d2d_matches_closed_form(tau, m_p, m_n, row_max):
     gen = torch.Generator().manual_seed(1)
     # class 3 appears once, class 0 several times
     y = torch.tensor([0, 1, 0, 2, 1, 0, 3, 2, 1, 0])
@@ -54,12 +63,12 @@ def test_d2d_matches_closed_form(tau, m_p, m_n):
     f = f + 3.0 * proxies[y] * (torch.arange(len(y)) % 2)[:, None]
     f = f / f.norm(dim=1, keepdim=True)
     v = proxies[y]
-    got = losses.d2d_ce_loss(f, v, y, tau=tau, margin_pos=m_p, margin_neg=m_n)
-    want = d2d_closed_form(f.numpy(), v.numpy(), y.tolist(), tau, m_p, m_n)
+    got = losses.d2d_ce_loss(f, v, y, tau=tau, margin_pos=m_p, margin_neg=m_n, row_max=row_max)
+    want = d2d_closed_form(f.numpy(), v.numpy(), y.tolist(), tau, m_p, m_n, row_max)
     assert got.dtype == torch.float64
     assert abs(got.item() - want) < 1e-10 * max(1.0, abs(want))
     # the float32 path agrees to float32 precision
-    got32 = losses.d2d_ce_loss(f.float(), v.float(), y, tau=tau, margin_pos=m_p, margin_neg=m_n)
+    got32 = losses.d2d_ce_loss(f.float(), v.float(), y, tau=tau, margin_pos=m_p, margin_neg=m_n, row_max=row_max)
     assert abs(got32.item() - want) < 1e-4 * max(1.0, abs(want))
 
 
@@ -68,7 +77,7 @@ def test_d2d_per_sample_terms_and_edge_cases():
     y = torch.tensor([0, 0, 0, 1])
     f = random_unit(4, 5, gen)
     v = random_unit(2, 5, gen)[y]
-    terms = losses.d2d_ce_loss(f, v, y, tau=0.3, margin_pos=0.5, margin_neg=0.1, reduction="none")
+    terms = losses.d2d_ce_loss(f, v, y, tau=0.3, margin_pos=0.5, margin_neg=0.1, row_max=False, reduction="none")
     assert terms.shape == (4,)
     for i in range(4):  # each term is the closed form of a batch where sample i is the only anchor
         num = math.exp(min(float(f[i] @ v[i]) - 0.5, 0.0) / 0.3)
@@ -87,8 +96,9 @@ def test_d2d_gradients_finite_and_correct():
     loss = losses.d2d_ce_loss(f, v, y, tau=0.5, margin_pos=0.2, margin_neg=-0.3)
     gf, gv = torch.autograd.grad(loss, [f, v])
     assert torch.isfinite(gf).all() and torch.isfinite(gv).all() and gf.abs().sum() > 0
+    # the row maximum is a constant to the gradient (detached, as released), so gradcheck runs without it
     assert torch.autograd.gradcheck(
-        lambda a, b: losses.d2d_ce_loss(a, b, y, tau=0.5, margin_pos=0.2, margin_neg=-0.3), (f, v))
+        lambda a, b: losses.d2d_ce_loss(a, b, y, tau=0.5, margin_pos=0.2, margin_neg=-0.3, row_max=False), (f, v))
 
 
 def test_d2d_stable_for_small_temperature():
@@ -106,10 +116,22 @@ def test_d2d_easy_positive_and_negative_give_no_gradient():
     f = torch.tensor([[1.0, 0.0], [-1.0, 0.0]], requires_grad=True)
     v = f.detach().clone()
     y = torch.tensor([0, 1])
-    loss = losses.d2d_ce_loss(f, v, y, tau=0.5, margin_pos=0.9, margin_neg=0.0)
+    loss = losses.d2d_ce_loss(f, v, y, tau=0.5, margin_pos=0.9, margin_neg=0.0, row_max=False)
     (g,) = torch.autograd.grad(loss, f)
     assert torch.equal(g, torch.zeros_like(g))
     assert abs(loss.item() - math.log(1 + math.exp(0.0 - 0.0))) < 1e-6  # num = e^0, den = e^0 + e^0
+
+
+def test_d2d_default_is_the_released_form():
+    """Defaults: m_n = 1 - m_p and the row maximum, as the authors' code; it differs from m_n = 0 without it."""
+    gen = torch.Generator().manual_seed(5)
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    f = random_unit(6, 4, gen)
+    v = random_unit(3, 4, gen)[y]
+    got = losses.d2d_ce_loss(f, v, y, tau=0.25, margin_pos=0.98)
+    assert abs(got.item() - d2d_closed_form(f.numpy(), v.numpy(), y.tolist(), 0.25, 0.98)) < 1e-10
+    paper = losses.d2d_ce_loss(f, v, y, tau=0.25, margin_pos=0.98, margin_neg=0.0, row_max=False)
+    assert abs(got.item() - paper.item()) > 1e-3
 
 
 def test_d2d_rejects_bad_input():

@@ -347,3 +347,53 @@ def test_finetune_reinitialises_class_embeddings_by_name(toy, tmp_path):
     f = load(run / "checkpoints" / "latest.pt")
     name = next(n for n in reinit if n.endswith("embed.weight"))
     assert not torch.equal(f["G"][name], b["G"][name])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Class fidelity of transfer (issue: fine-tuned generators drew the wrong class)
+
+BASE_COLOURS = {"b_red": (210, 40, 40), "b_green": (40, 190, 60), "b_blue": (40, 60, 210), "b_yellow": (220, 210, 40)}
+# other names, other order: a fine-tuned generator must draw t_blue blue, not whatever base class it started at
+TARGET_COLOURS = {"t_blue": (50, 70, 200), "t_red": (200, 50, 50), "t_green": (50, 180, 70)}
+
+
+def _class_colour_agreement(G, classes, colours):
+    """Fraction of classes whose generated mean colour is nearest their own class's colour (and the means)."""
+    torch.manual_seed(0)
+    z = torch.randn(64, G.z_dim)
+    refs = np.array([colours[c] for c in classes]) / 127.5 - 1
+    hits, means = 0, []
+    for k in range(len(classes)):
+        with torch.no_grad():
+            mean = G(z, torch.full((64,), k), noise_mode="const").mean(dim=[0, 2, 3]).numpy()
+        means.append(((mean + 1) * 127.5).round().tolist())
+        hits += int(np.linalg.norm(refs - mean, axis=1).argmin() == k)
+    return hits / len(colours), means
+
+
+@pytest.fixture(scope="module")
+def colour_base(tmp_path_factory):
+    root = tmp_path_factory.mktemp("colour_base")
+    data = make_colour_folder(root / "data", BASE_COLOURS, n=16)
+    cfg = tiny_cfg(data, kimg=4.0, tick_kimg=0.5, snapshot_ticks=100, batch_size=16, augment="none", lr_g=0.005,
+                   lr_d=0.005, r1_gamma=0.01, pl_weight=0.0, style_mixing_prob=0.0, ema_kimg=0.2)
+    tg.train_gan(cfg, root / "run")
+    G, info = tg.load_generator(root / "run")
+    base_agreement, means = _class_colour_agreement(G, info["classes"], BASE_COLOURS)
+    assert base_agreement == 1.0, f"the base GAN itself did not learn its colours: {means}"
+    return root / "run", cfg
+
+
+def test_finetune_keeps_each_class_between_different_class_sets(colour_base, tmp_path):
+    """Base classes red/green/blue/yellow, target classes blue/red/green under other names: each fine-tuned class
+    must draw its own colour (with freshly drawn embeddings, classes kept whatever base colour they landed on)."""
+    base, base_cfg = colour_base
+    data = make_colour_folder(tmp_path / "target", TARGET_COLOURS, n=16)
+    cfg = dataclasses.replace(base_cfg, data_dir=str(data), kimg=0.5, resume_from=str(base))
+    tg.train_gan(cfg, tmp_path / "ft")
+    report = runs.read_json(tmp_path / "ft" / "finetune.json")
+    assert report["class_init"]["method"] == "match"
+    assert report["class_init"]["matched_base_class"] == {"t_blue": "b_blue", "t_red": "b_red", "t_green": "b_green"}
+    G, info = tg.load_generator(tmp_path / "ft")
+    agreement, means = _class_colour_agreement(G, info["classes"], TARGET_COLOURS)
+    assert agreement == 1.0, f"generated mean colours {means} for {info['classes']}"
