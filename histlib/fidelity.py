@@ -249,22 +249,42 @@ def generator_fidelity(G: torch.nn.Module, classes: Sequence[str], classifier: F
     return agreement(np.concatenate(asked), np.concatenate(seen), classifier.classes, classifier)
 
 
-def folder_fidelity(images_dir: str | os.PathLike, classifier: FidelityClassifier, batch_size: int = 256,
+def folder_fidelity(images_dir: str | os.PathLike, classifier: FidelityClassifier,
                     num_workers: int = 0) -> dict[str, Any]:
     """Class fidelity of a generated ImageFolder ``<dir>/<class>/*`` (classes matched by name)."""
+    return sets_fidelity([images_dir], classifier, num_workers=num_workers)
+
+
+def sets_fidelity(images_dirs: Sequence[str | os.PathLike], classifier: FidelityClassifier,
+                  num_workers: int = 0) -> dict[str, Any]:
+    """Class fidelity pooled over several generated sets (every image of every set counted once)."""
     from histlib.data.dataset import ImageDataset, to_uint8_tensor
 
-    ds = ImageDataset(runs.project_path(images_dir), split=None, transform=to_uint8_tensor)
-    unknown = sorted(set(ds.classes) - set(classifier.classes))
-    if unknown:
-        raise ValueError(f"{images_dir}: classes {unknown} are unknown to the fidelity classifier "
-                         f"({classifier.classes}); was it trained on another dataset?")
-    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=num_workers)
     asked, seen = [], []
-    for x, y in loader:
-        seen.append(classifier.predict(x))
-        asked.append(np.array([classifier.classes.index(ds.classes[int(i)]) for i in y]))
-    return agreement(np.concatenate(asked), np.concatenate(seen), classifier.classes, classifier)
+    for d in images_dirs:
+        ds = ImageDataset(runs.project_path(d), split=None, transform=to_uint8_tensor)
+        unknown = sorted(set(ds.classes) - set(classifier.classes))
+        if unknown:
+            raise ValueError(f"{d}: classes {unknown} are unknown to the fidelity classifier "
+                             f"({classifier.classes}); was it trained on another dataset?")
+        index = np.array([classifier.classes.index(c) for c in ds.classes])
+        for x, y in torch.utils.data.DataLoader(ds, batch_size=256, num_workers=num_workers):
+            seen.append(classifier.predict(x))
+            asked.append(index[y.numpy()])
+    result = agreement(np.concatenate(asked), np.concatenate(seen), classifier.classes, classifier)
+    result["n_sets"] = len(images_dirs)
+    return result
+
+
+def metrics_keys(result: Mapping[str, Any]) -> dict[str, Any]:
+    """A fidelity result as ``metrics.json`` keys ``fidelity/...``."""
+    return {f"fidelity/{k}": v for k, v in result.items()}
+
+
+def from_metrics(metrics: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The fidelity result stored in a ``metrics.json`` (None when it has none)."""
+    out = {k[len("fidelity/"):]: v for k, v in metrics.items() if str(k).startswith("fidelity/")}
+    return out or None
 
 
 def confusion_table(result: Mapping[str, Any]) -> pd.DataFrame:
@@ -273,6 +293,49 @@ def confusion_table(result: Mapping[str, Any]) -> pd.DataFrame:
     table = pd.DataFrame(result["confusion_matrix"], index=pd.Index(classes, name="asked for"),
                          columns=pd.Index(classes, name="seen as"))
     return table
+
+
+def report_html(result: Mapping[str, Any] | None, title: str = "Class fidelity") -> str:
+    """An HTML block for reports: agreement, the classifier's own accuracy, warnings in a red box, the confusion
+    matrix (rows: class asked for, columns: class the fidelity classifier sees)."""
+    import html
+
+    if not result:
+        return f"<p><b>{html.escape(title)}</b>: not measured.</p>"
+    warn = list(result.get("warnings") or [])
+    ceiling = result.get("classifier_val_balanced_accuracy")
+    head = (f"<p><b>{html.escape(title)}</b>: {result['agreement']:.1%} of {result['n']} generated images are seen as "
+            f"the class they were generated for (balanced {result['balanced_agreement']:.1%}; chance "
+            f"{result['chance']:.1%}"
+            + (f"; the fidelity classifier reaches {ceiling:.1%} balanced accuracy on real validation images"
+               if ceiling is not None else "") + ").</p>")
+    box = ""
+    if warn:
+        items = "".join(f"<li>{html.escape(w)}</li>" for w in warn)
+        box = ('<div style="border:2px solid #c00;background:#fee;padding:6px 10px;margin:6px 0">'
+               f"<b>Warning: the generated labels are not trustworthy.</b><ul>{items}</ul></div>")
+    table = confusion_table(result).to_html(border=0)
+    return head + box + table
+
+
+class FidelityView:
+    """Jupyter display of a fidelity result (:func:`report_html`); ``str()`` gives plain text."""
+
+    def __init__(self, result: Mapping[str, Any] | None, title: str = "Class fidelity"):
+        self.result, self.title = result, title
+
+    def _repr_html_(self) -> str:
+        return report_html(self.result, self.title)
+
+    def __repr__(self) -> str:
+        r = self.result
+        if not r:
+            return f"{self.title}: not measured"
+        lines = [f"{self.title}: agreement {r['agreement']:.1%} (balanced {r['balanced_agreement']:.1%}, "
+                 f"chance {r['chance']:.1%}, n={r['n']})"]
+        lines += [f"WARNING: {w}" for w in r.get("warnings") or []]
+        lines.append(confusion_table(r).to_string())
+        return "\n".join(lines)
 
 
 class FidelityHook:

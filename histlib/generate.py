@@ -75,6 +75,10 @@ class GenerateConfig:
         real_split: split of ``dataset_dir`` the generated set is compared with (None: all images).
         k_pr, k_dc: neighbourhood sizes of precision/recall and density/coverage.
         num_workers: image-decoding processes for the audit and the metrics.
+        fidelity: measure class fidelity (:mod:`histlib.fidelity`): a classifier trained on ``dataset_dir``'s train
+            split labels the generated images.
+        fidelity_cache: parent folder of the cached fidelity classifiers (None: ``.fidelity/`` two levels above
+            the run directory, i.e. ``results/<study>/<dataset>/.fidelity/``).
         profile: ``'demo'``, ``'reduced'`` or ``'paper'`` (only the defaults differ).
     """
 
@@ -96,6 +100,8 @@ class GenerateConfig:
     k_pr: int = 3
     k_dc: int = 5
     num_workers: int = 0
+    fidelity: bool = True
+    fidelity_cache: str | None = None
     profile: str = "demo"
 
     @classmethod
@@ -759,6 +765,27 @@ def run_generation(cfg: GenerateConfig, run_dir: str | os.PathLike, progress: bo
                            progress=progress)
 
 
+def class_fidelity(cfg: GenerateConfig, report: Mapping[str, Any], progress: bool = False) -> dict[str, Any] | None:
+    """Class fidelity of every generated set (pooled), by the cached fidelity classifier of ``cfg.dataset_dir``.
+
+    The classifier is cached in ``cfg.fidelity_cache``, by default ``.fidelity/`` beside the run's stage folder
+    (``results/<study>/<dataset>/.fidelity/``), so every variant of a target shares one.
+
+    Returns None when ``cfg.fidelity`` is off or there is no real dataset to learn the classes from.
+    """
+    from histlib import fidelity
+
+    if not cfg.fidelity or cfg.dataset_dir is None:
+        return None
+    dev = _resolve_device(cfg.device)
+    run_dir = Path(report["out_dir"]).parent  # <run>/images -> <run>
+    cache = cfg.fidelity_cache or (run_dir.parent.parent / ".fidelity")
+    ckpt = fidelity.fidelity_classifier(cfg.dataset_dir, int(report["resolution"]), cache_root=cache,
+                                        device=str(dev), progress=progress)
+    clf = fidelity.FidelityClassifier(ckpt, device=dev)
+    return fidelity.sets_fidelity(report["set_dirs"], clf, num_workers=cfg.num_workers)
+
+
 def skip_reason(cfg: GenerateConfig) -> str:
     """Why a generate run with these settings has no GAN metrics (for ``metrics.json``)."""
     if not cfg.metrics:
@@ -773,13 +800,14 @@ def skip_reason(cfg: GenerateConfig) -> str:
 
 def write_generation_metrics(run_dir: str | os.PathLike, report: Mapping[str, Any],
                              metrics: Mapping[str, Any] | None = None, audit: pd.DataFrame | None = None,
-                             cfg: GenerateConfig | None = None, skipped_reason: str | None = None) -> dict[str, Any]:
+                             cfg: GenerateConfig | None = None, skipped_reason: str | None = None,
+                             fidelity: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Writes ``metrics.json`` (flat keys) of a generate run and ``memorisation.csv`` when an audit is given.
 
     Keys: ``n_images``, ``num_sets``, ``images_per_class/<class>``, ``seconds``, ``images_per_s``,
     ``truncation_psi``, ``seed``, ``checkpoint``, ``memorisation/<extractor>/…`` and the GAN metrics
     ``<extractor>/…``; without GAN metrics, ``metrics_skipped`` says why (``skipped_reason``, else derived from
-    ``cfg``).
+    ``cfg``); the class fidelity ``fidelity/…`` (:func:`histlib.fidelity.metrics_keys`) when measured.
     """
     run = runs.Run(runs.project_path(run_dir))
     s = report["settings"]
@@ -796,6 +824,10 @@ def write_generation_metrics(run_dir: str | os.PathLike, report: Mapping[str, An
         out.update({f"memorisation/{label}/{k}": v for k, v in summary.items()})
         runs.atomic_write_text(run.path / "memorisation.csv",
                                audit.drop(columns=["generated_path", "real_path"]).to_csv(index=False))
+    if fidelity:
+        from histlib.fidelity import metrics_keys
+
+        out.update(metrics_keys(fidelity))
     if metrics:
         out.update(metrics)
     else:

@@ -24,8 +24,9 @@ device of the input at run time. ``conv_clamp`` bounds the activations so that f
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -764,6 +765,84 @@ def init_class_embeddings_from_base(G: Generator, D: Discriminator, base_G: Gene
     scale = base_D.proxies.weight.norm(dim=1).mean()
     D.proxies.weight.copy_(target.to(D.proxies.weight.dtype) * scale)
     return {"method": "match", "similarity": similarity.cpu().tolist(), "match": match}
+
+
+@torch.no_grad()
+def init_class_embeddings_neutral(G: Generator, base_G: Generator, noise: float = 0.01, seed: int = 0) -> dict:
+    """Starts every new class of a fine-tuned G at the base's class-neutral centre, so classes separate by label.
+
+    Each target class gets the same label embedding, the mean of the base classes' embeddings (plus ``noise`` ×
+    its scale of Gaussian noise to break the symmetry), and the global mean ``w`` as its class mean. The fine-tuned
+    generator then starts without any class structure, as a generator trained from scratch does, and the
+    conditional loss alone decides which appearance each class takes: no base appearance carries a target label
+    into training.
+
+    Returns:
+        ``{'method': 'neutral', 'noise': noise}``.
+    """
+    emb, base_emb = G.mapping.embed, base_G.mapping.embed
+    centre = base_emb.weight.mean(dim=1, keepdim=True) * (base_emb.weight_gain / emb.weight_gain)  # [E, 1]
+    gen = torch.Generator().manual_seed(int(seed))
+    jitter = torch.randn(emb.weight.shape, generator=gen).to(emb.weight) * noise * centre.abs().mean()
+    emb.weight.copy_(centre.expand_as(emb.weight) + jitter)
+    if emb.bias is not None:
+        emb.bias.copy_(base_emb.bias)
+    G.mapping.w_avg_c.copy_(base_G.mapping.w_avg.unsqueeze(0).expand_as(G.mapping.w_avg_c))
+    return {"method": "neutral", "noise": noise}
+
+
+@torch.no_grad()
+def discriminator_view(G: Generator, D: Discriminator, per_class: int = 64, seed: int = 0,
+                       batch_size: int = 256) -> torch.Tensor:
+    """How D's conditional head sees G's classes: ``[K, K]`` counts, row = class asked for, column = the class whose
+    proxy is nearest to the image's D2D-CE embedding (D's own label for it)."""
+    K = G.num_classes
+    device = next(G.parameters()).device
+    gen = torch.Generator().manual_seed(int(seed))
+    z = torch.randn([per_class * K, G.z_dim], generator=gen).to(device)
+    c = torch.arange(K, device=device).repeat_interleave(per_class)
+    proxies = F.normalize(D.proxies.weight.float(), dim=1)  # [K, E]
+    seen = []
+    for i in range(0, len(z), batch_size):
+        img = G(z[i:i + batch_size], c[i:i + batch_size], noise_mode="const")
+        _, embed, _ = D(img, c[i:i + batch_size])
+        seen.append((embed.float() @ proxies.t()).argmax(1))
+    counts = torch.zeros(K, K, dtype=torch.int64, device=device)
+    counts.index_put_((c, torch.cat(seen)), torch.ones_like(c), accumulate=True)
+    return counts.cpu()
+
+
+def realignment(view: torch.Tensor, min_gain: float = 0.2) -> list[int] | None:
+    """The relabelling of G's class embeddings that D's view asks for, or None.
+
+    ``view[r, s]``: images of embedding r that D labels s. The one-to-one assignment of embeddings to classes with
+    the most agreement (Hungarian method) is returned as ``perm`` (class s takes embedding ``perm[s]``) when it
+    raises the agreement by at least ``min_gain`` (a fraction of all images) over keeping every embedding where it
+    is; otherwise None.
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    cm = view.double().numpy()
+    rows, cols = linear_sum_assignment(cm, maximize=True)
+    gain = (cm[rows, cols].sum() - np.trace(cm)) / max(cm.sum(), 1.0)
+    if gain < min_gain:
+        return None
+    perm = [0] * len(rows)
+    for r, s in zip(rows, cols):
+        perm[int(s)] = int(r)
+    return perm
+
+
+@torch.no_grad()
+def permute_classes(G: Generator, perm: Sequence[int], optimizer: torch.optim.Optimizer | None = None) -> None:
+    """Relabels G's classes: class s takes what class ``perm[s]`` had (label embedding, class mean of w, and the
+    optimiser's moments of the embedding), so each class keeps drawing what it drew, under its new label."""
+    idx = torch.as_tensor(list(perm), device=G.mapping.embed.weight.device)
+    weight = G.mapping.embed.weight
+    state = optimizer.state.get(weight, {}) if optimizer is not None else {}
+    for t in [weight, *(v for v in state.values() if isinstance(v, torch.Tensor) and v.shape == weight.shape)]:
+        t.copy_(t[:, idx])
+    G.mapping.w_avg_c.copy_(G.mapping.w_avg_c[idx])
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -63,7 +63,7 @@ CHECKPOINT_FORMAT = "histlib.train_gan/1"
 PROFILES = ("demo", "reduced", "paper")
 AUGMENT_MODES = ("ada", "none", "fixed")
 KERNEL_IMPLS = ("auto", "ref", "cuda", "compiled")
-CLASS_INITS = ("match", "random")
+CLASS_INITS = ("match", "neutral", "random")
 
 # Fields that may differ between a run and the checkpoint it resumes from: they change how long or how verbosely a
 # run goes on, not what a training step computes.
@@ -132,6 +132,9 @@ class TrainConfig:
     freeze_d: int = 0
     freeze_g: int = 0
     class_init: str = "match"  # new classes when fine-tuning: 'match' (from the most similar base class) | 'random'
+    realign_classes: bool = True  # fine-tuning with new classes: relabel G's embeddings when D sees classes swapped
+    realign_min_gain: float = 0.2
+    class_check_per_class: int = 32  # images per class of D's per-tick view of G's classes
     # periodic metrics (hooks) and early stopping
     metrics_every_kimg: float | None = None
     early_stop_patience: int | None = None
@@ -182,6 +185,8 @@ class TrainConfig:
         need(self.kernel_impl in KERNEL_IMPLS, "kernel_impl", f"one of {KERNEL_IMPLS}")
         need(self.noise_mode in ("random", "const"), "noise_mode", "'random' or 'const'")
         need(self.class_init in CLASS_INITS, "class_init", f"one of {CLASS_INITS}")
+        need(0 < self.realign_min_gain <= 1, "realign_min_gain", "a fraction in (0, 1]")
+        need(self.class_check_per_class >= 0, "class_check_per_class", "an integer >= 0 (0: no check)")
         need(self.device == "auto" or self.device == "cpu" or str(self.device).startswith("cuda"), "device",
              "'auto', 'cpu', 'cuda' or 'cuda:N'")
         need(isinstance(self.resolution, int) and self.resolution >= 4 and self.resolution & (self.resolution - 1) == 0,
@@ -646,15 +651,18 @@ def _build(cfg: TrainConfig, num_classes: int, device: torch.device):
     return G, D, {"G": G_kwargs, "D": D_kwargs}
 
 
-def _match_classes(base: dict[str, Any], G, D, dataset, num_classes: int, cfg: TrainConfig,
-                   device: torch.device) -> dict[str, Any]:
-    """``networks.init_class_embeddings_from_base`` with the base checkpoint's G_ema and D and up to 64 real
-    training images per target class (the same on every rank: a fixed draw)."""
+def _init_new_classes(base: dict[str, Any], G, D, dataset, num_classes: int, cfg: TrainConfig,
+                      device: torch.device) -> dict[str, Any]:
+    """New target classes: ``networks.init_class_embeddings_neutral`` (``class_init='neutral'``) or
+    ``networks.init_class_embeddings_from_base`` with the base checkpoint's G_ema and D and up to 64 real training
+    images per target class (``'match'``; the same on every rank: a fixed draw)."""
     from histlib import networks
 
     kw = base["network_kwargs"]
     base_G = networks.Generator(**kw["G"]).to(device).eval()
     base_G.load_state_dict(base["G_ema"])
+    if cfg.class_init == "neutral":
+        return networks.init_class_embeddings_neutral(G, base_G, seed=cfg.seed)
     base_D = networks.Discriminator(**kw["D"]).to(device).eval()
     base_D.load_state_dict(base["D"])
     labels = np.asarray(dataset.labels)
@@ -723,8 +731,8 @@ def _train(cfg, run_dir, hooks, early_stopping, resume, device, dist_info, t_sta
         reinit = None if base.get("classes") is None else list(base["classes"]) != list(classes)
         for name, module in (("G", G), ("D", D), ("G_ema", G_ema)):
             finetune[name] = networks.load_pretrained(module, base[name], reinit_class_embeddings=reinit)
-        if finetune["G"]["reinitialised"] and cfg.class_init == "match":
-            finetune["class_init"] = _match_classes(base, G, D, dataset, num_classes, cfg, device)
+        if finetune["G"]["reinitialised"] and cfg.class_init != "random":
+            finetune["class_init"] = _init_new_classes(base, G, D, dataset, num_classes, cfg, device)
         else:
             finetune["class_init"] = {"method": "random" if finetune["G"]["reinitialised"] else "loaded"}
         del base
@@ -852,7 +860,7 @@ def _train(cfg, run_dir, hooks, early_stopping, resume, device, dist_info, t_sta
                 "latent_rng": latents.gen.get_state(), "rng": rng_all, "best": best,
                 "next_metrics_nimg": next_metrics_nimg, "train_time": total_train_time,
                 "early_stopping": early_stopping.state_dict() if hasattr(early_stopping, "state_dict") else None,
-                "stopped_early": stopped_early,
+                "stopped_early": stopped_early, "realignments": realignments,
                 "hooks": [h.state_dict() if hasattr(h, "state_dict") else None for h in hooks],
             })
         runs.atomic_torch_save(obj, path)
@@ -896,6 +904,8 @@ def _train(cfg, run_dir, hooks, early_stopping, resume, device, dist_info, t_sta
         return loss, loss * W
 
     aug_p = [float(augment_pipe.p) if augment_pipe is not None else 0.0]  # host copy: no device sync per step
+    new_classes = bool(finetune and (finetune.get("class_init") or {}).get("method") not in (None, "loaded"))
+    realignments: list[dict[str, Any]] = list(state.get("realignments") or []) if state is not None else []
     hook_results: dict[str, float] = {}
     stopped_early = bool(state is not None and state.get("stopped_early"))
     total_train_time = float(state.get("train_time", 0.0)) if state is not None else 0.0
@@ -1053,6 +1063,11 @@ def _train(cfg, run_dir, hooks, early_stopping, resume, device, dist_info, t_sta
         if bar is not None:
             bar.set_postfix({k: f"{record[k]:.3g}" for k in ("loss_g", "loss_d", "augment_p", "img_per_s")
                              if record.get(k) is not None}, refresh=False)
+        if cfg.class_check_per_class and num_classes > 1:
+            record.update(_class_check(G, G_ema, D, opt_G, cfg, cur_nimg, dist_info, device,
+                                       realign=new_classes and cfg.realign_classes))
+            if record.get("class_realign") is not None:
+                realignments.append({"kimg": round(cur_nimg / 1000, 3), "perm": record["class_realign"]})
         stopped_early = stop
         done = done or stop
         if improved:
@@ -1083,7 +1098,7 @@ def _train(cfg, run_dir, hooks, early_stopping, resume, device, dist_info, t_sta
         **{k: v for k, v in last.items() if k.startswith("loss") or k in ("r1_penalty", "pl_mean")},
         **{f"metrics/{k}": v for k, v in hook_results.items()},
         **({f"best/{k}": v for k, v in best.items()} if best else {}),
-        "frozen_g": len(frozen_g), "frozen_d": len(frozen_d),
+        "frozen_g": len(frozen_g), "frozen_d": len(frozen_d), "class_realignments": realignments,
         "checkpoint": latest.as_posix(), "run_dir": Path(run_dir).as_posix(),
     }
     if rank0:
@@ -1126,6 +1141,29 @@ def _broadcast_object(obj: Any, dist_info: _Dist) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def _class_check(G, G_ema, D, opt_G, cfg: TrainConfig, cur_nimg: int, dist_info: _Dist, device: torch.device,
+                 realign: bool) -> dict[str, Any]:
+    """D's view of G's classes at the end of a tick (``d_class_agreement``: the fraction of G's images whose nearest
+    D proxy is the class asked for) and, when fine-tuning with new classes, the relabelling of G's class embeddings
+    that turns a swap D sees into agreement (``class_realign``: class s takes embedding ``perm[s]``)."""
+    from histlib import networks
+
+    out: dict[str, Any] = {}
+    if dist_info.rank == 0:
+        view = networks.discriminator_view(G, D, cfg.class_check_per_class, seed=cfg.seed + 7)
+        out["d_class_agreement"] = round(float(view.trace()) / max(int(view.sum()), 1), 4)
+        perm = networks.realignment(view, cfg.realign_min_gain) if realign else None
+        if perm is not None:
+            out["class_realign"] = perm
+            out["d_class_agreement_before"] = out["d_class_agreement"]
+            out["d_class_agreement"] = round(float(view[perm, torch.arange(len(perm))].sum()) / int(view.sum()), 4)
+    out = _broadcast_object(out, dist_info)
+    if out.get("class_realign") is not None:
+        networks.permute_classes(G, out["class_realign"], opt_G)
+        networks.permute_classes(G_ema, out["class_realign"])
+    return out
 
 
 def _tick_record(acc, dist_info, cur_nimg, tick, tick_time, tick_nimg, augment_pipe, ada) -> dict[str, Any]:

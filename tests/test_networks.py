@@ -436,3 +436,39 @@ def test_gpu_matches_cpu_including_r1(monkeypatch):
     cpu = run("cpu")
     for a, b in zip(gpu, cpu):
         torch.testing.assert_close(a, b, atol=1e-3, rtol=1e-3)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Class relabelling after transfer
+
+
+def test_realignment_finds_the_swap_and_ignores_noise():
+    from histlib.networks import realignment
+
+    swapped = torch.tensor([[30, 2, 0], [1, 0, 31], [0, 29, 3]])  # embedding 1 draws class 2, embedding 2 class 1
+    perm = realignment(swapped)
+    assert perm == [0, 2, 1]  # class 1 takes embedding 2, class 2 takes embedding 1
+    assert realignment(torch.tensor([[20, 6, 6], [5, 22, 5], [6, 6, 20]])) is None  # already right
+    # a swap worth less than min_gain of all images is left alone
+    assert realignment(torch.tensor([[30, 0, 0], [0, 14, 18], [0, 18, 14]]), min_gain=0.2) is None
+
+
+def test_permute_classes_moves_embeddings_means_and_adam_moments():
+    from histlib.networks import Generator, permute_classes
+
+    torch.manual_seed(0)
+    G = Generator(z_dim=8, w_dim=8, num_classes=3, img_resolution=8, mapping_layers=1, channel_base=64,
+                  channel_max=8).eval()
+    opt = torch.optim.Adam(G.parameters(), lr=0.01)
+    z = torch.randn(4, 8)
+    G(z, torch.zeros(4, dtype=torch.long)).square().mean().backward()
+    opt.step()
+    G.mapping.w_avg_c.copy_(torch.randn(3, 8))
+    before = {k: G(z, torch.full((4,), k), noise_mode="const") for k in range(3)}
+    w_avg_c = G.mapping.w_avg_c.clone()
+    m = opt.state[G.mapping.embed.weight]["exp_avg"].clone()
+    permute_classes(G, [2, 0, 1], opt)  # class 0 takes embedding 2, class 1 embedding 0, class 2 embedding 1
+    for new, old in ((0, 2), (1, 0), (2, 1)):
+        assert torch.equal(G(z, torch.full((4,), new), noise_mode="const"), before[old])
+        assert torch.equal(G.mapping.w_avg_c[new], w_avg_c[old])
+        assert torch.equal(opt.state[G.mapping.embed.weight]["exp_avg"][:, new], m[:, old])

@@ -384,16 +384,23 @@ def colour_base(tmp_path_factory):
     return root / "run", cfg
 
 
-def test_finetune_keeps_each_class_between_different_class_sets(colour_base, tmp_path):
+@pytest.mark.parametrize("class_init", ["match", "random"])
+def test_finetune_keeps_each_class_between_different_class_sets(colour_base, tmp_path, class_init):
     """Base classes red/green/blue/yellow, target classes blue/red/green under other names: each fine-tuned class
-    must draw its own colour (with freshly drawn embeddings, classes kept whatever base colour they landed on)."""
+    must draw its own colour. Before the fix, freshly drawn class embeddings kept whatever base colour they landed
+    on (t_green drawn red and t_red green). 'match' starts each class at the most similar base class; with
+    'random' the relabelling by D's view (realign_classes) must undo the swap."""
     base, base_cfg = colour_base
     data = make_colour_folder(tmp_path / "target", TARGET_COLOURS, n=16)
-    cfg = dataclasses.replace(base_cfg, data_dir=str(data), kimg=0.5, resume_from=str(base))
+    cfg = dataclasses.replace(base_cfg, data_dir=str(data), kimg=0.5, resume_from=str(base), class_init=class_init)
     tg.train_gan(cfg, tmp_path / "ft")
     report = runs.read_json(tmp_path / "ft" / "finetune.json")
-    assert report["class_init"]["method"] == "match"
-    assert report["class_init"]["matched_base_class"] == {"t_blue": "b_blue", "t_red": "b_red", "t_green": "b_green"}
+    assert report["class_init"]["method"] == class_init
+    if class_init == "match":
+        assert report["class_init"]["matched_base_class"] == {"t_blue": "b_blue", "t_red": "b_red",
+                                                              "t_green": "b_green"}
     G, info = tg.load_generator(tmp_path / "ft")
     agreement, means = _class_colour_agreement(G, info["classes"], TARGET_COLOURS)
     assert agreement == 1.0, f"generated mean colours {means} for {info['classes']}"
+    stats = [json.loads(line) for line in open(tmp_path / "ft" / "stats.jsonl")]
+    assert stats[-1]["d_class_agreement"] == 1.0

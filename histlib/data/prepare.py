@@ -29,7 +29,7 @@ import shutil
 import time
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pandas as pd
@@ -60,6 +60,17 @@ class PrepareConfig:
         stain: None or ``'macenko'``.
         stain_target: image whose stain the Macenko normaliser is fitted to; None = the standard H&E reference.
         val_fraction: fraction of each class (in groups) put in the ``val`` split.
+        test_fraction: fraction of each class (in groups, the same grouping as val) put in a ``test`` split that
+            nothing is tuned on (0: no test split).
+        split_from: a split fixed by the dataset's authors instead of a random one: ``'folders'`` (the first
+            folder of each image's path named like a split, e.g. ``<split>/<class>/...`` or
+            ``WSS1/images/<split>/<slide>``), ``'column:NAME'`` (column NAME of ``SOURCE/MANIFEST.tsv``) or
+            ``'file:PATH'`` (a CSV/TSV with columns ``path`` (relative to SOURCE) and ``split``). The fractions must
+            then be 0.
+        split_rename: renames the authors' split names to ours (``train``, ``val``, ``test``), e.g.
+            ``{'test': 'val'}`` when their held-out set is what the study validates on.
+        slides: the source is slides (searched in subfolders too, for nested layouts); None = automatic (slides
+            at the top level of a folder without class folders, or a slide file).
         group_by: ``'source'``, ``'region'``, ``'patch'`` or a ``SOURCE/MANIFEST.tsv`` column (module docstring).
         seed: seed of the split.
         min_fraction: slides only: fraction of a patch that must lie inside a class's polygons.
@@ -76,6 +87,10 @@ class PrepareConfig:
     stain: str | None = None
     stain_target: str | None = None
     val_fraction: float = 0.0
+    test_fraction: float = 0.0
+    split_from: str | None = None
+    split_rename: dict[str, str] | None = None
+    slides: bool | None = None
     group_by: str = "source"
     seed: int = 0
     min_fraction: float = 0.5
@@ -99,6 +114,10 @@ class PrepareConfig:
 
 # Fields that do not change what is written, hence not part of the hash that decides "already prepared".
 _NOT_HASHED = ("out", "workers")
+# Fields added later: left out of the hash while they have their default, so earlier prepared datasets stay valid.
+_HASHED_WHEN_SET = {"test_fraction": 0.0, "split_from": None, "split_rename": None, "slides": None}
+SPLIT_NAMES = ("train", "val", "test")
+_SPLIT_FOLDER_NAMES = ("train", "val", "valid", "validation", "test")
 
 
 def _path_key(p: str | None) -> str | None:
@@ -114,7 +133,8 @@ def _path_key(p: str | None) -> str | None:
 
 def prepare_hash(cfg: PrepareConfig) -> str:
     """The hash of everything in ``cfg`` that changes the prepared dataset."""
-    d = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _NOT_HASHED}
+    d = {k: v for k, v in dataclasses.asdict(cfg).items()
+         if k not in _NOT_HASHED and not (k in _HASHED_WHEN_SET and v == _HASHED_WHEN_SET[k])}
     for k in ("source", "stain_target", "annotations"):
         d[k] = _path_key(d[k])
     return config_hash(d)
@@ -134,6 +154,23 @@ def check_config(cfg: PrepareConfig) -> None:
         raise ValueError("stain_target is set but stain is None: use stain='macenko'")
     if not 0.0 <= float(cfg.val_fraction) < 1.0:
         raise ValueError(f"val_fraction={cfg.val_fraction}: expected a number in [0, 1)")
+    if not 0.0 <= float(cfg.test_fraction) < 1.0 or float(cfg.val_fraction) + float(cfg.test_fraction) >= 1.0:
+        raise ValueError(f"test_fraction={cfg.test_fraction}: expected a number in [0, 1) with val_fraction + "
+                         f"test_fraction < 1")
+    if cfg.split_from is not None:
+        kind = str(cfg.split_from).split(":", 1)[0]
+        if kind not in ("folders", "column", "file") or (kind != "folders" and ":" not in str(cfg.split_from)):
+            raise ValueError(f"split_from={cfg.split_from!r}: expected 'folders', 'column:NAME' or 'file:PATH'")
+        if cfg.val_fraction or cfg.test_fraction:
+            raise ValueError(f"split_from={cfg.split_from!r} fixes the split: val_fraction and test_fraction must "
+                             f"be 0 (got {cfg.val_fraction} and {cfg.test_fraction})")
+    if cfg.split_rename is not None:
+        if not isinstance(cfg.split_rename, dict) or not all(isinstance(k, str) and v in SPLIT_NAMES
+                                                             for k, v in cfg.split_rename.items()):
+            raise ValueError(f"split_rename={cfg.split_rename!r}: expected a mapping of split names to one of "
+                             f"{SPLIT_NAMES}, e.g. {{'test': 'val'}}")
+        if cfg.split_from is None:
+            raise ValueError("split_rename is set but split_from is None: it renames a predefined split")
     if not 0.0 < float(cfg.min_fraction) <= 1.0:
         raise ValueError(f"min_fraction={cfg.min_fraction}: expected a number in (0, 1]")
     if str(cfg.image_format).lower() not in IMAGE_FORMATS:
@@ -186,6 +223,7 @@ class _Job:
     rel: str  # path relative to SOURCE (the manifest's ``source``)
     cls: str
     tmp: str  # temporary output folder
+    stem_src: str = ""  # the path the output names derive from: ``rel`` without the class folder
 
 
 def _process_image(job: _Job, cfg: PrepareConfig, norm) -> tuple[list[dict], int, int]:
@@ -203,7 +241,7 @@ def _process_image(job: _Job, cfg: PrepareConfig, norm) -> tuple[list[dict], int
     out_dir = Path(job.tmp) / job.cls
     out_dir.mkdir(parents=True, exist_ok=True)
     # the class folder is not part of the stem: patches already go under their class folder
-    stem = patch_stem(Path(job.rel).relative_to(job.cls).as_posix())
+    stem = patch_stem(job.stem_src or Path(job.rel).relative_to(job.cls).as_posix())
     rows = []
     if cfg.patch is None:
         name = f"{stem}.{fmt}"
@@ -226,23 +264,127 @@ def _process_star(args):
 # Sources
 
 
-def _is_slide_source(source: Path) -> bool:
+def _is_slide_source(source: Path, slides: bool | None = None) -> bool:
+    if slides is not None:
+        return bool(slides)
     if source.is_file():
         return source.suffix.lower() in WSI_EXTENSIONS
     has_slides = any(f.is_file() and f.suffix.lower() in WSI_EXTENSIONS for f in source.iterdir())
     return has_slides and not list_class_folders(source)
 
 
-def _slide_annotations(slide: Path, annotations: str | None) -> Path:
-    if annotations is None:
-        path = slide.with_suffix(".geojson")
-    else:
+def _find_slides(source: Path) -> list[Path]:
+    """The slide file itself, or every slide under the folder (subfolders too; hidden ones skipped), sorted."""
+    if source.is_file():
+        return [source]
+    return sorted(f for f in source.rglob("*") if f.is_file() and f.suffix.lower() in WSI_EXTENSIONS
+                  and not any(p.startswith(".") for p in f.relative_to(source).parts))
+
+
+ANNOTATION_SUFFIXES = (".geojson", ".json")
+
+
+def _slide_annotations(slide: Path, annotations: str | None, source: Path | None = None) -> Path:
+    """The GeoJSON of a slide: ``annotations`` (a file, or a folder holding ``<stem>.geojson``/``.json``, also in the
+    slide's relative subfolder), else beside the slide, else in the mirrored ``annotations/`` folder of an
+    ``images/`` layout (``.../images/train/s.svs`` -> ``.../annotations/train/s.geojson``)."""
+    candidates: list[Path] = []
+    rel_parent = slide.parent.relative_to(source) if source is not None and source.is_dir() else Path()
+    if annotations is not None:
         ann = Path(annotations)
-        path = ann / f"{slide.stem}.geojson" if ann.is_dir() else ann
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: annotation GeoJSON for slide {slide.name} not found "
-                                f"(set annotations= to a .geojson file or a folder of <slide stem>.geojson)")
-    return path
+        if not ann.is_dir():
+            candidates.append(ann)
+        for suffix in ANNOTATION_SUFFIXES:
+            candidates += [ann / rel_parent / f"{slide.stem}{suffix}", ann / f"{slide.stem}{suffix}"]
+    else:
+        candidates += [slide.with_suffix(suffix) for suffix in ANNOTATION_SUFFIXES]
+        parts = list(slide.parent.parts)
+        if "images" in parts:
+            i = len(parts) - 1 - parts[::-1].index("images")
+            mirrored = Path(*parts[:i], "annotations", *parts[i + 1:])
+            candidates += [mirrored / f"{slide.stem}{suffix}" for suffix in ANNOTATION_SUFFIXES]
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise FileNotFoundError(f"annotation GeoJSON for slide {slide.name} not found (looked for {', '.join(map(str, candidates[:4]))}"
+                            f"{' ...' if len(candidates) > 4 else ''}); set annotations= to a .geojson file or a "
+                            "folder of <slide stem>.geojson")
+
+
+def _split_folder(rel: str, names: set[str]) -> str | None:
+    """The first folder of a relative path named like a split (case-insensitive), or None."""
+    for part in PurePosixPath(rel).parts[:-1]:
+        if part.lower() in names:
+            return part
+    return None
+
+
+def _read_split_table(path: Path, key_col: str, column: str) -> dict[str, str]:
+    sep = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
+    with open(path, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh, delimiter=sep))
+    if not rows or key_col not in rows[0] or column not in rows[0]:
+        found = list(rows[0]) if rows else []
+        raise ValueError(f"{path}: expected columns {key_col!r} and {column!r} for the predefined split, found {found}")
+    return {r[key_col]: r[column] for r in rows}
+
+
+def predefined_splits(cfg: PrepareConfig, source: Path, sources: list[str]) -> dict[str, str]:
+    """``{source relative path: split}`` of a dataset whose split its authors fixed (``cfg.split_from``).
+
+    Raises:
+        ValueError: a source without a split, or a split name that is not (renamed to) train/val/test, naming them.
+    """
+    rename = dict(cfg.split_rename or {})
+    kind, _, arg = str(cfg.split_from).partition(":")
+    root = source if source.is_dir() else source.parent
+    if kind == "folders":
+        names = set(_SPLIT_FOLDER_NAMES) | {k.lower() for k in rename}
+        raw = {rel: _split_folder(rel, names) for rel in sources}
+    elif kind == "column":
+        table = _read_split_table(root / "MANIFEST.tsv", "relpath", arg)
+        raw = {rel: table.get(rel) for rel in sources}
+    else:
+        table = _read_split_table(runs_path(arg, root), "path", "split")
+        raw = {rel: table.get(rel) for rel in sources}
+    missing = [rel for rel, sp in raw.items() if not sp]
+    if missing:
+        raise ValueError(f"split_from={cfg.split_from!r}: {len(missing)} source(s) have no split, e.g. "
+                         f"{missing[:5]}")
+    lowered = {k.lower(): v for k, v in rename.items()}
+    out = {}
+    for rel, sp in raw.items():
+        name = lowered.get(sp.lower(), sp.lower())
+        name = {"valid": "val", "validation": "val"}.get(name, name)
+        if name not in SPLIT_NAMES:
+            raise ValueError(f"split_from={cfg.split_from!r}: split {sp!r} (of {rel}) is not one of {SPLIT_NAMES}; "
+                             f"rename it with split_rename, e.g. {{{sp!r}: 'val'}}")
+        out[rel] = name
+    return out
+
+
+def runs_path(path: str, root: Path) -> Path:
+    """A split file path: absolute, else relative to the project root, else to the source folder."""
+    p = Path(path).expanduser()
+    if p.is_absolute():
+        return p
+    from histlib.runs import project_path
+
+    for cand in (project_path(p), root / p):
+        if cand.is_file():
+            return cand
+    raise FileNotFoundError(f"split_from='file:{path}': split file not found (relative to the project root or the "
+                            "source folder)")
+
+
+def check_split_classes(df: pd.DataFrame, what: str) -> None:
+    """Raises ValueError naming every (split, class) pair without images when some split lacks a class."""
+    classes = sorted(df["class"].unique())
+    gaps = [f"{sp}: {sorted(set(classes) - set(part['class']))}" for sp, part in df.groupby("split", sort=True)
+            if set(classes) - set(part["class"])]
+    if gaps:
+        raise ValueError(f"{what}: split(s) without some classes ({'; '.join(gaps)}); every class needs images in "
+                         "every split to be trained, selected and tested")
 
 
 def _group_column(source: Path, column: str) -> dict[str, str]:
@@ -263,9 +405,15 @@ def _prepare_folder(cfg: PrepareConfig, source: Path, tmp: Path, progress: bool)
 
     # headers only up front (sizes, modes, unreadable files); truncated pixel data is caught, naming the file,
     # while tiling, and the temporary folder is then removed
-    report = validate_folder(source, cfg.patch, check_pixels=False, progress=progress)
     norm = _make_normalizer(cfg)
-    jobs = [_Job(str(source / r.path), r.path, r.cls, str(tmp)) for r in report.images]
+    jobs: list[_Job] = []
+    reports = []
+    for root, prefix in _class_roots(cfg, source):
+        report = validate_folder(root, cfg.patch, check_pixels=False, progress=progress)
+        reports.append(report)
+        for r in report.images:
+            within = PurePosixPath(r.path).relative_to(r.cls).as_posix()
+            jobs.append(_Job(str(root / r.path), f"{prefix}{r.path}", r.cls, str(tmp), f"{prefix}{within}"))
     rows: list[dict] = []
     n_ok = n_failed = 0
     failed_sources: list[str] = []
@@ -294,11 +442,27 @@ def _prepare_folder(cfg: PrepareConfig, source: Path, tmp: Path, progress: bool)
                 failed_sources.append(job.rel)
             bar.update(1)
     bar.close()
-    info = {"kind": "folder", "validation": report.to_dict(), "n_sources": len(jobs)}
+    validation = reports[0].to_dict() if len(reports) == 1 else {
+        "split_folders": {Path(r.root).name: r.to_dict() for r in reports},
+        "converted": {k: sum(r.converted.get(k, 0) for r in reports) for r in reports for k in r.converted}}
+    info = {"kind": "folder", "validation": validation, "n_sources": len(jobs)}
     if norm is not None:
         info["stain"] = {"unit": "source image", "normalised": n_ok, "not_normalised": n_failed,
                          "not_normalised_examples": failed_sources[:MAX_LISTED]}
     return rows, info
+
+
+def _class_roots(cfg: PrepareConfig, source: Path) -> list[tuple[Path, str]]:
+    """``[(folder of class folders, prefix of its relative paths)]``: the source itself, or with
+    ``split_from='folders'`` one ``<split>/`` folder per split."""
+    if cfg.split_from != "folders":
+        return [(source, "")]
+    names = set(_SPLIT_FOLDER_NAMES) | {k.lower() for k in (cfg.split_rename or {})}
+    roots = [d for d in list_class_folders(source) if d.name.lower() in names]
+    if not roots:
+        raise ValueError(f"split_from='folders': {source} has no split folders ({', '.join(sorted(names))}); expected "
+                         "<source>/<split>/<class>/<image>")
+    return [(d, f"{d.name}/") for d in roots]
 
 
 def _region_index(geom, x: int, y: int, patch: int) -> int:
@@ -319,15 +483,17 @@ def _prepare_slides(cfg: PrepareConfig, source: Path, tmp: Path, progress: bool)
 
     if cfg.patch is None:
         raise ValueError(f"{source}: slides must be tiled; set patch (e.g. 224)")
-    slides = [source] if source.is_file() else sorted(f for f in source.iterdir()
-                                                        if f.is_file() and f.suffix.lower() in WSI_EXTENSIONS)
+    slides = _find_slides(source)
+    if not slides:
+        raise ValueError(f"source={source}: no slide files ({', '.join(WSI_EXTENSIONS)}) found")
     fmt = IMAGE_FORMATS[cfg.image_format.lower()]
     norm = _make_normalizer(cfg)
     rows: list[dict] = []
     n_ok = n_failed = 0
     per_slide = {}
     for slide in slides:
-        geoms = read_geojson(_slide_annotations(slide, cfg.annotations))
+        rel = slide.name if source.is_file() else slide.relative_to(source).as_posix()
+        geoms = read_geojson(_slide_annotations(slide, cfg.annotations, source))
         n = 0
         for p, img in tqdm(iter_wsi_patches(slide, geoms, cfg.patch, cfg.stride, cfg.min_fraction),
                            desc=f"prepare {slide.name}", unit="patch", disable=not progress):
@@ -336,12 +502,12 @@ def _prepare_slides(cfg: PrepareConfig, source: Path, tmp: Path, progress: bool)
                 a, success = _normalize(norm, a)
                 n_ok, n_failed = n_ok + int(success), n_failed + int(not success)
             (tmp / p.cls).mkdir(parents=True, exist_ok=True)
-            name = patch_name(patch_stem(slide.name), p.x, p.y, fmt)
+            name = patch_name(patch_stem(rel), p.x, p.y, fmt)
             _save(a, tmp / p.cls / name, cfg.resize, fmt)
-            rows.append({"path": f"{p.cls}/{name}", "class": p.cls, "source": slide.name,
-                         "region": f"{slide.name}:{p.cls}:{_region_index(geoms[p.cls], p.x, p.y, cfg.patch)}"})
+            rows.append({"path": f"{p.cls}/{name}", "class": p.cls, "source": rel,
+                         "region": f"{rel}:{p.cls}:{_region_index(geoms[p.cls], p.x, p.y, cfg.patch)}"})
             n += 1
-        per_slide[slide.name] = n
+        per_slide[rel] = n
         if n == 0:
             warnings.warn(f"{slide}: no patch lies at least {cfg.min_fraction:.0%} inside a labelled polygon",
                           stacklevel=2)
@@ -381,23 +547,25 @@ def validate_source(cfg: PrepareConfig, progress: bool = True):
     source = Path(cfg.source).expanduser()
     if not source.exists():
         raise FileNotFoundError(f"source={cfg.source}: not found")
-    if not _is_slide_source(source):
-        return validate_folder(source, cfg.patch, check_pixels=True, progress=progress)
+    if not _is_slide_source(source, cfg.slides):
+        roots = _class_roots(cfg, source)
+        if len(roots) == 1:
+            return validate_folder(roots[0][0], cfg.patch, check_pixels=True, progress=progress)
+        return [validate_folder(r, cfg.patch, check_pixels=True, progress=progress) for r, _ in roots]
     from histlib.data.wsi import open_slide, read_geojson, wsi_patch_positions
 
     if cfg.patch is None:
         raise ValueError(f"{source}: slides must be tiled; set patch (e.g. 224)")
     rows = []
-    slides = [source] if source.is_file() else sorted(f for f in source.iterdir()
-                                                        if f.is_file() and f.suffix.lower() in WSI_EXTENSIONS)
-    for slide in slides:
-        geoms = read_geojson(_slide_annotations(slide, cfg.annotations))
+    for slide in _find_slides(source):
+        geoms = read_geojson(_slide_annotations(slide, cfg.annotations, source))
         s = open_slide(slide)
         width, height = s.dimensions
         s.close()
         positions = wsi_patch_positions(geoms, width, height, cfg.patch, cfg.stride, cfg.min_fraction)
         for cls, geom in geoms.items():
-            rows.append({"slide": slide.name, "class": cls, "width": width, "height": height,
+            rows.append({"slide": slide.name if source.is_file() else slide.relative_to(source).as_posix(),
+                         "class": cls, "width": width, "height": height,
                          "polygon_area_px": round(geom.area), "patches": sum(p.cls == cls for p in positions)})
     return SlideReport(rows)
 
@@ -467,7 +635,7 @@ def prepare_dataset(cfg: PrepareConfig, force: bool = False, progress: bool = Tr
         elif out.is_file() or any(out.iterdir()):
             raise FileExistsError(f"out={out}: exists and is not a prepared dataset (no {PREPARE_JSON}); "
                                   f"refusing to replace it")
-    slides = _is_slide_source(source)
+    slides = _is_slide_source(source, cfg.slides)
     if source.is_file() and not slides:
         raise ValueError(f"source={source}: expected a <class>/<image> folder or a slide ({', '.join(WSI_EXTENSIONS)})")
     if cfg.group_by == "region" and not slides:
@@ -502,7 +670,14 @@ def prepare_dataset(cfg: PrepareConfig, force: bool = False, progress: bool = Tr
             df["group"] = df["region"]
         else:
             df["group"] = [f"{cfg.group_by}:{mapping[s]}" if s in mapping else s for s in df["source"]]
-        df["split"] = group_split(df, cfg.val_fraction, seed=cfg.seed)
+        if cfg.split_from is None:
+            df["split"] = group_split(df, cfg.val_fraction, seed=cfg.seed, test_fraction=cfg.test_fraction)
+            if cfg.test_fraction > 0:
+                check_split_classes(df, f"test_fraction={cfg.test_fraction} (group_by={cfg.group_by!r})")
+        else:
+            split_of = predefined_splits(cfg, source, sorted(df["source"].unique()))
+            df["split"] = df["source"].map(split_of)
+            check_split_classes(df, f"the predefined split (split_from={cfg.split_from!r})")
         check_no_straddle(df)
         df = df[list(MANIFEST_COLUMNS)].sort_values("path", kind="stable").reset_index(drop=True)
         atomic_write_text(tmp / MANIFEST_NAME, df.to_csv(index=False))
@@ -547,6 +722,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stain", choices=["macenko"], default=None, help="stain normalisation")
     parser.add_argument("--stain-target", default=None, help="image to fit the Macenko normaliser to")
     parser.add_argument("--val-fraction", type=float, default=0.0, help="fraction of each class in val (by group)")
+    parser.add_argument("--test-fraction", type=float, default=0.0,
+                        help="fraction of each class in a held-out test split (by group, as val)")
+    parser.add_argument("--split-from", default=None,
+                        help="a split fixed by the dataset's authors: 'folders', 'column:NAME' or 'file:PATH'")
+    parser.add_argument("--split-rename", default=None, metavar="OLD=NEW[,OLD=NEW]",
+                        help="rename predefined split names, e.g. test=val")
+    parser.add_argument("--slides", action="store_true", default=None,
+                        help="the source holds slides (searched in subfolders too)")
     parser.add_argument("--group-by", default="source",
                         help="'source' (default), 'region' (slides), 'patch', or a column of SOURCE/MANIFEST.tsv")
     parser.add_argument("--seed", type=int, default=0, help="seed of the split")
@@ -561,8 +744,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    rename = None
+    if args.split_rename:
+        try:
+            rename = dict(item.split("=", 1) for item in args.split_rename.split(","))
+        except ValueError:
+            raise ValueError(f"--split-rename {args.split_rename!r}: expected OLD=NEW[,OLD=NEW]") from None
     cfg = PrepareConfig(source=args.source, out=args.out, patch=args.patch, stride=args.stride, stain=args.stain,
-                        stain_target=args.stain_target, val_fraction=args.val_fraction, group_by=args.group_by,
+                        stain_target=args.stain_target, val_fraction=args.val_fraction,
+                        test_fraction=args.test_fraction, split_from=args.split_from, split_rename=rename,
+                        slides=args.slides, group_by=args.group_by,
                         seed=args.seed, min_fraction=args.min_fraction, annotations=args.annotations,
                         resize=args.resize, image_format=args.image_format, workers=args.workers)
     report = prepare_dataset(cfg, force=args.force)

@@ -124,6 +124,8 @@ class DatasetEntry:
         homepage: the dataset's page.
         approx_size: human-readable size for listings when the exact size is not known.
         manual: non-empty when the files cannot be fetched automatically: how to obtain them by hand.
+        prepare: ``histlib prepare`` settings this dataset needs (``PrepareConfig`` fields), e.g. a split fixed by
+            its authors (``split_from``) or nested slides (``slides``).
     """
 
     name: str
@@ -137,6 +139,7 @@ class DatasetEntry:
     homepage: str
     approx_size: str = ""
     manual: str = ""
+    prepare: dict = dataclasses.field(default_factory=dict)
 
     @property
     def size(self) -> int | None:
@@ -260,6 +263,10 @@ REGISTRY: dict[str, DatasetEntry] = {
                    "request access from the authors), then unpack them as DIR/PATH-DT-MSU/WSS1/ and "
                    "DIR/PATH-DT-MSU/WSS2/. Record the sha256 of each archive you obtained (sha256sum FILE) so "
                    "the download can be reproduced.",
+            # The authors fix the split: images/train and images/test in each subset; the publication validates on
+            # their test part, so it becomes our 'val' (select epochs and variants there; no separate test split).
+            prepare={"slides": True, "split_from": "folders", "split_rename": {"test": "val"}, "patch": 224,
+                     "stride": 112},
         ),
     )
 }

@@ -14,57 +14,91 @@ import numpy as np
 import pandas as pd
 
 
+def _dominant_class(df: pd.DataFrame, group_col: str, class_col: str) -> tuple[pd.Series, pd.Series]:
+    groups = df.groupby(group_col, sort=True)
+    # dominant class of each group: most rows, ties broken by class name
+    dominant = groups[class_col].agg(lambda s: sorted(s.value_counts().loc[lambda v: v == v.max()].index)[0])
+    return groups.size(), dominant
+
+
+def _pick_groups(members: np.ndarray, sizes: pd.Series, target: float) -> list:
+    """Groups (in the given order) added one by one whenever that brings their total closer to ``target``; at least
+    one is taken and the last one is never taken."""
+    chosen, total = [], 0
+    for g in members[:-1]:
+        n = sizes[g]
+        if abs(total + n - target) < abs(total - target) or not chosen:
+            chosen.append(g)
+            total += n
+    return chosen
+
+
 def group_split(df: pd.DataFrame, val_fraction: float, group_col: str = "group", class_col: str = "class",
-                seed: int = 0) -> pd.Series:
-    """Assigns ``'train'`` or ``'val'`` to every row so that no group occurs in both.
+                seed: int = 0, test_fraction: float = 0.0) -> pd.Series:
+    """Assigns ``'train'``, ``'val'`` (and ``'test'``) to every row so that no group occurs in two splits.
 
     Each group is placed in the stratum of its most frequent class (ties: first class name). Within a stratum the
     groups are shuffled with ``seed`` and added to ``val`` one by one whenever that brings the stratum's val count
     closer to ``val_fraction`` of its images; at least one group goes to val and one stays in train when the
-    stratum has two or more groups (a stratum with one group stays in train, with a warning).
+    stratum has two or more groups (a stratum with one group stays in train, with a warning). With
+    ``test_fraction > 0`` the ``test`` groups are chosen first in the same way (with their own random stream), then
+    ``val`` from the remaining groups (still ``val_fraction`` of the whole stratum); a stratum with fewer than
+    three groups cannot give all three splits, and stays out of ``test`` with a warning.
 
     Args:
         df: rows to split (e.g. a manifest), with ``group_col`` and ``class_col``.
         val_fraction: target fraction of rows in ``val``, in ``[0, 1)``.
         group_col, class_col: column names.
         seed: RNG seed; the result depends only on the data and the seed.
+        test_fraction: target fraction of rows in ``test`` (0: no test split; the result is then the two-way split
+            of earlier versions, row for row).
 
     Returns:
-        A Series of ``'train'``/``'val'`` aligned with ``df.index``.
+        A Series of ``'train'``/``'val'``/``'test'`` aligned with ``df.index``.
     """
     if not 0.0 <= float(val_fraction) < 1.0:
         raise ValueError(f"val_fraction={val_fraction}: expected a number in [0, 1)")
+    if not 0.0 <= float(test_fraction) < 1.0 or float(val_fraction) + float(test_fraction) >= 1.0:
+        raise ValueError(f"test_fraction={test_fraction}: expected a number in [0, 1) with val_fraction + "
+                         f"test_fraction < 1 (val_fraction={val_fraction})")
     for col in (group_col, class_col):
         if col not in df.columns:
             raise ValueError(f"group_split: column {col!r} not in {list(df.columns)}")
     split = pd.Series("train", index=df.index, dtype=object)
-    if val_fraction == 0.0 or len(df) == 0:
+    if (val_fraction == 0.0 and test_fraction == 0.0) or len(df) == 0:
         return split
 
-    groups = df.groupby(group_col, sort=True)
-    sizes = groups.size()
-    # dominant class of each group: most rows, ties broken by class name (value_counts sorts by count, then we sort)
-    dominant = groups[class_col].agg(lambda s: sorted(s.value_counts().loc[lambda v: v == v.max()].index)[0])
+    sizes, dominant = _dominant_class(df, group_col, class_col)
     rng = np.random.default_rng(int(seed))
+    test_rng = np.random.default_rng([int(seed), 1])
     val_groups: list = []
+    test_groups: list = []
     single: list[str] = []
+    no_test: list[str] = []
     for cls in sorted(dominant.unique()):
         members = np.array(sorted(dominant.index[dominant == cls]), dtype=object)
         if len(members) < 2:
             single.append(str(cls))
             continue
-        members = members[rng.permutation(len(members))]
-        target = val_fraction * sizes[members].sum()
-        chosen, total = [], 0
-        for g in members[:-1]:  # the last one always stays in train
-            n = sizes[g]
-            if abs(total + n - target) < abs(total - target) or not chosen:
-                chosen.append(g)
-                total += n
-        val_groups.extend(chosen)
+        stratum = sizes[members].sum()
+        if test_fraction > 0:
+            if len(members) < 3:
+                no_test.append(str(cls))
+            else:
+                shuffled = members[test_rng.permutation(len(members))]
+                chosen = _pick_groups(shuffled[:-1], sizes, test_fraction * stratum)  # keep >= 2 for train and val
+                test_groups.extend(chosen)
+                members = np.array([g for g in members if g not in set(chosen)], dtype=object)
+        if val_fraction > 0:
+            members = members[rng.permutation(len(members))]
+            val_groups.extend(_pick_groups(members, sizes, val_fraction * stratum))
     if single:
         warnings.warn(f"group_split: class(es) {single} have a single group; kept entirely in train", stacklevel=2)
+    if no_test:
+        warnings.warn(f"group_split: class(es) {no_test} have fewer than three groups; none of their groups can go "
+                      "to test", stacklevel=2)
     split[df[group_col].isin(set(val_groups))] = "val"
+    split[df[group_col].isin(set(test_groups))] = "test"
     return split
 
 
