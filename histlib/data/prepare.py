@@ -306,9 +306,9 @@ def _slide_annotations(slide: Path, annotations: str | None, source: Path | None
     for path in candidates:
         if path.is_file():
             return path
-    raise FileNotFoundError(f"annotation GeoJSON for slide {slide.name} not found (looked for {', '.join(map(str, candidates[:4]))}"
-                            f"{' ...' if len(candidates) > 4 else ''}); set annotations= to a .geojson file or a "
-                            "folder of <slide stem>.geojson")
+    looked = ", ".join(map(str, candidates[:4])) + (" ..." if len(candidates) > 4 else "")
+    raise FileNotFoundError(f"annotation GeoJSON for slide {slide.name} not found (looked for {looked}); set "
+                            "annotations= to a .geojson file or a folder of <slide stem>.geojson")
 
 
 def _split_folder(rel: str, names: set[str]) -> str | None:
