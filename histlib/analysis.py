@@ -36,7 +36,8 @@ from histlib import runs
 # imports the runner).
 STAGE_ORDER = ("data", "base_gan", "finetune", "generate", "classify", "analysis")
 RESULT_STAGES = ("base_gan", "finetune", "generate", "classify")  # stages that write run directories
-CLASSIFY_RUN = re.compile(r"^(?P<train_set>.+)__(?P<model>[^_].*?)__seed(?P<seed>\d+)$")
+CLASSIFY_RUN = re.compile(r"^(?P<train_set>real|synthetic|real\+synthetic)(?:__(?P<variant>[^_].*?))?"
+                          r"__(?P<model>[^_].*?)__seed(?P<seed>\d+)$")
 GAN_METRICS = ("fid", "precision", "recall", "density", "coverage")
 CLASSIFICATION_METRICS = ("accuracy", "balanced_accuracy")
 TRAIN_SET_ORDER = ("real", "synthetic", "real+synthetic")
@@ -71,14 +72,15 @@ def _check_study_dir(study_dir: str | os.PathLike) -> Path:
 
 
 def parse_classify_run(name: str) -> dict[str, Any] | None:
-    """``'real+synthetic__resnet34__seed2'`` → ``{'train_set': 'real+synthetic', 'model': 'resnet34', 'seed': 2}``.
+    """``'real+synthetic__freeze_d1__resnet34__seed2'`` → ``{'train_set': 'real+synthetic', 'variant': 'freeze_d1',
+    'model': 'resnet34', 'seed': 2}`` (``variant`` None for ``<train_set>__<model>__seed<k>``).
 
-    Returns None when ``name`` does not follow the ``<train_set>__<model>__seed<k>`` pattern.
+    Returns None when ``name`` follows neither pattern.
     """
     m = CLASSIFY_RUN.match(name)
     if not m:
         return None
-    return {"train_set": m["train_set"], "model": m["model"], "seed": int(m["seed"])}
+    return {"train_set": m["train_set"], "variant": m["variant"], "model": m["model"], "seed": int(m["seed"])}
 
 
 def collect_metrics(study_dir: str | os.PathLike, include_lists: bool = False) -> pd.DataFrame:
@@ -120,8 +122,11 @@ def collect_metrics(study_dir: str | os.PathLike, include_lists: bool = False) -
                 row[k] = v
         rows.append(row)
     if not rows:
-        return pd.DataFrame(columns=[*ID_COLUMNS, "path"])
-    return pd.DataFrame(rows)
+        out = pd.DataFrame(columns=[*ID_COLUMNS, "path"])
+    else:
+        out = pd.DataFrame(rows)
+    out.attrs["study_dir"] = root.as_posix()
+    return out
 
 
 def collect_stats(study_dir: str | os.PathLike, stage: str | Sequence[str] | None = None) -> pd.DataFrame:
@@ -387,6 +392,411 @@ def gan_table(df: pd.DataFrame, stage: str = "generate") -> pd.DataFrame:
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# The study's answer: the paper's Tables 1-2, every variant, differences to real, GAN metrics beside classifiers
+
+PAPER_ROWS = ("real", "scratch", "pretrained", "frozen")
+FIDELITY_METRICS = ("agreement", "balanced_agreement")
+
+
+def classifier_runs(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per classifier run: ``dataset, train_set, variant ('' for real), model, seed`` and its numbers
+    (``val_accuracy``, ``val_balanced_accuracy``, ``test_accuracy``, ``test_balanced_accuracy`` when measured,
+    ``n_train_real``, ``n_train_synthetic``)."""
+    part = _classify_rows(df)
+    if len(part) == 0:
+        return pd.DataFrame(columns=["dataset", "train_set", "variant", "model", "seed"])
+    out = pd.DataFrame({
+        "dataset": part["dataset"], "train_set": part["train_set"],
+        "variant": part["variant"].fillna("") if "variant" in part else "",
+        "model": part["model"], "seed": pd.to_numeric(part["seed"], errors="coerce"),
+        "val_accuracy": pd.to_numeric(part.get("accuracy"), errors="coerce"),
+        "val_balanced_accuracy": pd.to_numeric(part.get("balanced_accuracy"), errors="coerce"),
+    })
+    for col in ("test_accuracy", "test_balanced_accuracy", "n_train_real", "n_train_synthetic"):
+        out[col] = pd.to_numeric(part[col], errors="coerce") if col in part else np.nan
+    out.loc[out["train_set"] == "real", "variant"] = ""
+    return out.reset_index(drop=True)
+
+
+def evaluated_on(runs_df: pd.DataFrame) -> str:
+    """``'test'`` when every run has test numbers (nothing was tuned on them), else ``'val'``."""
+    return "test" if len(runs_df) and runs_df["test_accuracy"].notna().all() else "val"
+
+
+def _mean(values: pd.Series) -> float:
+    v = pd.to_numeric(values, errors="coerce").dropna()
+    return float(v.mean()) if len(v) else math.nan
+
+
+def best_frozen_variant(runs_df: pd.DataFrame, train_set: str) -> str | None:
+    """The ``freeze_*`` variant with the highest mean *validation* accuracy (over models and seeds) for
+    ``train_set``: chosen on validation, so the test numbers stay untouched by the choice."""
+    part = runs_df[(runs_df["train_set"] == train_set) & runs_df["variant"].str.startswith("freeze_")]
+    if len(part) == 0:
+        return None
+    means = part.groupby("variant")["val_accuracy"].mean()
+    return str(means.idxmax())
+
+
+def _row_label(kind: str, train_set: str, runs: pd.DataFrame, variant: str) -> str:
+    n_real = int(_mean(runs["n_train_real"])) if runs["n_train_real"].notna().any() else 0
+    n_syn = int(_mean(runs["n_train_synthetic"])) if runs["n_train_synthetic"].notna().any() else 0
+    if kind == "real":
+        return f"{n_real} real"
+    what = {"scratch": "non-pretrained", "pretrained": "pretrained"}.get(kind, f"freezing {variant}")
+    generated = f"{n_syn} generated with {what}"
+    return f"{n_real} real + {generated}" if train_set == "real+synthetic" else generated
+
+
+def paper_table(df: pd.DataFrame, dataset: str, train_set: str | None = None) -> pd.DataFrame:
+    """The publication's Table 1/2 for one target dataset.
+
+    Rows: ``N real``, ``N generated with non-pretrained`` (variant ``scratch``), ``N generated with pretrained``,
+    ``N generated with freezing <best>`` (the frozen variant with the highest *validation* accuracy,
+    :func:`best_frozen_variant`); for a ``real+synthetic`` training set the generated rows read ``N real + N
+    generated …``. Columns: per classifier, ``Acc`` and ``Bal. Acc`` in %, the mean over seeds. The numbers come
+    from the test split when every run has one (``attrs['evaluated_on'] == 'test'``), else from validation.
+
+    Args:
+        df: :func:`collect_metrics` output.
+        dataset: the target dataset.
+        train_set: the generated rows' training set (default: ``synthetic`` if present, else ``real+synthetic``).
+
+    Returns:
+        Numbers (%); ``attrs``: ``evaluated_on``, ``best_frozen``, ``train_set``, ``n_seeds`` (per row and model).
+        Empty when the dataset has no classifier run.
+    """
+    runs_df = classifier_runs(df)
+    runs_df = runs_df[runs_df["dataset"] == dataset]
+    if len(runs_df) == 0:
+        return pd.DataFrame()
+    if train_set is None:
+        sets = set(runs_df["train_set"])
+        train_set = "synthetic" if "synthetic" in sets else ("real+synthetic" if "real+synthetic" in sets else None)
+    split = evaluated_on(runs_df)
+    best = best_frozen_variant(runs_df, train_set) if train_set else None
+    models = list(dict.fromkeys(runs_df["model"]))
+    wanted = [("real", "real", "")]
+    if train_set:
+        wanted += [("scratch", train_set, "scratch"), ("pretrained", train_set, "pretrained")]
+        if best:
+            wanted.append(("frozen", train_set, best))
+    rows, index, n_seeds = [], [], {}
+    for kind, ts, variant in wanted:
+        part = runs_df[(runs_df["train_set"] == ts) & (runs_df["variant"] == variant)]
+        if len(part) == 0:
+            continue
+        label = _row_label(kind, ts, part, variant)
+        row = {}
+        for model in models:
+            m = part[part["model"] == model]
+            row[(model, "Acc")] = 100 * _mean(m[f"{split}_accuracy"])
+            row[(model, "Bal. Acc")] = 100 * _mean(m[f"{split}_balanced_accuracy"])
+            n_seeds[(label, model)] = int(m[f"{split}_accuracy"].notna().sum())
+        rows.append(row)
+        index.append(label)
+    table = pd.DataFrame(rows, index=pd.Index(index, name="training set"))
+    table.columns = pd.MultiIndex.from_tuples(table.columns, names=["classifier", "metric"])
+    table.attrs.update(evaluated_on=split, best_frozen=best, train_set=train_set, dataset=dataset,
+                       n_seeds={f"{k[0]} / {k[1]}": v for k, v in n_seeds.items()})
+    return table
+
+
+def variant_table(df: pd.DataFrame, dataset: str | None = None) -> pd.DataFrame:
+    """Every training set and GAN variant: mean ± std over seeds (``n``) per classifier, on validation and (when
+    measured) on test, in %.
+
+    Returns:
+        Index ``(dataset, train_set, variant)``, columns ``(model, metric, stat)`` with metric ``val_accuracy``,
+        ``val_balanced_accuracy``, ``test_accuracy``, ``test_balanced_accuracy`` and stat ``mean``, ``std`` (NaN for
+        fewer than two seeds), ``n``.
+    """
+    runs_df = classifier_runs(df)
+    if dataset is not None:
+        runs_df = runs_df[runs_df["dataset"] == dataset]
+    if len(runs_df) == 0:
+        return pd.DataFrame()
+    metrics = [m for m in ("val_accuracy", "val_balanced_accuracy", "test_accuracy", "test_balanced_accuracy")
+               if runs_df[m].notna().any()]
+    rank = {t: i for i, t in enumerate(TRAIN_SET_ORDER)}
+    records: dict[tuple, dict] = {}
+    for (ds, ts, variant, model), g in runs_df.groupby(["dataset", "train_set", "variant", "model"], sort=False):
+        for m in metrics:
+            v = g[m].dropna().to_numpy(dtype=np.float64) * 100
+            cell = {"mean": float(v.mean()) if v.size else math.nan,
+                    "std": float(v.std(ddof=1)) if v.size > 1 else math.nan, "n": int(v.size)}
+            for stat, x in cell.items():
+                records.setdefault((ds, ts, variant), {})[(model, m, stat)] = x
+    keys = sorted(records, key=lambda k: (k[0], rank.get(k[1], 9), k[2] != "", k[2] != "scratch",
+                                          k[2] != "pretrained", k[2]))
+    table = pd.DataFrame.from_dict({k: records[k] for k in keys}, orient="index")
+    table.index = pd.MultiIndex.from_tuples(table.index, names=["dataset", "train_set", "variant"])
+    table.columns = pd.MultiIndex.from_tuples(table.columns, names=["model", "metric", "stat"])
+    return table
+
+
+def _correct_matrix(part: pd.DataFrame, split: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(correct [seeds, N] bool, y_true [N])`` of a group of runs evaluated on the same images, by seed order."""
+    part = part.sort_values("seed")
+    ys = [np.asarray(v) for v in part[f"{split}_y_true"]]
+    ps = [np.asarray(v) for v in part[f"{split}_y_pred"]]
+    if not ys or any(y is None or len(y) != len(ys[0]) or not np.array_equal(y, ys[0]) for y in ys):
+        return None
+    return np.stack([p == ys[0] for p in ps]), ys[0]
+
+
+def _resampled_scores(correct: np.ndarray, y: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Seed-mean accuracy and balanced accuracy for each row of resampling ``weights [B, N]``: ``([B], [B])``."""
+    acc = (weights @ correct.T.astype(np.float64)).mean(axis=1) / weights.sum(axis=1)  # [B]
+    recalls = []
+    for k in np.unique(y):
+        wk = weights * (y == k)
+        denom = wk.sum(axis=1)
+        recalls.append(np.where(denom > 0, (wk @ correct.T.astype(np.float64)).mean(axis=1) / np.maximum(denom, 1),
+                                np.nan))
+    return acc, np.nanmean(np.stack(recalls), axis=0)
+
+
+def paired_differences(df: pd.DataFrame, n_boot: int = 2000, ci: float = 0.95, seed: int = 0,
+                       chunk: int = 200) -> pd.DataFrame:
+    """Each training set and variant against ``real`` on the same images, per dataset and classifier.
+
+    The difference of the seed-mean accuracy (and balanced accuracy) is bootstrapped over the evaluation images
+    (one resample of the images serves both rows, so the comparison is paired), on test when every run has it,
+    else on validation. ``seeds_same_sign`` counts the seeds whose own difference (seed k against real seed k)
+    has the sign of the mean difference.
+
+    Returns:
+        Columns ``dataset, train_set, variant, model, evaluated_on, metric, difference, ci_low, ci_high, n_images,
+        seeds_same_sign`` (differences in percentage points). Empty without real runs or predictions.
+    """
+    full = collect_metrics_lists(df)
+    if full is None or len(full) == 0:
+        return pd.DataFrame()
+    rows = []
+    rng = np.random.default_rng(seed)
+    alpha = (1 - ci) / 2
+    for (ds, model), g in full.groupby(["dataset", "model"], sort=False):
+        split = evaluated_on(g)
+        if f"{split}_y_pred" not in g:
+            continue
+        real = g[g["train_set"] == "real"]
+        base = _correct_matrix(real, split) if len(real) else None
+        if base is None:
+            continue
+        c_real, y = base
+        n = len(y)
+        for (ts, variant), other in g[g["train_set"] != "real"].groupby(["train_set", "variant"], sort=False):
+            got = _correct_matrix(other, split)
+            if got is None or len(got[1]) != n or not np.array_equal(got[1], y):
+                continue
+            c_other = got[0]
+            point_acc = c_other.mean() - c_real.mean()
+            pa, pb = _resampled_scores(c_other, y, np.ones((1, n)))[1], _resampled_scores(c_real, y, np.ones((1, n)))[1]
+            point_bal = float(pa[0] - pb[0])
+            diffs_acc, diffs_bal = [], []
+            for start in range(0, n_boot, chunk):
+                b = min(chunk, n_boot - start)
+                w = rng.multinomial(n, np.full(n, 1.0 / n), size=b).astype(np.float64)  # [b, N]
+                a1, b1 = _resampled_scores(c_other, y, w)
+                a0, b0 = _resampled_scores(c_real, y, w)
+                diffs_acc.append(a1 - a0)
+                diffs_bal.append(b1 - b0)
+            k = min(len(c_other), len(c_real))
+            per_seed_acc = c_other[:k].mean(axis=1) - c_real[:k].mean(axis=1)
+            for metric, point, diffs, per_seed in (
+                    ("accuracy", point_acc, np.concatenate(diffs_acc), per_seed_acc),
+                    ("balanced_accuracy", point_bal, np.concatenate(diffs_bal), None)):
+                lo, hi = np.nanquantile(diffs, [alpha, 1 - alpha])
+                if per_seed is None:
+                    per_seed = np.array([_resampled_scores(c_other[i:i + 1], y, np.ones((1, n)))[1][0]
+                                         - _resampled_scores(c_real[i:i + 1], y, np.ones((1, n)))[1][0]
+                                         for i in range(k)])
+                same = int((np.sign(per_seed) == np.sign(point)).sum()) if point != 0 else 0
+                rows.append({"dataset": ds, "train_set": ts, "variant": variant, "model": model,
+                             "evaluated_on": split, "metric": metric, "difference": 100 * float(point),
+                             "ci_low": 100 * float(lo), "ci_high": 100 * float(hi), "n_images": n,
+                             "seeds_same_sign": f"{same}/{k}"})
+    return pd.DataFrame(rows)
+
+
+def collect_metrics_lists(df: pd.DataFrame) -> pd.DataFrame | None:
+    """Classifier runs of ``df`` with their prediction lists (``val_y_true`` … ``test_y_pred``) read back from each
+    run's ``metrics.json`` (``df`` holds scalars only)."""
+    part = _classify_rows(df)
+    if len(part) == 0 or "path" not in part or "study_dir" not in df.attrs:
+        return None
+    root = Path(df.attrs["study_dir"])
+    runs_df = classifier_runs(df)
+    lists = {k: [] for k in ("val_y_true", "val_y_pred", "test_y_true", "test_y_pred")}
+    for rel in part["path"]:
+        m = runs.read_json(root / rel / "metrics.json")
+        for k in lists:
+            lists[k].append(m.get(k))
+    for k, v in lists.items():
+        runs_df[k] = v
+    return runs_df
+
+
+def fidelity_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Class fidelity of each variant's generated images (generate stage): overall and balanced agreement in %,
+    per-class agreement, the number of warnings; index ``(dataset, variant)``."""
+    if df is None or len(df) == 0 or "stage" not in df:
+        return pd.DataFrame()
+    part = df[df["stage"] == "generate"]
+    if "fidelity/agreement" not in part:
+        return pd.DataFrame()
+    part = part[part["fidelity/agreement"].notna()]
+    rows = {}
+    for _, r in part.iterrows():
+        row = {"agreement": 100 * r["fidelity/agreement"], "balanced_agreement": 100 * r["fidelity/balanced_agreement"],
+               "chance": 100 * r.get("fidelity/chance", math.nan),
+               "classifier_val_balanced_accuracy": 100 * r.get("fidelity/classifier_val_balanced_accuracy", math.nan)}
+        for c in [c for c in r.index if str(c).startswith("fidelity/agreement/") and pd.notna(r[c])]:
+            row[f"agreement {c.split('/', 2)[2]}"] = 100 * r[c]
+        rows[(r["dataset"], r["run"])] = row
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    table.index = pd.MultiIndex.from_tuples(table.index, names=["dataset", "variant"])
+    return table
+
+
+def fidelity_warnings(study_dir: str | os.PathLike) -> dict[tuple[str, str], list[str]]:
+    """``{(dataset, variant): [warning, ...]}`` of every generate run whose class fidelity raised warnings."""
+    root = _check_study_dir(study_dir)
+    out = {}
+    for dataset, stage, run, path in _run_dirs(root):
+        if stage == "generate" and (path / "metrics.json").is_file():
+            w = runs.read_json(path / "metrics.json").get("fidelity/warnings")
+            if w:
+                out[(dataset, run)] = list(w)
+    return out
+
+
+def gan_vs_classifier(df: pd.DataFrame) -> pd.DataFrame:
+    """Per dataset and variant: the GAN metrics of its generated images (every extractor's FID, precision, recall,
+    density, coverage; class fidelity) beside the mean accuracy of the classifiers trained on them (over models and
+    seeds, per synthetic training set, on the split of :func:`evaluated_on`)."""
+    runs_df = classifier_runs(df)
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    gan = gan_table(df)
+    if not gan.empty:
+        for (ds, variant, extractor), r in gan.iterrows():
+            for m in GAN_METRICS:
+                if m in r and pd.notna(r[m]):
+                    rows.setdefault((ds, variant), {})[f"{extractor}/{m}"] = float(r[m])
+    fid = fidelity_table(df)
+    for (ds, variant), r in fid.iterrows():
+        for m in FIDELITY_METRICS:
+            rows.setdefault((ds, variant), {})[f"fidelity/{m}"] = float(r[m])
+    for ds, g in runs_df.groupby("dataset", sort=False):
+        split = evaluated_on(g)
+        for (ts, variant), part in g[g["train_set"] != "real"].groupby(["train_set", "variant"], sort=False):
+            rows.setdefault((ds, variant), {})[f"{ts} {split}_accuracy"] = 100 * _mean(part[f"{split}_accuracy"])
+        real = g[g["train_set"] == "real"]
+        for (ds2, _variant), row in rows.items():
+            if ds2 == ds and len(real):
+                row[f"real {split}_accuracy"] = 100 * _mean(real[f"{split}_accuracy"])
+    if not rows:
+        return pd.DataFrame()
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    table.index = pd.MultiIndex.from_tuples(table.index, names=["dataset", "variant"])
+    return table
+
+
+def rank_correlations(table: pd.DataFrame) -> pd.DataFrame:
+    """Spearman rank correlation over variants between each GAN metric and each classifier accuracy column of
+    :func:`gan_vs_classifier`, per dataset (``n`` variants; no correlation from fewer than 3)."""
+    from scipy.stats import spearmanr
+
+    if table.empty:
+        return pd.DataFrame()
+    gan_cols = [c for c in table.columns if "/" in c]
+    acc_cols = [c for c in table.columns if c.endswith("_accuracy") and not c.startswith("real ")]
+    rows = []
+    for ds, g in table.groupby(level="dataset", sort=False):
+        for gc in gan_cols:
+            for ac in acc_cols:
+                both = g[[gc, ac]].dropna()
+                rho = spearmanr(both[gc], both[ac]).statistic if len(both) >= 3 else math.nan
+                rows.append({"dataset": ds, "gan_metric": gc, "classifier": ac, "spearman_rho": rho,
+                             "n_variants": len(both)})
+    return pd.DataFrame(rows)
+
+
+def format_percent_table(table: pd.DataFrame, digits: int = 1) -> pd.DataFrame:
+    """Text version of a ``(…, stat)`` table from :func:`variant_table`: ``"92.3 ± 0.4 (n=3)"``, ``"92.3 (n=1)"``
+    with one seed, ``"—"`` where nothing was measured."""
+    if table.empty:
+        return pd.DataFrame()
+    out = {}
+    for key in dict.fromkeys(c[:-1] for c in table.columns):
+        cells = []
+        for i in table.index:
+            m, s, n = (table.loc[i, (*key, st)] for st in ("mean", "std", "n"))
+            if pd.isna(m):
+                cells.append("—")
+                continue
+            cells.append(f"{m:.{digits}f}" + (f" ± {s:.{digits}f}" if pd.notna(s) else "") + f" (n={int(n)})")
+        out[key] = cells
+    res = pd.DataFrame(out, index=table.index)
+    res.columns = pd.MultiIndex.from_tuples(res.columns, names=list(table.columns.names[:-1]))
+    return res
+
+
+class HTML:
+    """Rich display of an HTML fragment in notebooks (and its text in a terminal)."""
+
+    def __init__(self, html: str, text: str = ""):
+        self.html, self.text = html, text or html
+
+    def _repr_html_(self) -> str:
+        return self.html
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+def paper_tables(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """:func:`paper_table` of every target dataset with classifier runs, ``{dataset: table}``."""
+    runs_df = classifier_runs(df)
+    out = {}
+    for ds in dict.fromkeys(runs_df["dataset"]):
+        sets = [ts for ts in ("synthetic", "real+synthetic") if ts in set(runs_df.loc[runs_df["dataset"] == ds,
+                                                                                   "train_set"])]
+        for ts in sets or [None]:
+            table = paper_table(df, ds, ts)
+            if not table.empty:
+                out[ds if len(sets) <= 1 else f"{ds} ({ts})"] = table
+    return out
+
+
+def _caption(table: pd.DataFrame) -> str:
+    a = table.attrs
+    where = ("the held-out test split (nothing was tuned on it)" if a.get("evaluated_on") == "test"
+             else "the validation split that also chose each run's epoch (no test split in this dataset)")
+    seeds = sorted(set((a.get("n_seeds") or {}).values()))
+    best = a.get("best_frozen")
+    return (f"{a.get('dataset')}: accuracy and balanced accuracy in %, mean of {'/'.join(map(str, seeds)) or '?'} "
+            f"run(s), on {where}." + (f" Best frozen variant, chosen on validation: {best}." if best else ""))
+
+
+def paper_tables_view(df: pd.DataFrame) -> HTML:
+    """Every target's Table 1/2 with a caption saying the split, the number of runs and the chosen variant."""
+    import html as html_mod
+
+    tables = paper_tables(df)
+    if not tables:
+        return HTML("<p>No classifier runs in this study yet.</p>", "No classifier runs in this study yet.")
+    parts, text = [], []
+    for name, table in tables.items():
+        shown = table.round(1).astype(object).where(table.notna(), "—")
+        parts.append(f"<h4>{html_mod.escape(name)}</h4><p>{html_mod.escape(_caption(table))}</p>"
+                     + shown.to_html(border=0))
+        text.append(f"{name}\n{_caption(table)}\n{shown.to_string()}")
+    return HTML("".join(parts), "\n\n".join(text))
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Fine-tuning runs (finetune.json, written by histlib.train_gan)
 
 TRANSFER_STATUSES = ("loaded", "skipped", "reinitialised", "frozen")
@@ -515,8 +925,9 @@ def write_tables(tables: Mapping[str, pd.DataFrame], out_dir: str | os.PathLike)
     for name, table in tables.items():
         if table is None or table.empty:
             continue
-        if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
-            raise ValueError(f"write_tables: table name {name!r} must be a plain file name")
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name)).strip("_.")
+        if not name:
+            raise ValueError("write_tables: a table name must contain letters or digits")
         written.append(runs.atomic_write_text(out / f"{name}.csv", table.to_csv()))
         written.append(runs.atomic_write_text(out / f"{name}.md", to_markdown(table)))
     return written

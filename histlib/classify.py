@@ -89,6 +89,12 @@ class ClassifyConfig:
         early_stopping_patience: stop after this many epochs without a better validation balanced accuracy
             (None or 0: never).
         max_steps: stop after this many optimiser steps (for quick tests); None: ``epochs`` full epochs.
+        variant: the GAN variant that generated ``synthetic_dir`` (a label: run names and ``metrics.json`` carry it).
+        test_split: the real set's split the chosen checkpoint is evaluated on once, when the manifest has it
+            (``test_*`` keys; nothing is selected on it). None: no test evaluation.
+        extra_test_sets: ``{name: prepared dataset}`` evaluated once with the chosen checkpoint (all their images;
+            they may hold a subset of the classes), e.g. CRC-VAL-HE-7K for a model trained on NCT-CRC-HE-100K
+            (``extra/<name>/*`` keys).
     """
 
     model: str = "resnet34"
@@ -119,6 +125,9 @@ class ClassifyConfig:
     device: str = "auto"
     early_stopping_patience: int | None = None
     max_steps: int | None = None
+    variant: str | None = None
+    test_split: str | None = "test"
+    extra_test_sets: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         if self.train_set not in TRAIN_SETS:
@@ -139,6 +148,10 @@ class ClassifyConfig:
                 raise ValueError(f"ClassifyConfig.{name}={v!r}: expected a positive integer or null")
         if self.lr <= 0:
             raise ValueError(f"ClassifyConfig.lr={self.lr!r}: expected a positive number")
+        if not isinstance(self.extra_test_sets, dict) or not all(
+                isinstance(k, str) and k and isinstance(v, str) for k, v in self.extra_test_sets.items()):
+            raise ValueError(f"ClassifyConfig.extra_test_sets={self.extra_test_sets!r}: expected a mapping of "
+                             "names to prepared dataset folders")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -814,12 +827,14 @@ def train_classifier(cfg: ClassifyConfig, run_dir: str | os.PathLike, progress: 
         best_model = best_model.to(memory_format=torch.channels_last)
     y_true, y_pred, val_loss = predict(best_model, val_loader, device, amp, channels_last)
     m = classification_metrics(y_true, y_pred, classes)
+    held_out = evaluate_held_out(cfg, best_model, classes, device, amp, channels_last)
     metrics = {
-        "model": cfg.model, "train_set": cfg.train_set, "seed": cfg.seed,
+        "model": cfg.model, "train_set": cfg.train_set, "seed": cfg.seed, "variant": cfg.variant,
         "pretrained": winfo["pretrained"], "weights_source": winfo["weights_source"],
         "accuracy": m["accuracy"], "balanced_accuracy": m["balanced_accuracy"], "val_loss": val_loss,
         "recall": m["recall"], "confusion_matrix": m["confusion_matrix"], "classes": classes,
         "n_val": int(len(y_true)), "val_per_class": val_ds.class_counts(),
+        "val_y_true": y_true.tolist(), "val_y_pred": y_pred.tolist(), **held_out,
         **{k: v for k, v in report.items() if k != "classes"},
         "best_epoch": best_epoch, "epochs_run": epochs_run, "steps": step, "stopped_early": stopped_early,
         "train_time_s": train_time_s, "total_time_s": time.perf_counter() - t_begin,
@@ -830,14 +845,60 @@ def train_classifier(cfg: ClassifyConfig, run_dir: str | os.PathLike, progress: 
     return run.read_metrics()
 
 
-def run_name(train_set: str, model: str, seed: int) -> str:
-    """``<train_set>__<model>__seed<k>``, the run directory name of one classifier run."""
+def _held_out_loader(root: Path, split: str | None, classes: list[str], cfg: ClassifyConfig, device: torch.device):
+    from histlib.data.dataset import ImageDataset
+
+    ds = ImageDataset(root, split=split, transform=eval_transform(cfg.image_size), classes=classes,
+                      subset_of_classes=True)
+    return torch.utils.data.DataLoader(ds, batch_size=2 * cfg.batch_size, shuffle=False,
+                                       pin_memory=device.type == "cuda")
+
+
+def _prefixed(prefix: str, y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> dict[str, Any]:
+    m = classification_metrics(y_true, y_pred, classes)
+    return {f"{prefix}accuracy": m["accuracy"], f"{prefix}balanced_accuracy": m["balanced_accuracy"],
+            f"{prefix}recall": m["recall"], f"{prefix}confusion_matrix": m["confusion_matrix"],
+            f"{prefix}n": int(len(y_true)), f"{prefix}y_true": y_true.tolist(), f"{prefix}y_pred": y_pred.tolist()}
+
+
+def evaluate_held_out(cfg: ClassifyConfig, model: nn.Module, classes: list[str], device: torch.device,
+                      amp: bool = False, channels_last: bool = False) -> dict[str, Any]:
+    """The chosen checkpoint on data nothing was tuned on: the real set's ``test_split`` (keys ``test_*``) when its
+    manifest has one, and every ``extra_test_sets`` entry (keys ``extra/<name>/*``; balanced accuracy over the
+    classes the set holds)."""
+    from histlib.data.dataset import load_manifest
+
+    out: dict[str, Any] = {}
+    if cfg.test_split and cfg.test_split in set(load_manifest(Path(cfg.real_dir))["split"]):
+        loader = _held_out_loader(Path(cfg.real_dir), cfg.test_split, classes, cfg, device)
+        y_true, y_pred, _ = predict(model, loader, device, amp, channels_last)
+        out.update(_prefixed("test_", y_true, y_pred, classes))
+        out["test_split"] = cfg.test_split
+    for name, folder in cfg.extra_test_sets.items():
+        from histlib.runs import project_path
+
+        root = project_path(folder)
+        try:
+            loader = _held_out_loader(root, None, classes, cfg, device)
+        except (ValueError, FileNotFoundError) as e:
+            raise ValueError(f"ClassifyConfig.extra_test_sets[{name!r}]: {e}") from None
+        y_true, y_pred, _ = predict(model, loader, device, amp, channels_last)
+        out.update(_prefixed(f"extra/{name}/", y_true, y_pred, classes))
+    return out
+
+
+def run_name(train_set: str, model: str, seed: int, variant: str | None = None) -> str:
+    """``<train_set>__<model>__seed<k>``, or ``<train_set>__<variant>__<model>__seed<k>`` for a training set with
+    images generated by GAN variant ``variant``: the run directory name of one classifier run."""
+    if variant and train_set != "real":
+        return f"{train_set}__{variant}__{model}__seed{seed}"
     return f"{train_set}__{model}__seed{seed}"
 
 
 def run_classifiers(train_sets: list[str], models: list[str], seeds: list[int] | int, base_cfg: ClassifyConfig,
                     out_root: str | os.PathLike, progress: bool = True) -> pd.DataFrame:
-    """Trains every (train set, model) once per seed, each in ``<out_root>/<train_set>__<model>__seed<k>/``.
+    """Trains every (train set, model) once per seed, each in ``<out_root>/<run_name(...)>/`` (the variant of
+    ``base_cfg.variant`` is part of the name of synthetic runs).
 
     A run whose ``config.json`` hash matches its config and that has a ``metrics.json`` is skipped (its metrics
     are read back), so an interrupted study resumes where it stopped.
@@ -860,13 +921,16 @@ def run_classifiers(train_sets: list[str], models: list[str], seeds: list[int] |
         for model in models:
             for seed in seeds:
                 cfg = dataclasses.replace(base_cfg, train_set=ts, model=model, seed=int(seed))
-                path = Path(out_root) / run_name(ts, model, int(seed))
+                path = Path(out_root) / run_name(ts, model, int(seed), base_cfg.variant)
                 run = Run(path)
                 skipped = run.is_finished(cfg)
                 metrics = run.read_metrics() if skipped else train_classifier(cfg, path, progress=progress)
                 rows.append({
-                    "train_set": ts, "model": model, "seed": int(seed), "pretrained": metrics.get("pretrained"),
+                    "train_set": ts, "variant": base_cfg.variant if ts != "real" else None, "model": model,
+                    "seed": int(seed), "pretrained": metrics.get("pretrained"),
                     "accuracy": metrics["accuracy"], "balanced_accuracy": metrics["balanced_accuracy"],
+                    "test_accuracy": metrics.get("test_accuracy"),
+                    "test_balanced_accuracy": metrics.get("test_balanced_accuracy"),
                     "n_train": metrics.get("n_train"), "best_epoch": metrics.get("best_epoch"),
                     "train_time_s": metrics.get("train_time_s"), "skipped": skipped, "run_dir": str(path),
                 })
@@ -874,9 +938,16 @@ def run_classifiers(train_sets: list[str], models: list[str], seeds: list[int] |
 
 
 def summarize_runs(results: pd.DataFrame) -> pd.DataFrame:
-    """Mean and standard deviation over seeds of accuracy and balanced accuracy per (train set, model)."""
-    g = results.groupby(["train_set", "model"], sort=False)
-    out = g[["accuracy", "balanced_accuracy"]].agg(["mean", "std"])
+    """Mean and standard deviation over seeds of (val, and test when measured) accuracy and balanced accuracy per
+    (train set, variant, model); the standard deviation is left empty for fewer than two seeds."""
+    results = results.copy()
+    if "variant" not in results:
+        results["variant"] = None
+    results["variant"] = results["variant"].fillna("")
+    cols = [c for c in ("accuracy", "balanced_accuracy", "test_accuracy", "test_balanced_accuracy")
+            if c in results and results[c].notna().any()]
+    g = results.groupby(["train_set", "variant", "model"], sort=False)
+    out = g[cols].agg(["mean", "std"])
     out.columns = [f"{a}_{b}" for a, b in out.columns]
     out["n_seeds"] = g.size()
     out["pretrained"] = g["pretrained"].agg(lambda s: bool(s.all()))

@@ -17,7 +17,13 @@ Study YAML (see ``studies/demo.yaml``)::
     base:    {name: sample_base, source: data/sample/nct_crc_he, prepare: {PATCH: 64, STRIDE: 32}}
     targets: [{name: sample_target, source: data/sample/kather2016, prepare: {...}, classify: {...}}]
     base_gan: {KIMG: 2, RESOLUTION: 32}          # extra notebook parameters, UPPER_CASE
-    classify: {TRAIN_SETS: [real], MODELS: [resnet34], SEEDS: [0], EPOCHS: 2}
+                                                 # or {checkpoint: PATH}: reuse a trained base GAN, train none
+    finetune: {variants: [scratch, pretrained, freeze_d1]}
+    classify: {synthetic_from: all, TRAIN_SETS: [real, synthetic], MODELS: [resnet34], SEEDS: [0], EPOCHS: 2}
+
+Classification: the ``real`` training set is trained once per target (step ``05_classify__<target>__real``), every
+other training set once per GAN variant named by ``classify.synthetic_from`` (a variant, a list, or ``all``; step
+``05_classify__<target>__<variant>``), on that variant's generated images.
 
 A target may override the finetune/generate/classify settings for itself (``targets[i].classify`` etc.).
 Each stage's mapping is passed to its notebook as papermill parameters on top of the paths the runner computes;
@@ -80,6 +86,7 @@ class Step:
     params: dict[str, Any]
     depends: list[str] = dataclasses.field(default_factory=list)
     hash: str = ""
+    inputs: list[str] = dataclasses.field(default_factory=list)  # files outside the study whose content is hashed
 
 
 @dataclasses.dataclass
@@ -190,8 +197,13 @@ def plan(study: Study) -> list[Step]:
 
     base_name = study.base["name"]
     base_ckpt = (root / base_name / "base_gan" / "default" / "checkpoints" / "latest.pt").as_posix()
+    reuse = study.settings["base_gan"].get("checkpoint")
+    if reuse:  # an existing base checkpoint (e.g. of another study): fine-tune from it, train no base GAN
+        base_ckpt = str(reuse)
+        _require(runs.project_path(base_ckpt).is_file(), study.path,
+                 f"base_gan.checkpoint: {base_ckpt} not found (a checkpoint file written by train-gan)")
     base_gan_step = None
-    if "base_gan" in study.stages:
+    if "base_gan" in study.stages and not reuse:
         params = {**profile, "DATASET_DIR": dataset_dir(study.base),
                   "RUN_DIR": (root / base_name / "base_gan" / "default").as_posix(),
                   **_upper(study.settings["base_gan"])}
@@ -213,7 +225,8 @@ def plan(study: Study) -> list[Step]:
                           "FREEZE_D": freeze_d, "FREEZE_G": freeze_g,
                           **_upper(study.settings["finetune"]), **_upper(target.get("finetune", {}))}
                 deps = deps_data + ([base_gan_step] if pretrained and base_gan_step else [])
-                step = Step("finetune", t, f"03_finetune__{t}__{variant}", STAGES["finetune"], params, deps)
+                step = Step("finetune", t, f"03_finetune__{t}__{variant}", STAGES["finetune"], params, deps,
+                            inputs=[base_ckpt] if pretrained and reuse else [])
                 finetune_steps[(t, variant)] = step.name
                 add(step)
         gen_steps: dict[str, str] = {}
@@ -228,24 +241,125 @@ def plan(study: Study) -> list[Step]:
                 gen_steps[variant] = step.name
                 add(step)
         if "classify" in study.stages:
-            cls = {**study.settings["classify"], **target.get("classify", {})}
-            synth_variant = cls.get("synthetic_from")
-            params = {"REAL_DIR": dataset_dir(target), "RUN_ROOT": (root / t / "classify").as_posix(),
-                      **_upper(cls)}
-            deps = list(deps_data)
-            if synth_variant:
-                gen = {**study.settings["generate"], **target.get("generate", {})}
-                images = root / t / "generate" / synth_variant / "images"
-                # several generated sets (NUM_SETS > 1) live in images/set<k>/: classifier seed k reads set k
-                params["SYNTH_DIR"] = (images / "set{seed}" if int(gen.get("NUM_SETS", 1)) > 1 else images).as_posix()
-                if synth_variant in gen_steps:
-                    deps.append(gen_steps[synth_variant])
-            add(Step("classify", t, f"05_classify__{t}", STAGES["classify"], params, deps))
+            gen = {**study.settings["generate"], **target.get("generate", {})}
+            for step in _classify_steps(study, target, dataset_dir(target), deps_data, gen_steps, gen):
+                add(step)
     if "analysis" in study.stages:
         params = {"STUDY_DIR": root.as_posix(), **_upper(study.settings["analysis"])}
         add(Step("analysis", "all", "06_analysis", STAGES["analysis"], params,
                  [s.name for s in steps if s.stage in ("classify", "generate")]))
     return steps
+
+
+def synthetic_variants(study: Study, target: dict[str, Any]) -> list[str]:
+    """The GAN variants whose generated sets a target's classifiers train on (``classify.synthetic_from``: a variant,
+    a list of variants, or ``all`` = every fine-tuned variant of the study)."""
+    cls = {**study.settings["classify"], **target.get("classify", {})}
+    trained = list(study.settings["finetune"].get("variants", ["pretrained"]))
+    value = cls.get("synthetic_from")
+    if value is None:
+        return []
+    if value == "all":
+        return trained
+    wanted = [value] if isinstance(value, str) else list(value)
+    where = f"targets[{study.targets.index(target)}].classify" if "synthetic_from" in target.get("classify", {}) \
+        else "classify"
+    bad = [v for v in wanted if v not in trained]
+    _require(not bad, study.path, f"{where}.synthetic_from: variant(s) {bad} are not trained by this study "
+                                  f"(finetune.variants: {trained}); name some of them or 'all'")
+    return list(dict.fromkeys(wanted))
+
+
+def _classify_steps(study: Study, target: dict[str, Any], real_dir: str, deps_data: list[str],
+                    gen_steps: dict[str, str], gen: dict[str, Any]) -> list[Step]:
+    """One classify step for the real training set (trained once) and one per synthetic variant."""
+    t = target["name"]
+    root = study.out_dir
+    cls = {**study.settings["classify"], **target.get("classify", {})}
+    train_sets = list(cls.get("TRAIN_SETS", ["real"]))
+    real_sets = [ts for ts in train_sets if ts == "real"]
+    synth_sets = [ts for ts in train_sets if ts != "real"]
+    variants = synthetic_variants(study, target)
+    _require(not synth_sets or variants, study.path,
+             f"target {t!r}: classify.TRAIN_SETS {synth_sets} need generated images: set classify.synthetic_from "
+             "to a variant, a list of variants or 'all'")
+    common = {"REAL_DIR": real_dir, "RUN_ROOT": (root / t / "classify").as_posix(),
+              **{k: v for k, v in _upper(cls).items() if k != "TRAIN_SETS"}}
+    steps = []
+    if real_sets:
+        steps.append(Step("classify", t, f"05_classify__{t}__real", STAGES["classify"],
+                          {**common, "TRAIN_SETS": real_sets}, list(deps_data)))
+    for variant in variants if synth_sets else []:
+        images = root / t / "generate" / variant / "images"
+        # several generated sets (NUM_SETS > 1) live in images/set<k>/: classifier seed k reads set k
+        synth_dir = images / "set{seed}" if int(gen.get("NUM_SETS") or 1) > 1 else images
+        params = {**common, "TRAIN_SETS": synth_sets, "VARIANT": variant, "SYNTH_DIR": synth_dir.as_posix()}
+        deps = list(deps_data) + ([gen_steps[variant]] if variant in gen_steps else [])
+        steps.append(Step("classify", t, f"05_classify__{t}__{variant}", STAGES["classify"], params, deps))
+    return steps
+
+
+# GAN training speed of the *reference* StyleGAN2-ADA at 256 px on one GPU, as its authors publish it (seconds per
+# thousand images): the only figures available until histlib's own GPU speed is measured (docs/benchmarks.md).
+REFERENCE_SEC_PER_KIMG = {256: (12.5, "NVIDIA's published StyleGAN2-ADA speed at 256 px on one A100")}
+
+
+def _gan_kimg(study: Study, step: Step) -> float | None:
+    from histlib.train_gan import _PROFILE_SETTINGS
+
+    kimg = step.params.get("KIMG")
+    return float(kimg) if kimg is not None else float(_PROFILE_SETTINGS[study.profile]["kimg"])
+
+
+def _gan_resolution(study: Study, step: Step) -> int:
+    from histlib.train_gan import _PROFILE_SETTINGS
+
+    res = step.params.get("RESOLUTION")
+    return int(res) if res is not None else int(_PROFILE_SETTINGS[study.profile]["resolution"])
+
+
+def _measured_sec_per_kimg(study: Study, resolution: int) -> tuple[float, str] | None:
+    """Median seconds per kimg of this study's finished GAN runs at ``resolution`` (stats.jsonl), if any."""
+    import statistics
+
+    root = runs.project_path(study.out_dir)
+    values, device = [], None
+    for stats in root.glob("*/*/*/stats.jsonl") if root.is_dir() else []:
+        run = stats.parent
+        if run.parent.name not in ("base_gan", "finetune") or not (run / "config.json").is_file():
+            continue
+        if runs.read_json(run / "config.json").get("resolution") != resolution:
+            continue
+        values += [r["sec_per_kimg"] for r in runs.read_jsonl(stats) if r.get("sec_per_kimg")]
+        if (run / "env.json").is_file():
+            device = runs.read_json(run / "env.json").get("device")
+    if not values:
+        return None
+    return statistics.median(values), f"measured in this study ({len(values)} ticks on {device or 'unknown device'})"
+
+
+def estimate(study: Study, steps: list[Step]) -> list[dict[str, Any]]:
+    """Per stage: steps, and the hours of the GAN stages where a speed is known (this study's own finished runs,
+    else the reference implementation's published figure at that resolution); the basis is stated, and stages with
+    no known speed say so."""
+    rows: dict[str, dict[str, Any]] = {}
+    for step in steps:
+        row = rows.setdefault(step.stage, {"stage": step.stage, "steps": 0, "hours": 0.0, "basis": set()})
+        row["steps"] += 1
+        if step.stage in ("base_gan", "finetune"):
+            res = _gan_resolution(study, step)
+            speed = _measured_sec_per_kimg(study, res) or REFERENCE_SEC_PER_KIMG.get(res)
+            if speed is None:
+                row["hours"] = None
+                row["basis"].add(f"no speed known at {res} px (neither measured in this study nor published)")
+            else:
+                if row["hours"] is not None:
+                    row["hours"] += _gan_kimg(study, step) * speed[0] / 3600
+                row["basis"].add(f"{speed[0]:.3g} s/kimg: {speed[1]}; at most KIMG (early stopping may end sooner)")
+        else:
+            row["hours"] = None
+            row["basis"].add("not estimated (no measured throughput for this stage yet)")
+    return [{**r, "basis": "; ".join(sorted(r["basis"]))} for r in rows.values()]
 
 
 def _notebook_path(notebook: str) -> Path:
@@ -266,7 +380,12 @@ def hash_steps(steps: list[Step]) -> None:
         nb = _notebook_path(step.notebook)
         nb_hash = runs.file_sha256(nb) if nb.is_file() else "missing"
         dep_hashes = [by_name[d].hash for d in step.depends if d in by_name]
-        step.hash = runs.config_hash({"notebook": nb_hash, "params": step.params, "depends": dep_hashes})
+        inputs = {f: (runs.file_sha256(runs.project_path(f)) if runs.project_path(f).is_file() else "missing")
+                  for f in step.inputs}
+        key = {"notebook": nb_hash, "params": step.params, "depends": dep_hashes}
+        if inputs:
+            key["inputs"] = inputs
+        step.hash = runs.config_hash(key)
 
 
 def validate(steps: list[Step], study: Study) -> None:
@@ -408,8 +527,8 @@ def run_study(path: str | os.PathLike, *, force: bool = False, only: Iterable[st
         done = is_done(study, step)
         row = {"step": step.name, "stage": step.stage, "dataset": step.dataset, "hash": step.hash}
         if dry_run:
-            row["status"] = "skip (finished)" if done and not force else "run"
-            print(f"{row['status']:>16}  {step.name}  {step.params}")
+            row["status"] = "finished (skip)" if done and not force else "to run"
+            print(f"{row['status']:>16}  {step.name}")
         elif done and not force:
             row["status"] = "skipped (finished, same hash)"
             tqdm.write(f"{step.name}: finished before with the same settings, skipped")
@@ -421,10 +540,22 @@ def run_study(path: str | os.PathLike, *, force: bool = False, only: Iterable[st
             row.update(status="finished", seconds=round(time.time() - t0, 1), html=shown.as_posix())
             tqdm.write(f"{step.name}: finished in {row['seconds']} s -> {row['html']}")
         rows.append(row)
-    if not dry_run:
+    if dry_run:
+        _print_plan_summary(study, selected, rows)
+    else:
         runs.write_json(runs.project_path(study.out_dir / "study.json"),
                         {"study": study.name, "profile": study.profile, "file": str(path), "steps": rows})
     return rows
+
+
+def _print_plan_summary(study: Study, steps: list[Step], rows: list[dict[str, Any]]) -> None:
+    todo = sum(r["status"] == "to run" for r in rows)
+    print(f"\nstudy {study.name!r} (profile {study.profile}): {len(rows)} steps, {todo} to run, "
+          f"{len(rows) - todo} finished with the same settings; reports -> {study.out_dir / 'notebooks'}")
+    unit = "CPU" if study.profile == "demo" else "GPU"
+    for e in estimate(study, steps):
+        hours = "?" if e["hours"] is None else f"{e['hours']:.1f} {unit}-h"
+        print(f"  {e['stage']:<9} {e['steps']:>3} step(s)  {hours:>12}  ({e['basis']})")
 
 
 # ----------------------------------------------------------------------------------------------------------------

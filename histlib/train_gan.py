@@ -1041,6 +1041,11 @@ def _train(cfg, run_dir, hooks, early_stopping, resume, device, dist_info, t_sta
                               augment_pipe, ada)
         acc.clear()
         record["wall_s"] = round(time.time() - t_start, 3)
+        if cfg.class_check_per_class and num_classes > 1:
+            record.update(_class_check(G, G_ema, D, opt_G, cfg, cur_nimg, dist_info, device,
+                                       realign=new_classes and cfg.realign_classes))
+            if record.get("class_realign") is not None:
+                realignments.append({"kimg": round(cur_nimg / 1000, 3), "perm": record["class_realign"]})
         stop = improved = False
         if hooks and (next_metrics_nimg is None or cur_nimg >= next_metrics_nimg or done):
             metrics: dict[str, float] = {}
@@ -1063,11 +1068,6 @@ def _train(cfg, run_dir, hooks, early_stopping, resume, device, dist_info, t_sta
         if bar is not None:
             bar.set_postfix({k: f"{record[k]:.3g}" for k in ("loss_g", "loss_d", "augment_p", "img_per_s")
                              if record.get(k) is not None}, refresh=False)
-        if cfg.class_check_per_class and num_classes > 1:
-            record.update(_class_check(G, G_ema, D, opt_G, cfg, cur_nimg, dist_info, device,
-                                       realign=new_classes and cfg.realign_classes))
-            if record.get("class_realign") is not None:
-                realignments.append({"kimg": round(cur_nimg / 1000, 3), "perm": record["class_realign"]})
         stopped_early = stop
         done = done or stop
         if improved:

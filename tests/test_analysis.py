@@ -61,7 +61,9 @@ def test_collect_metrics_one_row_per_finished_run(study):
 
 def test_parse_classify_run_names():
     assert analysis.parse_classify_run("real+synthetic__efficientnet_b2__seed12") == {
-        "train_set": "real+synthetic", "model": "efficientnet_b2", "seed": 12}
+        "train_set": "real+synthetic", "variant": None, "model": "efficientnet_b2", "seed": 12}
+    assert analysis.parse_classify_run("synthetic__freeze_d2_g2__efficientnet_b2__seed1") == {
+        "train_set": "synthetic", "variant": "freeze_d2_g2", "model": "efficientnet_b2", "seed": 1}
     assert analysis.parse_classify_run("default") is None
 
 
@@ -140,8 +142,10 @@ def test_write_tables(study, tmp_path):
     header = "| train_set | model | bach / accuracy / mean | bach / accuracy / std | bach / accuracy / n |"
     assert md.splitlines()[0].startswith(header)
     assert len(md.splitlines()) == 2 + len(table)
-    with pytest.raises(ValueError, match="plain file name"):
-        analysis.write_tables({"../x": table}, tmp_path)
+    # names become plain file names inside the folder: nothing escapes it
+    assert [p.name for p in analysis.write_tables({"../x y": table}, tmp_path / "a")] == ["x_y.csv", "x_y.md"]
+    with pytest.raises(ValueError, match="letters or digits"):
+        analysis.write_tables({"../": table}, tmp_path)
 
 
 def test_bootstrap_ci_contains_mean_and_narrows():
@@ -213,3 +217,81 @@ def test_frozen_check_refuses_a_base_that_changed_since_fine_tuning(tmp_path):
     torch.save({"G": {"a": torch.zeros(2)}, "G_ema": {"a": torch.zeros(2)}, "D": {}}, tmp_path / "base.pt")
     with pytest.warns(UserWarning, match="changed since"):
         assert analysis.frozen_tensor_check(run).empty
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The study's answer: paper tables per variant, paired differences, GAN metrics beside classifiers
+
+# (train_set, variant) -> per-seed fraction of the 40 test images predicted right; val accuracies chosen so that the
+# best frozen variant on validation (freeze_d1) is not the best on test (freeze_g2)
+ANSWER = {
+    ("real", ""): ([0.80, 0.82, 0.84], [30, 31, 32]),
+    ("synthetic", "scratch"): ([0.50, 0.52, 0.54], [20, 22, 21]),
+    ("synthetic", "pretrained"): ([0.60, 0.61, 0.62], [24, 25, 26]),
+    ("synthetic", "freeze_d1"): ([0.75, 0.76, 0.77], [28, 29, 30]),
+    ("synthetic", "freeze_g2"): ([0.70, 0.71, 0.72], [34, 35, 36]),
+}
+GAN = {"scratch": (80.0, 0.50), "pretrained": (60.0, 0.70), "freeze_d1": (40.0, 0.90), "freeze_g2": (50.0, 0.80)}
+
+
+@pytest.fixture
+def answer(tmp_path) -> Path:
+    root = tmp_path / "results" / "ans"
+    y = np.repeat([0, 1], 20)  # 40 test images, two classes
+    for (ts, variant), (vals, n_right) in ANSWER.items():
+        for seed, (val, right) in enumerate(zip(vals, n_right)):
+            pred = y.copy()
+            pred[right:] = 1 - pred[right:]  # the first `right` images right, the rest wrong
+            name = f"{ts}__{variant}__resnet34__seed{seed}" if variant else f"{ts}__resnet34__seed{seed}"
+            runs.Run(root / "lung" / "classify" / name).write_metrics({
+                "accuracy": val, "balanced_accuracy": val, "variant": variant or None,
+                "n_train_real": 389 if ts == "real" else 0, "n_train_synthetic": 900 if ts != "real" else 0,
+                "test_accuracy": right / 40, "test_balanced_accuracy": float(np.mean([(pred[y == k] == k).mean()
+                                                                                      for k in (0, 1)])),
+                "test_y_true": y.tolist(), "test_y_pred": pred.tolist()})
+    for variant, (fid, agreement) in GAN.items():
+        runs.Run(root / "lung" / "generate" / variant).write_metrics({
+            "inception-v3-fid/fid": fid, "fidelity/agreement": agreement, "fidelity/balanced_agreement": agreement,
+            "fidelity/chance": 0.5, "fidelity/agreement/a": agreement,
+            "fidelity/warnings": ["class 'a' is mostly drawn as 'b'"] if agreement < 0.6 else []})
+    return root
+
+
+def test_paper_table_chooses_the_best_frozen_variant_on_validation_and_reports_test(answer):
+    df = analysis.collect_metrics(answer)
+    table = analysis.paper_table(df, "lung")
+    assert table.attrs["evaluated_on"] == "test" and table.attrs["best_frozen"] == "freeze_d1"
+    assert list(table.index) == ["389 real", "900 generated with non-pretrained", "900 generated with pretrained",
+                                 "900 generated with freezing freeze_d1"]
+    # test accuracy of freeze_d1, mean of 3 seeds: (28 + 29 + 30) / 3 / 40
+    assert table.loc["900 generated with freezing freeze_d1", ("resnet34", "Acc")] == pytest.approx(100 * 29 / 40)
+    assert table.loc["389 real", ("resnet34", "Acc")] == pytest.approx(100 * 31 / 40)
+    full = analysis.variant_table(df)
+    assert len(full) == 5 and full.loc[("lung", "synthetic", "freeze_g2"), ("resnet34", "test_accuracy", "n")] == 3
+    text = analysis.format_percent_table(full)
+    assert text.loc[("lung", "real", ""), ("resnet34", "val_accuracy")] == "82.0 ± 2.0 (n=3)"
+
+
+def test_paired_differences_against_real(answer):
+    df = analysis.collect_metrics(answer)
+    d = analysis.paired_differences(df, n_boot=500)
+    row = d[(d["variant"] == "freeze_g2") & (d["metric"] == "accuracy")].iloc[0]
+    assert row["evaluated_on"] == "test" and row["n_images"] == 40
+    assert row["difference"] == pytest.approx(100 * (35 - 31) / 40)
+    assert row["ci_low"] <= row["difference"] <= row["ci_high"] and row["seeds_same_sign"] == "3/3"
+    worse = d[(d["variant"] == "scratch") & (d["metric"] == "accuracy")].iloc[0]
+    assert worse["difference"] < 0 and worse["ci_high"] < 0  # 9-10 images fewer right, every seed
+    assert set(d["metric"]) == {"accuracy", "balanced_accuracy"}
+
+
+def test_gan_metrics_beside_classifiers_and_rank_correlation(answer):
+    df = analysis.collect_metrics(answer)
+    table = analysis.gan_vs_classifier(df)
+    assert table.loc[("lung", "freeze_d1"), "inception-v3-fid/fid"] == 40.0
+    assert table.loc[("lung", "freeze_d1"), "synthetic test_accuracy"] == pytest.approx(100 * 29 / 40)
+    rho = analysis.rank_correlations(table)
+    fid = rho[(rho["gan_metric"] == "inception-v3-fid/fid") & (rho["classifier"] == "synthetic test_accuracy")]
+    # FID ranks 80 > 60 > 50 > 40, accuracy 21 < 25 < 35 < 29 right: rho of -0.8
+    assert fid["spearman_rho"].iloc[0] == pytest.approx(-0.8) and fid["n_variants"].iloc[0] == 4
+    assert analysis.fidelity_warnings(answer) == {("lung", "scratch"): ["class 'a' is mostly drawn as 'b'"]}
+    assert analysis.fidelity_table(df).loc[("lung", "pretrained"), "agreement"] == pytest.approx(70.0)

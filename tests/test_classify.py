@@ -403,3 +403,39 @@ def test_cli_overrides_are_parsed_as_json():
         {"epochs": 3, "pretrained": False, "model": "resnet34", "real_per_class": None}
     with pytest.raises(ValueError, match="KEY=VALUE"):
         classify._parse_overrides(["epochs"])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# held-out test split, extra test sets, variant names
+
+
+def test_test_split_and_extra_sets_are_evaluated_once_on_the_chosen_checkpoint(folders, tmp_path, monkeypatch):
+    from sklearn.metrics import accuracy_score
+
+    real, synth = folders
+    held = tmp_path / "real_with_test"
+    import shutil
+
+    shutil.copytree(real, held)
+    m = pd.read_csv(held / "manifest.csv")
+    m.loc[m.groupby("class").tail(3).index, "split"] = "test"  # 3 test images per class, never seen in training
+    m.to_csv(held / "manifest.csv", index=False)
+    extra = _write_folder(tmp_path / "external", {"a": 3, "c": 4}, manifest_splits={}, seed=5)  # a subset of classes
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(classify, "_WARNED", {TINY})
+    cfg = ClassifyConfig(model=TINY, train_set="synthetic", real_dir=str(held), synthetic_dir=str(synth),
+                         variant="freeze_d1", image_size=32, epochs=2, batch_size=8, max_steps=4, device="cpu",
+                         pretrained=False, extra_test_sets={"external": str(extra)})
+    df = run_classifiers(["synthetic"], [TINY], [0], cfg, tmp_path / "runs", progress=False)
+    run = tmp_path / "runs" / f"synthetic__freeze_d1__{TINY}__seed0"
+    assert df.loc[0, "run_dir"] == str(run) and df.loc[0, "variant"] == "freeze_d1"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["variant"] == "freeze_d1" and metrics["test_split"] == "test"
+    assert metrics["test_n"] == 9 and metrics["n_val"] == m["split"].eq("val").sum()
+    assert metrics["test_accuracy"] == pytest.approx(accuracy_score(metrics["test_y_true"], metrics["test_y_pred"]))
+    assert sum(map(sum, metrics["test_confusion_matrix"])) == 9
+    assert metrics["extra/external/n"] == 7 and set(metrics["extra/external/y_true"]) == {0, 2}
+    assert "accuracy" in metrics and "val_y_pred" in metrics  # val kept apart from test
+    summary = classify.summarize_runs(df)
+    assert {"test_accuracy_mean", "accuracy_mean"} <= set(summary.columns)
+    assert classify.run_name("real", TINY, 1, "freeze_d1") == f"real__{TINY}__seed1"  # real runs carry no variant

@@ -66,7 +66,53 @@ def test_hash_changes_propagate_downstream_only():
     assert ha["01_data_prep__sample_base"] == hb["01_data_prep__sample_base"]
     assert ha["02_base_gan__sample_base"] == hb["02_base_gan__sample_base"]
     assert ha["01_data_prep__sample_target"] != hb["01_data_prep__sample_target"]
-    assert ha["05_classify__sample_target"] != hb["05_classify__sample_target"]
+    assert ha["05_classify__sample_target__real"] != hb["05_classify__sample_target__real"]
+    assert ha["05_classify__sample_target__pretrained"] != hb["05_classify__sample_target__pretrained"]
+
+
+def test_reused_base_checkpoint_is_hashed_by_content(tmp_path):
+    ckpt = _write(tmp_path / "base.pt", "weights v1")
+    text = (ROOT / "studies" / "demo.yaml").read_text().replace("base_gan: {RESOLUTION: 32, SEED: 0, KIMG: 8}",
+                                                                f"base_gan: {{checkpoint: {ckpt}}}")
+    s = study.load_study(_write(tmp_path / "s.yaml", text))
+    steps = study.plan(s)
+    assert not [st for st in steps if st.stage == "base_gan"]
+    ft = next(st for st in steps if st.name.endswith("__pretrained") and st.stage == "finetune")
+    assert ft.params["RESUME_FROM"] == str(ckpt) and ft.inputs == [str(ckpt)]
+    study.hash_steps(steps)
+    before = ft.hash
+    ckpt.write_text("weights v2")
+    steps = study.plan(s)
+    study.hash_steps(steps)
+    assert next(st for st in steps if st.name == ft.name).hash != before
+    ckpt.unlink()
+    with pytest.raises(study.StudyError, match="base_gan.checkpoint"):
+        study.plan(s)
+
+
+def test_classifiers_per_variant_real_trained_once(tmp_path):
+    text = (ROOT / "studies" / "demo.yaml").read_text()
+    assert "synthetic_from: all" in text
+    s = study.load_study(_write(tmp_path / "s.yaml", text))
+    steps = [st for st in study.plan(s) if st.stage == "classify"]
+    variants = s.settings["finetune"]["variants"]
+    assert [st.name for st in steps] == ["05_classify__sample_target__real"] + [
+        f"05_classify__sample_target__{v}" for v in variants]
+    real = steps[0]
+    assert real.params["TRAIN_SETS"] == ["real"] and "SYNTH_DIR" not in real.params
+    for st, v in zip(steps[1:], variants):
+        assert st.params["VARIANT"] == v and st.params["TRAIN_SETS"] == ["synthetic", "real+synthetic"]
+        assert f"/generate/{v}/images" in st.params["SYNTH_DIR"] and f"04_generate__sample_target__{v}" in st.depends
+    analysis = next(st for st in study.plan(s) if st.stage == "analysis")
+    assert {st.name for st in steps} <= set(analysis.depends)
+
+
+@pytest.mark.parametrize("value, match", [("freeze_g3", "freeze_g3"), ("[pretrained, scratch]", "scratch")])
+def test_synthetic_from_must_be_a_trained_variant(tmp_path, value, match):
+    text = (ROOT / "studies" / "demo.yaml").read_text().replace("synthetic_from: all", f"synthetic_from: {value}")
+    s = study.load_study(_write(tmp_path / "s.yaml", text))
+    with pytest.raises(study.StudyError, match=f"classify.synthetic_from.*{match}.*not trained"):
+        study.plan(s)
 
 
 def _toy_project(tmp_path: Path) -> Path:

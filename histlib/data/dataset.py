@@ -34,6 +34,7 @@ class ImageDataset(torch.utils.data.Dataset):
             exactly the classes present. Default: sorted class names of the whole manifest (not only the split,
             so train and val agree on the labels).
         resolution: when set, every image is resized to ``resolution × resolution`` (Lanczos).
+        subset_of_classes: allow the dataset to hold only some of ``classes`` (an external test set).
 
     Attributes:
         classes: class names in label order.
@@ -43,7 +44,7 @@ class ImageDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, root: str | os.PathLike, split: str | None = None, transform=None,
-                 classes: list[str] | None = None, resolution: int | None = None):
+                 classes: list[str] | None = None, resolution: int | None = None, subset_of_classes: bool = False):
         self.root = Path(root)
         df = load_manifest(self.root)
         present = sorted(df["class"].unique().tolist())
@@ -55,7 +56,7 @@ class ImageDataset(torch.utils.data.Dataset):
                 raise ValueError(f"classes={self.classes}: duplicate names")
             missing = sorted(set(present) - set(self.classes))
             extra = sorted(set(self.classes) - set(present))
-            if missing or extra:
+            if missing or (extra and not subset_of_classes):
                 raise ValueError(f"{self.root}: classes do not match the dataset: in the dataset but not in "
                                  f"classes={missing}, in classes but not in the dataset={extra}")
         if split is not None:

@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from histlib.data.folders import list_class_folders, validate_folder
+from histlib.data.folders import FolderReport, list_class_folders, validate_folder
 from histlib.data.manifest import MANIFEST_COLUMNS, MANIFEST_NAME, to_rgb8
 from histlib.data.splits import check_no_straddle, group_split
 from histlib.data.tiling import patch_name, patch_stem, tile_positions
@@ -442,9 +442,7 @@ def _prepare_folder(cfg: PrepareConfig, source: Path, tmp: Path, progress: bool)
                 failed_sources.append(job.rel)
             bar.update(1)
     bar.close()
-    validation = reports[0].to_dict() if len(reports) == 1 else {
-        "split_folders": {Path(r.root).name: r.to_dict() for r in reports},
-        "converted": {k: sum(r.converted.get(k, 0) for r in reports) for r in reports for k in r.converted}}
+    validation = _merge_reports(source, [(r, f"{Path(r.root).name}/") for r in reports]).to_dict()
     info = {"kind": "folder", "validation": validation, "n_sources": len(jobs)}
     if norm is not None:
         info["stain"] = {"unit": "source image", "normalised": n_ok, "not_normalised": n_failed,
@@ -463,6 +461,21 @@ def _class_roots(cfg: PrepareConfig, source: Path) -> list[tuple[Path, str]]:
         raise ValueError(f"split_from='folders': {source} has no split folders ({', '.join(sorted(names))}); expected "
                          "<source>/<split>/<class>/<image>")
     return [(d, f"{d.name}/") for d in roots]
+
+
+def _merge_reports(source: Path, parts: list[tuple[FolderReport, str]]) -> FolderReport:
+    """One report for a source with split folders: paths relative to the source, counts summed."""
+    if len(parts) == 1 and not parts[0][1]:
+        return parts[0][0]
+    images, ignored, converted, classes = [], [], {}, []
+    for report, prefix in parts:
+        images += [dataclasses.replace(r, path=f"{prefix}{r.path}") for r in report.images]
+        ignored += [f"{prefix}{f}" for f in report.ignored]
+        for k, v in report.converted.items():
+            converted[k] = converted.get(k, 0) + v
+        classes += [c for c in report.classes if c not in classes]
+    return FolderReport(root=source.as_posix(), classes=sorted(classes), images=images, ignored=ignored,
+                        converted=converted, patch=parts[0][0].patch)
 
 
 def _region_index(geom, x: int, y: int, patch: int) -> int:
@@ -551,7 +564,8 @@ def validate_source(cfg: PrepareConfig, progress: bool = True):
         roots = _class_roots(cfg, source)
         if len(roots) == 1:
             return validate_folder(roots[0][0], cfg.patch, check_pixels=True, progress=progress)
-        return [validate_folder(r, cfg.patch, check_pixels=True, progress=progress) for r, _ in roots]
+        return _merge_reports(source, [(validate_folder(r, cfg.patch, check_pixels=True, progress=progress), prefix)
+                                       for r, prefix in roots])
     from histlib.data.wsi import open_slide, read_geojson, wsi_patch_positions
 
     if cfg.patch is None:

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from histlib.data.prepare import PrepareConfig, prepare_dataset, prepare_hash
+from histlib.data.prepare import PrepareConfig, prepare_dataset, prepare_hash, validate_source
 from histlib.data.splits import group_split
 
 
@@ -74,6 +74,8 @@ def test_predefined_split_folders_with_rename(tmp_path):
         (raw / split / "MANIFEST.tsv").unlink()
     out = tmp_path / "out"
     cfg = PrepareConfig(source=str(raw), out=str(out), split_from="folders", split_rename={"test": "val"})
+    frame = validate_source(cfg, progress=False).to_frame()
+    assert frame["images"].to_dict() == {"a": 8, "b": 8, "c": 8}  # both split folders, one report
     prepare_dataset(cfg, progress=False)
     m = pd.read_csv(out / "manifest.csv")
     assert sorted(m["split"].unique()) == ["train", "val"]
