@@ -44,7 +44,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from histlib.config import from_dict
+from histlib.config import check_types, from_dict
 from histlib.runs import Run, atomic_torch_save, config_hash, read_json
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -130,6 +130,7 @@ class ClassifyConfig:
     extra_test_sets: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
+        check_types(self)
         if self.train_set not in TRAIN_SETS:
             raise ValueError(f"ClassifyConfig.train_set={self.train_set!r}: expected one of {list(TRAIN_SETS)}")
         if self.optimizer not in ("adamw", "sgd"):

@@ -1,34 +1,35 @@
-"""One ``@dataclass`` per stage, plain types only, written to ``config.json`` (DESIGN.md §2, house style).
+"""Helpers shared by the stages' config dataclasses (one ``@dataclass`` per stage, plain types, ``config.json``).
 
 The dataclasses live beside the code that uses them (``histlib.data.prepare.PrepareConfig``,
-``histlib.train_gan.TrainConfig``, ``histlib.classify.ClassifyConfig``, …); this module gathers them under one
-name and holds the helpers every stage uses to build a config from a dict (``from_dict``) and to apply a
-profile.
+``histlib.train_gan.TrainConfig``, ``histlib.classify.ClassifyConfig``, ``histlib.generate.GenerateConfig``,
+``histlib.fidelity.FidelityConfig``). This module builds them from dicts (``from_dict``: unknown keys are one clear
+error naming the nearest field) and checks every field's type against its annotation (``check_types``), so a value
+of the wrong type (``kimg="three"``, ``epochs="two"``, ``image_size="32"``) is refused where it enters, naming the
+field, the value and what was expected, instead of failing deep inside training.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
+import difflib
+import math
+import types
+import typing
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-# name -> "module:Class", resolved lazily so importing histlib.config stays cheap.
-_STAGE_CONFIGS = {
-    "PrepareConfig": "histlib.data.prepare:PrepareConfig",
-    "TrainConfig": "histlib.train_gan:TrainConfig",
-    "ClassifyConfig": "histlib.classify:ClassifyConfig",
-}
-
 PROFILES = ("demo", "reduced", "paper")
 
 
-def __getattr__(name: str) -> Any:
-    if name in _STAGE_CONFIGS:
-        module, cls = _STAGE_CONFIGS[name].split(":")
-        return getattr(importlib.import_module(module), cls)
-    raise AttributeError(f"module 'histlib.config' has no attribute {name!r}")
+def nearest(name: str, candidates: typing.Iterable[str]) -> str:
+    """``" (did you mean 'X'?)"`` for the closest candidate (case-insensitive), or ``""``."""
+    cands = list(candidates)
+    by_lower = {c.lower(): c for c in cands}
+    if name.lower() in by_lower:
+        return f" (did you mean {by_lower[name.lower()]!r}?)"
+    match = difflib.get_close_matches(name.lower(), list(by_lower), n=1, cutoff=0.6)
+    return f" (did you mean {by_lower[match[0]]!r}?)" if match else ""
 
 
 def from_dict(cls: type[T], values: dict[str, Any] | None = None, **overrides: Any) -> T:
@@ -39,9 +40,62 @@ def from_dict(cls: type[T], values: dict[str, Any] | None = None, **overrides: A
         values: field values (e.g. read from ``config.json`` or a study YAML).
         **overrides: more field values; they win over ``values``.
     """
+    if values is not None and not isinstance(values, dict):
+        raise ValueError(f"{cls.__name__}: expected a mapping of field names to values, got {type(values).__name__}")
     merged = {**(values or {}), **overrides}
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(merged) - names)
     if unknown:
-        raise ValueError(f"{cls.__name__}: unknown field(s) {unknown}; expected some of {sorted(names)}")
+        hint = nearest(unknown[0], names)
+        raise ValueError(f"{cls.__name__}: unknown field(s) {unknown}{hint}; expected some of {sorted(names)}")
     return cls(**merged)
+
+
+def _describe(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return "null"
+    if origin is not None:
+        return {list: "a list", dict: "a mapping", tuple: "a list"}.get(origin, str(tp))
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "a list",
+            dict: "a mapping", Any: "anything"}.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _matches(value: Any, tp: Any) -> bool:
+    if tp is Any:
+        return True
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return value is None
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if tp is str:
+        return isinstance(value, str)
+    if origin in (list, tuple) or tp in (list, tuple):
+        args = typing.get_args(tp)
+        return isinstance(value, (list, tuple)) and (not args or all(_matches(v, args[0]) for v in value))
+    if origin is dict or tp is dict:
+        args = typing.get_args(tp)
+        return isinstance(value, dict) and (not args or all(_matches(k, args[0]) and _matches(v, args[1])
+                                                            for k, v in value.items()))
+    return isinstance(value, tp) if isinstance(tp, type) else True
+
+
+def check_types(obj: Any) -> None:
+    """Raises ``ValueError`` naming the first field of dataclass instance ``obj`` whose value does not match its
+    annotation (``int`` refuses ``"32"`` and ``True``; ``float`` accepts integers but not NaN or infinity)."""
+    cls = type(obj)
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        value = getattr(obj, f.name)
+        tp = hints.get(f.name, Any)
+        if not _matches(value, tp):
+            raise ValueError(f"{cls.__name__}.{f.name}={value!r}: expected {_describe(tp)}")

@@ -33,6 +33,7 @@ import pandas as pd
 import torch
 
 from histlib import runs
+from histlib.config import check_types
 
 DEFAULT_CACHE = "results/.fidelity"
 
@@ -102,6 +103,7 @@ def fidelity_classifier(real_dir: str | os.PathLike, image_size: int, *, cfg: Fi
     from histlib.classify import ClassifyConfig, train_classifier
 
     cfg = dataclasses.replace(cfg or FidelityConfig())
+    check_types(cfg)
     if cfg.image_size is None:
         cfg.image_size = int(image_size)
     out = classifier_dir(real_dir, cfg, cache_root)

@@ -67,8 +67,9 @@ class GenerateConfig:
         classes: generate only these classes (None: every class of the checkpoint).
         image_format: ``'png'`` (lossless, default), ``'jpg'`` or ``'webp'``.
         noise_mode: synthesis noise: ``'random'`` (as in training), ``'const'`` or ``'none'``.
-        extractor: features for the GAN metrics: ``'auto'`` (Inception when its weights are on this machine,
-            else none), ``'inception'``, ``'vgg16'``, ``'domain:CKPT'``, ``'random-test'`` (plumbing only) or None.
+        extractor: features for the GAN metrics: ``'auto'`` (Inception when its weights are on this machine, else
+            the fidelity classifier's, see :func:`metrics_extractor`), ``'fidelity'``, ``'inception'``, ``'vgg16'``,
+            ``'domain:CKPT'``, ``'random-test'`` (plumbing only) or None.
         metrics: compute GAN metrics (needs an extractor).
         audit_extractor: features of the memorisation audit: ``'pixels'`` (default; exact and always available) or
             any extractor name, or ``'same'`` for the metrics extractor.
@@ -131,6 +132,9 @@ class GenerateConfig:
 
     def validate(self) -> GenerateConfig:
         """Checks the values; raises ``ValueError`` naming the field and what was expected."""
+        from histlib.config import check_types
+
+        check_types(self)
         _check_counts(self.images_per_class)
         checks = [
             (isinstance(self.num_sets, int) and self.num_sets >= 1, "num_sets", "an integer >= 1"),
@@ -765,6 +769,39 @@ def run_generation(cfg: GenerateConfig, run_dir: str | os.PathLike, progress: bo
                            progress=progress)
 
 
+def _fidelity_checkpoint(cfg: GenerateConfig, report: Mapping[str, Any], progress: bool = False):
+    from histlib import fidelity
+
+    run_dir = Path(report["out_dir"]).parent  # <run>/images -> <run>
+    cache = cfg.fidelity_cache or (run_dir.parent.parent / ".fidelity")
+    return fidelity.fidelity_classifier(cfg.dataset_dir, int(report["resolution"]), cache_root=cache,
+                                        device=str(_resolve_device(cfg.device)), progress=progress)
+
+
+def metrics_extractor(cfg: GenerateConfig, report: Mapping[str, Any], verbose: bool = True):
+    """The feature extractor of this run's GAN metrics, or None (with the reason printed).
+
+    ``cfg.extractor``: ``'auto'`` = Inception-v3 when its FID weights are on this machine, otherwise the features of
+    the target's fidelity classifier (:mod:`histlib.fidelity`, trained on the real train split: keys
+    ``domain-<model>/…``, so they can never pass for Inception numbers); ``'fidelity'`` = those features always;
+    any other name as :func:`resolve_extractor`.
+    """
+    spec = cfg.extractor
+    if cfg.metrics and spec == "auto" and cfg.dataset_dir is not None:
+        from histlib.metrics import INCEPTION_FID_WEIGHTS, WeightsNotFoundError, find_weights
+
+        try:
+            find_weights(INCEPTION_FID_WEIGHTS, download=False)
+        except WeightsNotFoundError:
+            if verbose:
+                print("No Inception-v3 FID weights on this machine: the GAN metrics use the features of the target's "
+                      "fidelity classifier (trained on its real train split); their keys say 'domain-…'.")
+            spec = "fidelity"
+    if cfg.metrics and spec == "fidelity":
+        return get_feature_extractor(f"domain:{_fidelity_checkpoint(cfg, report)}", device=cfg.device)
+    return resolve_extractor(spec, enabled=cfg.metrics, device=cfg.device, verbose=verbose)
+
+
 def class_fidelity(cfg: GenerateConfig, report: Mapping[str, Any], progress: bool = False) -> dict[str, Any] | None:
     """Class fidelity of every generated set (pooled), by the cached fidelity classifier of ``cfg.dataset_dir``.
 
@@ -777,12 +814,7 @@ def class_fidelity(cfg: GenerateConfig, report: Mapping[str, Any], progress: boo
 
     if not cfg.fidelity or cfg.dataset_dir is None:
         return None
-    dev = _resolve_device(cfg.device)
-    run_dir = Path(report["out_dir"]).parent  # <run>/images -> <run>
-    cache = cfg.fidelity_cache or (run_dir.parent.parent / ".fidelity")
-    ckpt = fidelity.fidelity_classifier(cfg.dataset_dir, int(report["resolution"]), cache_root=cache,
-                                        device=str(dev), progress=progress)
-    clf = fidelity.FidelityClassifier(ckpt, device=dev)
+    clf = fidelity.FidelityClassifier(_fidelity_checkpoint(cfg, report, progress), device=_resolve_device(cfg.device))
     return fidelity.sets_fidelity(report["set_dirs"], clf, num_workers=cfg.num_workers)
 
 

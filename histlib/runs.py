@@ -126,6 +126,7 @@ def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".partial"))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it owner-only; the finished folder gets the usual permissions
     try:
         yield tmp
         if final.exists():

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from histlib import runs
+from histlib.config import nearest
 
 # stage -> notebook file, in execution order
 STAGES: dict[str, str] = {
@@ -134,7 +135,8 @@ def load_study(path: str | os.PathLike, results_root: str | os.PathLike = "resul
     _require(isinstance(doc, dict), path, "expected a mapping at the top level")
     known = {"name", "profile", "stages", "base", "targets", "description", *STAGES}
     unknown = sorted(set(doc) - known)
-    _require(not unknown, path, f"unknown top-level key(s) {unknown}; expected some of {sorted(known)}")
+    _require(not unknown, path, f"unknown top-level key(s) {unknown}{nearest(unknown[0], known) if unknown else ''}; "
+                                f"expected some of {sorted(known)}")
     name = doc.get("name")
     _require(isinstance(name, str) and name.isidentifier(), path, "'name' must be a simple identifier, e.g. demo")
     profile = doc.get("profile", "demo")
@@ -154,15 +156,104 @@ def load_study(path: str | os.PathLike, results_root: str | os.PathLike = "resul
     ds_keys = {"name", "source", "prepared", "prepare", "finetune", "generate", "classify", "description"}
     for ds in [base, *targets]:
         extra = sorted(set(ds) - ds_keys)
-        _require(not extra, path, f"dataset {ds['name']!r}: unknown key(s) {extra}; expected some of {sorted(ds_keys)}")
+        _require(not extra, path, f"dataset {ds['name']!r}: unknown key(s) {extra}"
+                                  f"{nearest(extra[0], ds_keys) if extra else ''}; expected some of {sorted(ds_keys)}")
         _require(str(ds["name"]).replace("-", "_").isidentifier(), path,
                  f"dataset name {ds['name']!r} must be a simple name (letters, digits, _ or -)")
+    for s_name in STAGES:
+        _require(isinstance(doc.get(s_name) or {}, dict), path, f"{s_name!r} must be a mapping of settings")
     settings = {s: dict(doc.get(s) or {}) for s in STAGES}
+    check_keys(path, base, targets, settings)
     variants = settings["finetune"].get("variants", [])
     bad = [v for v in variants if v not in VARIANTS]
     _require(not bad, path, f"finetune.variants: unknown variant(s) {bad}; expected some of {list(VARIANTS)}")
     return Study(name=name, profile=profile, stages=stages, base=base, targets=targets, settings=settings,
                  path=path, results_root=Path(results_root))
+
+
+# Lower-case keys configure the runner; every other key of a stage mapping is an UPPER_CASE notebook parameter.
+RUNNER_KEYS = {"data": set(), "base_gan": {"checkpoint"}, "finetune": {"variants"}, "generate": set(),
+               "classify": {"synthetic_from"}, "analysis": set()}
+DATASET_SECTIONS = {"prepare": "data", "finetune": "finetune", "generate": "generate", "classify": "classify"}
+# Types of the notebook parameters whose default is None (None itself is always accepted: the profile's value).
+NONE_DEFAULT_TYPES: dict[str, tuple[type, ...]] = {
+    "STAIN": (str,), "SPLIT_FROM": (str,), "SPLIT_RENAME": (dict,), "SLIDES": (bool,), "ANNOTATIONS": (str,),
+    "RESIZE": (int,), "KIMG": (int, float), "RESOLUTION": (int,), "BATCH": (int,), "RESUME_FROM": (str,),
+    "METRICS_EVERY_KIMG": (int, float), "IMAGES_PER_CLASS": (int, dict), "NUM_SETS": (int,), "SYNTH_DIR": (str,),
+    "VARIANT": (str,), "REAL_PER_CLASS": (int,), "SYNTH_PER_CLASS": (int,),
+}
+_TYPE_WORDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "a list",
+               dict: "a mapping"}
+
+
+def _stage_parameters(stage: str) -> dict[str, Any] | None:
+    """``{NAME: default value}`` of a stage notebook's parameters cell, or None when the notebook is missing."""
+    import ast
+
+    nb = _notebook_path(STAGES[stage])
+    if not nb.is_file():
+        return None
+    out = {}
+    for name, info in notebook_parameters(nb).items():
+        try:
+            out[name] = ast.literal_eval(info["default"])
+        except (ValueError, SyntaxError):
+            out[name] = None
+    return out
+
+
+def _expected_types(name: str, default: Any) -> tuple[type, ...] | None:
+    if default is None:
+        return NONE_DEFAULT_TYPES.get(name)
+    if isinstance(default, bool):
+        return (bool,)
+    if isinstance(default, int):
+        return (int,)
+    if isinstance(default, float):
+        return (int, float)
+    return (type(default),)
+
+
+def _type_ok(value: Any, expected: tuple[type, ...]) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, bool) and bool not in expected:
+        return False
+    return isinstance(value, expected)
+
+
+def check_keys(path: Path, base: dict[str, Any], targets: list[dict[str, Any]],
+               settings: dict[str, dict[str, Any]]) -> None:
+    """Every key of every stage mapping must be known, and every notebook parameter's value of the right type.
+
+    Raises:
+        StudyError: naming the key, its place in the file (``targets[1].classify.synthetic_frm``) and the nearest
+            valid name, or the parameter, its value and the expected type.
+    """
+    places: list[tuple[str, str, dict[str, Any]]] = [(stage, stage, settings[stage]) for stage in STAGES]
+    for i, ds in enumerate([base, *targets]):
+        where = "base" if i == 0 else f"targets[{i - 1}]"
+        for section, stage in DATASET_SECTIONS.items():
+            if section in ds:
+                _require(isinstance(ds[section], dict), path, f"{where}.{section} must be a mapping of settings")
+                places.append((f"{where}.{section}", stage, ds[section]))
+    for where, stage, mapping in places:
+        params = _stage_parameters(stage)
+        runner = RUNNER_KEYS[stage] - ({"variants", "checkpoint"} if "." in where else set())
+        valid = set(runner) | set(params or {})
+        for key, value in mapping.items():
+            key = str(key)
+            if key in runner:
+                continue
+            if params is None and key.isupper():
+                continue  # the notebook is missing: validate() says so when the stage runs
+            _require(key in valid, path, f"{where}: unknown key {key!r}{nearest(key, valid)}; notebook parameters are "
+                                         f"UPPER_CASE ({STAGES[stage]} takes {sorted(params or [])})"
+                                         + (f", runner settings here: {sorted(runner)}" if runner else ""))
+            expected = _expected_types(key, params.get(key))
+            if expected is not None and not _type_ok(value, expected):
+                words = " or ".join(_TYPE_WORDS.get(t, t.__name__) for t in expected)
+                raise StudyError(f"{path}: {where}.{key}={value!r}: expected {words} (or null for the default)")
 
 
 def _upper(d: dict[str, Any]) -> dict[str, Any]:

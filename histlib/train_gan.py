@@ -176,6 +176,10 @@ class TrainConfig:
 
     def validate(self) -> TrainConfig:
         """Checks the values; raises ``ValueError`` naming the field and what was expected."""
+        from histlib.config import check_types
+
+        check_types(self)
+
         def need(ok: bool, name: str, expected: str) -> None:
             if not ok:
                 raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r}: expected {expected}")

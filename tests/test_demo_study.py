@@ -38,8 +38,11 @@ def test_short_demo_study_runs_every_stage(tmp_path, monkeypatch):
     images = out / "sample_target" / "generate" / "pretrained" / "images"
     classes = sorted(p.name for p in images.iterdir() if p.is_dir())
     assert len(classes) == 8 and all(len(list((images / c).glob("*.png"))) == 4 for c in classes)
-    for train_set in ("real", "synthetic", "real+synthetic"):
-        m = json.loads((out / "sample_target" / "classify" / f"{train_set}__resnet34__seed0" / "metrics.json")
-                       .read_text())
+    gen = json.loads((out / "sample_target" / "generate" / "pretrained" / "metrics.json").read_text())
+    assert 0.0 <= gen["fidelity/agreement"] <= 1.0 and len(gen["fidelity/confusion_matrix"]) == 8
+    for name in ("real__resnet34__seed0", "synthetic__pretrained__resnet34__seed0",
+                 "real+synthetic__pretrained__resnet34__seed0"):
+        m = json.loads((out / "sample_target" / "classify" / name / "metrics.json").read_text())
         assert 0.0 <= m["accuracy"] <= 1.0 and 0.0 <= m["balanced_accuracy"] <= 1.0
+        assert 0.0 <= m["test_accuracy"] <= 1.0 and m["test_n"] > 0  # the demo target has a held-out test split
     assert any((out / "analysis").glob("*.csv"))

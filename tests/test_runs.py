@@ -102,3 +102,23 @@ def test_project_path_resolves_from_subfolder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path / "notebooks")
     assert runs.project_root() == tmp_path.resolve()
     assert runs.project_path("data/sample") == tmp_path.resolve() / "data" / "sample"
+
+
+def test_atomic_dir_gets_the_usual_permissions(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        with runs.atomic_dir(tmp_path / "made") as tmp:
+            (tmp / "x").write_text("x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "made").stat().st_mode) == 0o755  # not mkdtemp's 0700
+
+
+def test_display_path_is_relative_to_the_project(tmp_path):
+    inside = runs.project_root() / "results" / "x" / "y.json"
+    assert runs.display_path(inside) == "results/x/y.json"
+    assert runs.display_path(tmp_path / "a") == (tmp_path / "a").as_posix()
+    assert runs.display_path(tmp_path / "a" / "b", start=tmp_path) == "a/b"

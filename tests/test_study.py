@@ -47,6 +47,15 @@ def test_paper_study_has_the_paper_variants():
     ("name: x\nbase: {name: a, sauce: b}\n", "sauce"),
     ("name: [x\n", "not valid YAML"),
     ("nme: x\nbase: {name: a}\n", "nme"),
+    ("name: x\nbase: {name: a, prepare: {patch: 64}}\n", r"base.prepare: unknown key 'patch' \(did you mean 'PATCH'\?\)"),
+    ("name: x\nbase: {name: a}\nfinetune: {variant: [freeze_d1]}\n",
+     r"finetune: unknown key 'variant' \(did you mean 'variants'\?\)"),
+    ("name: x\nbase: {name: a}\ntargets: [{name: b, classify: {synthetic_frm: pretrained}}]\n",
+     r"targets\[0\].classify: unknown key 'synthetic_frm' \(did you mean 'synthetic_from'\?\)"),
+    ("name: x\nbase: {name: a, prepare: {PATCH: sixty-four}}\n", r"base.prepare.PATCH='sixty-four': expected an integer"),
+    ("name: x\nbase: {name: a}\nclassify: {EPOCHS: 2.5}\n", r"classify.EPOCHS=2.5: expected an integer"),
+    ("name: x\nbase: {name: a}\nbase_gan: {KIMG: three}\n", r"base_gan.KIMG='three': expected an integer or a number"),
+    ("name: x\nbase: {name: a}\ngenerate: {FIDELITY: 1}\n", r"generate.FIDELITY=1: expected true or false"),
 ])
 def test_bad_study_files_get_one_clear_error(tmp_path, text, match):
     p = _write(tmp_path / "s.yaml", text)

@@ -142,6 +142,9 @@ def prepare_hash(cfg: PrepareConfig) -> str:
 
 def check_config(cfg: PrepareConfig) -> None:
     """Raises ValueError naming the first invalid parameter."""
+    from histlib.config import check_types
+
+    check_types(cfg)
     for name in ("patch", "stride", "resize"):
         v = getattr(cfg, name)
         if v is not None and (not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v <= 0):

@@ -30,6 +30,8 @@ import json
 import logging
 import os
 import re
+import shutil
+import stat
 import sys
 import tarfile
 import time
@@ -530,6 +532,29 @@ def _safe_member(name: str, archive: Path) -> PurePosixPath:
     return path
 
 
+def _is_tar(path: Path) -> bool:
+    try:
+        return tarfile.is_tarfile(path)
+    except OSError:
+        return False
+
+
+def _member_target(root: Path, name: str, archive: Path) -> Path:
+    """Where a member goes: inside ``root`` by construction (no '..', not absolute; ``root`` holds no links, since
+    only regular files and folders are ever written), checked once more on the resolved path."""
+    target = root.joinpath(*_safe_member(name, archive).parts)
+    if not target.resolve().is_relative_to(root.resolve()):
+        raise ValueError(f"{archive}: member {name!r} would be written outside the target folder; refusing")
+    return target
+
+
+def _write_regular(src, target: Path) -> None:
+    """Copies a member's bytes into a new regular file (never following a link: the parent folders are ours)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target, "xb") as out:
+        shutil.copyfileobj(src, out, 1 << 20)
+
+
 def _flatten_single_folder(folder: Path) -> None:
     """Moves the contents of a lone top-level folder up one level (archives usually wrap everything in one)."""
     entries = [p for p in folder.iterdir() if p.name != MARKER]
@@ -569,16 +594,36 @@ def extract_archive(archive: str | os.PathLike, dest: str | os.PathLike, *, dige
         if zipfile.is_zipfile(archive):
             with zipfile.ZipFile(archive) as zf:
                 members = [m for m in zf.infolist() if not m.filename.startswith("__MACOSX/")]
-                for m in tqdm(members, desc=f"extract {archive.name}", unit="file", disable=not progress):
+                for m in members:  # every name and type checked before anything is written
                     _safe_member(m.filename, archive)
-                    zf.extract(m, tmp)
-        elif tarfile.is_tarfile(archive):
-            with tarfile.open(archive) as tf:
-                members = tf.getmembers()
-                for m in members:
-                    _safe_member(m.name, archive)
+                    if stat.S_ISLNK(m.external_attr >> 16):
+                        raise ValueError(f"{archive}: member {m.filename!r} is a symbolic link; dataset archives "
+                                         "need none, refusing to extract")
                 for m in tqdm(members, desc=f"extract {archive.name}", unit="file", disable=not progress):
-                    tf.extract(m, tmp, filter="data")
+                    target = _member_target(tmp, m.filename, archive)
+                    if m.is_dir():
+                        target.mkdir(parents=True, exist_ok=True)
+                    else:
+                        with zf.open(m) as src:
+                            _write_regular(src, target)
+        elif _is_tar(archive):
+            try:
+                with tarfile.open(archive) as tf:
+                    members = tf.getmembers()
+                    for m in members:  # names and types first: links, devices and fifos are refused outright
+                        _safe_member(m.name, archive)
+                        if not (m.isfile() or m.isdir()):
+                            kind = "link" if (m.issym() or m.islnk()) else "special file"
+                            raise ValueError(f"{archive}: member {m.name!r} is a {kind}; dataset archives need only "
+                                             "regular files and folders, refusing to extract")
+                    for m in tqdm(members, desc=f"extract {archive.name}", unit="file", disable=not progress):
+                        target = _member_target(tmp, m.name, archive)
+                        if m.isdir():
+                            target.mkdir(parents=True, exist_ok=True)
+                        else:
+                            _write_regular(tf.extractfile(m), target)
+            except (tarfile.TarError, EOFError) as e:
+                raise ValueError(f"{archive}: damaged tar archive ({e}); delete it and download it again") from None
         else:
             raise ValueError(f"{archive}: not a zip or tar archive")
         _flatten_single_folder(tmp)
@@ -592,7 +637,8 @@ def extract_archive(archive: str | os.PathLike, dest: str | os.PathLike, *, dige
 
 
 def download(name_or_entry: str | DatasetEntry, to: str | os.PathLike, *, progress: bool = True,
-             chunk: int = 1 << 20, extract: bool = True, retries: int = 3, timeout: float = 60.0) -> Path:
+             chunk: int = 1 << 20, extract: bool = True, retries: int = 3, timeout: float = 60.0,
+             verify: bool = True) -> Path:
     """Downloads (resumably), verifies and extracts a registered dataset into folder ``to``.
 
     Args:
@@ -603,6 +649,8 @@ def download(name_or_entry: str | DatasetEntry, to: str | os.PathLike, *, progre
         extract: extract archives (atomically) after verification.
         retries: how often a dropped connection is resumed before giving up.
         timeout: socket timeout in seconds.
+        verify: refuse a file the registry has no checksum for (True, the default) or accept it unverified and
+            record its sha256 (False, ``--no-verify``).
 
     Returns:
         For a single-file dataset, the extracted folder (``to/<archive stem>``), or the verified file itself when
@@ -618,6 +666,11 @@ def download(name_or_entry: str | DatasetEntry, to: str | os.PathLike, *, progre
     entry = name_or_entry if isinstance(name_or_entry, DatasetEntry) else get_entry(name_or_entry)
     if not entry.urls:
         raise ManualDownloadError(f"{entry.name}: no direct download is registered. {entry.manual}".strip())
+    unverified = [f.filename for f in entry.urls if f.checksum is None]
+    if unverified and verify:
+        raise ChecksumError(f"{entry.name}: no checksum is registered for {', '.join(unverified)}, so a changed or "
+                            "tampered file could not be detected; pass --no-verify (verify=False) to accept it "
+                            "unverified (its sha256 is then recorded beside it)")
     to = Path(to)
     results: list[Path] = []
     for file in entry.urls:
@@ -649,13 +702,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-extract", action="store_true", help="download and verify only; do not extract")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--retries", type=int, default=3, help="resume attempts after a dropped connection")
+    parser.add_argument("--no-verify", action="store_true",
+                        help="accept files the registry has no checksum for (their sha256 is recorded)")
 
 
 def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         path = download(args.name, args.to, progress=not args.no_progress, extract=not args.no_extract,
-                        retries=args.retries)
+                        retries=args.retries, verify=not args.no_verify)
     except (ManualDownloadError, ChecksumError, DownloadError, FileExistsError, ValueError) as e:
         # expected failures get one clear line, not a traceback (UnknownDatasetError is a ValueError)
         print(f"error: {e}", file=sys.stderr)

@@ -273,6 +273,70 @@ def test_tar_archive_is_extracted(tmp_path):
     assert (out / "A" / "a.txt").read_bytes() == b"a" and (out / "B" / "b.txt").read_bytes() == b"bb"
 
 
+def _path_max_escape_tar(path, outside_name):
+    """The PATH_MAX realpath bypass of tarfile's 'data' filter (CVE-2025-4517 class): deep directories each shadowed
+    by a symlink, a link chain that climbs out, then a regular file written through it."""
+    comp = "d" * 247
+    steps = "abcdefghijklmnopqrstu"
+    with tarfile.open(path, "w") as tf:
+        prefix = ""
+        for i in range(len(steps) - 1):
+            d = tarfile.TarInfo(prefix + comp)
+            d.type = tarfile.DIRTYPE
+            tf.addfile(d)
+            link = tarfile.TarInfo(prefix + steps[i])
+            link.type = tarfile.SYMTYPE
+            link.linkname = comp
+            tf.addfile(link)
+            prefix += steps[i] + "/"
+        climb = tarfile.TarInfo(prefix + "r")
+        climb.type = tarfile.SYMTYPE
+        climb.linkname = "../" * (len(steps) - 1)
+        tf.addfile(climb)
+        esc = tarfile.TarInfo("esc")
+        esc.type = tarfile.SYMTYPE
+        esc.linkname = prefix + "r/../" + outside_name
+        tf.addfile(esc)
+        payload = b"pwned"
+        f = tarfile.TarInfo("esc/pwn.txt")
+        f.size = len(payload)
+        tf.addfile(f, io.BytesIO(payload))
+
+
+@pytest.mark.parametrize("kind", ["escape", "hardlink", "fifo"])
+def test_links_and_special_members_are_refused(tmp_path, kind):
+    archive = tmp_path / "bad.tar"
+    if kind == "escape":
+        (tmp_path / "outside").mkdir()
+        _path_max_escape_tar(archive, "outside")
+    else:
+        with tarfile.open(archive, "w") as tf:
+            ok = tarfile.TarInfo("set/a.txt")
+            ok.size = 1
+            tf.addfile(ok, io.BytesIO(b"a"))
+            m = tarfile.TarInfo("set/b")
+            m.type = tarfile.LNKTYPE if kind == "hardlink" else tarfile.FIFOTYPE
+            m.linkname = "set/a.txt" if kind == "hardlink" else ""
+            tf.addfile(m)
+    with pytest.raises(ValueError, match="is a (link|special file)"):
+        extract_archive(archive, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+    assert not list(tmp_path.rglob("pwn.txt"))
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]
+
+
+def test_damaged_tar_is_one_clear_error(tmp_path):
+    archive = tmp_path / "set.tar"
+    with tarfile.open(archive, "w") as tf:
+        info = tarfile.TarInfo("set/a.txt")
+        info.size = 4096
+        tf.addfile(info, io.BytesIO(b"x" * 4096))
+    archive.write_bytes(archive.read_bytes()[:1500])  # truncated in the middle of the member's data
+    with pytest.raises(ValueError, match="set.tar"):
+        extract_archive(archive, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
 def test_foreign_folder_is_not_overwritten(http_server, tmp_path):
     entry = _entry(http_server, _make_zip())
     (tmp_path / "toy-set").mkdir()
@@ -295,8 +359,11 @@ def test_no_published_checksum_records_computed_sha256(http_server, tmp_path, ca
     file = DatasetFile(url=f"{http_server.url}/free.zip", filename="free.zip")
     entry = DatasetEntry(name="FREE", title="t", urls=(file,), checksum_note="not verified: unknown",
                          layout="free/", classes=("a",), licence="CC0", citation="c", homepage="h")
-    with caplog.at_level("WARNING"):
+    with pytest.raises(ChecksumError, match="no checksum is registered for free.zip.*--no-verify"):
         download(entry, tmp_path, progress=False, extract=False)
+    assert not list(tmp_path.iterdir())  # refused before anything was fetched
+    with caplog.at_level("WARNING"):
+        download(entry, tmp_path, progress=False, extract=False, verify=False)
     stamp = json.loads((tmp_path / "free.zip.verified.json").read_text())
     assert stamp["digest"] == hashlib.sha256(data).hexdigest() and stamp["published"] is False
     assert hashlib.sha256(data).hexdigest() in caplog.text
