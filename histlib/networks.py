@@ -812,13 +812,30 @@ def discriminator_view(G: Generator, D: Discriminator, per_class: int = 64, seed
     return counts.cpu()
 
 
-def realignment(view: torch.Tensor, min_gain: float = 0.2) -> list[int] | None:
+@torch.no_grad()
+def discriminator_real_view(D: Discriminator, real: torch.Tensor, labels: torch.Tensor, num_classes: int,
+                            batch_size: int = 256) -> torch.Tensor:
+    """D's conditional head on real images: ``[K, K]`` counts, row = true class, column = nearest proxy."""
+    proxies = F.normalize(D.proxies.weight.float(), dim=1)
+    seen = []
+    for i in range(0, len(real), batch_size):
+        _, embed, _ = D(real[i:i + batch_size], labels[i:i + batch_size])
+        seen.append((embed.float() @ proxies.t()).argmax(1))
+    counts = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=real.device)
+    counts.index_put_((labels, torch.cat(seen)), torch.ones_like(labels), accumulate=True)
+    return counts.cpu()
+
+
+def realignment(view: torch.Tensor, min_gain: float = 0.2, real_view: torch.Tensor | None = None,
+                min_real_recall: float = 0.75) -> list[int] | None:
     """The relabelling of G's class embeddings that D's view asks for, or None.
 
     ``view[r, s]``: images of embedding r that D labels s. The one-to-one assignment of embeddings to classes with
     the most agreement (Hungarian method) is returned as ``perm`` (class s takes embedding ``perm[s]``) when it
     raises the agreement by at least ``min_gain`` (a fraction of all images) over keeping every embedding where it
-    is; otherwise None.
+    is, and when D can tell the classes it would move apart on real images (``real_view``, rows true class: the
+    recall of each moved class at least ``min_real_recall``); otherwise None. The second condition keeps a D that
+    still confuses two similar classes from relabelling a generator that draws them right.
     """
     from scipy.optimize import linear_sum_assignment
 
@@ -830,6 +847,12 @@ def realignment(view: torch.Tensor, min_gain: float = 0.2) -> list[int] | None:
     perm = [0] * len(rows)
     for r, s in zip(rows, cols):
         perm[int(s)] = int(r)
+    if real_view is not None:
+        real = real_view.double().numpy()
+        recall = np.diag(real) / np.maximum(real.sum(axis=1), 1.0)
+        moved = [s for s, r in enumerate(perm) if r != s]
+        if moved and recall[moved].min() < min_real_recall:
+            return None
     return perm
 
 

@@ -134,6 +134,7 @@ class TrainConfig:
     class_init: str = "match"  # new classes when fine-tuning: 'match' (from the most similar base class) | 'random'
     realign_classes: bool = True  # fine-tuning with new classes: relabel G's embeddings when D sees classes swapped
     realign_min_gain: float = 0.2
+    realign_min_real_recall: float = 0.75  # D must tell the classes it would move apart on real images this well
     class_check_per_class: int = 32  # images per class of D's per-tick view of G's classes
     # periodic metrics (hooks) and early stopping
     metrics_every_kimg: float | None = None
@@ -190,6 +191,7 @@ class TrainConfig:
         need(self.noise_mode in ("random", "const"), "noise_mode", "'random' or 'const'")
         need(self.class_init in CLASS_INITS, "class_init", f"one of {CLASS_INITS}")
         need(0 < self.realign_min_gain <= 1, "realign_min_gain", "a fraction in (0, 1]")
+        need(0 <= self.realign_min_real_recall <= 1, "realign_min_real_recall", "a fraction in [0, 1]")
         need(self.class_check_per_class >= 0, "class_check_per_class", "an integer >= 0 (0: no check)")
         need(self.device == "auto" or self.device == "cpu" or str(self.device).startswith("cuda"), "device",
              "'auto', 'cpu', 'cuda' or 'cuda:N'")
@@ -655,6 +657,16 @@ def _build(cfg: TrainConfig, num_classes: int, device: torch.device):
     return G, D, {"G": G_kwargs, "D": D_kwargs}
 
 
+def _real_sample(dataset, num_classes: int, per_class: int, seed: int,
+                 device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A fixed draw of up to ``per_class`` real training images per class: ``([n, 3, R, R] in [-1, 1], [n])``."""
+    labels = np.asarray(dataset.labels)
+    rng = np.random.default_rng(seed)
+    idx = np.concatenate([rng.permutation(np.flatnonzero(labels == k))[:per_class] for k in range(num_classes)])
+    real = torch.stack([dataset[int(i)][0] for i in idx]).to(device).float() / 127.5 - 1  # [n, 3, R, R]
+    return real, torch.as_tensor(labels[idx], device=device)
+
+
 def _init_new_classes(base: dict[str, Any], G, D, dataset, num_classes: int, cfg: TrainConfig,
                       device: torch.device) -> dict[str, Any]:
     """New target classes: ``networks.init_class_embeddings_neutral`` (``class_init='neutral'``) or
@@ -669,11 +681,7 @@ def _init_new_classes(base: dict[str, Any], G, D, dataset, num_classes: int, cfg
         return networks.init_class_embeddings_neutral(G, base_G, seed=cfg.seed)
     base_D = networks.Discriminator(**kw["D"]).to(device).eval()
     base_D.load_state_dict(base["D"])
-    labels = np.asarray(dataset.labels)
-    rng = np.random.default_rng(cfg.seed)
-    idx = np.concatenate([rng.permutation(np.flatnonzero(labels == k))[:64] for k in range(num_classes)])
-    real = torch.stack([dataset[int(i)][0] for i in idx]).to(device).float() / 127.5 - 1  # [n, 3, R, R]
-    real_c = torch.as_tensor(labels[idx], device=device)
+    real, real_c = _real_sample(dataset, num_classes, 64, cfg.seed, device)
     with _forked_rng(device):
         info = networks.init_class_embeddings_from_base(G, D, base_G, base_D, real, real_c, seed=cfg.seed)
     base_classes = base.get("classes") or [str(i) for i in range(base_G.num_classes)]
@@ -909,6 +917,8 @@ def _train(cfg, run_dir, hooks, early_stopping, resume, device, dist_info, t_sta
 
     aug_p = [float(augment_pipe.p) if augment_pipe is not None else 0.0]  # host copy: no device sync per step
     new_classes = bool(finetune and (finetune.get("class_init") or {}).get("method") not in (None, "loaded"))
+    check_reals = _real_sample(dataset, num_classes, cfg.class_check_per_class, cfg.seed, device) \
+        if cfg.class_check_per_class and num_classes > 1 and rank0 else None
     realignments: list[dict[str, Any]] = list(state.get("realignments") or []) if state is not None else []
     hook_results: dict[str, float] = {}
     stopped_early = bool(state is not None and state.get("stopped_early"))
@@ -1047,7 +1057,7 @@ def _train(cfg, run_dir, hooks, early_stopping, resume, device, dist_info, t_sta
         record["wall_s"] = round(time.time() - t_start, 3)
         if cfg.class_check_per_class and num_classes > 1:
             record.update(_class_check(G, G_ema, D, opt_G, cfg, cur_nimg, dist_info, device,
-                                       realign=new_classes and cfg.realign_classes))
+                                       realign=new_classes and cfg.realign_classes, check_reals=check_reals))
             if record.get("class_realign") is not None:
                 realignments.append({"kimg": round(cur_nimg / 1000, 3), "perm": record["class_realign"]})
         stop = improved = False
@@ -1148,17 +1158,22 @@ def _broadcast_object(obj: Any, dist_info: _Dist) -> Any:
 
 
 def _class_check(G, G_ema, D, opt_G, cfg: TrainConfig, cur_nimg: int, dist_info: _Dist, device: torch.device,
-                 realign: bool) -> dict[str, Any]:
+                 realign: bool, check_reals: tuple[torch.Tensor, torch.Tensor]) -> dict[str, Any]:
     """D's view of G's classes at the end of a tick (``d_class_agreement``: the fraction of G's images whose nearest
-    D proxy is the class asked for) and, when fine-tuning with new classes, the relabelling of G's class embeddings
-    that turns a swap D sees into agreement (``class_realign``: class s takes embedding ``perm[s]``)."""
+    D proxy is the class asked for; ``d_real_agreement``: the same for a fixed sample of real training images) and,
+    when fine-tuning with new classes, the relabelling of G's class embeddings that turns a swap D sees into
+    agreement (``class_realign``: class s takes embedding ``perm[s]``; only for classes D tells apart on reals)."""
     from histlib import networks
 
     out: dict[str, Any] = {}
     if dist_info.rank == 0:
         view = networks.discriminator_view(G, D, cfg.class_check_per_class, seed=cfg.seed + 7)
         out["d_class_agreement"] = round(float(view.trace()) / max(int(view.sum()), 1), 4)
-        perm = networks.realignment(view, cfg.realign_min_gain) if realign else None
+        real_x, real_c = check_reals
+        real_view = networks.discriminator_real_view(D, real_x, real_c, G.num_classes)
+        out["d_real_agreement"] = round(float(real_view.trace()) / max(int(real_view.sum()), 1), 4)
+        perm = networks.realignment(view, cfg.realign_min_gain, real_view, cfg.realign_min_real_recall) \
+            if realign else None
         if perm is not None:
             out["class_realign"] = perm
             out["d_class_agreement_before"] = out["d_class_agreement"]

@@ -451,6 +451,11 @@ def test_realignment_finds_the_swap_and_ignores_noise():
     assert realignment(torch.tensor([[20, 6, 6], [5, 22, 5], [6, 6, 20]])) is None  # already right
     # a swap worth less than min_gain of all images is left alone
     assert realignment(torch.tensor([[30, 0, 0], [0, 14, 18], [0, 18, 14]]), min_gain=0.2) is None
+    # D must tell the moved classes apart on real images, or its view of G is not evidence
+    sure = torch.tensor([[30, 1, 1], [0, 28, 4], [2, 3, 27]])
+    unsure = torch.tensor([[30, 1, 1], [0, 16, 16], [2, 14, 16]])  # classes 1 and 2 confused on reals
+    assert realignment(swapped, real_view=sure) == [0, 2, 1]
+    assert realignment(swapped, real_view=unsure) is None
 
 
 def test_permute_classes_moves_embeddings_means_and_adam_moments():
