@@ -7,6 +7,7 @@ module is imported only when its command runs, so ``--help`` stays fast and neve
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 
@@ -18,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "datasets": ("histlib.data.registry_cli", "list the registered public datasets"),
     "build-sample": ("histlib.data.sample", "rebuild the embedded sample under data/sample/ from CC BY sources"),
     "train-gan": ("histlib.train_gan", "train or fine-tune the conditional StyleGAN2 from a config JSON"),
+    "generate": ("histlib.generate", "sample a GAN checkpoint into an ImageFolder; class fidelity and GAN metrics"),
     "metrics": ("histlib.metrics.cli", "FID, precision/recall, density/coverage between two ImageFolders"),
     "classify": ("histlib.classify", "train and evaluate a timm classifier from a config JSON"),
     "study": ("histlib.study", "run a study YAML: execute the notebooks stage by stage with papermill"),
@@ -58,10 +60,34 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv[1:])
     try:
         return int(module.main(args) or 0)
-    except (FileNotFoundError, FileExistsError, NotADirectoryError, ValueError) as e:
-        # bad input (a missing folder, a wrong parameter): the message names it; a traceback would only hide it
-        print(f"error: {e}", file=sys.stderr)
+    except (OSError, ValueError) as e:
+        # bad input (a missing folder, a wrong parameter, a file in the way): the message names it; a traceback
+        # would only hide it
+        print(f"error: {error_text(e)}", file=sys.stderr)
         return 2
+    except Exception as e:
+        if not type(e).__module__.startswith("histlib"):
+            raise  # a bug, not bad input: the traceback is what a report needs
+        print(f"error: {error_text(e)}", file=sys.stderr)  # histlib's own errors name what to fix
+        return 2
+
+
+_ERRNO_HINTS = {
+    errno.EEXIST: "a file is in the way where a folder is expected; move it away or choose another path",
+    errno.ENOTDIR: "a file is in the way where a folder is expected; move it away or choose another path",
+    errno.EROFS: "the folder is read-only: choose another output folder",
+    errno.EACCES: "permission denied: choose another folder or fix its permissions",
+    errno.EPERM: "permission denied: choose another folder or fix its permissions",
+    errno.ENOSPC: "the disk is full: free space or choose another folder",
+}
+
+
+def error_text(e: BaseException) -> str:
+    """One line for a user: the message, with the file and what to do for operating-system errors."""
+    if isinstance(e, OSError) and e.errno in _ERRNO_HINTS and e.filename is not None:
+        return f"{e.filename}: {e.strerror} ({_ERRNO_HINTS[e.errno]})"
+    text = str(e) or type(e).__name__
+    return " ".join(text.split()) if "\n" in text and len(text) < 400 else text
 
 
 if __name__ == "__main__":

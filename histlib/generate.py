@@ -758,6 +758,7 @@ def per_class_table(metrics: Mapping[str, Any]) -> pd.DataFrame:
 def run_generation(cfg: GenerateConfig, run_dir: str | os.PathLike, progress: bool = True) -> dict[str, Any]:
     """Writes ``config.json``, ``env.json`` and ``images/`` (see :func:`generate_images`) of a generate run."""
     cfg = dataclasses.replace(cfg).validate()
+    load_generator(cfg.checkpoint)  # a missing or unreadable checkpoint stops here, before the run folder exists
     run = runs.Run(runs.project_path(run_dir))
     run.write_config(cfg)
     run.metrics_path.unlink(missing_ok=True)  # metrics.json marks a finished stage: written last
@@ -876,3 +877,50 @@ def metrics_table(metrics: Mapping[str, Any]) -> pd.DataFrame:
         if len(parts) == 2 and parts[0] not in ("images_per_class",):
             rows.setdefault(parts[0], {})[parts[1]] = v
     return pd.DataFrame.from_dict(rows, orient="index")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Command line: python -m histlib generate --checkpoint CKPT --run-dir DIR [--dataset-dir REAL] ...
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="a train-gan checkpoint file or run directory")
+    parser.add_argument("--run-dir", required=True, help="run directory to write (images/, metrics.json)")
+    parser.add_argument("--dataset-dir", default=None,
+                        help="the prepared real dataset the GAN learned: enables class fidelity and GAN metrics")
+    parser.add_argument("--profile", default="demo", choices=("demo", "reduced", "paper"))
+    parser.add_argument("--images-per-class", type=int, default=None, help="default: the profile's")
+    parser.add_argument("--num-sets", type=int, default=None, help="independent sets (default: the profile's)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--truncation-psi", type=float, default=1.0)
+    parser.add_argument("--extractor", default="auto", help="GAN-metric features (see GenerateConfig.extractor)")
+    parser.add_argument("--no-metrics", action="store_true", help="no GAN metrics")
+    parser.add_argument("--no-fidelity", action="store_true", help="no class fidelity")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def main(args) -> int:
+    """Generates a set, then (with ``--dataset-dir``) its class fidelity and GAN metrics; writes metrics.json."""
+    from histlib import fidelity as fid_mod
+
+    cfg = GenerateConfig.from_profile(
+        args.profile, checkpoint=args.checkpoint, dataset_dir=args.dataset_dir, images_per_class=args.images_per_class,
+        num_sets=args.num_sets, seed=args.seed, truncation_psi=args.truncation_psi, extractor=args.extractor,
+        metrics=not args.no_metrics and args.dataset_dir is not None,
+        fidelity=not args.no_fidelity and args.dataset_dir is not None, device=args.device)
+    progress = not args.no_progress
+    report = run_generation(cfg, args.run_dir, progress=progress)
+    fid = class_fidelity(cfg, report, progress=progress)
+    metrics = {}
+    extractor = metrics_extractor(cfg, report) if cfg.metrics else None
+    if extractor is not None:
+        metrics = gan_metrics(report["set_dirs"][0], cfg.dataset_dir, extractor, real_split=cfg.real_split,
+                              k_pr=cfg.k_pr, k_dc=cfg.k_dc, device=cfg.device)
+    out = write_generation_metrics(args.run_dir, report, metrics, cfg=cfg, fidelity=fid)
+    print(f"{report['n_images']} images in {runs.display_path(report['out_dir'])} "
+          f"({report['images_per_s']} img/s{', reused' if report.get('reused') else ''})")
+    if fid:
+        print(repr(fid_mod.FidelityView(fid)))
+    print(f"metrics: {runs.display_path(Path(args.run_dir) / 'metrics.json')} ({len(out)} keys)")
+    return 0

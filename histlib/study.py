@@ -569,7 +569,10 @@ def execute_step(study: Study, step: Step, *, log_output: bool = False, kernel_n
         papermill.execute_notebook(str(_notebook_path(step.notebook)), str(tmp), parameters=step.params,
                                    cwd=str(root), log_output=log_output, progress_bar=False,
                                    kernel_name=kernel_name)
-    except BaseException:
+    except BaseException as e:
+        runs.write_json(_state_path(study, step), {"status": "failed", "hash": step.hash, "params": step.params,
+                                                   "notebook": step.notebook, "seconds": round(time.time() - t0, 1),
+                                                   "error": f"{type(e).__name__}: {str(e)[:500]}"})
         if tmp.exists():
             failed = out_dir / f"{step.name}.failed.ipynb"
             os.replace(tmp, failed)

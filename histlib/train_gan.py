@@ -657,6 +657,22 @@ def _build(cfg: TrainConfig, num_classes: int, device: torch.device):
     return G, D, {"G": G_kwargs, "D": D_kwargs}
 
 
+def _check_base_matches(base: dict[str, Any], net_kwargs: dict[str, Any], cfg: TrainConfig) -> None:
+    """A base checkpoint of another resolution or architecture cannot be fine-tuned from: say which and how."""
+    theirs = (base.get("network_kwargs") or {}).get("G") or {}
+    ours = net_kwargs["G"]
+    if theirs.get("img_resolution") not in (None, ours["img_resolution"]):
+        raise ValueError(f"TrainConfig.resume_from={base['path']}: the base checkpoint is {theirs['img_resolution']} px, "
+                         f"this run is {ours['img_resolution']} px; set resolution={theirs['img_resolution']} (the "
+                         "images are resized to it) or train a base at this resolution")
+    keys = ("z_dim", "w_dim", "mapping_layers", "channel_base", "channel_max")
+    diff = {k: (theirs.get(k), ours.get(k)) for k in keys if k in theirs and theirs.get(k) != ours.get(k)}
+    if diff:
+        detail = ", ".join(f"{k} {a} in the base vs {b} here" for k, (a, b) in diff.items())
+        raise ValueError(f"TrainConfig.resume_from={base['path']}: the base networks differ ({detail}); use the "
+                         f"base's profile ({(base.get('config') or {}).get('profile')}) and G_kwargs")
+
+
 def _real_sample(dataset, num_classes: int, per_class: int, seed: int,
                  device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """A fixed draw of up to ``per_class`` real training images per class: ``([n, 3, R, R] in [-1, 1], [n])``."""
@@ -700,7 +716,6 @@ def _train(cfg, run_dir, hooks, early_stopping, resume, device, dist_info, t_sta
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = cfg.allow_tf32
         torch.backends.cudnn.allow_tf32 = cfg.allow_tf32
-    run = runs.Run(run_dir) if rank0 else None
     ckpt_dir = Path(run_dir) / "checkpoints"
     latest = ckpt_dir / "latest.pt"
 
@@ -736,6 +751,7 @@ def _train(cfg, run_dir, hooks, early_stopping, resume, device, dist_info, t_sta
         G_ema.load_state_dict(state["G_ema"])
     elif cfg.resume_from:
         base = load_checkpoint(cfg.resume_from, map_location=device)
+        _check_base_matches(base, net_kwargs, cfg)
         finetune = {"resume_from": base["path"], "resume_from_sha256": runs.file_sha256(base["path"]),
                     "base_classes": base.get("classes"), "classes": classes,
                     "base_cur_nimg": base.get("cur_nimg")}
@@ -836,7 +852,8 @@ def _train(cfg, run_dir, hooks, early_stopping, resume, device, dist_info, t_sta
     grid_z = torch.randn([cfg.grid_columns, G.z_dim], generator=torch.Generator().manual_seed(cfg.seed + 1))
     frozen_info = {"G": sorted(frozen_g), "D": sorted(frozen_d)}
 
-    # ---- run directory
+    # ---- run directory (created only now: bad settings or a bad base checkpoint leave no empty folder behind)
+    run = runs.Run(run_dir) if rank0 else None
     if rank0:
         run.write_config(cfg)
         run.write_env(device=str(device), world_size=dist_info.world, kernel_impl=cfg.kernel_impl)
@@ -1401,7 +1418,12 @@ def main(args: argparse.Namespace) -> int:
     values = runs.read_json(args.config)
     if not isinstance(values, dict):
         raise ValueError(f"{args.config}: expected a JSON object of TrainConfig fields")
-    cfg = TrainConfig.from_profile(args.profile, **values) if args.profile else from_dict(TrainConfig, values)
+    profile = args.profile
+    if "profile" in values:  # the JSON names its profile: start from that profile's settings too
+        if profile and values["profile"] != profile:
+            raise ValueError(f"{args.config}: profile {values['profile']!r} differs from --profile {profile!r}")
+        profile = values.pop("profile")
+    cfg = TrainConfig.from_profile(profile, **values) if profile else from_dict(TrainConfig, values)
     resume: bool | str = True if args.resume else (False if args.restart else "auto")
     summary = train_gan(cfg, args.run_dir, resume=resume)
     keys = ("kimg", "img_per_s", "loss_g", "loss_d", "augment_p", "wall_time_s")

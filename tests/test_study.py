@@ -1,5 +1,6 @@
 """The study runner: plans, validation, hashing, resumable execution with papermill."""
 
+import json
 import shutil
 from pathlib import Path
 
@@ -219,3 +220,18 @@ def test_changed_settings_move_old_outputs_aside_and_same_settings_resume(tmp_pa
     assert log.read_text() == "kimg=2\n"
     moved = list((root / "results/.superseded/toy").glob("02_base_gan__a-*/run_dir/log.txt"))
     assert len(moved) == 1 and moved[0].read_text() == "kimg=1\nkimg=1\n"
+
+
+@pytest.mark.slow
+def test_failed_step_is_recorded_as_failed_and_retried(tmp_path, monkeypatch):
+    root = _toy_project(tmp_path)
+    monkeypatch.chdir(root)
+    nb = nbformat.read(str(root / "notebooks" / "01_data_prep.ipynb"), as_version=4)
+    nb.cells.append(nbformat.v4.new_code_cell("assert PATCH != 7, 'patch 7 is refused'"))
+    nbformat.write(nb, str(root / "notebooks" / "01_data_prep.ipynb"))
+    _write(root / "studies/toy.yaml", "name: toy\nstages: [data]\nbase: {name: a, source: src, prepare: {PATCH: 7}}\n")
+    with pytest.raises(Exception, match="patch 7 is refused"):
+        study.run_study("studies/toy.yaml")
+    state = json.loads((root / "results/toy/notebooks/.state/01_data_prep__a.json").read_text())
+    assert state["status"] == "failed" and "patch 7 is refused" in state["error"]
+    assert (root / "results/toy/notebooks/01_data_prep__a.failed.html").is_file()

@@ -82,8 +82,8 @@ class ImageDataset(torch.utils.data.Dataset):
         try:
             with Image.open(path) as im:
                 img = to_rgb8(im)
-        except (OSError, ValueError) as e:
-            raise OSError(f"{path}: cannot read image ({e})") from None
+        except (OSError, ValueError, Image.DecompressionBombError) as e:
+            raise OSError(f"{path}: cannot read image ({type(e).__name__}: {e})") from None
         if self.resolution is not None and img.size != (self.resolution, self.resolution):
             img = img.resize((self.resolution, self.resolution), Image.LANCZOS)
         return img

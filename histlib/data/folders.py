@@ -180,7 +180,7 @@ def validate_folder(root: str | os.PathLike, patch: int | None = None, check_pix
                 kind = conversion_kind(im)
                 if check_pixels:
                     im.load()
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
             problems.append(f"{f}: unreadable or corrupt image ({type(e).__name__}: {e})")
             continue
         if patch is not None and (width < patch or height < patch):

@@ -32,6 +32,33 @@ def _scan_image_folder(root: Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS))
 
 
+def check_manifest_paths(df: pd.DataFrame, root: Path, manifest: Path) -> None:
+    """A manifest names images inside its own folder only: relative paths without ``..``, image extensions, no
+    link leading out. Raises ``ValueError`` naming every offending row (line numbers as in the file)."""
+    bad = []
+    base = root.resolve()
+    inside: dict[Path, bool] = {}  # parent folder -> resolves inside the dataset (a few folders, resolved once)
+    for i, p in enumerate(df["path"]):
+        line = i + 2  # the header is line 1
+        pure = Path(p)
+        if not p or pure.is_absolute() or ".." in pure.parts or p.startswith(("/", "\\")) or ":" in pure.parts[0]:
+            bad.append(f"line {line}: {p!r} is not a path inside the dataset folder")
+            continue
+        if pure.suffix.lower() not in IMAGE_EXTENSIONS:
+            bad.append(f"line {line}: {p!r} is not an image ({', '.join(IMAGE_EXTENSIONS)})")
+            continue
+        parent = pure.parent
+        if parent not in inside:
+            inside[parent] = (root / parent).resolve().is_relative_to(base)
+        full = root / pure
+        if not inside[parent] or (os.path.islink(full) and not full.resolve().is_relative_to(base)):
+            bad.append(f"line {line}: {p!r} leads outside the dataset folder (through a link)")
+    if bad:
+        more = f" ... and {len(bad) - 10} more" if len(bad) > 10 else ""
+        raise ValueError(f"{manifest}: {len(bad)} row(s) name files a dataset may not use: " + "; ".join(bad[:10])
+                         + more)
+
+
 def load_manifest(root: str | os.PathLike) -> pd.DataFrame:
     """Reads ``root/manifest.csv``, or builds the same table for a plain ImageFolder.
 
@@ -55,6 +82,7 @@ def load_manifest(root: str | os.PathLike) -> pd.DataFrame:
         if missing:
             raise ValueError(f"{manifest}: missing column(s) {missing}; expected {list(MANIFEST_COLUMNS)}")
         df = df[list(MANIFEST_COLUMNS)]
+        check_manifest_paths(df, root, manifest)
     else:
         df = _scan_image_folder(root)
     if len(df) == 0:

@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from histlib.data.folders import FolderReport, list_class_folders, validate_folder
+from histlib.data.folders import DatasetValidationError, FolderReport, list_class_folders, validate_folder
 from histlib.data.manifest import MANIFEST_COLUMNS, MANIFEST_NAME, to_rgb8
 from histlib.data.splits import check_no_straddle, group_split
 from histlib.data.tiling import patch_name, patch_stem, tile_positions
@@ -151,6 +151,9 @@ def check_config(cfg: PrepareConfig) -> None:
             raise ValueError(f"{name}={v!r}: expected a positive integer or None")
     if cfg.stride is not None and cfg.patch is None:
         raise ValueError("stride is set but patch is None: give a patch size to tile")
+    if cfg.stride is not None and cfg.patch is not None and cfg.stride > cfg.patch:
+        warnings.warn(f"stride={cfg.stride} > patch={cfg.patch}: {cfg.stride - cfg.patch} px between neighbouring "
+                      "patches are never used", stacklevel=2)
     if cfg.stain not in STAINS:
         raise ValueError(f"stain={cfg.stain!r}: expected one of {STAINS}")
     if cfg.stain_target is not None and cfg.stain is None:
@@ -235,7 +238,7 @@ def _process_image(job: _Job, cfg: PrepareConfig, norm) -> tuple[list[dict], int
     try:
         with Image.open(job.src) as im:
             a = np.asarray(to_rgb8(im))  # [H, W, 3] uint8
-    except (OSError, ValueError, SyntaxError) as e:
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise OSError(f"{job.src}: cannot read image ({type(e).__name__}: {e})") from None
     ok = failed = 0
     if norm is not None:
@@ -260,7 +263,11 @@ def _process_image(job: _Job, cfg: PrepareConfig, norm) -> tuple[list[dict], int
 
 
 def _process_star(args):
-    return _process_image(*args)
+    """``_process_image`` that returns a bad file's error instead of raising, so one run reports every bad file."""
+    try:
+        return _process_image(*args), None
+    except OSError as e:
+        return ([], 0, 0), str(e)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -420,6 +427,7 @@ def _prepare_folder(cfg: PrepareConfig, source: Path, tmp: Path, progress: bool)
     rows: list[dict] = []
     n_ok = n_failed = 0
     failed_sources: list[str] = []
+    bad_files: list[str] = []
     bar = tqdm(total=len(jobs), desc=f"prepare {source.name}", unit="img", disable=not progress)
     if cfg.workers > 0:
         from concurrent.futures import ProcessPoolExecutor
@@ -427,24 +435,33 @@ def _prepare_folder(cfg: PrepareConfig, source: Path, tmp: Path, progress: bool)
         pool = ProcessPoolExecutor(cfg.workers)
         try:
             results = pool.map(_process_star, [(j, cfg, norm) for j in jobs], chunksize=16)
-            for job, (r, ok, failed) in zip(jobs, results):
+            outcomes = zip(jobs, results)
+            for job, ((r, ok, failed), error) in outcomes:
                 rows += r
                 n_ok, n_failed = n_ok + ok, n_failed + failed
                 if failed:
                     failed_sources.append(job.rel)
+                if error:
+                    bad_files.append(error)
                 bar.update(1)
         finally:
             # on an error, drop the queued images; the caller then removes the temporary folder
             pool.shutdown(wait=True, cancel_futures=True)
     else:
         for job in jobs:
-            r, ok, failed = _process_image(job, cfg, norm)
+            (r, ok, failed), error = _process_star((job, cfg, norm))
             rows += r
             n_ok, n_failed = n_ok + ok, n_failed + failed
             if failed:
                 failed_sources.append(job.rel)
+            if error:
+                bad_files.append(error)
             bar.update(1)
     bar.close()
+    if bad_files:
+        more = f"\n  ... and {len(bad_files) - MAX_LISTED} more" if len(bad_files) > MAX_LISTED else ""
+        raise DatasetValidationError(f"{source}: {len(bad_files)} image(s) cannot be decoded:\n  "
+                                     + "\n  ".join(bad_files[:MAX_LISTED]) + more)
     validation = _merge_reports(source, [(r, f"{Path(r.root).name}/") for r in reports]).to_dict()
     info = {"kind": "folder", "validation": validation, "n_sources": len(jobs)}
     if norm is not None:

@@ -39,6 +39,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-per-class", action="store_true", help="only the overall metrics")
 
 
+def _cheap_checks(args: argparse.Namespace) -> str | None:
+    """What can be checked before any feature is extracted: k, the image counts, the output file."""
+    from histlib.data.manifest import load_manifest
+
+    if args.k < 1 or args.k_dc < 1:
+        return f"--k {args.k} / --k-dc {args.k_dc}: expected positive integers"
+    if args.json and Path(args.json).is_dir():
+        return f"--json {args.json}: is a folder; give a file name"
+    counts = {}
+    for name, split in (("real", args.real_split), ("fake", args.fake_split)):
+        df = load_manifest(getattr(args, name))
+        if split is not None:
+            df = df[df["split"] == split]
+        per_class = df.groupby("class").size()
+        if args.max_per_class:
+            per_class = per_class.clip(upper=args.max_per_class)
+        counts[name] = int(per_class.sum())
+        if counts[name] == 0:
+            return f"--{name} {getattr(args, name)}: no images" + (f" in split {split!r}" if split else "")
+    need = max(args.k, args.k_dc) + 1
+    if min(counts.values()) < need:
+        return (f"{counts['real']} real and {counts['fake']} generated images: precision/recall (k={args.k}) and "
+                f"density/coverage (k={args.k_dc}) need at least {need} images in each set")
+    return None
+
+
 def main(args: argparse.Namespace) -> int:
     import os
 
@@ -57,6 +83,10 @@ def main(args: argparse.Namespace) -> int:
         if not Path(getattr(args, name)).is_dir():
             print(f"error: --{name} {getattr(args, name)}: folder not found", file=sys.stderr)
             return 2
+    problem = _cheap_checks(args)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     fid_spec = args.fid_extractor or args.extractor or "inception"
     prdc_spec = args.prdc_extractor or args.extractor or "vgg16"
     try:

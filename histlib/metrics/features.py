@@ -545,13 +545,21 @@ class DomainFeatures(_TorchExtractor):
         path = Path(checkpoint).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"{path}: classifier checkpoint not found (domain feature extractor)")
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # truncated, foreign or pickled-code files: one line naming the file
+            raise ValueError(f"{path}: cannot read as a classifier checkpoint ({type(e).__name__}: "
+                             f"{str(e).splitlines()[0][:200] if str(e) else ''})") from None
         need = ("model_name", "num_classes", "state_dict", "image_size")
         if not isinstance(ckpt, dict) or any(k not in ckpt for k in need):
             have = sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__
             raise ValueError(f"{path}: expected a classifier checkpoint with keys {list(need)}, got {have}")
-        model = timm.create_model(ckpt["model_name"], pretrained=False, num_classes=int(ckpt["num_classes"]))
-        model.load_state_dict(ckpt["state_dict"])
+        try:
+            model = timm.create_model(ckpt["model_name"], pretrained=False, num_classes=int(ckpt["num_classes"]))
+            model.load_state_dict(ckpt["state_dict"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise ValueError(f"{path}: the classifier checkpoint does not load into {ckpt['model_name']!r} "
+                             f"({str(e).splitlines()[0][:200]})") from None
         self.net = model.eval().requires_grad_(False).to(self.device)
         self.input_size = int(ckpt["image_size"])
         mean = ckpt.get("mean", (0.485, 0.456, 0.406))

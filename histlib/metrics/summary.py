@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -12,6 +13,10 @@ from .fid import frechet_distance
 from .prdc import compute_prdc
 
 METRIC_NAMES = ("fid", "precision", "recall", "density", "coverage")
+
+
+# Below this many images per set an FID is mostly sampling error (its bias grows like 1/N): warn.
+FID_MIN_SAMPLES = 100
 
 
 def compute_metrics(real_fid, fake_fid, real_prdc=None, fake_prdc=None, *, k: int = 3, k_dc: int = 5,
@@ -33,6 +38,14 @@ def compute_metrics(real_fid, fake_fid, real_prdc=None, fake_prdc=None, *, k: in
     fake_prdc = fake_fid if fake_prdc is None else fake_prdc
     n_real, n_fake = len(real_prdc), len(fake_prdc)
     out: dict[str, float] = {"n_real": float(n_real), "n_fake": float(n_fake)}
+    n_min = min(len(real_fid), len(fake_fid))
+    if 2 <= n_min < FID_MIN_SAMPLES:
+        warnings.warn(f"FID from {len(real_fid)} real and {len(fake_fid)} generated images: with fewer than "
+                      f"{FID_MIN_SAMPLES} per set it is dominated by sampling error (compare FIDs only at equal, large "
+                      "sample sizes)", stacklevel=2)
+    if min(n_real, n_fake) <= max(k, k_dc):
+        warnings.warn(f"precision/recall/density/coverage not computed (NaN): {n_real} real and {n_fake} generated "
+                      f"images, but k={k} and k_dc={k_dc} need more than {max(k, k_dc)} in each set", stacklevel=2)
     out["fid"] = (frechet_distance(real_fid, fake_fid, device=device or "cpu")
                   if min(len(real_fid), len(fake_fid)) >= 2 else math.nan)
     if min(n_real, n_fake) > max(k, k_dc):

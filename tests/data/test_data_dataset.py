@@ -97,3 +97,26 @@ def test_tables():
     assert s.loc["val", "groups"] == 2 and (s["groups_in_other_splits"] == 0).all()
     df.loc[2, "group"] = "1"  # group 1 now in train and val
     assert split_summary(df).loc["val", "groups_in_other_splits"] == 1
+
+
+@pytest.mark.parametrize("path, match", [
+    ("../../etc/passwd", "not a path inside"), ("/etc/hosts.png", "not a path inside"),
+    ("a/notes.txt", "not an image"), ("link/x.png", "leads outside"),
+])
+def test_manifest_paths_must_stay_inside_the_dataset(tmp_path, path, match):
+    import pandas as pd
+
+    from histlib.data.dataset import ImageDataset
+
+    root = tmp_path / "ds"
+    (root / "a").mkdir(parents=True)
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(root / "a" / "ok.png")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(outside / "x.png")
+    (root / "link").symlink_to(outside)
+    rows = [{"path": "a/ok.png", "class": "a", "split": "train", "group": "g", "source": "s"},
+            {"path": path, "class": "a", "split": "train", "group": "h", "source": "t"}]
+    pd.DataFrame(rows).to_csv(root / "manifest.csv", index=False)
+    with pytest.raises(ValueError, match=f"line 3: .*{match}"):
+        ImageDataset(root)

@@ -120,12 +120,15 @@ def test_bad_input_fails_before_writing(make_image_folder, tmp_path):
     assert not (tmp_path / "o").exists() and _leftovers(tmp_path, "o") == []
 
 
-def test_truncated_image_named_and_nothing_left(make_image_folder, tmp_path):
-    src = make_image_folder({"a": 2}, size=(64, 64))
-    data = (src / "a" / "a_001.png").read_bytes()
-    (src / "a" / "a_001.png").write_bytes(data[: len(data) // 2])
-    with pytest.raises(OSError, match="a_001.png: cannot read image"):
-        prepare_dataset(PrepareConfig(str(src), str(tmp_path / "o"), patch=32), progress=False)
+@pytest.mark.parametrize("workers", [0, 2])
+def test_every_truncated_image_named_in_one_error_and_nothing_left(make_image_folder, tmp_path, workers):
+    src = make_image_folder({"a": 3, "b": 2}, size=(64, 64))
+    for name in ("a/a_001.png", "b/b_000.png"):
+        data = (src / name).read_bytes()
+        (src / name).write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="2 image.s. cannot be decoded") as e:
+        prepare_dataset(PrepareConfig(str(src), str(tmp_path / "o"), patch=32, workers=workers), progress=False)
+    assert "a_001.png: cannot read image" in str(e.value) and "b_000.png: cannot read image" in str(e.value)
     assert not (tmp_path / "o").exists() and _leftovers(tmp_path, "o") == []
 
 
@@ -211,7 +214,7 @@ def test_error_in_worker_leaves_nothing(make_image_folder, tmp_path):
     src = make_image_folder({"a": 3}, size=(64, 64))
     data = (src / "a" / "a_002.png").read_bytes()
     (src / "a" / "a_002.png").write_bytes(data[: len(data) // 2])
-    with pytest.raises(OSError, match="a_002.png: cannot read image"):
+    with pytest.raises(ValueError, match="a_002.png: cannot read image"):
         prepare_dataset(PrepareConfig(str(src), str(tmp_path / "o"), patch=32, workers=2), progress=False)
     assert not (tmp_path / "o").exists() and _leftovers(tmp_path, "o") == []
 
@@ -222,3 +225,9 @@ def test_out_inside_source_refused(make_image_folder):
         prepare_dataset(PrepareConfig(str(src), str(src / "prepared"), patch=32), progress=False)
     with pytest.raises(ValueError, match="must not be the source folder"):
         prepare_dataset(PrepareConfig(str(src), str(src.parent), patch=32), progress=False)
+
+
+def test_stride_larger_than_patch_warns(make_image_folder, tmp_path):
+    src = make_image_folder({"a": 1}, size=(96, 96))
+    with pytest.warns(UserWarning, match="stride=48 > patch=32: 16 px"):
+        prepare_dataset(PrepareConfig(str(src), str(tmp_path / "o"), patch=32, stride=48), progress=False)

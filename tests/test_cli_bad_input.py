@@ -1,0 +1,108 @@
+"""Every command of ``python -m histlib`` over a table of bad inputs: one error naming the file or field, exit
+status 2 (download: 1), no traceback, nothing half-written."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from histlib.__main__ import main
+
+TINY = dict(G_kwargs=dict(z_dim=16, w_dim=16, mapping_layers=1, channel_base=128, channel_max=16),
+            D_kwargs=dict(channel_base=128, channel_max=16, embed_dim=16))
+
+
+def _images(root, classes=("a", "b"), n=6, size=32):
+    rng = np.random.default_rng(0)
+    for c in classes:
+        (root / c).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(root / c / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """Raw and prepared images, a 16 px GAN checkpoint, config files, bad files of several kinds."""
+    from histlib import train_gan as tg
+    from histlib.data.prepare import PrepareConfig, prepare_dataset
+
+    w = tmp_path_factory.mktemp("cli")
+    raw = _images(w / "raw")
+    prepare_dataset(PrepareConfig(source=str(raw), out=str(w / "prepared"), val_fraction=0.34, group_by="patch"),
+                    progress=False)
+    truncated = _images(w / "truncated")
+    data = (truncated / "a" / "1.png").read_bytes()
+    (truncated / "a" / "1.png").write_bytes(data[:len(data) // 2])
+    cfg = tg.TrainConfig.from_profile("demo", **TINY, data_dir=str(w / "prepared"), resolution=16, batch_size=8,
+                                      kimg=0.016, tick_kimg=0.016, progress=False, grid_columns=2)
+    tg.train_gan(cfg, w / "gan16")
+    (w / "gan.json").write_text(json.dumps({**TINY, "data_dir": str(w / "prepared"), "resolution": 32, "kimg": 0.016,
+                                            "batch_size": 8, "progress": False,
+                                            "resume_from": str(w / "gan16" / "checkpoints" / "latest.pt")}))
+    (w / "bad_kimg.json").write_text(json.dumps({"kimg": "three"}))
+    (w / "list.json").write_text("[1, 2]")
+    (w / "not.json").write_text("{kimg: ")
+    (w / "broken.pt").write_bytes(b"\x80\x02garbage")
+    (w / "classify.json").write_text(json.dumps({"real_dir": str(w / "prepared"), "image_size": 32}))
+    (w / "a_file").write_text("x")
+    (w / "study.yaml").write_text("name: s\nbase: {name: b, prepare: {patch: 64}}\n")
+    return w
+
+
+CASES = [
+    # (argv with {w} for the fixture folder, words that must appear in the error)
+    ("prepare --source {w}/nope --out {w}/o1", ["nope", "not found"]),
+    ("prepare --source {w}/raw --out {w}/o2 --patch 0", ["patch=0"]),
+    ("prepare --source {w}/raw --out {w}/o3 --val-fraction 0.5 --test-fraction 0.6", ["test_fraction=0.6"]),
+    ("prepare --source {w}/truncated --out {w}/o4 --patch 16", ["1.png", "cannot read image"]),
+    ("prepare --source {w}/truncated --out {w}/o5 --patch 16 --workers 2", ["1.png", "cannot read image"]),
+    ("prepare --source {w}/raw --out {w}/a_file/o6", ["a_file", "a file is in the way"]),
+    ("prepare --source {w}/raw --out {w}/o7 --split-from guess", ["split_from='guess'"]),
+    ("merge --source {w}/nope --name x --source {w}/raw --name y --out {w}/m1", ["nope"]),
+    ("download NCT-CRC-HE-1M --to {w}/dl", ["NCT-CRC-HE-1M", "NCT-CRC-HE-100K"]),
+    ("download PATH-DT-MSU --to {w}/dl", ["PATH-DT-MSU", "by hand"]),
+    ("train-gan --config {w}/nope.json --run-dir {w}/t1", ["nope.json"]),
+    ("train-gan --config {w}/bad_kimg.json --run-dir {w}/t2", ["TrainConfig.kimg='three'", "a number"]),
+    ("train-gan --config {w}/list.json --run-dir {w}/t3", ["list.json"]),
+    ("train-gan --config {w}/not.json --run-dir {w}/t4", ["not.json"]),
+    ("train-gan --config {w}/gan.json --run-dir {w}/t5", ["16 px", "32 px"]),
+    ("train-gan --config {w}/classify.json --run-dir {w}/t6", ["TrainConfig", "real_dir"]),
+    ("generate --checkpoint {w}/broken.pt --run-dir {w}/g1", ["broken.pt", "cannot read checkpoint"]),
+    ("generate --checkpoint {w}/gan16 --run-dir {w}/g2 --images-per-class -3", ["images_per_class"]),
+    ("metrics --real {w}/nope --fake {w}/raw", ["nope", "not found"]),
+    ("metrics --real {w}/raw --fake {w}/raw --k 0", ["--k 0"]),
+    ("metrics --real {w}/raw --fake {w}/raw --k 20", ["12 real and 12 generated", "k=20"]),
+    ("metrics --real {w}/raw --fake {w}/raw --extractor domain:{w}/broken.pt", ["broken.pt"]),
+    ("classify --config {w}/classify.json --run-dir {w}/c1 --set epochs=two", ["ClassifyConfig.epochs='two'"]),
+    ("classify --config {w}/classify.json --run-dir {w}/c2 --set 'image_size=\"32\"'",
+     ["ClassifyConfig.image_size='32'", "an integer"]),
+    ("classify --config {w}/classify.json --run-dir {w}/c3 --set epoch=2", ["epoch", "did you mean 'epochs'"]),
+    ("study run {w}/study.yaml", ["base.prepare", "'patch'", "did you mean 'PATCH'"]),
+    ("study plan {w}/missing.yaml", ["missing.yaml", "not found"]),
+]
+
+
+@pytest.mark.parametrize("argv, words", CASES, ids=[c[0].split()[0] + ":" + c[0].split()[-1] for c in CASES])
+def test_bad_input_gets_one_clear_error(world, capsys, argv, words):
+    import shlex
+
+    args = [a.replace("{w}", str(world)) for a in shlex.split(argv)]
+    code = main(args)
+    err = capsys.readouterr().err
+    assert code in (1, 2), err
+    assert "Traceback" not in err
+    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1, err
+    for word in words:
+        assert word in err, (word, err)
+    out = args[args.index("--out") + 1] if "--out" in args else args[args.index("--run-dir") + 1] \
+        if "--run-dir" in args else None
+    if out and not out.endswith("/o6"):
+        from pathlib import Path
+
+        p = Path(out)
+        assert not p.exists() or not any(p.iterdir()), f"{out} left behind: {list(p.iterdir())}"
