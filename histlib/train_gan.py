@@ -662,9 +662,10 @@ def _check_base_matches(base: dict[str, Any], net_kwargs: dict[str, Any], cfg: T
     theirs = (base.get("network_kwargs") or {}).get("G") or {}
     ours = net_kwargs["G"]
     if theirs.get("img_resolution") not in (None, ours["img_resolution"]):
-        raise ValueError(f"TrainConfig.resume_from={base['path']}: the base checkpoint is {theirs['img_resolution']} px, "
-                         f"this run is {ours['img_resolution']} px; set resolution={theirs['img_resolution']} (the "
-                         "images are resized to it) or train a base at this resolution")
+        theirs_px, ours_px = theirs["img_resolution"], ours["img_resolution"]
+        raise ValueError(f"TrainConfig.resume_from={base['path']}: the base checkpoint is {theirs_px} px, this run "
+                         f"is {ours_px} px; set resolution={theirs_px} (the images are resized to it) or train a base "
+                         "at this resolution")
     keys = ("z_dim", "w_dim", "mapping_layers", "channel_base", "channel_max")
     diff = {k: (theirs.get(k), ours.get(k)) for k in keys if k in theirs and theirs.get(k) != ours.get(k)}
     if diff:
