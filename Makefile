@@ -42,8 +42,9 @@ test-notebooks: $(VENV)/.installed
 gpu-check:
 	bash tools/gpu_check.sh
 
+# JupyterLab refuses to start as root (containers) unless told it may
 lab: $(VENV)/.installed
-	$(VENV)/bin/jupyter lab notebooks/
+	$(VENV)/bin/jupyter lab notebooks/ $$(test "$$(id -u)" = 0 && echo --allow-root)
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check histlib tests benchmarks

@@ -407,7 +407,7 @@ def classifier_runs(df: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(columns=["dataset", "train_set", "variant", "model", "seed"])
     out = pd.DataFrame({
         "dataset": part["dataset"], "train_set": part["train_set"],
-        "variant": part["variant"].fillna("") if "variant" in part else "",
+        "variant": part["variant"].astype(object).where(part["variant"].notna(), "") if "variant" in part else "",
         "model": part["model"], "seed": pd.to_numeric(part["seed"], errors="coerce"),
         "val_accuracy": pd.to_numeric(part.get("accuracy"), errors="coerce"),
         "val_balanced_accuracy": pd.to_numeric(part.get("balanced_accuracy"), errors="coerce"),
@@ -827,6 +827,41 @@ def transfer_summary(run_dir: str | os.PathLike) -> pd.DataFrame:
     return table
 
 
+def class_init_table(run_dir: str | os.PathLike) -> pd.DataFrame:
+    """How a fine-tuning run started its new classes (``finetune.json``): per target class the method, the base
+    class it started from and the similarity of the two in the base discriminator's embedding; the relabellings
+    during training (``metrics.json``) are in ``attrs['realignments']``. Empty when the classes were loaded."""
+    info = _finetune_json(run_dir) or {}
+    init = info.get("class_init") or {}
+    classes = info.get("classes") or []
+    if not init or init.get("method") == "loaded":
+        return pd.DataFrame(columns=["method", "started from base class", "similarity"])
+    rows = {}
+    matched = init.get("matched_base_class") or {}
+    sims = init.get("similarity")
+    for i, c in enumerate(classes):
+        j = (init.get("match") or [None] * len(classes))[i]
+        rows[c] = {"method": init["method"], "started from base class": matched.get(c, "—"),
+                   "similarity": round(float(sims[i][j]), 3) if sims is not None and j is not None else math.nan}
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    table.index.name = "target class"
+    metrics = runs.project_path(run_dir) / "metrics.json"
+    table.attrs["realignments"] = (runs.read_json(metrics).get("class_realignments") if metrics.is_file() else None)
+    return table
+
+
+def run_overview(df: pd.DataFrame) -> pd.DataFrame:
+    """One line per finished run with the few numbers that identify it (not every metric key): the stage, dataset,
+    run and, where present, kimg, accuracy and test accuracy, class fidelity, FID."""
+    if df is None or len(df) == 0:
+        return pd.DataFrame(columns=list(ID_COLUMNS))
+    keep = [c for c in ("kimg", "img_per_s", "accuracy", "balanced_accuracy", "test_accuracy", "fidelity/agreement",
+                        "n_images") if c in df.columns]
+    keep += [c for c in df.columns if str(c).endswith("/fid") and "/per_class/" not in str(c)]
+    out = df[[*ID_COLUMNS, *keep]].copy()
+    return out.set_index(list(ID_COLUMNS)).round(4)
+
+
 def transfer_tensors(run_dir: str | os.PathLike, statuses: Sequence[str] = ("skipped", "reinitialised", "frozen"),
                      ) -> pd.DataFrame:
     """One row per (network, tensor, status) of a fine-tuning run, for the statuses asked for.
@@ -948,33 +983,55 @@ def _empty_figure(message: str):
 
 
 def plot_classification(df: pd.DataFrame, metrics: Sequence[str] = CLASSIFICATION_METRICS):
-    """Bars of the mean over seeds (± std) per train set × model, one panel per dataset and metric; dots = seeds."""
+    """Bars of the mean over seeds per training set (with the GAN variant that made its synthetic images) × model,
+    one panel per dataset and metric, in %: dots are the seeds, error bars the standard deviation (only from two
+    seeds on), the dotted line is chance; test numbers when every run has them, else validation (in the title)."""
     import matplotlib.pyplot as plt
 
-    part = _classify_rows(df)
-    metrics = [m for m in metrics if m in part.columns]
-    if len(part) == 0 or not metrics:
+    runs_df = classifier_runs(df)
+    if len(runs_df) == 0:
         return _empty_figure("no classification runs in this study yet")
-    datasets = list(dict.fromkeys(part["dataset"]))
-    fig, axes = plt.subplots(len(datasets), len(metrics), figsize=(5.5 * len(metrics), 3.4 * len(datasets)),
+    datasets = list(dict.fromkeys(runs_df["dataset"]))
+    fig, axes = plt.subplots(len(datasets), len(metrics), figsize=(6 * len(metrics), 3.8 * len(datasets)),
                              squeeze=False)
+    classes = _class_counts(df)
     for i, dataset in enumerate(datasets):
-        d = part[part["dataset"] == dataset]
-        keys = list(dict.fromkeys(zip(d["train_set"], d["model"])))
+        d = runs_df[runs_df["dataset"] == dataset]
+        split = evaluated_on(d)
+        keys = list(dict.fromkeys(zip(d["train_set"], d["variant"], d["model"])))
         for j, m in enumerate(metrics):
             ax = axes[i][j]
-            for x, (ts, model) in enumerate(keys):
-                vals = pd.to_numeric(d[(d["train_set"] == ts) & (d["model"] == model)][m], errors="coerce").dropna()
-                std = vals.std(ddof=1) if len(vals) > 1 else 0.0
-                ax.bar(x, vals.mean(), yerr=std, capsize=4, color=f"C{x % 10}", alpha=0.75)
+            col = f"{split}_{m}"
+            for x, (ts, variant, model) in enumerate(keys):
+                vals = 100 * d[(d["train_set"] == ts) & (d["variant"] == variant) & (d["model"] == model)][col].dropna()
+                ax.bar(x, vals.mean(), yerr=vals.std(ddof=1) if len(vals) > 1 else None, capsize=4,
+                       color=f"C{TRAIN_SET_ORDER.index(ts) if ts in TRAIN_SET_ORDER else 3}", alpha=0.75)
                 ax.scatter(np.full(len(vals), x), vals, color="k", s=12, zorder=3)
+                ax.text(x, 1, f"n={len(vals)}", ha="center", va="bottom", fontsize=7)
             ax.set_xticks(range(len(keys)))
-            ax.set_xticklabels([f"{ts}\n{model}" for ts, model in keys], fontsize=8)
-            ax.set_ylim(0, 1)
-            ax.set_title(f"{dataset}: {m.replace('_', ' ')}")
+            ax.set_xticklabels([f"{ts}\n{variant}\n{model}" if variant else f"{ts}\n{model}"
+                                for ts, variant, model in keys], fontsize=7)
+            if classes.get(dataset):
+                ax.axhline(100 / classes[dataset], color="grey", ls=":", lw=1,
+                           label=f"chance ({100 / classes[dataset]:.1f} %)")
+                ax.legend(fontsize=7, loc="lower right")
+            ax.set_ylim(0, 100)
+            ax.set_ylabel(f"{m.replace('_', ' ')} (%)")
+            ax.set_title(f"{dataset}: {m.replace('_', ' ')} on {split}")
     fig.tight_layout()
     plt.close(fig)  # out of pyplot's registry: the notebook displays the returned figure once
     return fig
+
+
+def _class_counts(df: pd.DataFrame) -> dict[str, int]:
+    """Number of classes per dataset, from the classifier runs' recall keys."""
+    out = {}
+    part = _classify_rows(df)
+    for ds, g in part.groupby("dataset"):
+        cols = [c for c in g.columns if str(c).startswith("recall/") and g[c].notna().any()]
+        if cols:
+            out[ds] = len(cols)
+    return out
 
 
 def plot_gan_metrics(df: pd.DataFrame, stage: str = "generate"):

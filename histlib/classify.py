@@ -42,9 +42,10 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from histlib.config import check_types, from_dict
+from histlib.progress import iterate
+from histlib.progress import mode as progress_mode
 from histlib.runs import Run, atomic_torch_save, config_hash, read_json
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -775,7 +776,7 @@ def train_classifier(cfg: ClassifyConfig, run_dir: str | os.PathLike, progress: 
         model.train()
         t0 = time.perf_counter()
         loss_sum, correct, seen = 0.0, 0, 0
-        bar = tqdm(train_loader, desc=f"{cfg.model} epoch {epoch}/{cfg.epochs}", leave=False, disable=not progress)
+        bar = iterate(train_loader, desc=f"{cfg.model} epoch {epoch}/{cfg.epochs}", leave=False, disable=not progress)
         for x, y in bar:
             x = x.to(device, non_blocking=True)  # [B, 3, S, S]
             if channels_last:
@@ -793,7 +794,8 @@ def train_classifier(cfg: ClassifyConfig, run_dir: str | os.PathLike, progress: 
             loss_sum += float(loss.detach()) * len(y)
             correct += int((logits.detach().argmax(1) == y).sum())
             seen += len(y)
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}")
+            if hasattr(bar, "set_postfix"):
+                bar.set_postfix(loss=f"{loss_sum / seen:.3f}")
             if step >= total_steps:
                 break
         train_time = time.perf_counter() - t0
@@ -817,6 +819,10 @@ def train_classifier(cfg: ClassifyConfig, run_dir: str | os.PathLike, progress: 
             "val_loss": val_loss, "val_accuracy": m["accuracy"], "val_balanced_accuracy": m["balanced_accuracy"],
             "best": improved, "epoch_time_s": train_time, "train_img_per_s": seen / max(train_time, 1e-9),
         })
+        if progress and progress_mode() == "plain":  # one line per epoch in exported reports
+            print(f"{cfg.model} {cfg.train_set}{f' ({cfg.variant})' if cfg.variant else ''} seed {cfg.seed}: epoch "
+                  f"{epoch}/{cfg.epochs}, train loss {loss_sum / max(seen, 1):.3f}, val balanced accuracy "
+                  f"{m['balanced_accuracy']:.3f}{' (best)' if improved else ''}", flush=True)
         if cfg.early_stopping_patience and stale_epochs >= cfg.early_stopping_patience:
             stopped_early = True
             break

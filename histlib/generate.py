@@ -38,9 +38,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from histlib import runs
+from histlib.progress import iterate
+from histlib.progress import progress as progress_bar
 
 IMAGE_FORMATS = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP"}
 NOISE_MODES = ("random", "const", "none")
@@ -349,7 +350,7 @@ def generate_images(
     t0 = time.perf_counter()
     written: list[dict[str, int]] = []
     with runs.atomic_dir(out) as tmp, ThreadPoolExecutor(max_workers=workers) as pool, \
-            tqdm(total=total, desc="generate", unit="img", disable=not progress) as bar:
+            progress_bar(total=total, desc="generate", unit="img", disable=not progress) as bar:
         for j, folder in enumerate(set_dirs(tmp, num_sets)):
             written.append(_generate_set(G, class_index, counts, folder, int(seed) + j,
                                          truncation_psi=truncation_psi, batch_size=batch_size,
@@ -484,7 +485,7 @@ def folder_features(root: str | os.PathLike, extractor: Any, *, split: str | Non
     """
     ds = _image_dataset(root, split, resolution)
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    feats = [extractor(x).detach().float().cpu() for x, _ in tqdm(loader, desc=desc or "features", unit="batch",
+    feats = [extractor(x).detach().float().cpu() for x, _ in iterate(loader, desc=desc or "features", unit="batch",
                                                                   leave=False, disable=not progress)]
     return torch.cat(feats), ds
 

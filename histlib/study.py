@@ -44,6 +44,7 @@ from typing import Any
 
 from histlib import runs
 from histlib.config import nearest
+from histlib.progress import MODE_VARIABLE as PROGRESS_VARIABLE
 
 # stage -> notebook file, in execution order
 STAGES: dict[str, str] = {
@@ -102,6 +103,7 @@ class Study:
     settings: dict[str, dict[str, Any]]
     path: Path
     results_root: Path = Path("results")
+    description: str = ""
 
     @property
     def out_dir(self) -> Path:
@@ -168,7 +170,7 @@ def load_study(path: str | os.PathLike, results_root: str | os.PathLike = "resul
     bad = [v for v in variants if v not in VARIANTS]
     _require(not bad, path, f"finetune.variants: unknown variant(s) {bad}; expected some of {list(VARIANTS)}")
     return Study(name=name, profile=profile, stages=stages, base=base, targets=targets, settings=settings,
-                 path=path, results_root=Path(results_root))
+                 path=path, results_root=Path(results_root), description=str(doc.get("description") or "").strip())
 
 
 # Lower-case keys configure the runner; every other key of a stage mapping is an UPPER_CASE notebook parameter.
@@ -507,14 +509,36 @@ def is_done(study: Study, step: Step) -> bool:
     return info.get("status") == "finished" and info.get("hash") == step.hash and html.is_file()
 
 
-def export_html(ipynb: Path, html: Path) -> Path:
-    """Exports an executed notebook to a standalone HTML report (written atomically)."""
+def export_html(ipynb: Path, html: Path, title: str | None = None) -> Path:
+    """Exports an executed notebook to a standalone HTML report that reads offline (written atomically).
+
+    nbconvert's template loads MathJax and require.js from a CDN: both are left out (the reports hold no LaTeX and
+    no widgets), so a page never asks the network for anything. The page title is ``title`` (default: the file
+    name), not "Notebook".
+    """
+    import re
+
     import nbconvert
     import nbformat
 
     nb = nbformat.read(str(ipynb), as_version=4)
-    body, _ = nbconvert.HTMLExporter().from_notebook_node(nb)
+    for i, cell in enumerate(nb.cells):  # say which parameters won: papermill's cell overrides the defaults above it
+        if "injected-parameters" in cell.get("metadata", {}).get("tags", []):
+            nb.cells.insert(i, nbformat.v4.new_markdown_cell(
+                "**Parameters of this run** (given by the study; they replace the defaults in the cell above)."))
+            break
+    exporter = nbconvert.HTMLExporter(mathjax_url="", require_js_url="", jquery_url="", widget_renderer_url="",
+                                      jupyter_widgets_base_url="", mermaid_js_url="")
+    body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": title or html.stem}})
+    body = re.sub(r'<script[^>]*\ssrc=""[^>]*>\s*</script>', "", body)
     return runs.atomic_write_text(html, body)
+
+
+def step_title(study: Study, step: Step) -> str:
+    """``"demo · 03 finetune · sample_target · pretrained"``: the title of a step's report."""
+    parts = step.name.split("__")
+    head = parts[0].replace("_", " ", 1)
+    return " · ".join([study.name, head, *parts[1:]])
 
 
 # parameters naming a step's own output folder (the data stage's OUT_DIR is keyed by its config in prepare.json)
@@ -565,24 +589,33 @@ def execute_step(study: Study, step: Step, *, log_output: bool = False, kernel_n
     final = out_dir / f"{step.name}.ipynb"
     tmp = out_dir / f".{step.name}.running.ipynb"
     t0 = time.time()
+    # plain-text progress lines in the kernels (a widget would render empty in the exported HTML); the kernel's own
+    # log (its warning about TCP transport on a local machine) is not the user's business
+    previous = os.environ.get(PROGRESS_VARIABLE)
+    os.environ[PROGRESS_VARIABLE] = "plain"
     try:
         papermill.execute_notebook(str(_notebook_path(step.notebook)), str(tmp), parameters=step.params,
                                    cwd=str(root), log_output=log_output, progress_bar=False,
-                                   kernel_name=kernel_name)
+                                   kernel_name=kernel_name, extra_arguments=["--IPKernelApp.log_level=ERROR"])
     except BaseException as e:
         runs.write_json(_state_path(study, step), {"status": "failed", "hash": step.hash, "params": step.params,
                                                    "notebook": step.notebook, "seconds": round(time.time() - t0, 1),
-                                                   "error": f"{type(e).__name__}: {str(e)[:500]}"})
+                                                   "error": _error_line(e)})
         if tmp.exists():
             failed = out_dir / f"{step.name}.failed.ipynb"
             os.replace(tmp, failed)
             try:
-                export_html(failed, failed.with_suffix(".html"))
+                export_html(failed, failed.with_suffix(".html"), f"{step_title(study, step)} (failed)")
             except Exception:  # the failure itself is what the user needs to see; the HTML is a convenience
                 pass
         raise
+    finally:
+        if previous is None:
+            os.environ.pop(PROGRESS_VARIABLE, None)
+        else:
+            os.environ[PROGRESS_VARIABLE] = previous
     os.replace(tmp, final)
-    html = export_html(final, final.with_suffix(".html"))
+    html = export_html(final, final.with_suffix(".html"), step_title(study, step))
     for stale in (out_dir / f"{step.name}.failed.ipynb", out_dir / f"{step.name}.failed.html"):
         stale.unlink(missing_ok=True)
     runs.write_json(_state_path(study, step), {"status": "finished", "hash": step.hash, "params": step.params,
@@ -595,6 +628,10 @@ def run_study(path: str | os.PathLike, *, force: bool = False, only: Iterable[st
               log_output: bool = False) -> list[dict[str, Any]]:
     """Runs a study; returns one summary row per step (also written to ``results/<study>/study.json``).
 
+    A step that fails is recorded as ``failed`` (its partial report kept) and only the steps that depend on it are
+    skipped (``blocked``); every independent step still runs. ``results/<study>/index.html`` is rebuilt after every
+    step. Running the study again retries what failed and skips what finished.
+
     Args:
         path: the study YAML.
         force: re-run steps even when a finished run with the same hash exists.
@@ -603,7 +640,7 @@ def run_study(path: str | os.PathLike, *, force: bool = False, only: Iterable[st
         results_root: where ``<study>/`` goes, relative to the project root.
         log_output: stream the notebooks' output to the terminal.
     """
-    from tqdm.auto import tqdm
+    from histlib.progress import progress
 
     study = load_study(runs.project_path(path), results_root)
     steps = plan(study)
@@ -614,32 +651,89 @@ def run_study(path: str | os.PathLike, *, force: bool = False, only: Iterable[st
         raise StudyError(f"--only: unknown stage(s) {sorted(bad)}; expected some of {list(STAGES)}")
     selected = [s for s in steps if not only or s.stage in only]
     validate(selected, study)
-    rows: list[dict[str, Any]] = []
-    bar = tqdm(selected, desc=f"study {study.name}", unit="step", disable=dry_run)
-    for step in bar:
-        bar.set_postfix_str(step.name)
-        done = is_done(study, step)
-        row = {"step": step.name, "stage": step.stage, "dataset": step.dataset, "hash": step.hash}
-        if dry_run:
-            row["status"] = "finished (skip)" if done and not force else "to run"
+    rows = [{"step": s.name, "stage": s.stage, "dataset": s.dataset, "hash": s.hash, "status": "pending"}
+            for s in selected]
+    for conflict in prepared_conflicts(study, selected):
+        print(f"warning: {conflict}", file=sys.stderr)
+    if dry_run:
+        for step, row in zip(selected, rows):
+            row["status"] = "finished (skip)" if is_done(study, step) and not force else "to run"
             print(f"{row['status']:>16}  {step.name}")
-        elif done and not force:
+        _print_plan_summary(study, selected, rows)
+        return rows
+    by_name = dict(zip((s.name for s in selected), rows))
+    _write_study_json(study, path, rows)
+    bar = progress(total=len(selected), desc=f"study {study.name}", unit="step")
+    for step, row in zip(selected, rows):
+        failed_deps = [d for d in step.depends if by_name.get(d, {}).get("status") in ("failed", "blocked")]
+        if failed_deps:
+            row.update(status="blocked", reason=f"depends on {', '.join(failed_deps)}, which did not finish")
+            bar.write(f"{step.name}: not run, {row['reason']}")
+        elif is_done(study, step) and not force:
             row["status"] = "skipped (finished, same hash)"
-            tqdm.write(f"{step.name}: finished before with the same settings, skipped")
+            bar.write(f"{step.name}: finished before with the same settings, skipped")
         else:
             t0 = time.time()
-            html = execute_step(study, step, log_output=log_output)
-            root = runs.project_root()
-            shown = html.relative_to(root) if html.is_relative_to(root) else html
-            row.update(status="finished", seconds=round(time.time() - t0, 1), html=shown.as_posix())
-            tqdm.write(f"{step.name}: finished in {row['seconds']} s -> {row['html']}")
-        rows.append(row)
-    if dry_run:
-        _print_plan_summary(study, selected, rows)
-    else:
-        runs.write_json(runs.project_path(study.out_dir / "study.json"),
-                        {"study": study.name, "profile": study.profile, "file": str(path), "steps": rows})
+            try:
+                html = execute_step(study, step, log_output=log_output)
+            except Exception as e:  # noqa: BLE001 - one step's failure must not stop independent steps
+                row.update(status="failed", seconds=round(time.time() - t0, 1), error=_error_line(e))
+                bar.write(f"{step.name}: FAILED after {row['seconds']} s ({row['error']}); report: "
+                          f"{runs.display_path(study.out_dir / 'notebooks' / (step.name + '.failed.html'))}")
+            else:
+                row.update(status="finished", seconds=round(time.time() - t0, 1), html=runs.display_path(html))
+                bar.write(f"{step.name}: finished in {row['seconds']} s -> {row['html']}")
+        bar.update(1)
+        _write_study_json(study, path, rows)
+    bar.close()
     return rows
+
+
+_PREPARE_FIELDS = {"SOURCE_DIR": "source", "OUT_DIR": "out", "PATCH": "patch", "STRIDE": "stride", "STAIN": "stain",
+                   "VAL_FRACTION": "val_fraction", "TEST_FRACTION": "test_fraction", "SPLIT_FROM": "split_from",
+                   "SPLIT_RENAME": "split_rename", "SLIDES": "slides", "GROUP_BY": "group_by", "SEED": "seed",
+                   "ANNOTATIONS": "annotations", "MIN_FRACTION": "min_fraction", "RESIZE": "resize",
+                   "IMAGE_FORMAT": "image_format"}
+
+
+def prepared_conflicts(study: Study, steps: list[Step]) -> list[str]:
+    """Data steps whose output folder holds a dataset prepared with other settings (e.g. by another study using
+    the same dataset name): running them would replace it under the other study's feet."""
+    from histlib.data.prepare import PREPARE_JSON, PrepareConfig, prepare_hash
+
+    defaults = _stage_parameters("data") or {}
+    out = []
+    for step in steps:
+        if step.stage != "data" or is_done(study, step):
+            continue
+        values = {**defaults, **step.params}
+        target = runs.project_path(values["OUT_DIR"])
+        if not (target / PREPARE_JSON).is_file():
+            continue
+        cfg = PrepareConfig(**{f: values.get(k) for k, f in _PREPARE_FIELDS.items()}).resolve_paths()
+        if runs.read_json(target / PREPARE_JSON).get("config_hash") != prepare_hash(cfg):
+            out.append(f"{runs.display_path(target)} holds dataset {step.dataset!r} prepared with other settings "
+                       f"(another study?); {step.name} would replace it. Give this dataset another name, or "
+                       "'prepared: FOLDER' to use the existing one as it is")
+    return out
+
+
+def _error_line(e: BaseException) -> str:
+    """``ValueError: bad patch`` for an error raised inside a notebook (papermill keeps its name and value)."""
+    if hasattr(e, "ename") and hasattr(e, "evalue"):
+        return f"{e.ename}: {str(e.evalue)[:300]}"
+    lines = [ln for ln in str(e).splitlines() if ln.strip()]
+    return f"{type(e).__name__}: {lines[0][:300] if lines else ''}"
+
+
+def _write_study_json(study: Study, path: str | os.PathLike, rows: list[dict[str, Any]]) -> None:
+    """``results/<study>/study.json`` (every step's status) and the index page built from it."""
+    from histlib.report import build_index
+
+    runs.write_json(runs.project_path(study.out_dir / "study.json"),
+                    {"study": study.name, "profile": study.profile, "file": runs.display_path(path),
+                     "description": study.description, "steps": rows})
+    build_index(study.out_dir)
 
 
 def _print_plan_summary(study: Study, steps: list[Step], rows: list[dict[str, Any]]) -> None:
@@ -677,7 +771,14 @@ def main(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.action == "run":
-        ran = sum(r["status"] == "finished" for r in rows)
-        print(f"study done: {ran} step(s) run, {len(rows) - ran} skipped; reports under "
-              f"{Path(args.results) / load_study(runs.project_path(args.study)).name / 'notebooks'}")
+        counts = {k: sum(r["status"].startswith(k) for r in rows) for k in ("finished", "skipped", "failed", "blocked")}
+        name = load_study(runs.project_path(args.study)).name
+        print(f"study done: {counts['finished']} step(s) run, {counts['skipped']} skipped as finished, "
+              f"{counts['failed']} failed, {counts['blocked']} not run because a step they need failed; "
+              f"index: {runs.display_path(Path(args.results) / name / 'index.html')}")
+        if counts["failed"]:
+            for r in rows:
+                if r["status"] == "failed":
+                    print(f"  failed: {r['step']}: {r.get('error', '')}", file=sys.stderr)
+            return 1
     return 0

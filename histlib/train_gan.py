@@ -945,9 +945,9 @@ def _train(cfg, run_dir, hooks, early_stopping, resume, device, dist_info, t_sta
     tick_start_nimg, tick_train_time = cur_nimg, 0.0
     bar = None
     if rank0 and cfg.progress:
-        from tqdm.auto import tqdm
+        from histlib.progress import progress
 
-        bar = tqdm(total=round(total_nimg / 1000, 3), initial=round(cur_nimg / 1000, 3), unit="kimg",
+        bar = progress(total=round(total_nimg / 1000, 3), initial=round(cur_nimg / 1000, 3), unit="kimg",
                    desc="train_gan", dynamic_ncols=True)
     # a run that stopped early stays stopped when resumed (its early-stopping state says so)
     done = cur_nimg >= total_nimg or stopped_early
@@ -1130,7 +1130,8 @@ def _train(cfg, run_dir, hooks, early_stopping, resume, device, dist_info, t_sta
         **{k: v for k, v in last.items() if k.startswith("loss") or k in ("r1_penalty", "pl_mean")},
         **{f"metrics/{k}": v for k, v in hook_results.items()},
         **({f"best/{k}": v for k, v in best.items()} if best else {}),
-        "frozen_g": len(frozen_g), "frozen_d": len(frozen_d), "class_realignments": realignments,
+        "freeze_g_blocks": cfg.freeze_g, "freeze_d_blocks": cfg.freeze_d, "frozen_g_tensors": len(frozen_g),
+        "frozen_d_tensors": len(frozen_d), "class_realignments": realignments,
         "checkpoint": latest.as_posix(), "run_dir": Path(run_dir).as_posix(),
     }
     if rank0:
@@ -1350,24 +1351,62 @@ def plot_losses(run_dir: str | os.PathLike):
 
 
 def plot_augment(run_dir: str | os.PathLike):
-    """ADA's augmentation probability p and the overfitting heuristic r_t (with its target) vs kimg."""
+    """ADA's augmentation probability p (left axis) and the overfitting heuristic r_t with its target (right axis)
+    vs kimg: p is often a few thousandths while r_t lies in [-1, 1], so they get their own scales."""
     import matplotlib.pyplot as plt
 
     path = runs.project_path(run_dir)
     stats = runs.Run(path).read_stats()
     cfg = runs.read_json(path / "config.json") if (path / "config.json").exists() else {}
-    fig, ax = plt.subplots(figsize=(6, 3.6))
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
     kimg = [r["kimg"] for r in stats]
-    ax.plot(kimg, [r.get("augment_p", 0.0) for r in stats], marker=".", label="p")
-    if any("ada_rt" in r for r in stats):
-        ax.plot(kimg, [r.get("ada_rt", float("nan")) for r in stats], marker=".", label="r_t = E[sign D(real)]")
-        if "ada_target" in cfg:
-            ax.axhline(cfg["ada_target"], color="grey", ls="--", lw=1, label="target")
+    ax.plot(kimg, [r.get("augment_p", 0.0) for r in stats], marker=".", color="C0", label="p")
+    ax.set_ylabel("augmentation probability p", color="C0")
     ax.set_xlabel("kimg")
+    if any("ada_rt" in r for r in stats):
+        ax2 = ax.twinx()
+        ax2.plot(kimg, [r.get("ada_rt", float("nan")) for r in stats], marker=".", color="C1",
+                 label="r_t = E[sign D(real)]")
+        if "ada_target" in cfg:
+            ax2.axhline(cfg["ada_target"], color="C1", ls="--", lw=1, label="target of r_t")
+        ax2.set_ylabel("r_t", color="C1")
+        ax2.legend(fontsize=8, loc="lower right")
     ax.set_title("adaptive augmentation")
-    ax.legend(fontsize=8)
     fig.tight_layout()
     plt.close(fig)  # out of pyplot's registry: the notebook displays the returned figure once
+    return fig
+
+
+def plot_class_agreement(run_dir: str | os.PathLike):
+    """How D's conditional head sees G's classes (``d_class_agreement``) and real images (``d_real_agreement``)
+    per tick, with the relabellings of G's class embeddings marked; chance = 1 / number of classes."""
+    import matplotlib.pyplot as plt
+
+    path = runs.project_path(run_dir)
+    stats = runs.Run(path).read_stats()
+    fig, ax = plt.subplots(figsize=(6.5, 3.4))
+    kimg = [r["kimg"] for r in stats]
+    for key, label in (("d_class_agreement", "G's images: asked-for class = D's nearest proxy"),
+                       ("d_real_agreement", "real images: true class = D's nearest proxy")):
+        ys = [r.get(key) for r in stats]
+        if any(y is not None for y in ys):
+            ax.plot(kimg, [float("nan") if y is None else 100 * y for y in ys], marker=".", label=label)
+    metrics = runs.read_json(path / "metrics.json") if (path / "metrics.json").is_file() else {}
+    classes = metrics.get("classes") or []
+    if classes:
+        ax.axhline(100 / len(classes), color="grey", ls=":", lw=1, label=f"chance ({100 / len(classes):.0f} %)")
+    for r in stats:
+        if r.get("class_realign"):
+            ax.axvline(r["kimg"], color="C3", lw=1, alpha=0.6)
+    if any(r.get("class_realign") for r in stats):
+        ax.plot([], [], color="C3", label="class embeddings relabelled")
+    ax.set_ylim(0, 102)
+    ax.set_xlabel("kimg")
+    ax.set_ylabel("agreement (%)")
+    ax.set_title("class agreement seen by D")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    plt.close(fig)
     return fig
 
 

@@ -46,3 +46,11 @@ def test_short_demo_study_runs_every_stage(tmp_path, monkeypatch):
         assert 0.0 <= m["accuracy"] <= 1.0 and 0.0 <= m["balanced_accuracy"] <= 1.0
         assert 0.0 <= m["test_accuracy"] <= 1.0 and m["test_n"] > 0  # the demo target has a held-out test split
     assert any((out / "analysis").glob("*.csv"))
+    # the index page and every report read offline, with working links and real titles
+    from test_report import check_offline_links
+
+    check_offline_links(out / "index.html")
+    for page in (out / "notebooks").glob("*.html"):
+        check_offline_links(page)
+        assert "<title>Notebook</title>" not in page.read_text()
+        assert "Kernel is running over TCP" not in page.read_text()

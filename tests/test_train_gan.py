@@ -249,7 +249,8 @@ def test_finetune_freezing_keeps_frozen_tensors(toy, tmp_path):
     frozen_g, frozen_d = report["frozen"]["G"], report["frozen"]["D"]
     assert frozen_d and all(n.startswith("blocks.0.") for n in frozen_d)
     assert frozen_g and all(n.startswith(("synthesis.blocks.0.", "synthesis.blocks.1.")) for n in frozen_g)
-    assert summary["frozen_g"] == len(frozen_g) and summary["frozen_d"] == len(frozen_d)
+    assert summary["frozen_g_tensors"] == len(frozen_g) and summary["frozen_d_tensors"] == len(frozen_d)
+    assert summary["freeze_g_blocks"] == 2 and summary["freeze_d_blocks"] == 1
     for name in frozen_d:
         assert torch.equal(b["D"][name], f["D"][name]), name
     for name in frozen_g:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import os
 import shutil
 import time
 import warnings
@@ -121,14 +122,19 @@ _SPLIT_FOLDER_NAMES = ("train", "val", "valid", "validation", "test")
 
 
 def _path_key(p: str | None) -> str | None:
-    """A path as hashed: relative to the project root when inside it (so CLI, notebook and runner agree)."""
+    """A path as hashed: relative to the project root when inside it, so the CLI, a notebook and the runner agree
+    and a copy of the project elsewhere (even one whose ``data/`` is a link to the original's) keeps its hashes.
+    Links are not followed for that test; a path outside the project is hashed as its resolved absolute path."""
     if p is None:
         return None
-    resolved = Path(p).expanduser().resolve()
-    try:
-        return resolved.relative_to(project_root()).as_posix()
-    except ValueError:
-        return resolved.as_posix()
+    root = project_root()
+    plain = Path(os.path.abspath(Path(p).expanduser()))  # '..' removed, links kept
+    for base in (root, root.resolve()):
+        if plain.is_relative_to(base):
+            return plain.relative_to(base).as_posix()
+    resolved = plain.resolve()
+    return resolved.relative_to(root.resolve()).as_posix() if resolved.is_relative_to(root.resolve()) \
+        else resolved.as_posix()
 
 
 def prepare_hash(cfg: PrepareConfig) -> str:

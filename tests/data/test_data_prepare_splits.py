@@ -161,3 +161,20 @@ def test_registry_states_the_path_dt_msu_split():
 
     hint = get_entry("PATH-DT-MSU").prepare
     assert hint["split_from"] == "folders" and hint["slides"] is True
+
+
+def test_prepare_hash_does_not_depend_on_where_the_project_sits(tmp_path, monkeypatch):
+    """A copy of the project whose data/ is a link to the original's hashes its sources as the original does."""
+    import histlib.data.prepare as prep
+
+    original = tmp_path / "original"
+    (original / "data" / "raw").mkdir(parents=True)
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    (copy / "data").symlink_to(original / "data")
+    hashes = []
+    for root in (original, copy):
+        monkeypatch.setattr(prep, "project_root", lambda root=root: root)
+        cfg = PrepareConfig(source=str(root / "data" / "raw"), out=str(root / "data" / "prepared" / "x"), patch=32)
+        hashes.append(prepare_hash(cfg))
+    assert hashes[0] == hashes[1]

@@ -1,0 +1,196 @@
+"""The study's index page, ``results/<study>/index.html``: the way into a study's results.
+
+One self-contained page (inline style, no script, nothing from the network; images and reports are linked by
+relative paths, so the ``results/<study>/`` folder can be copied or zipped as it is): the study's description,
+warnings (failed steps, generated sets whose labels are not trustworthy), a table of the steps with their status,
+time and report, the publication's Table 1/2 per target, each GAN variant's generated images beside the real ones
+with its class fidelity and GAN metrics (or why there are none), and links to the CSV/Markdown tables.
+
+It is rebuilt by the study runner after every step and can be rebuilt at any time from the results alone
+(:func:`build_index`).
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from histlib import analysis, runs
+
+STYLE = """
+body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;
+color:#222;line-height:1.45}
+h1{margin-bottom:.2em} h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.6em}
+table{border-collapse:collapse;margin:.6em 0;font-size:.92em} th,td{border:1px solid #ccc;padding:3px 8px;
+text-align:right} th{background:#f3f3f3} td:first-child,th:first-child{text-align:left}
+.warn{border:2px solid #c00;background:#fee;padding:.5em 1em;margin:1em 0}
+.ok{color:#070} .failed{color:#c00;font-weight:bold} .pending{color:#777}
+.grids{display:flex;gap:1em;flex-wrap:wrap;align-items:flex-start} .grids figure{margin:0}
+.grids img{image-rendering:pixelated;border:1px solid #ccc;max-width:560px}
+figcaption{font-size:.85em;color:#555} .muted{color:#666;font-size:.9em}
+"""
+
+
+def _esc(x: Any) -> str:
+    return html.escape(str(x))
+
+
+def _rel(path: Path, root: Path) -> str:
+    return Path(os.path.relpath(path, root)).as_posix()
+
+
+def _table(df: pd.DataFrame, digits: int = 3) -> str:
+    if df is None or df.empty:
+        return "<p class='muted'>(nothing yet)</p>"
+    shown = df.copy()
+    for c in shown.columns:
+        if pd.api.types.is_float_dtype(shown[c]):
+            shown[c] = shown[c].map(lambda v: "—" if pd.isna(v) else f"{v:.{digits}g}")
+    return shown.to_html(border=0, escape=True, na_rep="—")
+
+
+def _steps(root: Path, info: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    state_dir = root / "notebooks" / ".state"
+    for r in info.get("steps", []):
+        state = state_dir / f"{r['step']}.json"
+        st = runs.read_json(state) if state.is_file() else {}
+        status = st.get("status") or r.get("status", "not run")
+        report = root / "notebooks" / f"{r['step']}{'.failed' if status == 'failed' else ''}.html"
+        rows.append({"step": r["step"], "stage": r.get("stage", ""), "dataset": r.get("dataset", ""),
+                     "status": status, "seconds": st.get("seconds", r.get("seconds")),
+                     "report": report if report.is_file() else None, "error": st.get("error")})
+    return rows
+
+
+def _steps_html(rows: list[dict[str, Any]], root: Path) -> str:
+    if not rows:
+        return "<p class='muted'>No step has run yet.</p>"
+    out = ["<table><tr><th>stage</th><th>dataset</th><th>step</th><th>status</th><th>time</th><th>report</th></tr>"]
+    for r in rows:
+        cls = {"finished": "ok", "failed": "failed"}.get(r["status"], "pending")
+        secs = r["seconds"]
+        took = "—" if secs is None else (f"{secs / 60:.1f} min" if secs >= 90 else f"{secs:.0f} s")
+        link = f"<a href='{_esc(_rel(r['report'], root))}'>HTML</a>" if r["report"] else "—"
+        out.append(f"<tr><td>{_esc(r['stage'])}</td><td>{_esc(r['dataset'])}</td><td>{_esc(r['step'])}</td>"
+                   f"<td class='{cls}'>{_esc(r['status'])}</td><td>{took}</td><td>{link}</td></tr>")
+    out.append("</table>")
+    return "".join(out)
+
+
+def _variants_html(root: Path, df: pd.DataFrame) -> str:
+    parts = []
+    gen = df[df["stage"] == "generate"] if len(df) else df
+    for ds_dir in sorted(p for p in root.iterdir() if (p / "finetune").is_dir()):
+        parts.append(f"<h3>{_esc(ds_dir.name)}</h3>")
+        for run in sorted(p for p in (ds_dir / "finetune").iterdir() if p.is_dir() and not p.name.startswith(".")):
+            images = run / "images"
+            figs = []
+            for name, caption in (("reals.png", "real images"), ("grid-latest.png", "generated (G_ema, last)")):
+                if (images / name).is_file():
+                    figs.append(f"<figure><img src='{_esc(_rel(images / name, root))}' alt='{caption}'>"
+                                f"<figcaption>{caption}; one row per class</figcaption></figure>")
+            row = gen[(gen["dataset"] == ds_dir.name) & (gen["run"] == run.name)] if len(gen) else gen
+            lines = []
+            if len(row):
+                m = row.iloc[0]
+                if pd.notna(m.get("fidelity/agreement", float("nan"))):
+                    lines.append(f"class fidelity: {100 * m['fidelity/agreement']:.1f} % of generated images seen as "
+                                 f"the class asked for (chance {100 * m.get('fidelity/chance', float('nan')):.1f} %)")
+                metric_cols = [c for c in row.columns if c.endswith(("/fid", "/precision", "/recall", "/coverage"))
+                               and "/per_class/" not in c and pd.notna(m.get(c))]
+                if metric_cols:
+                    lines.append("GAN metrics: " + ", ".join(f"{c} = {m[c]:.4g}" for c in metric_cols))
+                elif isinstance(m.get("metrics_skipped"), str):
+                    lines.append(f"GAN metrics skipped: {_esc(m['metrics_skipped'])}")
+            ft = analysis._finetune_json(run) or {}
+            init = (ft.get("class_init") or {}).get("method")
+            head = f"<h4>{_esc(run.name)}</h4>" + (f"<p class='muted'>new classes: {_esc(init)}</p>" if init else "")
+            parts.append(head + f"<div class='grids'>{''.join(figs) or '<p class=muted>no images yet</p>'}</div>"
+                         + "".join(f"<p>{line}</p>" for line in lines))
+    return "".join(parts) or "<p class='muted'>No GAN has been trained in this study yet.</p>"
+
+
+def build_index(study_dir: str | os.PathLike) -> Path:
+    """Writes ``<study_dir>/index.html`` from ``study.json``, the step states and the run folders' contract files.
+
+    Returns:
+        The page's path.
+    """
+    root = runs.project_path(study_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    info = runs.read_json(root / "study.json") if (root / "study.json").is_file() else {}
+    name = info.get("study", root.name)
+    try:
+        df = analysis.collect_metrics(root)
+    except ValueError as e:  # a damaged metrics.json: show the page anyway, with the reason
+        df = pd.DataFrame(columns=["stage", "dataset", "run"])
+        info.setdefault("problems", []).append(str(e))
+    steps = _steps(root, info)
+    warnings = [f"step {r['step']} failed: {_esc(r['error'] or 'see its report')}" for r in steps
+                if r["status"] == "failed"]
+    for (ds, variant), items in analysis.fidelity_warnings(root).items():
+        warnings += [f"{_esc(ds)} / {_esc(variant)}: {_esc(w)}" for w in items]
+    warnings += [_esc(p) for p in info.get("problems", [])]
+    tables = analysis.paper_tables_view(df) if len(df) else None
+    analysis_files = sorted((root / "analysis").glob("*.*")) if (root / "analysis").is_dir() else []
+    n_done = sum(r["status"] == "finished" for r in steps)
+    body = [
+        f"<h1>{_esc(name)}</h1>",
+        f"<p>{_esc(info.get('description') or '')}</p>",
+        f"<p class='muted'>profile {_esc(info.get('profile', '?'))} · study file {_esc(info.get('file', '?'))} · "
+        f"{n_done} of {len(steps)} steps finished · page written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
+        "</p>",
+    ]
+    if warnings:
+        body.append("<div class='warn'><b>Warnings</b><ul>" + "".join(f"<li>{w}</li>" for w in warnings)
+                    + "</ul></div>")
+    body += ["<h2>The answer: Table 1/2 per target</h2>",
+             tables.html if tables is not None else "<p class='muted'>No classifier has finished yet.</p>",
+             "<h2>GAN variants: generated beside real</h2>", _variants_html(root, df),
+             "<h2>Steps</h2>", _steps_html(steps, root),
+             "<h2>Tables</h2>",
+             ("<ul>" + "".join(f"<li><a href='{_esc(_rel(f, root))}'>{_esc(f.name)}</a></li>" for f in analysis_files)
+              + "</ul>") if analysis_files else "<p class='muted'>Written by the analysis step (06) to "
+                                                "<code>analysis/</code>.</p>"]
+    page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{_esc(name)} · histlib study"
+            f"</title><style>{STYLE}</style></head><body>{''.join(body)}</body></html>")
+    return runs.atomic_write_text(root / "index.html", page)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Compact tables for notebook cells (instead of dict and dataclass dumps)
+
+
+def _show(v: Any, start: Path | None) -> Any:
+    if isinstance(v, float):
+        return "—" if v != v else float(f"{v:.4g}")
+    if isinstance(v, str) and ("/" in v or os.sep in v) and (Path(v).is_absolute()):
+        return runs.display_path(v, start)
+    if isinstance(v, (list, tuple)) and len(v) > 8:
+        return f"[{', '.join(map(str, v[:8]))}, … ({len(v)} items)]"
+    if isinstance(v, dict):
+        return ", ".join(f"{k}: {_show(x, start)}" for k, x in v.items()) or "{}"
+    return v
+
+
+def summary_table(values: Any, start: str | os.PathLike | None = None, name: str = "value") -> pd.DataFrame:
+    """A two-column view of a config dataclass or a dict: numbers with 4 significant digits, paths relative to the
+    project (or ``start``), long lists shortened, nested dicts on one line."""
+    import dataclasses
+
+    if dataclasses.is_dataclass(values) and not isinstance(values, type):
+        values = dataclasses.asdict(values)
+    base = Path(start) if start is not None else None
+    rows = {str(k): _show(v, base) for k, v in dict(values).items()}
+    frame = pd.Series(rows, name=name, dtype=object).to_frame()
+    frame.index.name = "field" if name == "value" else None
+    return frame
+
+
+config_table = summary_table
