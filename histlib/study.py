@@ -104,6 +104,7 @@ class Study:
     path: Path
     results_root: Path = Path("results")
     description: str = ""
+    resources: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
     @property
     def out_dir(self) -> Path:
@@ -135,7 +136,7 @@ def load_study(path: str | os.PathLike, results_root: str | os.PathLike = "resul
     except yaml.YAMLError as e:
         raise StudyError(f"{path}: not valid YAML ({e})") from None
     _require(isinstance(doc, dict), path, "expected a mapping at the top level")
-    known = {"name", "profile", "stages", "base", "targets", "description", *STAGES}
+    known = {"name", "profile", "stages", "base", "targets", "description", "resources", *STAGES}
     unknown = sorted(set(doc) - known)
     _require(not unknown, path, f"unknown top-level key(s) {unknown}{nearest(unknown[0], known) if unknown else ''}; "
                                 f"expected some of {sorted(known)}")
@@ -169,8 +170,15 @@ def load_study(path: str | os.PathLike, results_root: str | os.PathLike = "resul
     variants = settings["finetune"].get("variants", [])
     bad = [v for v in variants if v not in VARIANTS]
     _require(not bad, path, f"finetune.variants: unknown variant(s) {bad}; expected some of {list(VARIANTS)}")
+    from histlib.executors import ExecutorError, check_resources
+
+    try:
+        resources = check_resources(doc.get("resources"), list(STAGES))
+    except ExecutorError as e:
+        raise StudyError(f"{path}: {e}") from None
     return Study(name=name, profile=profile, stages=stages, base=base, targets=targets, settings=settings,
-                 path=path, results_root=Path(results_root), description=str(doc.get("description") or "").strip())
+                 path=path, results_root=Path(results_root), description=str(doc.get("description") or "").strip(),
+                 resources=resources)
 
 
 # Lower-case keys configure the runner; every other key of a stage mapping is an UPPER_CASE notebook parameter.
@@ -625,7 +633,8 @@ def execute_step(study: Study, step: Step, *, log_output: bool = False, kernel_n
 
 def run_study(path: str | os.PathLike, *, force: bool = False, only: Iterable[str] | None = None,
               dry_run: bool = False, results_root: str | os.PathLike = "results",
-              log_output: bool = False) -> list[dict[str, Any]]:
+              log_output: bool = False, executor: str = "sequential", jobs: int = 1,
+              cluster: str | None = None) -> list[dict[str, Any]]:
     """Runs a study; returns one summary row per step (also written to ``results/<study>/study.json``).
 
     A step that fails is recorded as ``failed`` (its partial report kept) and only the steps that depend on it are
@@ -639,9 +648,19 @@ def run_study(path: str | os.PathLike, *, force: bool = False, only: Iterable[st
         dry_run: print the plan and what would be skipped, run nothing.
         results_root: where ``<study>/`` goes, relative to the project root.
         log_output: stream the notebooks' output to the terminal.
+        executor: ``'sequential'`` (one step after another in this process), ``'local'`` (up to ``jobs`` steps at
+            once on this machine) or ``'slurm'`` (submitit jobs; ``cluster='local'``/``'debug'`` for submitit's
+            stand-ins), see :mod:`histlib.executors`.
+        jobs: steps at once (local, slurm).
+        cluster: submitit cluster for ``executor='slurm'`` (default: SLURM).
     """
+    from histlib.executors import ExecutorError, check_executor
     from histlib.progress import progress
 
+    try:
+        check_executor(executor, jobs, cluster)
+    except ExecutorError as e:
+        raise StudyError(str(e)) from None
     study = load_study(runs.project_path(path), results_root)
     steps = plan(study)
     hash_steps(steps)
@@ -663,6 +682,8 @@ def run_study(path: str | os.PathLike, *, force: bool = False, only: Iterable[st
         return rows
     by_name = dict(zip((s.name for s in selected), rows))
     _write_study_json(study, path, rows)
+    if executor != "sequential":
+        return _run_parallel(study, path, selected, rows, force, executor, jobs, cluster)
     bar = progress(total=len(selected), desc=f"study {study.name}", unit="step")
     for step, row in zip(selected, rows):
         failed_deps = [d for d in step.depends if by_name.get(d, {}).get("status") in ("failed", "blocked")]
@@ -718,6 +739,36 @@ def prepared_conflicts(study: Study, steps: list[Step]) -> list[str]:
     return out
 
 
+def _run_parallel(study: Study, path: str | os.PathLike, steps: list[Step], rows: list[dict[str, Any]], force: bool,
+                  executor: str, jobs: int, cluster: str | None) -> list[dict[str, Any]]:
+    from histlib import executors
+
+    study_file = runs.project_path(path).as_posix()
+    results_root = runs.project_path(study.results_root).as_posix()
+    out = runs.project_path(study.out_dir)
+    if executor == "local":
+        backend = executors.LocalBackend(jobs, study_file, results_root, out / "notebooks" / ".logs")
+    else:
+        backend = executors.SubmititBackend(jobs, study_file, results_root, out / ".submitit", cluster,
+                                            study.resources.get("slurm", {}))
+    done = (lambda step: False) if force else (lambda step: is_done(study, step))
+    executors.schedule(steps, rows, is_done=done, backend=backend, resources=study.resources,
+                       on_change=lambda: _write_study_json(study, path, rows))
+    _write_study_json(study, path, rows)
+    return rows
+
+
+def run_single_step(path: str | os.PathLike, step_name: str, results_root: str | os.PathLike = "results") -> Path:
+    """Executes one step of a study by name (what a parallel executor runs in each process or job)."""
+    study = load_study(runs.project_path(path), results_root)
+    steps = plan(study)
+    hash_steps(steps)
+    step = next((s for s in steps if s.name == step_name), None)
+    if step is None:
+        raise StudyError(f"{path}: no step named {step_name!r}{nearest(step_name, [s.name for s in steps])}")
+    return execute_step(study, step)
+
+
 def _error_line(e: BaseException) -> str:
     """``ValueError: bad patch`` for an error raised inside a notebook (papermill keeps its name and value)."""
     if hasattr(e, "ename") and hasattr(e, "evalue"):
@@ -760,13 +811,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         p.add_argument("--results", default="results", help="results root (default: results)")
     p_run.add_argument("--force", action="store_true", help="re-run steps even if finished with the same hash")
     p_run.add_argument("--log-output", action="store_true", help="stream notebook output to the terminal")
+    p_run.add_argument("--executor", default="sequential",
+                       help="sequential (default) | local (steps in parallel on this machine) | slurm (submitit jobs)")
+    p_run.add_argument("--jobs", type=int, default=1, help="steps at once (local: one GPU each where there are GPUs)")
+    p_run.add_argument("--cluster", default=None, help="submitit cluster for --executor slurm: slurm | local | debug")
+    p_step = sub.add_parser("step", help="execute one step of a study (what the parallel executors run)")
+    p_step.add_argument("study")
+    p_step.add_argument("--step", required=True)
+    p_step.add_argument("--results", default="results")
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.action == "step":
+        try:
+            print(runs.display_path(run_single_step(args.study, args.step, args.results)))
+        except StudyError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        return 0
     try:
         rows = run_study(args.study, force=getattr(args, "force", False), only=args.only,
                          dry_run=args.action == "plan", results_root=args.results,
-                         log_output=getattr(args, "log_output", False))
+                         log_output=getattr(args, "log_output", False),
+                         executor=getattr(args, "executor", "sequential"), jobs=getattr(args, "jobs", 1),
+                         cluster=getattr(args, "cluster", None))
     except StudyError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

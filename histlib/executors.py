@@ -1,0 +1,312 @@
+"""Running a study's steps in parallel: on this machine (``local``) or as SLURM jobs through submitit (``slurm``).
+
+The study runner knows every step's dependencies and hash; a scheduler here hands each step to an executor as soon
+as the steps it depends on have finished, keeps a live status line (running / queued / finished / failed, elapsed,
+an ETA from the durations of the steps that finished), rebuilds ``results/<study>/index.html`` after every step, and
+lets a failed step stop only what depends on it. Resuming is the runner's: a step whose hash matches a finished run
+is skipped, an interrupted one (a killed process, a job at its time limit, a lost node) is started again and resumes
+from its own checkpoints.
+
+* ``local``: up to ``jobs`` steps at once, each a ``python -m histlib study step`` process. A step that asks for
+  GPUs (``resources``) gets its own with ``CUDA_VISIBLE_DEVICES``; every step gets ``cores / jobs`` CPU threads
+  (``OMP_NUM_THREADS``) unless its resources say otherwise.
+* ``slurm``: each step is a job submitted with submitit (``sbatch`` must exist), with the per-stage resources of
+  the study file (``gpus``, ``cpus``, ``mem_gb``, ``time_min``; ``resources.slurm`` passes cluster settings such as
+  ``partition`` or ``account``). submitit's ``local`` and ``debug`` clusters run the same code on one machine.
+
+Study file::
+
+    resources:
+      default:  {gpus: 1, cpus: 8, mem_gb: 32, time_min: 240}
+      base_gan: {time_min: 4320}
+      data:     {gpus: 0}
+      slurm:    {partition: gpu, account: my_project}
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from histlib import runs
+from histlib.config import nearest
+
+EXECUTORS = ("sequential", "local", "slurm")
+SUBMITIT_CLUSTERS = ("slurm", "local", "debug")
+RESOURCE_KEYS = {"gpus": (int,), "cpus": (int,), "mem_gb": (int, float), "time_min": (int, float)}
+# what a stage needs when the study file says nothing: the GAN and classifier stages want a GPU where there is one
+DEFAULT_GPUS = {"data": 0, "base_gan": 1, "finetune": 1, "generate": 1, "classify": 1, "analysis": 0}
+
+
+class ExecutorError(ValueError):
+    """An executor, a job count or a resource request that cannot be used (named in the message)."""
+
+
+def check_resources(spec: Any, stages: list[str], where: str = "resources") -> dict[str, dict[str, Any]]:
+    """Validates a study file's ``resources`` mapping; returns it with every key known.
+
+    Raises:
+        ExecutorError: an unknown stage or key (with the nearest valid name), or a value of the wrong type.
+    """
+    if spec is None:
+        return {}
+    if not isinstance(spec, dict):
+        raise ExecutorError(f"{where}: expected a mapping of stage -> {{gpus, cpus, mem_gb, time_min}}")
+    valid_sections = [*stages, "default", "slurm"]
+    out = {}
+    for section, values in spec.items():
+        if section not in valid_sections:
+            raise ExecutorError(f"{where}: unknown section {section!r}{nearest(str(section), valid_sections)}; "
+                                f"expected some of {valid_sections}")
+        if not isinstance(values, dict):
+            raise ExecutorError(f"{where}.{section}: expected a mapping")
+        if section == "slurm":
+            _check_slurm_keys(values, f"{where}.slurm")
+        else:
+            for key, value in values.items():
+                if key not in RESOURCE_KEYS:
+                    raise ExecutorError(f"{where}.{section}: {key!r} cannot be requested"
+                                        f"{nearest(str(key), RESOURCE_KEYS)}; a step can ask for "
+                                        f"{sorted(RESOURCE_KEYS)} (cluster settings go under {where}.slurm)")
+                if isinstance(value, bool) or not isinstance(value, RESOURCE_KEYS[key]) or value < 0:
+                    raise ExecutorError(f"{where}.{section}.{key}={value!r}: expected a number >= 0")
+        out[section] = dict(values)
+    return out
+
+
+def _check_slurm_keys(values: dict[str, Any], where: str) -> None:
+    import submitit
+
+    valid = sorted(submitit.SlurmExecutor._valid_parameters())
+    for key in values:
+        if key not in valid:
+            raise ExecutorError(f"{where}: {key!r} is not a SLURM setting submitit knows{nearest(str(key), valid)}")
+
+
+def stage_resources(resources: dict[str, dict[str, Any]], stage: str) -> dict[str, Any]:
+    """The resources of one stage: the built-in GPU need, then ``default``, then the stage's own entry."""
+    return {"gpus": DEFAULT_GPUS.get(stage, 0), **resources.get("default", {}), **resources.get(stage, {})}
+
+
+def check_executor(executor: str, jobs: int, cluster: str | None = None) -> None:
+    """Refuses, before anything runs, an executor or job count that cannot work on this machine."""
+    if executor not in EXECUTORS:
+        raise ExecutorError(f"--executor {executor!r}: expected one of {EXECUTORS}{nearest(executor, EXECUTORS)}")
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ExecutorError(f"--jobs {jobs!r}: expected a positive number of steps to run at once")
+    if executor == "slurm":
+        if cluster not in (None, *SUBMITIT_CLUSTERS):
+            raise ExecutorError(f"cluster {cluster!r}: expected one of {SUBMITIT_CLUSTERS}")
+        if cluster in (None, "slurm") and shutil.which("sbatch") is None:
+            raise ExecutorError("--executor slurm: 'sbatch' is not on this machine's PATH; run the study on the "
+                                "cluster's login node, or use --executor local")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Jobs
+
+
+@dataclass
+class _Running:
+    step: Any
+    handle: Any
+    started: float
+    gpus: list[int] = field(default_factory=list)
+    log: Any = None
+
+
+def _step_command(study_file: str, step: str, results_root: str) -> list[str]:
+    return [sys.executable, "-m", "histlib", "study", "step", study_file, "--step", step, "--results", results_root]
+
+
+def run_step_job(study_file: str, step_name: str, results_root: str) -> str:
+    """What a SLURM (or submitit local) job runs: one step of the study, by name. Returns the report's path."""
+    from histlib import study as study_mod
+
+    return str(study_mod.run_single_step(study_file, step_name, results_root))
+
+
+class LocalBackend:
+    """Steps as child processes of this one, with their own GPUs and CPU threads."""
+
+    def __init__(self, jobs: int, study_file: str, results_root: str, log_dir: Path):
+        self.jobs, self.study_file, self.results_root, self.log_dir = jobs, study_file, results_root, log_dir
+        self.free_gpus = list(range(_gpu_count()))
+        self.threads = max(1, (os.cpu_count() or 1) // jobs)
+
+    def _gpus_wanted(self, res: dict[str, Any]) -> int:
+        # on a machine without GPUs every step runs on the CPU; more GPUs than the machine has: all of them
+        return min(int(res.get("gpus", 0)), _gpu_count())
+
+    def can_start(self, res: dict[str, Any], running: int) -> bool:
+        return running < self.jobs and len(self.free_gpus) >= self._gpus_wanted(res)
+
+    def start(self, step, res: dict[str, Any]) -> _Running:
+        env = dict(os.environ)
+        gpus: list[int] = []
+        want = self._gpus_wanted(res)
+        if want:
+            gpus, self.free_gpus = self.free_gpus[:want], self.free_gpus[want:]
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpus))
+        threads = str(res.get("cpus") or self.threads)
+        env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, OMP_WAIT_POLICY="PASSIVE")
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_dir / f"{step.name}.log", "w")  # noqa: SIM115 - closed in poll()
+        proc = subprocess.Popen(_step_command(self.study_file, step.name, self.results_root), env=env, stdout=log,
+                                stderr=subprocess.STDOUT, cwd=str(runs.project_root()))
+        return _Running(step, proc, time.time(), gpus, log)
+
+    def poll(self, job: _Running) -> tuple[bool, str | None]:
+        """``(done, error)``."""
+        code = job.handle.poll()
+        if code is None:
+            return False, None
+        job.log.close()
+        self.free_gpus += job.gpus
+        return True, None if code == 0 else _last_error(self.log_dir / f"{job.step.name}.log", code)
+
+
+class SubmititBackend:
+    """Steps as submitit jobs (SLURM, or submitit's local/debug clusters for tests)."""
+
+    def __init__(self, jobs: int, study_file: str, results_root: str, folder: Path, cluster: str | None,
+                 slurm: dict[str, Any]):
+        import submitit
+
+        self.jobs, self.study_file, self.results_root = jobs, study_file, results_root
+        self.executor = submitit.AutoExecutor(folder=str(folder), cluster=cluster)
+        self.slurm = {f"slurm_{k}": v for k, v in slurm.items()}
+
+    def can_start(self, res: dict[str, Any], running: int) -> bool:
+        return running < self.jobs
+
+    def start(self, step, res: dict[str, Any]) -> _Running:
+        params: dict[str, Any] = {"name": step.name, "timeout_min": int(res.get("time_min", 240)),
+                                  "gpus_per_node": int(res.get("gpus", 0)), "tasks_per_node": 1, "nodes": 1}
+        if res.get("cpus"):
+            params["cpus_per_task"] = int(res["cpus"])
+        if res.get("mem_gb"):
+            params["mem_gb"] = res["mem_gb"]
+        if self.executor.cluster == "slurm":
+            params.update(self.slurm)
+        self.executor.update_parameters(**params)
+        job = self.executor.submit(run_step_job, self.study_file, step.name, self.results_root)
+        return _Running(step, job, time.time())
+
+    def poll(self, job: _Running) -> tuple[bool, str | None]:
+        if not job.handle.done():
+            return False, None
+        try:
+            job.handle.result()
+        except Exception as e:  # noqa: BLE001 - the job's failure, reported, not raised
+            lines = [ln for ln in str(e).splitlines() if ln.strip()]
+            return True, (lines[-1] if lines else type(e).__name__)[:300]
+        return True, None
+
+
+def _gpu_count() -> int:
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([v for v in visible.split(",") if v.strip()])
+    try:
+        import torch
+
+        return torch.cuda.device_count()
+    except Exception:  # noqa: BLE001 - no torch or no driver: no GPU
+        return 0
+
+
+def _last_error(log: Path, code: int) -> str:
+    lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()] if log.is_file() else []
+    errors = [ln for ln in lines if ln.startswith("error:") or "Error" in ln]
+    return (errors[-1] if errors else f"exit status {code}")[:300]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The scheduler
+
+
+def schedule(steps: list, rows: list[dict[str, Any]], *, is_done: Callable[[Any], bool], backend,
+             resources: dict[str, dict[str, Any]], on_change: Callable[[], None], poll_s: float = 1.0,
+             status_every_s: float = 30.0, out=None) -> list[dict[str, Any]]:
+    """Runs ``steps`` (in plan order, dependencies first) on ``backend``; updates ``rows`` in place.
+
+    A step starts when every step it depends on has finished (or was finished before); a failed step marks the
+    steps that depend on it ``blocked``. ``on_change`` runs after every change (study.json, index page).
+    """
+    out = out or sys.stdout
+    by_name = {r["step"]: r for r in rows}
+    queue = list(zip(steps, rows))
+    running: list[_Running] = []
+    t0 = time.time()
+    last_status = 0.0
+    durations: dict[str, list[float]] = {}
+
+    def status_line() -> str:
+        counts = {s: sum(r["status"] == s for r in rows) for s in ("finished", "failed", "blocked")}
+        skipped = sum(r["status"].startswith("skipped") for r in rows)
+        remaining = [st for st, r in queue] + [j.step for j in running]
+        known = [sum(durations[st.stage]) / len(durations[st.stage]) for st in remaining if st.stage in durations]
+        eta = (f"ETA ~{_minutes(sum(known) / max(backend.jobs, 1))}" + ("" if len(known) == len(remaining)
+                                                                        else " (for the stages timed so far)")) \
+            if known else "ETA ?"
+        return (f"[{time.strftime('%H:%M:%S')}] running {len(running)} · queued {len(queue)} · finished "
+                f"{counts['finished']} · skipped {skipped} · failed {counts['failed']} · blocked {counts['blocked']}"
+                f" · elapsed {_minutes(time.time() - t0)} · {eta}")
+
+    while queue or running:
+        changed = False
+        for step, row in list(queue):
+            deps = [by_name.get(d, {}).get("status", "finished") for d in step.depends]
+            if any(s in ("failed", "blocked") for s in deps):
+                bad = [d for d in step.depends if by_name.get(d, {}).get("status") in ("failed", "blocked")]
+                row.update(status="blocked", reason=f"depends on {', '.join(bad)}, which did not finish")
+                queue.remove((step, row))
+                changed = True
+            elif all(s == "finished" or s.startswith("skipped") for s in deps):
+                if is_done(step):
+                    row["status"] = "skipped (finished, same hash)"
+                    queue.remove((step, row))
+                    changed = True
+                    continue
+                res = stage_resources(resources, step.stage)
+                if backend.can_start(res, len(running)):
+                    running.append(backend.start(step, res))
+                    row["status"] = "running"
+                    queue.remove((step, row))
+                    changed = True
+        for job in list(running):
+            done, error = backend.poll(job)
+            if not done:
+                continue
+            running.remove(job)
+            row = by_name[job.step.name]
+            seconds = round(time.time() - job.started, 1)
+            if error is None:
+                row.update(status="finished", seconds=seconds)
+                durations.setdefault(job.step.stage, []).append(seconds)
+            else:
+                row.update(status="failed", seconds=seconds, error=error)
+            print(f"{job.step.name}: {row['status']} after {seconds} s" + (f" ({error})" if error else ""),
+                  file=out, flush=True)
+            changed = True
+        if changed:
+            on_change()
+        if time.time() - last_status >= status_every_s or (changed and not (queue or running)):
+            print(status_line(), file=out, flush=True)
+            last_status = time.time()
+        if running and not changed:
+            time.sleep(poll_s)
+    return rows
+
+
+def _minutes(s: float) -> str:
+    s = int(s)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"

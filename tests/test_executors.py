@@ -1,0 +1,148 @@
+"""Parallel study execution: the local executor and submitit's local/debug clusters, on toy notebooks."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from histlib import executors, study
+
+TOY_STUDY = """name: toy
+stages: [data]
+base: {name: a, source: src, prepare: {PATCH: 1}}
+targets:
+  - {name: b, source: src, prepare: {PATCH: 2}}
+  - {name: c, source: src, prepare: {PATCH: 3}}
+  - {name: d, source: src, prepare: {PATCH: 4}}
+"""
+
+
+def _project(tmp_path: Path, sleep: float = 2.0, fail_patch: int | None = None) -> Path:
+    """A project whose data notebook writes OUT_DIR/done.json after ``sleep`` s (and fails for ``fail_patch``)."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "histlib"\n')
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    body = (f"import time\ntime.sleep({sleep})\n"
+            + (f"assert PATCH != {fail_patch}, 'patch {fail_patch} refused'\n" if fail_patch else "")
+            + "from histlib import runs\nruns.write_json(runs.project_path(OUT_DIR) / 'done.json', {'patch': PATCH})")
+    nb.cells = [nbformat.v4.new_markdown_cell("Toy. `papermill 01_data_prep.ipynb out.ipynb`"),
+                nbformat.v4.new_code_cell('DATASET = "x"\nOUT_DIR = "out"\nSOURCE_DIR = None\nPATCH = 8',
+                                          metadata={"tags": ["parameters"]}),
+                nbformat.v4.new_code_cell(body)]
+    (tmp_path / "notebooks").mkdir(exist_ok=True)
+    nbformat.write(nb, str(tmp_path / "notebooks" / "01_data_prep.ipynb"))
+    (tmp_path / "studies").mkdir(exist_ok=True)
+    (tmp_path / "studies" / "toy.yaml").write_text(TOY_STUDY)
+    return tmp_path
+
+
+def _outputs(root: Path) -> dict[str, dict]:
+    return {p.parent.name: json.loads(p.read_text()) for p in sorted((root / "data" / "prepared").glob("*/done.json"))}
+
+
+@pytest.mark.slow
+def test_local_executor_matches_sequential_and_is_faster(tmp_path, monkeypatch):
+    import shutil
+
+    root = _project(tmp_path, sleep=15.0)
+    monkeypatch.chdir(root)
+    t0 = time.time()
+    rows_seq = study.run_study("studies/toy.yaml")
+    t_seq = time.time() - t0
+    out_seq = _outputs(root)
+    shutil.rmtree(root / "results")
+    shutil.rmtree(root / "data")
+    t0 = time.time()
+    rows_par = study.run_study("studies/toy.yaml", executor="local", jobs=2)
+    t_par = time.time() - t0
+    assert [r["status"] for r in rows_par] == ["finished"] * 4
+    assert [r["hash"] for r in rows_par] == [r["hash"] for r in rows_seq]  # the same steps, the same hashes
+    assert _outputs(root) == out_seq == {n: {"patch": p} for n, p in zip("abcd", (1, 2, 3, 4))}
+    print(f"sequential {t_seq:.1f} s, local --jobs 2 {t_par:.1f} s")
+    assert t_par < 0.8 * t_seq
+    assert (root / "results" / "toy" / "index.html").is_file()
+    # a second run skips everything
+    assert all(r["status"].startswith("skipped") for r in study.run_study("studies/toy.yaml", executor="local",
+                                                                         jobs=2))
+
+
+@pytest.mark.slow
+def test_failing_step_leaves_independent_steps_finished(tmp_path, monkeypatch):
+    root = _project(tmp_path, sleep=0.5, fail_patch=3)
+    monkeypatch.chdir(root)
+    rows = {r["step"]: r for r in study.run_study("studies/toy.yaml", executor="local", jobs=2)}
+    assert rows["01_data_prep__c"]["status"] == "failed" and "patch 3 refused" in rows["01_data_prep__c"]["error"]
+    assert {rows[f"01_data_prep__{n}"]["status"] for n in "abd"} == {"finished"}
+    assert (root / "results/toy/notebooks/01_data_prep__c.failed.html").is_file()
+    # the CLI says how many failed; a re-run retries only that step
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    out = subprocess.run([sys.executable, "-m", "histlib", "study", "run", "studies/toy.yaml", "--executor", "local",
+                          "--jobs", "2"], cwd=root, env=env, capture_output=True, text=True)
+    assert out.returncode == 1 and "1 failed" in out.stdout and "01_data_prep__c" in out.stderr
+    assert out.stdout.count("skipped") == 0 or "3 skipped as finished" in out.stdout
+
+
+@pytest.mark.slow
+def test_killed_study_resumes_the_unfinished_steps(tmp_path, monkeypatch):
+    root = _project(tmp_path, sleep=6.0)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    cmd = [sys.executable, "-m", "histlib", "study", "run", "studies/toy.yaml", "--executor", "local", "--jobs", "2"]
+    proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    state = root / "results/toy/notebooks/.state"
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(state.glob("*.json")):
+        time.sleep(0.5)
+    time.sleep(2)
+    os.killpg(proc.pid, signal.SIGKILL)  # the runner and its step processes, mid-step
+    proc.wait()
+    assert not (root / "data/prepared/a/done.json").exists()
+    monkeypatch.chdir(root)
+    rows = study.run_study("studies/toy.yaml", executor="local", jobs=2)
+    assert [r["status"] for r in rows] == ["finished"] * 4
+    assert len(_outputs(root)) == 4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cluster", ["debug", "local"])
+def test_submitit_clusters_run_the_study(tmp_path, monkeypatch, cluster):
+    root = _project(tmp_path, sleep=0.5)
+    monkeypatch.chdir(root)
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]))
+    rows = study.run_study("studies/toy.yaml", executor="slurm", cluster=cluster, jobs=2)
+    assert [r["status"] for r in rows] == ["finished"] * 4
+    assert _outputs(root) == {n: {"patch": p} for n, p in zip("abcd", (1, 2, 3, 4))}
+
+
+def test_bad_executor_settings_are_refused_before_anything_runs(tmp_path, monkeypatch):
+    root = _project(tmp_path, sleep=0)
+    monkeypatch.chdir(root)
+    for kwargs, match in (({"executor": "magic"}, "expected one of"), ({"executor": "local", "jobs": 0}, "--jobs 0"),
+                          ({"executor": "slurm"}, "sbatch")):
+        if kwargs.get("executor") == "slurm":
+            monkeypatch.setattr(executors.shutil, "which", lambda name: None)
+        with pytest.raises(study.StudyError, match=match):
+            study.run_study("studies/toy.yaml", **kwargs)
+    assert not (root / "results").exists()
+    (root / "studies" / "toy.yaml").write_text(TOY_STUDY + "resources: {finetune: {memory: 12}}\n")
+    with pytest.raises(study.StudyError, match="'memory' cannot be requested"):
+        study.run_study("studies/toy.yaml")
+    (root / "studies" / "toy.yaml").write_text(TOY_STUDY + "resources: {slurm: {partitoin: gpu}}\n")
+    with pytest.raises(study.StudyError, match="did you mean 'partition'"):
+        study.run_study("studies/toy.yaml")
+
+
+def test_stage_resources_layering():
+    res = executors.check_resources({"default": {"gpus": 1, "cpus": 8}, "data": {"gpus": 0}}, list(study.STAGES))
+    assert executors.stage_resources(res, "data") == {"gpus": 0, "cpus": 8}
+    assert executors.stage_resources(res, "finetune") == {"gpus": 1, "cpus": 8}
+    assert executors.stage_resources({}, "analysis") == {"gpus": 0}
