@@ -14,10 +14,7 @@ Example:
     >>> ops.backend_info()                            # {'bias_act': 'ref', 'upfirdn2d': 'ref'} on CPU
 """
 
-# bias_act and upfirdn2d are the submodules, made callable as their ops: `ops.bias_act(x, b)` and
-# `ops.bias_act.bias_act(x, b)` are the same call, and StyleGAN-style `from histlib.ops import upfirdn2d` then
-# `upfirdn2d.setup_filter(...)` works too.
-from histlib.ops import bias_act, upfirdn2d
+from histlib.ops._bias_act import activation_funcs, bias_act
 from histlib.ops._dispatch import (
     AUTO_PREFERENCE,
     IMPLS,
@@ -28,8 +25,7 @@ from histlib.ops._dispatch import (
     set_default_impl,
     use_impl,
 )
-from histlib.ops.bias_act import activation_funcs
-from histlib.ops.upfirdn2d import downsample2d, filter2d, setup_filter, upsample2d
+from histlib.ops._upfirdn2d import downsample2d, filter2d, setup_filter, upfirdn2d, upsample2d
 
 __all__ = [
     "AUTO_PREFERENCE",

@@ -17,9 +17,7 @@ Every public op takes ``impl='auto' | 'ref' | 'cuda' | 'compiled'``:
 from __future__ import annotations
 
 import contextlib
-import sys
 import threading
-import types
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -213,16 +211,3 @@ def make_probes(load_plugin: Callable[[], Any], get_compiled: Callable[[], Any],
         return run
 
     return {"cuda": probe(load_plugin, "cuda"), "compiled": probe(get_compiled, "compiled")}
-
-
-class _CallableModule(types.ModuleType):
-    """A module that can be called like its main function (``ops.bias_act(...)`` and ``ops.bias_act.bias_act(...)``
-    both work, as do StyleGAN-style ``from histlib.ops import upfirdn2d; upfirdn2d.setup_filter(...)``)."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return getattr(self, self.__name__.rsplit(".", 1)[-1])(*args, **kwargs)
-
-
-def make_module_callable(module_name: str) -> None:
-    """Let the module ``module_name`` be called as its same-named function."""
-    sys.modules[module_name].__class__ = _CallableModule

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 from torch.autograd import gradcheck, gradgradcheck
+from torch_plugins import fused_bias_act
 
 from histlib import ops
-from histlib.ops import bias_act as bias_act_mod
+from histlib.ops import _bias_act as bias_act_mod
 
 ACTS = ["linear", "relu", "lrelu", "tanh", "sigmoid", "elu", "selu", "softplus", "swish"]
 
@@ -113,37 +114,37 @@ def test_ref_gradcheck_and_gradgradcheck(act):
 
 @pytest.mark.parametrize("act", ACTS)
 @pytest.mark.parametrize("clamp", [-1.0, 1.2])
-def test_fused_functions_match_ref_with_second_derivatives(act, clamp):
+def test_fused_functions_match_ref_with_second_derivatives(act, clamp, monkeypatch):
     """The CUDA path's autograd functions (backward via the op in modes 1 and 2), run with a torch stand-in kernel."""
     x, b = _inputs(shape=(2, 3, 4), scale=1.5, seed=2)
     x.requires_grad_(True)
     b.requires_grad_(True)
     spec = ops.activation_funcs[act]
-    fused = bias_act_mod._function("_torch", 1, act, spec.def_alpha, spec.def_gain, clamp)
+    fused = fused_bias_act(monkeypatch, 1, act, spec.def_alpha, spec.def_gain, clamp)
     ref = bias_act_mod._bias_act_ref(x, b, 1, act, spec.def_alpha, spec.def_gain, clamp)
     torch.testing.assert_close(fused(x, b), ref, rtol=1e-12, atol=1e-12)
     assert gradcheck(fused, (x, b), fast_mode=True)
     assert gradgradcheck(fused, (x, b), fast_mode=True)
 
 
-def test_fused_functions_without_bias_and_other_dim():
+def test_fused_functions_without_bias_and_other_dim(monkeypatch):
     x, _ = _inputs(shape=(2, 3, 4), seed=3)
     x.requires_grad_(True)
-    fused = bias_act_mod._function("_torch", 2, "swish", 0.0, 1.0, -1.0)
+    fused = fused_bias_act(monkeypatch, 2, "swish", 0.0, 1.0, -1.0)
     assert gradgradcheck(lambda x: fused(x, None), (x,))
     b = torch.randn(4, dtype=torch.float64, requires_grad=True)
     assert gradgradcheck(fused, (x, b), fast_mode=True)
 
 
-@pytest.mark.parametrize("path", ["ref", "_torch"])
-def test_channels_last(path):
+@pytest.mark.parametrize("path", ["ref", "fused"])
+def test_channels_last(path, monkeypatch):
     x, b = _inputs(shape=(2, 6, 5, 3), dtype=torch.float32)
     x_cl = x.to(memory_format=torch.channels_last)
     assert not x_cl.is_contiguous()
     if path == "ref":
         got = ops.bias_act(x_cl, b, act="lrelu", clamp=2.0, impl="ref")
     else:
-        got = bias_act_mod._function("_torch", 1, "lrelu", 0.2, math.sqrt(2), 2.0)(x_cl, b)
+        got = fused_bias_act(monkeypatch, 1, "lrelu", 0.2, math.sqrt(2), 2.0)(x_cl, b)
     want = naive_bias_act(x.numpy(), b.numpy(), 1, "lrelu", None, None, 2.0)
     np.testing.assert_allclose(got.detach().numpy(), want, rtol=1e-5, atol=1e-5)
     assert got.is_contiguous(memory_format=torch.channels_last)
@@ -198,7 +199,3 @@ def test_auto_on_cpu_is_ref_silently(recwarn):
     assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
 
 
-def test_module_is_callable_and_exposes_helpers():
-    x, b = _inputs()
-    torch.testing.assert_close(ops.bias_act(x, b, act="tanh"), ops.bias_act.bias_act(x, b, act="tanh"))
-    assert ops.bias_act.activation_funcs is ops.activation_funcs

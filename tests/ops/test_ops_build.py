@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from histlib import ops
+from histlib.ops import _bias_act as bias_act_mod
 from histlib.ops import _build, _dispatch
-from histlib.ops import bias_act as bias_act_mod
-from histlib.ops import upfirdn2d as upfirdn2d_mod
+from histlib.ops import _upfirdn2d as upfirdn2d_mod
 
 
 @pytest.fixture(autouse=True)

@@ -20,9 +20,9 @@ import torch
 from torch.autograd import gradcheck, gradgradcheck
 
 from histlib import ops
+from histlib.ops import _bias_act as bias_act_mod
 from histlib.ops import _dispatch
-from histlib.ops import bias_act as bias_act_mod
-from histlib.ops import upfirdn2d as upfirdn2d_mod
+from histlib.ops import _upfirdn2d as upfirdn2d_mod
 
 pytestmark = [
     pytest.mark.gpu,

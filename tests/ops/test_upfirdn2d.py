@@ -8,9 +8,9 @@ import scipy.signal
 import torch
 import torch.nn.functional as F
 from torch.autograd import gradcheck, gradgradcheck
+from torch_plugins import fused_upfirdn2d
 
 from histlib import ops
-from histlib.ops import upfirdn2d as upfirdn2d_mod
 
 
 def naive_upfirdn2d(x: np.ndarray, f: np.ndarray, up, down, pad, flip_filter: bool, gain: float) -> np.ndarray:
@@ -164,7 +164,7 @@ def test_ref_gradcheck_and_gradgradcheck(up, down, pad, fname):
 
 @pytest.mark.parametrize("fname", list(FILTERS))
 @pytest.mark.parametrize("case", range(len(CASES)))
-def test_fused_function_matches_ref_with_second_derivatives(fname, case):
+def test_fused_function_matches_ref_with_second_derivatives(fname, case, monkeypatch):
     """The CUDA path's autograd function (adjoint padding, separable split, flip, gain) with a torch stand-in kernel."""
     up, down, pad = CASES[case]
     flip_filter = case % 2 == 1
@@ -172,15 +172,15 @@ def test_fused_function_matches_ref_with_second_derivatives(fname, case):
     f = FILTERS[fname]()
     if not _valid(x.shape, f, up, pad):
         pytest.skip("padded input smaller than the filter")
-    fused = upfirdn2d_mod._function("_torch", up, down, pad, flip_filter, 1.5)
+    fused = fused_upfirdn2d(monkeypatch, up, down, pad, flip_filter, 1.5)
     want = naive_upfirdn2d(x.detach().numpy(), f.numpy(), up, down, pad, flip_filter, 1.5)
     np.testing.assert_allclose(fused(x, f).detach().numpy(), want, rtol=1e-10, atol=1e-10)
     assert gradcheck(lambda x: fused(x, f), (x,), fast_mode=True)
     assert gradgradcheck(lambda x: fused(x, f), (x,), fast_mode=True)
 
 
-@pytest.mark.parametrize("path", ["ref", "_torch"])
-def test_channels_last(path):
+@pytest.mark.parametrize("path", ["ref", "fused"])
+def test_channels_last(path, monkeypatch):
     x = _x((2, 3, 6, 5), dtype=torch.float32)
     x_cl = x.to(memory_format=torch.channels_last)
     f = ops.setup_filter([1, 3, 3, 1])
@@ -188,7 +188,7 @@ def test_channels_last(path):
     if path == "ref":
         got = ops.upfirdn2d(x_cl, f, *args[:3], flip_filter=False, gain=4.0, impl="ref")
     else:
-        got = upfirdn2d_mod._function("_torch", *args)(x_cl, f)
+        got = fused_upfirdn2d(monkeypatch, *args)(x_cl, f)
     want = naive_upfirdn2d(x.numpy(), f.numpy(), *args)
     np.testing.assert_allclose(got.detach().numpy(), want, rtol=1e-5, atol=1e-5)
     assert got.is_contiguous(memory_format=torch.channels_last)
@@ -220,11 +220,3 @@ def test_bad_arguments():
         ops.upfirdn2d(x, torch.ones(2, 2, 2))
     with pytest.raises(ops.OpUnavailableError, match="CUDA tensor"):
         ops.upfirdn2d(x, f, impl="cuda")
-
-
-def test_stylegan_style_module_access():
-    from histlib.ops import upfirdn2d
-
-    x = _x()
-    f = upfirdn2d.setup_filter([1, 3, 3, 1]).double()
-    torch.testing.assert_close(upfirdn2d.upfirdn2d(x, f, up=2, padding=2), upfirdn2d(x, f, up=2, padding=2))

@@ -236,29 +236,9 @@ def _kernel(path: str, x: torch.Tensor, b: torch.Tensor, g: torch.Tensor | None,
     if g is not None and g.stride() != x.stride():
         g = torch.empty_like(x).copy_(g)  # same memory layout as x, element for element
     empty = x.new_empty([0])
-    plugin = _TorchPlugin if path == "_torch" else _load_plugin()
+    plugin = _load_plugin()
     return plugin.bias_act(x, b.contiguous(), g if g is not None else empty, mode,
                                    activation_funcs[act].cuda_idx, alpha, gain, clamp, x.stride(dim), x.shape[dim])
-
-
-class _TorchPlugin:
-    """Stand-in for the CUDA extension with the same calling convention, in plain PyTorch.
-
-    The internal path ``'_torch'`` runs the fused path's autograd functions and argument handling through it, so the
-    CPU tests check everything of the CUDA path but the kernel itself.
-    """
-
-    @staticmethod
-    def bias_act(x, b, g, mode, act_idx, alpha, gain, clamp, step, size):
-        act = next(name for name, spec in activation_funcs.items() if spec.cuda_idx == act_idx)
-        if b.numel():
-            # the kernel's rule: the bias index of the element at memory offset i is (i // step) % size
-            offset = torch.zeros(x.shape, dtype=torch.long)
-            for i, (n, st) in enumerate(zip(x.shape, x.stride())):
-                offset = offset + (torch.arange(n) * st).reshape([-1 if j == i else 1 for j in range(x.ndim)])
-            x = x + b[(offset // step) % size].to(x.device)
-        y = _elementwise_torch(x, x.new_empty([0]), g if g.numel() else None, mode, 0, act, alpha, gain, clamp)
-        return y
 
 
 _functions: dict[tuple, Any] = {}
@@ -366,6 +346,3 @@ def _check_against_ref(path: str) -> None:
                 raise RuntimeError(f"bias_act {path!r} path disagrees with the reference on this device "
                                    f"(act={act}, max abs error {(got - want).abs().max().item():.3g})")
 
-
-# `ops.bias_act(...)` calls the op while `ops.bias_act.<helper>` still reaches this module's other names
-_dispatch.make_module_callable(__name__)

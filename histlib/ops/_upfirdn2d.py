@@ -250,7 +250,7 @@ def _kernel(path: str, x: torch.Tensor, f: torch.Tensor, up: tuple[int, int], do
     fk = f.to(acc) * (gain ** (f.ndim / 2))
     if not flip_filter:  # the kernel correlates
         fk = fk.flip(list(range(fk.ndim)))
-    plugin = _TorchPlugin if path == "_torch" else _load_plugin()
+    plugin = _load_plugin()
     upx, upy = up
     downx, downy = down
     px0, px1, py0, py1 = padding
@@ -259,17 +259,6 @@ def _kernel(path: str, x: torch.Tensor, f: torch.Tensor, up: tuple[int, int], do
     # separable: a pass along x, then one along y
     t = plugin.upfirdn2d(x, fk[None, :].contiguous(), upx, 1, downx, 1, px0, px1, 0, 0)
     return plugin.upfirdn2d(t, fk[:, None].contiguous(), 1, upy, 1, downy, 0, 0, py0, py1)
-
-
-class _TorchPlugin:
-    """Stand-in for the CUDA extension with the same calling convention (the kernel correlates with taps that
-    already hold the gain), in plain PyTorch. The internal path ``'_torch'`` runs the fused path's autograd function,
-    adjoint padding and separable split through it, so the CPU tests check everything of the CUDA path but the
-    kernel itself."""
-
-    @staticmethod
-    def upfirdn2d(x, f, upx, upy, downx, downy, px0, px1, py0, py1):
-        return _upfirdn2d_ref(x, f.to(x.dtype), (upx, upy), (downx, downy), (px0, px1, py0, py1), True, 1.0)
 
 
 _functions: dict[tuple, Any] = {}
@@ -344,6 +333,3 @@ def _check_against_ref(path: str) -> None:
                 raise RuntimeError(f"upfirdn2d {path!r} path disagrees with the reference on this device "
                                    f"(up={up}, down={down})")
 
-
-# `ops.upfirdn2d(...)` calls the op while `ops.upfirdn2d.<helper>` still reaches this module's other names
-_dispatch.make_module_callable(__name__)
