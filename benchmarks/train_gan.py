@@ -62,7 +62,8 @@ def run_one(device: str, res: int, impl: str, batch: int, ticks: int, profile: b
     import torch
 
     from histlib import ops
-    from histlib.train_gan import TrainConfig, train_gan
+    from histlib.gan.config import TrainConfig
+    from histlib.gan.loop import train_gan
 
     with tempfile.TemporaryDirectory() as tmp:
         data = _synthetic_folder(Path(tmp) / "data", res)

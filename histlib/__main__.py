@@ -18,7 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "download": ("histlib.data.registry", "download a registered public dataset (resumable, checksum-verified)"),
     "datasets": ("histlib.data.registry_cli", "list the registered public datasets"),
     "build-sample": ("histlib.data.sample", "rebuild the embedded sample under data/sample/ from CC BY sources"),
-    "train-gan": ("histlib.train_gan", "train or fine-tune the conditional StyleGAN2 from a config JSON"),
+    "train-gan": ("histlib.gan.cli", "train or fine-tune the conditional StyleGAN2 from a config JSON"),
     "generate": ("histlib.generate", "sample a GAN checkpoint into an ImageFolder; class fidelity and GAN metrics"),
     "metrics": ("histlib.metrics.cli", "FID, precision/recall, density/coverage between two ImageFolders"),
     "classify": ("histlib.classify", "train and evaluate a timm classifier from a config JSON"),

@@ -47,6 +47,7 @@ from histlib.config import check_types, from_dict
 from histlib.progress import iterate
 from histlib.progress import mode as progress_mode
 from histlib.runs import Run, atomic_torch_save, config_hash, read_json
+from histlib.runtime import resolve_device
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -577,15 +578,6 @@ def load_classifier(path: str | os.PathLike, device: str | torch.device = "cpu")
 # Training and evaluation
 
 
-def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"ClassifyConfig.device={name!r}: CUDA is not available on this machine")
-    return dev
-
-
 def _resolve_flag(value: str | bool, device: torch.device, name: str) -> bool:
     if value == "auto":
         return device.type == "cuda"
@@ -649,10 +641,7 @@ def predict(model: nn.Module, loader, device: torch.device, amp: bool = False,
     model.eval()
     ys, ps, loss_sum, n = [], [], 0.0, 0
     for x, y in loader:
-        x = x.to(device, non_blocking=True)  # [B, 3, S, S]
-        if channels_last:
-            x = x.to(memory_format=torch.channels_last)
-        y = y.to(device, non_blocking=True)  # [B]
+        x, y = _to_device(x, y, device, channels_last)
         with torch.autocast(device_type=device.type, dtype=_amp_dtype(device), enabled=amp):
             logits = model(x)  # [B, K]
         loss_sum += float(nn.functional.cross_entropy(logits.float(), y, reduction="sum"))
@@ -660,6 +649,15 @@ def predict(model: nn.Module, loader, device: torch.device, amp: bool = False,
         ys.append(y.cpu())
         ps.append(logits.argmax(1).cpu())
     return torch.cat(ys).numpy(), torch.cat(ps).numpy(), loss_sum / max(n, 1)
+
+
+def _to_device(x: torch.Tensor, y: torch.Tensor, device: torch.device,
+               channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch on the device: images ``[B, 3, S, S]`` (channels-last when asked), labels ``[B]``."""
+    x = x.to(device, non_blocking=True)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    return x, y.to(device, non_blocking=True)
 
 
 def _amp_dtype(device: torch.device) -> torch.dtype:
@@ -733,7 +731,7 @@ def train_classifier(cfg: ClassifyConfig, run_dir: str | os.PathLike, progress: 
     run = Run(run_dir)
     for stale in (run.metrics_path, run.stats_path):
         stale.unlink(missing_ok=True)
-    device = _resolve_device(cfg.device)
+    device = resolve_device(cfg.device, "ClassifyConfig.device")
     amp = _resolve_flag(cfg.amp, device, "amp")
     channels_last = _resolve_flag(cfg.channels_last, device, "channels_last")
     _seed_everything(cfg.seed)
@@ -778,10 +776,7 @@ def train_classifier(cfg: ClassifyConfig, run_dir: str | os.PathLike, progress: 
         loss_sum, correct, seen = 0.0, 0, 0
         bar = iterate(train_loader, desc=f"{cfg.model} epoch {epoch}/{cfg.epochs}", leave=False, disable=not progress)
         for x, y in bar:
-            x = x.to(device, non_blocking=True)  # [B, 3, S, S]
-            if channels_last:
-                x = x.to(memory_format=torch.channels_last)
-            y = y.to(device, non_blocking=True)  # [B]
+            x, y = _to_device(x, y, device, channels_last)
             with torch.autocast(device_type=device.type, dtype=_amp_dtype(device), enabled=amp):
                 logits = model(x)  # [B, K]
                 loss = loss_fn(logits.float(), y)

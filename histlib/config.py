@@ -99,3 +99,20 @@ def check_types(obj: Any) -> None:
         tp = hints.get(f.name, Any)
         if not _matches(value, tp):
             raise ValueError(f"{cls.__name__}.{f.name}={value!r}: expected {_describe(tp)}")
+
+
+def apply_profile(cls: type[T], profile: str, profile_values: dict[str, Any], overrides: dict[str, Any]) -> T:
+    """``cls`` built from a profile's values with ``overrides`` on top (unknown names: one clear error).
+
+    An override of ``None`` means "not set here": the profile's value, else the field's own default (fields whose
+    default is None keep None), so a notebook can pass all of its parameters and leave the unset ones to the
+    profile.
+    """
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(overrides) - set(fields))
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown field(s) {unknown}{nearest(unknown[0], fields)}; expected some "
+                         f"of {sorted(fields)}")
+    kept = {k: v for k, v in overrides.items()
+            if v is not None or (k not in profile_values and fields[k].default is None)}
+    return cls(**{**profile_values, "profile": profile, **kept})

@@ -34,6 +34,7 @@ import torch
 
 from histlib import runs
 from histlib.config import check_types
+from histlib.gan.networks import to_uint8
 
 DEFAULT_CACHE = "results/.fidelity"
 
@@ -214,10 +215,6 @@ def verdict(result: Mapping[str, Any]) -> list[str]:
     return warnings
 
 
-def _to_uint8(img: torch.Tensor) -> torch.Tensor:
-    return ((img.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
-
-
 @torch.no_grad()
 def generator_fidelity(G: torch.nn.Module, classes: Sequence[str], classifier: FidelityClassifier,
                        per_class: int = 100, seed: int = 0, truncation_psi: float = 1.0,
@@ -243,7 +240,7 @@ def generator_fidelity(G: torch.nn.Module, classes: Sequence[str], classifier: F
                 m = min(batch_size, per_class - start)
                 z = torch.randn([m, G.z_dim], generator=gen).to(device)
                 c = torch.full((m,), k, dtype=torch.int64, device=device)
-                img = _to_uint8(G(z, c, truncation_psi=truncation_psi, noise_mode="const")).cpu()
+                img = to_uint8(G(z, c, truncation_psi=truncation_psi, noise_mode="const")).cpu()
                 seen.append(classifier.predict(img))
                 asked.append(np.full(m, classifier.classes.index(name)))
     finally:

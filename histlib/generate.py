@@ -40,8 +40,13 @@ import pandas as pd
 import torch
 
 from histlib import runs
+from histlib.config import apply_profile, check_types
+from histlib.gan import checkpoint as gan_checkpoint
+from histlib.gan.config import PROFILES
+from histlib.gan.networks import to_uint8
 from histlib.progress import iterate
 from histlib.progress import progress as progress_bar
+from histlib.runtime import resolve_device
 
 IMAGE_FORMATS = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP"}
 NOISE_MODES = ("random", "const", "none")
@@ -108,33 +113,14 @@ class GenerateConfig:
 
     @classmethod
     def from_profile(cls, profile: str = "demo", **overrides: Any) -> GenerateConfig:
-        """The defaults of a profile with ``overrides`` applied (unknown names raise one clear error).
-
-        ``demo``: 32 images per class on the CPU; ``reduced``: 500 per class; ``paper``: PATH-DT-MSU's 5 000 per
-        class (BACH's 2 625 is set by its study), three sets. An override of ``None`` for a field the profile
-        sets (or whose own default is not None) means "the profile's value" (or that default).
-        """
-        defaults = {
-            "demo": dict(images_per_class=32, batch_size=64, device="cpu", num_workers=0),
-            "reduced": dict(images_per_class=500, batch_size=128, device="auto", num_workers=8),
-            "paper": dict(images_per_class=5000, num_sets=3, batch_size=64, device="auto", num_workers=8),
-        }
-        if profile not in defaults:
-            raise ValueError(f"GenerateConfig.from_profile: profile={profile!r}; expected one of {sorted(defaults)}")
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(overrides) - names)
-        if unknown:
-            raise ValueError(f"GenerateConfig: unknown field(s) {unknown}; expected some of {sorted(names)}")
-        # None = "not set here": the profile's value, else the field's own default
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        overrides = {k: v for k, v in overrides.items()
-                     if v is not None or (k not in defaults[profile] and fields[k].default is None)}
-        return cls(**{**defaults[profile], "profile": profile, **overrides}).validate()
+        """The defaults of a profile (``histlib.gan.config.PROFILES[profile]['generate']``) with ``overrides``
+        applied (unknown names raise one clear error; ``None`` = the profile's value)."""
+        if profile not in PROFILES:
+            raise ValueError(f"GenerateConfig.from_profile: profile={profile!r}; expected one of {sorted(PROFILES)}")
+        return apply_profile(cls, profile, PROFILES[profile]["generate"], overrides).validate()
 
     def validate(self) -> GenerateConfig:
         """Checks the values; raises ``ValueError`` naming the field and what was expected."""
-        from histlib.config import check_types
-
         check_types(self)
         _check_counts(self.images_per_class)
         checks = [
@@ -168,27 +154,13 @@ def _check_counts(images_per_class: int | Mapping[str, int]) -> None:
 # Sampling
 
 
-def _resolve_device(device: str | torch.device) -> torch.device:
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r}: CUDA is not available on this machine")
-    return dev
-
-
 def load_generator(checkpoint: str | os.PathLike, device: str | torch.device = "cpu"):
-    """``G_ema`` of a training checkpoint and its class names.
-
-    Returns:
-        ``(G, info)`` with ``info`` holding ``classes``, ``resolution``, ``cur_nimg`` and ``path``.
+    """``G_ema`` of a training checkpoint and its class names (:func:`histlib.gan.checkpoint.load_generator`).
 
     Raises:
         FileNotFoundError / ValueError: the checkpoint is missing, unreadable, or lacks class names.
     """
-    from histlib.train_gan import load_generator as _load
-
-    G, info = _load(checkpoint, device=device, which="G_ema")
+    G, info = gan_checkpoint.load_generator(checkpoint, device=device, which="G_ema")
     classes = info.get("classes")
     if not classes:
         raise ValueError(f"{info.get('path', checkpoint)}: the checkpoint stores no class names ('classes'); "
@@ -223,11 +195,6 @@ def latents(seed: int, class_index: int, start: int, count: int, z_dim: int) -> 
     return torch.from_numpy(out)
 
 
-def _to_uint8(img: torch.Tensor) -> np.ndarray:
-    """``[N, 3, H, W]`` in [-1, 1] → ``[N, H, W, 3]`` uint8."""
-    return ((img.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-
-
 def _save_image(array: np.ndarray, path: Path, fmt: str) -> None:
     from PIL import Image
 
@@ -254,7 +221,7 @@ def _generate_set(G, class_index: dict[str, int], counts: dict[str, int], out: P
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                 torch.manual_seed(int(np.random.SeedSequence([seed, k, start, 1]).generate_state(1)[0]))
                 img = G(z, c, truncation_psi=truncation_psi, noise_mode=noise_mode)  # [m, 3, R, R]
-            arrays = _to_uint8(img)
+            arrays = to_uint8(img).permute(0, 2, 3, 1).cpu().numpy()  # [m, R, R, 3]
             for j in range(m):
                 pending.append(pool.submit(_save_image, arrays[j], folder / f"{seed}_{start + j:06d}.{ext}", fmt))
             # Bound the number of images held in memory and surface write errors early.
@@ -330,7 +297,7 @@ def generate_images(
         raise ValueError(f"num_sets={num_sets!r}: expected an integer >= 1")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r}: expected a positive integer")
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     out = runs.project_path(out_dir)
     G, info = load_generator(checkpoint, device=dev)
     counts = _plan_counts(list(info["classes"]), images_per_class, classes)
@@ -511,7 +478,7 @@ def nearest_neighbours(query: torch.Tensor, reference: torch.Tensor, k: int = 1,
     Returns:
         ``(distances [N, k], indices [N, k])``, ascending.
     """
-    dev = _resolve_device(device or "cpu")
+    dev = resolve_device(device or "cpu")
     q_all = torch.as_tensor(query).float()
     r = torch.as_tensor(reference).float().to(dev)
     if q_all.ndim != 2 or r.ndim != 2 or q_all.shape[1] != r.shape[1]:
@@ -763,7 +730,7 @@ def run_generation(cfg: GenerateConfig, run_dir: str | os.PathLike, progress: bo
     run = runs.Run(runs.project_path(run_dir))
     run.write_config(cfg)
     run.metrics_path.unlink(missing_ok=True)  # metrics.json marks a finished stage: written last
-    dev = _resolve_device(cfg.device)
+    dev = resolve_device(cfg.device)
     run.write_env(device=str(dev))
     return generate_images(cfg.checkpoint, run.images, cfg.images_per_class, truncation_psi=cfg.truncation_psi,
                            seed=cfg.seed, batch_size=cfg.batch_size, device=dev, classes=cfg.classes,
@@ -777,7 +744,7 @@ def _fidelity_checkpoint(cfg: GenerateConfig, report: Mapping[str, Any], progres
     run_dir = Path(report["out_dir"]).parent  # <run>/images -> <run>
     cache = cfg.fidelity_cache or (run_dir.parent.parent / ".fidelity")
     return fidelity.fidelity_classifier(cfg.dataset_dir, int(report["resolution"]), cache_root=cache,
-                                        device=str(_resolve_device(cfg.device)), progress=progress)
+                                        device=str(resolve_device(cfg.device)), progress=progress)
 
 
 def metrics_extractor(cfg: GenerateConfig, report: Mapping[str, Any], verbose: bool = True):
@@ -816,7 +783,7 @@ def class_fidelity(cfg: GenerateConfig, report: Mapping[str, Any], progress: boo
 
     if not cfg.fidelity or cfg.dataset_dir is None:
         return None
-    clf = fidelity.FidelityClassifier(_fidelity_checkpoint(cfg, report, progress), device=_resolve_device(cfg.device))
+    clf = fidelity.FidelityClassifier(_fidelity_checkpoint(cfg, report, progress), device=resolve_device(cfg.device))
     return fidelity.sets_fidelity(report["set_dirs"], clf, num_workers=cfg.num_workers)
 
 

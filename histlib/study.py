@@ -44,6 +44,7 @@ from typing import Any
 
 from histlib import runs
 from histlib.config import nearest
+from histlib.gan.config import PROFILES as GAN_PROFILES
 from histlib.progress import MODE_VARIABLE as PROGRESS_VARIABLE
 
 # stage -> notebook file, in execution order
@@ -406,17 +407,13 @@ REFERENCE_SEC_PER_KIMG = {256: (12.5, "NVIDIA's published StyleGAN2-ADA speed at
 
 
 def _gan_kimg(study: Study, step: Step) -> float | None:
-    from histlib.train_gan import _PROFILE_SETTINGS
-
     kimg = step.params.get("KIMG")
-    return float(kimg) if kimg is not None else float(_PROFILE_SETTINGS[study.profile]["kimg"])
+    return float(kimg) if kimg is not None else float(GAN_PROFILES[study.profile]["train"]["kimg"])
 
 
 def _gan_resolution(study: Study, step: Step) -> int:
-    from histlib.train_gan import _PROFILE_SETTINGS
-
     res = step.params.get("RESOLUTION")
-    return int(res) if res is not None else int(_PROFILE_SETTINGS[study.profile]["resolution"])
+    return int(res) if res is not None else int(GAN_PROFILES[study.profile]["train"]["resolution"])
 
 
 def _measured_sec_per_kimg(study: Study, resolution: int) -> tuple[float, str] | None:

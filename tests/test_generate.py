@@ -30,9 +30,9 @@ def _one_thread():
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     """A tiny untrained Generator saved in the trainer's checkpoint format (noise strengths set non-zero)."""
-    networks = pytest.importorskip("histlib.networks", reason="histlib.networks (Generator) not importable")
-    train_gan = pytest.importorskip("histlib.train_gan", reason="histlib.train_gan (checkpoint format) not importable")
     from histlib import runs
+    from histlib.gan import checkpoint as train_gan
+    from histlib.gan import networks
 
     torch.manual_seed(0)
     G = networks.Generator(**G_KWARGS)

@@ -439,23 +439,12 @@ def _prepare_folder(cfg: PrepareConfig, source: Path, tmp: Path, progress: bool)
         from concurrent.futures import ProcessPoolExecutor
 
         pool = ProcessPoolExecutor(cfg.workers)
-        try:
-            results = pool.map(_process_star, [(j, cfg, norm) for j in jobs], chunksize=16)
-            outcomes = zip(jobs, results)
-            for job, ((r, ok, failed), error) in outcomes:
-                rows += r
-                n_ok, n_failed = n_ok + ok, n_failed + failed
-                if failed:
-                    failed_sources.append(job.rel)
-                if error:
-                    bad_files.append(error)
-                bar.update(1)
-        finally:
-            # on an error, drop the queued images; the caller then removes the temporary folder
-            pool.shutdown(wait=True, cancel_futures=True)
+        results = pool.map(_process_star, [(j, cfg, norm) for j in jobs], chunksize=16)
     else:
-        for job in jobs:
-            (r, ok, failed), error = _process_star((job, cfg, norm))
+        pool = None
+        results = (_process_star((j, cfg, norm)) for j in jobs)
+    try:
+        for job, ((r, ok, failed), error) in zip(jobs, results):
             rows += r
             n_ok, n_failed = n_ok + ok, n_failed + failed
             if failed:
@@ -463,6 +452,9 @@ def _prepare_folder(cfg: PrepareConfig, source: Path, tmp: Path, progress: bool)
             if error:
                 bad_files.append(error)
             bar.update(1)
+    finally:
+        if pool is not None:  # on an error, drop the queued images; the caller then removes the temporary folder
+            pool.shutdown(wait=True, cancel_futures=True)
     bar.close()
     if bad_files:
         more = f"\n  ... and {len(bad_files) - MAX_LISTED} more" if len(bad_files) > MAX_LISTED else ""

@@ -39,6 +39,7 @@ import urllib.error
 import urllib.request
 import zipfile
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from histlib.runs import atomic_dir, write_json
 
@@ -178,50 +179,30 @@ _ZENODO_MD5_NOTE = (
     "projects that download this file)"
 )
 
+def _nct_entry(name: str, title: str, md5: str, layout: str, size: int | None = None, **extra) -> DatasetEntry:
+    """An entry of Kather et al.'s Zenodo record (the three NCT-CRC-HE sets share licence, citation and host)."""
+    note = _ZENODO_MD5_NOTE + ("" if size is not None else "; exact size not recorded")
+    return DatasetEntry(name=name, title=title,
+                        urls=(DatasetFile(url=f"{_ZENODO_NCT}/files/{name}.zip?download=1", filename=f"{name}.zip",
+                                          md5=md5, size=size),),
+                        checksum_note=note, layout=layout, classes=_NCT_CLASSES, licence="CC BY 4.0",
+                        citation=_NCT_CITATION, homepage=_ZENODO_NCT, **extra)
+
+
 REGISTRY: dict[str, DatasetEntry] = {
     e.name: e
     for e in (
-        DatasetEntry(
-            name="NCT-CRC-HE-100K",
-            title="100,000 Macenko-normalised H&E patches (224 px, 0.5 µm/px) of colorectal cancer and normal "
-                  "tissue, 9 classes",
-            urls=(DatasetFile(url=f"{_ZENODO_NCT}/files/NCT-CRC-HE-100K.zip?download=1",
-                              filename="NCT-CRC-HE-100K.zip", md5="6fd702d11df6292bc054397ae038a464",
-                              size=11_690_284_003),),
-            checksum_note=_ZENODO_MD5_NOTE,
-            layout="NCT-CRC-HE-100K/<class>/<CLASS>-<ID>.tif — 100 000 RGB TIFF, 224×224 px, Macenko-normalised",
-            classes=_NCT_CLASSES,
-            licence="CC BY 4.0",
-            citation=_NCT_CITATION,
-            homepage=_ZENODO_NCT,
-        ),
-        DatasetEntry(
-            name="NCT-CRC-HE-100K-NONORM",
-            title="The same 100,000 patches without colour normalisation, 9 classes",
-            urls=(DatasetFile(url=f"{_ZENODO_NCT}/files/NCT-CRC-HE-100K-NONORM.zip?download=1",
-                              filename="NCT-CRC-HE-100K-NONORM.zip", md5="035777cf327776a71a05c95da6d6325f"),),
-            checksum_note=_ZENODO_MD5_NOTE + "; exact size not recorded",
-            layout="NCT-CRC-HE-100K-NONORM/<class>/<CLASS>-<ID>.tif — 100 000 RGB TIFF, 224×224 px, "
-                   "original staining",
-            classes=_NCT_CLASSES,
-            licence="CC BY 4.0",
-            citation=_NCT_CITATION,
-            homepage=_ZENODO_NCT,
-            approx_size="~11.7 GB",
-        ),
-        DatasetEntry(
-            name="CRC-VAL-HE-7K",
-            title="7,180 H&E patches from 50 patients with no overlap with NCT-CRC-HE-100K (validation set), 9 classes",
-            urls=(DatasetFile(url=f"{_ZENODO_NCT}/files/CRC-VAL-HE-7K.zip?download=1",
-                              filename="CRC-VAL-HE-7K.zip", md5="2fd1651b4f94ebd818ebf90ad2b6ce06",
-                              size=800_276_929),),
-            checksum_note=_ZENODO_MD5_NOTE,
-            layout="CRC-VAL-HE-7K/<class>/<CLASS>-<ID>.tif — 7 180 RGB TIFF, 224×224 px",
-            classes=_NCT_CLASSES,
-            licence="CC BY 4.0",
-            citation=_NCT_CITATION,
-            homepage=_ZENODO_NCT,
-        ),
+        _nct_entry("NCT-CRC-HE-100K", "100,000 Macenko-normalised H&E patches (224 px, 0.5 µm/px) of colorectal "
+                   "cancer and normal tissue, 9 classes", "6fd702d11df6292bc054397ae038a464",
+                   "NCT-CRC-HE-100K/<class>/<CLASS>-<ID>.tif — 100 000 RGB TIFF, 224×224 px, Macenko-normalised",
+                   size=11_690_284_003),
+        _nct_entry("NCT-CRC-HE-100K-NONORM", "The same 100,000 patches without colour normalisation, 9 classes",
+                   "035777cf327776a71a05c95da6d6325f",
+                   "NCT-CRC-HE-100K-NONORM/<class>/<CLASS>-<ID>.tif — 100 000 RGB TIFF, 224×224 px, original "
+                   "staining", approx_size="~11.7 GB"),
+        _nct_entry("CRC-VAL-HE-7K", "7,180 H&E patches from 50 patients with no overlap with NCT-CRC-HE-100K "
+                   "(validation set), 9 classes", "2fd1651b4f94ebd818ebf90ad2b6ce06",
+                   "CRC-VAL-HE-7K/<class>/<CLASS>-<ID>.tif — 7 180 RGB TIFF, 224×224 px", size=800_276_929),
         DatasetEntry(
             name="BACH",
             title="ICIAR 2018 Grand Challenge on BreAst Cancer Histology: 400 microscopy images (2048×1536 px, "
@@ -532,6 +513,26 @@ def _safe_member(name: str, archive: Path) -> PurePosixPath:
     return path
 
 
+def _extract_members(members: list[tuple[str, str, Any]], open_member, root: Path, archive: Path,
+                     progress: bool) -> None:
+    """Writes an archive's members (``(name, kind, member)``) as regular files and folders under ``root``: every
+    name and kind is checked before anything is written, and links, devices and FIFOs are refused outright."""
+    from tqdm.auto import tqdm
+
+    for name, kind, _ in members:
+        _safe_member(name, archive)
+        if kind not in ("file", "dir"):
+            raise ValueError(f"{archive}: member {name!r} is a {kind}; dataset archives need only regular files and "
+                             "folders, refusing to extract")
+    for name, kind, member in tqdm(members, desc=f"extract {archive.name}", unit="file", disable=not progress):
+        target = _member_target(root, name, archive)
+        if kind == "dir":
+            target.mkdir(parents=True, exist_ok=True)
+        else:
+            with open_member(member) as src:
+                _write_regular(src, target)
+
+
 def _is_tar(path: Path) -> bool:
     try:
         return tarfile.is_tarfile(path)
@@ -578,7 +579,6 @@ def extract_archive(archive: str | os.PathLike, dest: str | os.PathLike, *, dige
         FileExistsError: ``dest`` exists and was not created by this function.
         ValueError: not a zip/tar archive, or a member path escapes the folder.
     """
-    from tqdm.auto import tqdm
 
     archive, dest = Path(archive), Path(dest)
     marker = dest / MARKER
@@ -593,35 +593,16 @@ def extract_archive(archive: str | os.PathLike, dest: str | os.PathLike, *, dige
     with atomic_dir(dest) as tmp:
         if zipfile.is_zipfile(archive):
             with zipfile.ZipFile(archive) as zf:
-                members = [m for m in zf.infolist() if not m.filename.startswith("__MACOSX/")]
-                for m in members:  # every name and type checked before anything is written
-                    _safe_member(m.filename, archive)
-                    if stat.S_ISLNK(m.external_attr >> 16):
-                        raise ValueError(f"{archive}: member {m.filename!r} is a symbolic link; dataset archives "
-                                         "need none, refusing to extract")
-                for m in tqdm(members, desc=f"extract {archive.name}", unit="file", disable=not progress):
-                    target = _member_target(tmp, m.filename, archive)
-                    if m.is_dir():
-                        target.mkdir(parents=True, exist_ok=True)
-                    else:
-                        with zf.open(m) as src:
-                            _write_regular(src, target)
+                members = [(m.filename, "link" if stat.S_ISLNK(m.external_attr >> 16) else
+                            ("dir" if m.is_dir() else "file"), m) for m in zf.infolist()
+                           if not m.filename.startswith("__MACOSX/")]
+                _extract_members(members, zf.open, tmp, archive, progress)
         elif _is_tar(archive):
             try:
                 with tarfile.open(archive) as tf:
-                    members = tf.getmembers()
-                    for m in members:  # names and types first: links, devices and fifos are refused outright
-                        _safe_member(m.name, archive)
-                        if not (m.isfile() or m.isdir()):
-                            kind = "link" if (m.issym() or m.islnk()) else "special file"
-                            raise ValueError(f"{archive}: member {m.name!r} is a {kind}; dataset archives need only "
-                                             "regular files and folders, refusing to extract")
-                    for m in tqdm(members, desc=f"extract {archive.name}", unit="file", disable=not progress):
-                        target = _member_target(tmp, m.name, archive)
-                        if m.isdir():
-                            target.mkdir(parents=True, exist_ok=True)
-                        else:
-                            _write_regular(tf.extractfile(m), target)
+                    members = [(m.name, "file" if m.isfile() else "dir" if m.isdir() else
+                                "link" if (m.issym() or m.islnk()) else "special file", m) for m in tf.getmembers()]
+                    _extract_members(members, tf.extractfile, tmp, archive, progress)
             except (tarfile.TarError, EOFError) as e:
                 raise ValueError(f"{archive}: damaged tar archive ({e}); delete it and download it again") from None
         else:

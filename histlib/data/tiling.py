@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from pathlib import PurePosixPath
 
 import numpy as np
-from PIL import Image
 
 
 def _check(patch: int, stride: int | None) -> tuple[int, int]:
@@ -79,7 +78,3 @@ def tile_array(img: np.ndarray, patch: int, stride: int | None = None) -> Iterat
         yield x, y, img[y:y + patch, x:x + patch]
 
 
-def tile_image(img: Image.Image, patch: int, stride: int | None = None) -> Iterator[tuple[int, int, Image.Image]]:
-    """Yields ``(x, y, patch_image)`` for a PIL image, in ``tile_positions`` order."""
-    for x, y in tile_positions(img.width, img.height, patch, stride):
-        yield x, y, img.crop((x, y, x + patch, y + patch))

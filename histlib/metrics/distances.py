@@ -456,12 +456,6 @@ class Radii:
         return known[rows]
 
 
-def knn_sq_radii(x: FeatureSet, ks: Iterable[int], budget: int) -> dict[int, torch.Tensor]:
-    """Exact squared k-NN radii of every row for each k in ``ks`` (``{k: float64 [N]}``, CPU)."""
-    r = Radii(x, ks, budget)
-    return {k: r.exact(k) for k in r.ks}
-
-
 def _knn_candidates(x: FeatureSet, kk: int, budget: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``kk`` smallest float32 squared distances of each row (and their columns), sorted, over symmetric blocks.
 

@@ -207,14 +207,7 @@ def _elementwise_torch(x: torch.Tensor, b: torch.Tensor, g: torch.Tensor | None,
     return out
 
 
-_compiled_elementwise = None
-
-
-def _get_compiled():
-    global _compiled_elementwise
-    if _compiled_elementwise is None:
-        _compiled_elementwise = torch.compile(_elementwise_torch, dynamic=False)
-    return _compiled_elementwise
+_get_compiled = _dispatch.lazy_compile(lambda: _elementwise_torch)
 
 
 def _dense(t: torch.Tensor) -> torch.Tensor:

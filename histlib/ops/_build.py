@@ -196,6 +196,3 @@ def _build_and_load(name: str, sources: list[Path], verbose: bool) -> ModuleType
         )
 
 
-def built_extensions() -> dict[str, str]:
-    """Extensions loaded in this process: ``{name: module file}``."""
-    return {name: getattr(mod, "__file__", "?") for name, mod in _modules.items()}

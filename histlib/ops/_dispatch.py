@@ -211,3 +211,17 @@ def make_probes(load_plugin: Callable[[], Any], get_compiled: Callable[[], Any],
         return run
 
     return {"cuda": probe(load_plugin, "cuda"), "compiled": probe(get_compiled, "compiled")}
+
+
+def lazy_compile(get_function: Callable[[], Callable]) -> Callable[[], Callable]:
+    """``torch.compile`` of a reference function, made on first use and cached (never at import)."""
+    cache: list[Callable] = []
+
+    def compiled() -> Callable:
+        if not cache:
+            import torch
+
+            cache.append(torch.compile(get_function(), dynamic=False))
+        return cache[0]
+
+    return compiled

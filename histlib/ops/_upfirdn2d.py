@@ -230,14 +230,7 @@ def _upfirdn2d_ref(x: torch.Tensor, f: torch.Tensor, up: tuple[int, int], down: 
 # Fused paths ('cuda', 'compiled')
 
 
-_compiled_ref = None
-
-
-def _get_compiled():
-    global _compiled_ref
-    if _compiled_ref is None:
-        _compiled_ref = torch.compile(_upfirdn2d_ref, dynamic=False)
-    return _compiled_ref
+_get_compiled = _dispatch.lazy_compile(lambda: _upfirdn2d_ref)
 
 
 def _kernel(path: str, x: torch.Tensor, f: torch.Tensor, up: tuple[int, int], down: tuple[int, int],

@@ -11,8 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from histlib import losses, runs
+from histlib import runs
 from histlib import train_gan as tg
+from histlib.gan import losses
 
 matplotlib.use("Agg")
 

@@ -1,4 +1,4 @@
-"""Layers of StyleGAN2 (histlib.layers) against direct formulas written here with plain torch."""
+"""Layers of StyleGAN2 (histlib.gan.layers) against direct formulas written here with plain torch."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from histlib import ops
-from histlib.layers import (
+from histlib.gan.layers import (
     Conv2dLayer,
     FullyConnectedLayer,
     MinibatchStdLayer,

@@ -54,9 +54,8 @@ pipeline on the images' device: ``pipe.to(device)``); ``AdaController.update`` r
 
 from __future__ import annotations
 
-import copy
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -295,18 +294,29 @@ class AugmentPipe(torch.nn.Module):
         def draw(mult: float) -> torch.Tensor:  # [N] bool: which samples get this operation
             return torch.rand(n, device=dev, dtype=cdtype) < prob(mult)
 
-        def per_sample(mask: torch.Tensor) -> torch.Tensor:
-            return mask.reshape(n, 1, 1, 1)
+        x = self._blit(x, draw, dev, cdtype)
+        if any(getattr(self, op) > 0 for op in _GEOM):
+            x = self._geometric(x, draw, prob, p, dev, cdtype)
 
-        # Pixel blitting: exact permutations of pixels.
+        # Colour transformations, composed into one (C+1)x(C+1) homogeneous matrix per sample, applied in the order
+        # brightness, contrast, luma flip, hue, saturation.
+        if any(getattr(self, op) > 0 for op in _COLOR):
+            if c not in (1, 3):
+                raise ValueError(f"AugmentPipe: colour operations need 1 or 3 channels, got C={c}")
+            x = self._color(x, draw, n, c, dev, cdtype)
+        return x
+
+    def _blit(self, x: torch.Tensor, draw: Callable[[float], torch.Tensor], dev: torch.device,
+              cdtype: torch.dtype) -> torch.Tensor:
+        """Pixel blitting (x-flip, rotation by 90°, integer translation): exact permutations of pixels."""
+        n, c, h, w = x.shape
         if self.xflip > 0:
             flip = draw(self.xflip) & (torch.randint(0, 2, (n,), device=dev) == 1)
-            x = torch.where(per_sample(flip), x.flip(3), x)
+            x = torch.where(flip.reshape(n, 1, 1, 1), x.flip(3), x)
         if self.rotate90 > 0:
             if h != w:
                 raise ValueError(f"AugmentPipe: rotate90 needs square images, got {h}x{w}")
-            k = torch.randint(0, 4, (n,), device=dev) * draw(self.rotate90)
-            k = per_sample(k)
+            k = (torch.randint(0, 4, (n,), device=dev) * draw(self.rotate90)).reshape(n, 1, 1, 1)
             x = torch.where(k == 1, torch.rot90(x, 1, (2, 3)), torch.where(k == 2, x.flip(2, 3), torch.where(
                 k == 3, torch.rot90(x, 3, (2, 3)), x)))
         if self.xint > 0:
@@ -318,42 +328,40 @@ class AugmentPipe(torch.nn.Module):
             cols = _reflect_index(torch.arange(w, device=dev)[None, :] - dx, w)  # [N, W]
             x = x.gather(2, rows[:, None, :, None].expand(n, c, h, w))
             x = x.gather(3, cols[:, None, None, :].expand(n, c, h, w))
-
-        # General geometric transformations, composed into one inverse matrix per sample. The forward transform is
-        # M = T_frac @ R_post @ A @ R_pre @ S (S applied first); sampling needs M^-1 = S^-1 @ R_pre^-1 @ ... @ T^-1,
-        # built here in drawing order from the analytic inverse of each factor.
-        if any(getattr(self, op) > 0 for op in _GEOM):
-            inv = _eye(n, 3, p.expand(n))
-            geom = torch.zeros(n, dtype=torch.bool, device=dev)
-            zero = torch.zeros(n, device=dev, dtype=cdtype)
-            if self.scale > 0:
-                mask = draw(self.scale)
-                s = torch.where(mask, torch.exp2(torch.randn(n, device=dev, dtype=cdtype) * self.scale_std), 1 + zero)
-                inv, geom = inv @ _scale2d(1 / s, 1 / s), geom | mask
-            if self.rotate > 0:
-                p_rot = 1 - torch.sqrt(1 - prob(self.rotate))
-                for stage in ("pre", "post"):
-                    mask = torch.rand(n, device=dev, dtype=cdtype) < p_rot
-                    theta = (torch.rand(n, device=dev, dtype=cdtype) * 2 - 1) * math.pi * self.rotate_max
-                    inv, geom = inv @ _rotate2d(torch.where(mask, -theta, zero)), geom | mask
-                    if stage == "pre" and self.aniso > 0:  # the anisotropic scaling sits between the two rotations
-                        inv, geom = self._aniso(inv, geom, draw, n, dev, cdtype, zero)
-            elif self.aniso > 0:
-                inv, geom = self._aniso(inv, geom, draw, n, dev, cdtype, zero)
-            if self.xfrac > 0:
-                mask = draw(self.xfrac)
-                t = torch.randn(n, 2, device=dev, dtype=cdtype) * self.xfrac_std
-                t = torch.where(mask[:, None], t, 0)  # [N, 2] fraction of size
-                inv, geom = inv @ _translate2d(-t[:, 0] * w, -t[:, 1] * h), geom | mask
-            x = torch.where(per_sample(geom), _warp(x, inv, self.interpolation), x)
-
-        # Colour transformations, composed into one (C+1)x(C+1) homogeneous matrix per sample, applied in the order
-        # brightness, contrast, luma flip, hue, saturation.
-        if any(getattr(self, op) > 0 for op in _COLOR):
-            if c not in (1, 3):
-                raise ValueError(f"AugmentPipe: colour operations need 1 or 3 channels, got C={c}")
-            x = self._color(x, draw, n, c, dev, cdtype)
         return x
+
+    def _geometric(self, x: torch.Tensor, draw: Callable[[float], torch.Tensor],
+                   prob: Callable[[float], torch.Tensor], p: torch.Tensor, dev: torch.device,
+                   cdtype: torch.dtype) -> torch.Tensor:
+        """General geometric transformations, composed into one inverse matrix per sample and applied by one warp.
+
+        The forward transform is M = T_frac @ R_post @ A @ R_pre @ S (S applied first); sampling needs
+        M^-1 = S^-1 @ R_pre^-1 @ ... @ T^-1, built here in drawing order from the analytic inverse of each factor.
+        """
+        n, _, h, w = x.shape
+        inv = _eye(n, 3, p.expand(n))
+        geom = torch.zeros(n, dtype=torch.bool, device=dev)
+        zero = torch.zeros(n, device=dev, dtype=cdtype)
+        if self.scale > 0:
+            mask = draw(self.scale)
+            s = torch.where(mask, torch.exp2(torch.randn(n, device=dev, dtype=cdtype) * self.scale_std), 1 + zero)
+            inv, geom = inv @ _scale2d(1 / s, 1 / s), geom | mask
+        if self.rotate > 0:
+            p_rot = 1 - torch.sqrt(1 - prob(self.rotate))
+            for stage in ("pre", "post"):
+                mask = torch.rand(n, device=dev, dtype=cdtype) < p_rot
+                theta = (torch.rand(n, device=dev, dtype=cdtype) * 2 - 1) * math.pi * self.rotate_max
+                inv, geom = inv @ _rotate2d(torch.where(mask, -theta, zero)), geom | mask
+                if stage == "pre" and self.aniso > 0:  # the anisotropic scaling sits between the two rotations
+                    inv, geom = self._aniso(inv, geom, draw, n, dev, cdtype, zero)
+        elif self.aniso > 0:
+            inv, geom = self._aniso(inv, geom, draw, n, dev, cdtype, zero)
+        if self.xfrac > 0:
+            mask = draw(self.xfrac)
+            t = torch.randn(n, 2, device=dev, dtype=cdtype) * self.xfrac_std
+            t = torch.where(mask[:, None], t, 0)  # [N, 2] fraction of size
+            inv, geom = inv @ _translate2d(-t[:, 0] * w, -t[:, 1] * h), geom | mask
+        return torch.where(geom.reshape(n, 1, 1, 1), _warp(x, inv, self.interpolation), x)
 
     def _aniso(
         self, inv: torch.Tensor, geom: torch.Tensor, draw: Callable[[float], torch.Tensor], n: int,
@@ -551,60 +559,3 @@ class AdaController:
 
 # ----------------------------------------------------------------------------------------------------------------
 # Visualisation
-
-
-def plot_augment_grid(
-    images: torch.Tensor,
-    p_values: Sequence[float],
-    pipe: AugmentPipe | None = None,
-    seed: int = 0,
-    title: str | None = None,
-) -> Any:
-    """Shows the pipeline's effect: one row per ``p``, one column per image (first row: the originals).
-
-    Every row uses the same random draws (``seed``), so going down a column shows the same sample augmented with
-    a growing probability. The global RNG state is left untouched.
-
-    Args:
-        images: ``[N, C, H, W]`` images in ``[-1, 1]`` (C = 1 or 3).
-        p_values: augmentation probabilities, one row each.
-        pipe: the pipeline to show (default: ``AugmentPipe.preset('bgc')``); it is copied, not modified.
-        seed: seed of the random draws.
-        title: optional figure title.
-
-    Returns:
-        A matplotlib ``Figure``.
-    """
-    import matplotlib.pyplot as plt
-
-    if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] not in (1, 3):
-        raise ValueError("plot_augment_grid: images must be a tensor [N, C, H, W] with C = 1 or 3")
-    p_values = [float(v) for v in p_values]
-    if not p_values or any(not 0 <= v <= 1 for v in p_values):
-        raise ValueError(f"plot_augment_grid: p_values={p_values!r} must be a non-empty list of values in [0, 1]")
-    pipe = copy.deepcopy(pipe if pipe is not None else AugmentPipe.preset("bgc")).cpu().eval()
-    images = images.detach().float().cpu()
-    rows = [images]
-    for value in p_values:
-        pipe.set_p(value)
-        with torch.random.fork_rng(devices=[]), torch.no_grad():
-            torch.manual_seed(seed)
-            rows.append(pipe(images))
-    n = images.shape[0]
-    fig, axes = plt.subplots(len(rows), n, figsize=(1.3 * n + 0.8, 1.3 * len(rows)), squeeze=False)
-    labels = ["original"] + [f"p = {v:g}" for v in p_values]
-    for r, (batch, label) in enumerate(zip(rows, labels)):
-        for i in range(n):
-            ax = axes[r][i]
-            img = ((batch[i] + 1) / 2).clamp(0, 1).permute(1, 2, 0).numpy()
-            ax.imshow(img[..., 0] if img.shape[2] == 1 else img, cmap="gray" if img.shape[2] == 1 else None,
-                      vmin=0, vmax=1, interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if i == 0:
-                ax.set_ylabel(label, fontsize=8)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    plt.close(fig)  # out of pyplot's registry: the notebook displays the returned figure once
-    return fig

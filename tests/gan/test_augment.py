@@ -1,4 +1,4 @@
-"""Tests of the ADA pipeline and its controller (histlib.augment).
+"""Tests of the ADA pipeline and its controller (histlib.gan.augment).
 
 Every expectation is derived from the definition of the transformation (Karras et al. 2020, appendix B) and checked
 with an independent formula (``torch.flip``/``torch.rot90``/reflect padding, luma/chroma decomposition, moments of
@@ -13,7 +13,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from histlib.augment import AdaController, AugmentPipe, plot_augment_grid
+from histlib.gan.augment import AdaController, AugmentPipe
+from histlib.gan.plots import plot_augment_grid
 
 OPS = ("xflip", "rotate90", "xint", "scale", "rotate", "aniso", "xfrac", "brightness", "contrast", "lumaflip", "hue",
        "saturation")
@@ -563,7 +564,7 @@ def test_cuda_forward_backward_and_accumulate_never_sync():
 @pytest.mark.gpu
 @needs_cuda
 def test_cuda_warp_matches_cpu():
-    from histlib.augment import _rotate2d, _scale2d, _warp
+    from histlib.gan.augment import _rotate2d, _scale2d, _warp
 
     x = rand_images(n=4, size=32, dtype=torch.float32)
     gen = torch.Generator().manual_seed(0)

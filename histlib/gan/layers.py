@@ -190,13 +190,8 @@ class Conv2dLayer(nn.Module):
         _default_gain(activation)
         if kernel_size % 2 != 1:
             raise ValueError(f"kernel_size: expected an odd size, got {kernel_size}")
-        self.in_channels = in_channels
-        self.out_channels = out_channels
-        self.activation = activation
-        self.up = up
-        self.down = down
-        self.conv_clamp = conv_clamp
-        self.padding = kernel_size // 2
+        self.in_channels, self.out_channels, self.activation = in_channels, out_channels, activation
+        self.up, self.down, self.conv_clamp, self.padding = up, down, conv_clamp, kernel_size // 2
         f = ops.setup_filter(list(resample_filter))
         self.register_buffer("resample_filter", f, persistent=False)
         self.weight_gain = 1.0 / math.sqrt(in_channels * kernel_size**2)
@@ -328,13 +323,8 @@ class SynthesisLayer(nn.Module):
         conv_clamp: float | None = None,
     ) -> None:
         super().__init__()
-        self.in_channels = in_channels
-        self.out_channels = out_channels
-        self.resolution = resolution
-        self.up = up
-        self.use_noise = use_noise
-        self.activation = activation
-        self.conv_clamp = conv_clamp
+        self.in_channels, self.out_channels, self.resolution, self.up = in_channels, out_channels, resolution, up
+        self.use_noise, self.activation, self.conv_clamp = use_noise, activation, conv_clamp
         self.padding = kernel_size // 2
         self.act_gain = _default_gain(activation)
         f = ops.setup_filter(list(resample_filter))

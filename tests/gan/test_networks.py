@@ -1,4 +1,4 @@
-"""Conditional StyleGAN2 generator and D2D-CE discriminator (histlib.networks): contracts of DESIGN.md §1."""
+"""Conditional StyleGAN2 generator and D2D-CE discriminator (histlib.gan.networks): contracts of DESIGN.md §1."""
 
 from __future__ import annotations
 
@@ -7,16 +7,9 @@ import math
 import pytest
 import torch
 
-from histlib.networks import (
-    Discriminator,
-    Generator,
-    class_embedding_names,
-    compute_dtype,
-    freeze_discriminator,
-    freeze_generator,
-    load_pretrained,
-    network_kwargs,
-)
+from histlib.gan.config import network_kwargs
+from histlib.gan.networks import Discriminator, Generator, compute_dtype
+from histlib.gan.transfer import class_embedding_names, freeze_discriminator, freeze_generator, load_pretrained
 
 TINY_G = dict(z_dim=16, w_dim=16, mapping_layers=2, channel_base=128, channel_max=16)
 TINY_D = dict(channel_base=128, channel_max=16, embed_dim=8)
@@ -179,7 +172,7 @@ def test_mixed_precision_is_decided_by_device():
 def test_half_precision_blocks_run_when_forced(monkeypatch, half):
     # On the CPU the device rule always picks fp32; forcing the half-precision path here exercises its casts
     # (half blocks, fp32 image accumulation and epilogue, R1 double backward) without a GPU.
-    import histlib.networks as networks
+    import histlib.gan.networks as networks
 
     monkeypatch.setattr(networks, "compute_dtype", lambda use_fp16, device, mp_dtype="auto", default=None: (
         half if use_fp16 else default))
@@ -443,7 +436,7 @@ def test_gpu_matches_cpu_including_r1(monkeypatch):
 
 
 def test_realignment_finds_the_swap_and_ignores_noise():
-    from histlib.networks import realignment
+    from histlib.gan.transfer import realignment
 
     swapped = torch.tensor([[30, 2, 0], [1, 0, 31], [0, 29, 3]])  # embedding 1 draws class 2, embedding 2 class 1
     perm = realignment(swapped)
@@ -459,7 +452,7 @@ def test_realignment_finds_the_swap_and_ignores_noise():
 
 
 def test_permute_classes_moves_embeddings_means_and_adam_moments():
-    from histlib.networks import Generator, permute_classes
+    from histlib.gan.transfer import permute_classes
 
     torch.manual_seed(0)
     G = Generator(z_dim=8, w_dim=8, num_classes=3, img_resolution=8, mapping_layers=1, channel_base=64,

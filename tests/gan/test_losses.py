@@ -1,4 +1,4 @@
-"""histlib.losses: adversarial losses, lazy regularisers and D2D-CE against independent closed forms."""
+"""histlib.gan.losses: adversarial losses, lazy regularisers and D2D-CE against independent closed forms."""
 
 import math
 import os
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from histlib import losses
+from histlib.gan import losses
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -164,7 +164,7 @@ def test_d2d_global_over_two_gloo_processes(tmp_path):
     torch.save({"f": f, "v": v, "y": y}, tmp_path / "in.pt")
     child = textwrap.dedent("""
         import os, sys, torch, torch.distributed as dist
-        from histlib import losses
+        from histlib.gan import losses
         rank, out = int(sys.argv[1]), sys.argv[2]
         dist.init_process_group("gloo", rank=rank, world_size=2)
         d = torch.load(os.path.join(out, "in.pt"))

@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -211,8 +212,6 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     constants here; their own processes hold the gradient for them, so summing the per-rank gradients over ranks
     gives the gradient of a loss computed on the whole global batch.
     """
-    import torch.distributed as dist
-
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return x
     parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]

@@ -24,15 +24,13 @@ device of the input at run time. ``conv_clamp`` bounds the activations so that f
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from histlib import ops
-from histlib.layers import (
+from histlib.gan.layers import (
     Conv2dLayer,
     FullyConnectedLayer,
     MinibatchStdLayer,
@@ -130,12 +128,8 @@ class MappingNetwork(nn.Module):
             raise ValueError(f"num_classes: expected >= 1, got {num_classes}")
         if num_layers < 1:
             raise ValueError(f"num_layers: expected >= 1, got {num_layers}")
-        self.z_dim = z_dim
-        self.num_classes = num_classes
-        self.w_dim = w_dim
-        self.num_ws = num_ws
-        self.num_layers = num_layers
-        self.w_avg_beta = w_avg_beta
+        self.z_dim, self.num_classes, self.w_dim, self.num_ws = z_dim, num_classes, w_dim, num_ws
+        self.num_layers, self.w_avg_beta = num_layers, w_avg_beta
         embed_features = w_dim if embed_features is None else embed_features
         layer_features = w_dim if layer_features is None else layer_features
         self.embed = FullyConnectedLayer(num_classes, embed_features)  # one-hot -> embedding
@@ -206,23 +200,11 @@ class SynthesisBlock(nn.Module):
     Consumes ``num_conv + 1`` ws; the ToRGB w is shared with the first conv of the next block.
     """
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        w_dim: int,
-        resolution: int,
-        img_channels: int,
-        use_fp16: bool = False,
-        conv_clamp: float | None = None,
-        mp_dtype: str = "auto",
-    ) -> None:
+    def __init__(self, in_channels: int, out_channels: int, w_dim: int, resolution: int, img_channels: int,
+                 use_fp16: bool = False, conv_clamp: float | None = None, mp_dtype: str = "auto") -> None:
         super().__init__()
-        self.in_channels = in_channels
-        self.out_channels = out_channels
-        self.resolution = resolution
-        self.use_fp16 = use_fp16
-        self.mp_dtype = _check_mp_dtype(mp_dtype)
+        self.in_channels, self.out_channels, self.resolution = in_channels, out_channels, resolution
+        self.use_fp16, self.mp_dtype = use_fp16, _check_mp_dtype(mp_dtype)
         self.register_buffer("resample_filter", ops.setup_filter(list(_DEFAULT_FILTER)), persistent=False)
         if in_channels == 0:
             self.const = nn.Parameter(torch.randn(out_channels, resolution, resolution))
@@ -433,22 +415,11 @@ class DiscriminatorBlock(nn.Module):
     ``out = (skip(x) + conv1(conv0(x))) / sqrt(2)`` where skip is a 1x1 downsampling conv.
     """
 
-    def __init__(
-        self,
-        in_channels: int,
-        tmp_channels: int,
-        out_channels: int,
-        resolution: int,
-        img_channels: int,
-        use_fp16: bool = False,
-        conv_clamp: float | None = None,
-        mp_dtype: str = "auto",
-    ) -> None:
+    def __init__(self, in_channels: int, tmp_channels: int, out_channels: int, resolution: int, img_channels: int,
+                 use_fp16: bool = False, conv_clamp: float | None = None, mp_dtype: str = "auto") -> None:
         super().__init__()
-        self.in_channels = in_channels
-        self.resolution = resolution
-        self.use_fp16 = use_fp16
-        self.mp_dtype = _check_mp_dtype(mp_dtype)
+        self.in_channels, self.resolution = in_channels, resolution
+        self.use_fp16, self.mp_dtype = use_fp16, _check_mp_dtype(mp_dtype)
         if in_channels == 0:
             self.fromrgb = Conv2dLayer(img_channels, tmp_channels, 1, activation="lrelu", conv_clamp=conv_clamp)
         self.conv0 = Conv2dLayer(tmp_channels, tmp_channels, 3, activation="lrelu", conv_clamp=conv_clamp)
@@ -557,366 +528,6 @@ class Discriminator(nn.Module):
         return f"num_classes={self.num_classes}, img_resolution={self.img_resolution}, embed_dim={self.embed_dim}"
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Freezing and transfer
-
-
-def _freeze_blocks(blocks: nn.ModuleList, k: int, prefix: str, what: str) -> list[str]:
-    if not isinstance(k, int) or not 0 <= k <= len(blocks):
-        raise ValueError(f"{what}: expected an int in [0, {len(blocks)}] (number of blocks), got {k!r}")
-    names = []
-    for i in range(k):
-        for name, p in blocks[i].named_parameters():
-            p.requires_grad_(False)
-            names.append(f"{prefix}{i}.{name}")
-    return names
-
-
-def freeze_discriminator(D: Discriminator, k: int) -> list[str]:
-    """Freezes the first ``k`` discriminator blocks from the image input (block 1 = fromRGB + highest resolution).
-
-    Returns:
-        Names (as in ``D.state_dict()``) of the parameters now with ``requires_grad=False``.
-    """
-    return _freeze_blocks(D.blocks, k, "blocks.", "freeze_d")
-
-
-def freeze_generator(G: Generator, k: int) -> list[str]:
-    """Freezes the first ``k`` synthesis blocks from 4x4 (block 1 = const + 4x4); the mapping stays trainable.
-
-    Returns:
-        Names (as in ``G.state_dict()``) of the parameters now with ``requires_grad=False``.
-    """
-    return _freeze_blocks(G.synthesis.blocks, k, "synthesis.blocks.", "freeze_g")
-
-
-def class_embedding_names(module: nn.Module) -> list[str]:
-    """Names in ``module.state_dict()`` of the tensors whose size depends on the number of classes."""
-    names = []
-    for prefix, sub in module.named_modules():
-        for t in getattr(type(sub), "class_embedding_tensors", ()):
-            names.append(f"{prefix}.{t}" if prefix else t)
-    return names
-
-
-def load_pretrained(
-    module: nn.Module,
-    state_dict: Mapping[str, torch.Tensor],
-    *,
-    reinit_class_embeddings: bool | None = None,
-) -> dict:
-    """Loads a checkpoint into ``module`` (a Generator or Discriminator), re-initialising the class embeddings.
-
-    Every tensor must be present on both sides with the same shape, except the class-embedding tensors
-    (:func:`class_embedding_names`: the mapping's label embedding weight and per-class ``w_avg_c``, the
-    discriminator's proxies). Those are re-initialised (``w_avg_c`` starts at the loaded global ``w_avg``) when
-    ``reinit_class_embeddings`` is True, or when it is None and the class counts differ; otherwise loaded.
-
-    Args:
-        module: target network.
-        state_dict: source tensors (e.g. ``checkpoint['G']``).
-        reinit_class_embeddings: True: always re-initialise; False: always load (class counts must match);
-            None: re-initialise exactly when the class counts differ.
-
-    Returns:
-        ``{'loaded': [...], 'skipped': [...], 'reinitialised': [...]}``: target names copied from the checkpoint,
-        checkpoint names not used, and target names re-initialised.
-
-    Raises:
-        ValueError: a tensor is missing on either side or has a different shape (named in the message).
-    """
-    target = module.state_dict()
-    class_names = set(class_embedding_names(module))
-    missing = sorted(set(target) - set(state_dict) - (class_names if reinit_class_embeddings is not False else set()))
-    unexpected = sorted(set(state_dict) - set(target))
-    if missing or unexpected:
-        raise ValueError(
-            f"load_pretrained: checkpoint does not match {type(module).__name__}: "
-            f"missing {missing[:8]}{'...' if len(missing) > 8 else ''}, "
-            f"unexpected {unexpected[:8]}{'...' if len(unexpected) > 8 else ''}"
-        )
-    class_mismatch = [n for n in sorted(class_names) if n not in state_dict or state_dict[n].shape != target[n].shape]
-    if reinit_class_embeddings is None:
-        reinit = bool(class_mismatch)
-    elif reinit_class_embeddings is False and class_mismatch:
-        n = class_mismatch[0]
-        raise ValueError(
-            f"load_pretrained: class-embedding tensor {n!r} has shape {tuple(state_dict[n].shape)} in the checkpoint "
-            f"but {tuple(target[n].shape)} in the model (different class count); pass reinit_class_embeddings=True"
-        )
-    else:
-        reinit = bool(reinit_class_embeddings)
-    reinit_names = class_names if reinit else set()
-
-    for name, t in target.items():
-        if name in reinit_names:
-            continue
-        if state_dict[name].shape != t.shape:
-            raise ValueError(
-                f"load_pretrained: tensor {name!r} has shape {tuple(state_dict[name].shape)} in the checkpoint but "
-                f"{tuple(t.shape)} in the model (different architecture or resolution?)"
-            )
-    loaded = []
-    with torch.no_grad():
-        for name, t in target.items():
-            if name not in reinit_names:
-                t.copy_(state_dict[name])  # state_dict() tensors share storage with the module
-                loaded.append(name)
-        if reinit:
-            for sub in module.modules():
-                if getattr(type(sub), "class_embedding_tensors", ()):
-                    sub.reset_class_embeddings()
-    skipped = sorted(n for n in state_dict if n in reinit_names)
-    return {"loaded": loaded, "skipped": skipped, "reinitialised": sorted(reinit_names)}
-
-
-@torch.no_grad()
-def class_centres(D: Discriminator, images: torch.Tensor, labels: torch.Tensor, num_classes: int,
-                  batch_size: int = 256) -> torch.Tensor:
-    """Mean L2-normalised D2D-CE embedding of each class's images, normalised: ``[num_classes, E]``.
-
-    Args:
-        D: a discriminator (its embedding head is used; labels are not).
-        images: ``[N, C, R, R]`` in [-1, 1].
-        labels: ``[N]`` class indices.
-        num_classes: number of classes (every one must have an image).
-    """
-    D_labels = torch.zeros(min(batch_size, len(images)), dtype=torch.int64, device=images.device)
-    embeds = []
-    for i in range(0, len(images), batch_size):
-        x = images[i:i + batch_size]
-        _, e, _ = D(x, D_labels[: len(x)])
-        embeds.append(e.float())
-    embed = torch.cat(embeds)  # [N, E]
-    centres = []
-    for k in range(num_classes):
-        sel = labels == k
-        if not bool(sel.any()):
-            raise ValueError(f"class_centres: class {k} has no image")
-        centres.append(F.normalize(embed[sel].mean(0), dim=0))
-    return torch.stack(centres)  # [K, E]
-
-
-def match_classes(similarity: torch.Tensor) -> list[int]:
-    """For each target class (row), the source class (column) it starts from.
-
-    With no more target than source classes, the one-to-one assignment of largest total similarity (Hungarian
-    method), so no two target classes start from the same source class; otherwise each target class takes its
-    most similar source class.
-    """
-    from scipy.optimize import linear_sum_assignment
-
-    sim = similarity.detach().double().cpu().numpy()
-    if sim.shape[0] <= sim.shape[1]:
-        rows, cols = linear_sum_assignment(sim, maximize=True)
-        return [int(c) for _, c in sorted(zip(rows, cols))]
-    return [int(c) for c in sim.argmax(axis=1)]
-
-
-@torch.no_grad()
-def init_class_embeddings_from_base(G: Generator, D: Discriminator, base_G: Generator, base_D: Discriminator,
-                                    real: torch.Tensor, real_labels: torch.Tensor, samples_per_class: int = 64,
-                                    seed: int = 0) -> dict:
-    """Starts each new class of a fine-tuned G and D from where the base networks already are, instead of at random.
-
-    A freshly drawn class embedding makes the pretrained mapping network produce whatever base appearance happens to
-    lie there, and fine-tuning rarely moves it across to the right one: target classes come out swapped (a
-    generator asked for class A draws class B). Instead, in the base discriminator's D2D-CE embedding space:
-
-    * the target classes' real images give one centre per target class;
-    * the base generator's images of each base class give one centre per base class;
-    * each target class is matched to a base class (:func:`match_classes` on the cosine similarities of the
-      centres) and starts with that base class's label embedding and mean ``w`` (so it draws the most similar base
-      appearance, and no two target classes draw the same one when there are enough base classes);
-    * D's proxy of each target class starts at that class's real centre, so D2D-CE pulls each class's fakes toward
-      its own real images from the first step.
-
-    ``G``/``D`` must already hold the base weights for every tensor but the class embeddings (see
-    :func:`load_pretrained`). Rescales for the different class counts so that the embedding of target class t equals
-    the base embedding of its matched class exactly.
-
-    Args:
-        G, D: the networks to fine-tune (target classes).
-        base_G, base_D: the base networks (base classes), e.g. the base checkpoint's ``G_ema`` and ``D``.
-        real: target training images ``[N, 3, R, R]`` in [-1, 1] (a few per class suffice).
-        real_labels: their classes ``[N]``.
-        samples_per_class: base images generated per base class for its centre.
-        seed: latent seed of those images.
-
-    Returns:
-        ``{'method': 'match', 'similarity': [[...]] (target × base), 'match': [base index per target class]}``.
-    """
-    device = real.device
-    K_t, K_b = G.num_classes, base_G.num_classes
-    target = class_centres(base_D, real, real_labels, K_t)  # [K_t, E]
-    gen = torch.Generator().manual_seed(int(seed))
-    z = torch.randn([samples_per_class * K_b, base_G.z_dim], generator=gen).to(device)
-    c = torch.arange(K_b, device=device).repeat_interleave(samples_per_class)
-    fakes = torch.cat([base_G(z[i:i + 256], c[i:i + 256], noise_mode="const") for i in range(0, len(z), 256)])
-    source = class_centres(base_D, fakes, c, K_b)  # [K_b, E]
-    similarity = target @ source.t()  # [K_t, K_b]
-    match = match_classes(similarity)
-    idx = torch.as_tensor(match, device=device)
-    emb, base_emb = G.mapping.embed, base_G.mapping.embed
-    emb.weight.copy_(base_emb.weight[:, idx] * (base_emb.weight_gain / emb.weight_gain))
-    if emb.bias is not None:
-        emb.bias.copy_(base_emb.bias)
-    G.mapping.w_avg_c.copy_(base_G.mapping.w_avg_c[idx])
-    scale = base_D.proxies.weight.norm(dim=1).mean()
-    D.proxies.weight.copy_(target.to(D.proxies.weight.dtype) * scale)
-    return {"method": "match", "similarity": similarity.cpu().tolist(), "match": match}
-
-
-@torch.no_grad()
-def init_class_embeddings_neutral(G: Generator, base_G: Generator, noise: float = 0.01, seed: int = 0) -> dict:
-    """Starts every new class of a fine-tuned G at the base's class-neutral centre, so classes separate by label.
-
-    Each target class gets the same label embedding, the mean of the base classes' embeddings (plus ``noise`` ×
-    its scale of Gaussian noise to break the symmetry), and the global mean ``w`` as its class mean. The fine-tuned
-    generator then starts without any class structure, as a generator trained from scratch does, and the
-    conditional loss alone decides which appearance each class takes: no base appearance carries a target label
-    into training.
-
-    Returns:
-        ``{'method': 'neutral', 'noise': noise}``.
-    """
-    emb, base_emb = G.mapping.embed, base_G.mapping.embed
-    centre = base_emb.weight.mean(dim=1, keepdim=True) * (base_emb.weight_gain / emb.weight_gain)  # [E, 1]
-    gen = torch.Generator().manual_seed(int(seed))
-    jitter = torch.randn(emb.weight.shape, generator=gen).to(emb.weight) * noise * centre.abs().mean()
-    emb.weight.copy_(centre.expand_as(emb.weight) + jitter)
-    if emb.bias is not None:
-        emb.bias.copy_(base_emb.bias)
-    G.mapping.w_avg_c.copy_(base_G.mapping.w_avg.unsqueeze(0).expand_as(G.mapping.w_avg_c))
-    return {"method": "neutral", "noise": noise}
-
-
-@torch.no_grad()
-def discriminator_view(G: Generator, D: Discriminator, per_class: int = 64, seed: int = 0,
-                       batch_size: int = 256) -> torch.Tensor:
-    """How D's conditional head sees G's classes: ``[K, K]`` counts, row = class asked for, column = the class whose
-    proxy is nearest to the image's D2D-CE embedding (D's own label for it)."""
-    K = G.num_classes
-    device = next(G.parameters()).device
-    gen = torch.Generator().manual_seed(int(seed))
-    z = torch.randn([per_class * K, G.z_dim], generator=gen).to(device)
-    c = torch.arange(K, device=device).repeat_interleave(per_class)
-    proxies = F.normalize(D.proxies.weight.float(), dim=1)  # [K, E]
-    seen = []
-    for i in range(0, len(z), batch_size):
-        img = G(z[i:i + batch_size], c[i:i + batch_size], noise_mode="const")
-        _, embed, _ = D(img, c[i:i + batch_size])
-        seen.append((embed.float() @ proxies.t()).argmax(1))
-    counts = torch.zeros(K, K, dtype=torch.int64, device=device)
-    counts.index_put_((c, torch.cat(seen)), torch.ones_like(c), accumulate=True)
-    return counts.cpu()
-
-
-@torch.no_grad()
-def discriminator_real_view(D: Discriminator, real: torch.Tensor, labels: torch.Tensor, num_classes: int,
-                            batch_size: int = 256) -> torch.Tensor:
-    """D's conditional head on real images: ``[K, K]`` counts, row = true class, column = nearest proxy."""
-    proxies = F.normalize(D.proxies.weight.float(), dim=1)
-    seen = []
-    for i in range(0, len(real), batch_size):
-        _, embed, _ = D(real[i:i + batch_size], labels[i:i + batch_size])
-        seen.append((embed.float() @ proxies.t()).argmax(1))
-    counts = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=real.device)
-    counts.index_put_((labels, torch.cat(seen)), torch.ones_like(labels), accumulate=True)
-    return counts.cpu()
-
-
-def realignment(view: torch.Tensor, min_gain: float = 0.2, real_view: torch.Tensor | None = None,
-                min_real_recall: float = 0.75) -> list[int] | None:
-    """The relabelling of G's class embeddings that D's view asks for, or None.
-
-    ``view[r, s]``: images of embedding r that D labels s. The one-to-one assignment of embeddings to classes with
-    the most agreement (Hungarian method) is returned as ``perm`` (class s takes embedding ``perm[s]``) when it
-    raises the agreement by at least ``min_gain`` (a fraction of all images) over keeping every embedding where it
-    is, and when D can tell the classes it would move apart on real images (``real_view``, rows true class: the
-    recall of each moved class at least ``min_real_recall``); otherwise None. The second condition keeps a D that
-    still confuses two similar classes from relabelling a generator that draws them right.
-    """
-    from scipy.optimize import linear_sum_assignment
-
-    cm = view.double().numpy()
-    rows, cols = linear_sum_assignment(cm, maximize=True)
-    gain = (cm[rows, cols].sum() - np.trace(cm)) / max(cm.sum(), 1.0)
-    if gain < min_gain:
-        return None
-    perm = [0] * len(rows)
-    for r, s in zip(rows, cols):
-        perm[int(s)] = int(r)
-    if real_view is not None:
-        real = real_view.double().numpy()
-        recall = np.diag(real) / np.maximum(real.sum(axis=1), 1.0)
-        moved = [s for s, r in enumerate(perm) if r != s]
-        if moved and recall[moved].min() < min_real_recall:
-            return None
-    return perm
-
-
-@torch.no_grad()
-def permute_classes(G: Generator, perm: Sequence[int], optimizer: torch.optim.Optimizer | None = None) -> None:
-    """Relabels G's classes: class s takes what class ``perm[s]`` had (label embedding, class mean of w, and the
-    optimiser's moments of the embedding), so each class keeps drawing what it drew, under its new label."""
-    idx = torch.as_tensor(list(perm), device=G.mapping.embed.weight.device)
-    weight = G.mapping.embed.weight
-    state = optimizer.state.get(weight, {}) if optimizer is not None else {}
-    for t in [weight, *(v for v in state.values() if isinstance(v, torch.Tensor) and v.shape == weight.shape)]:
-        t.copy_(t[:, idx])
-    G.mapping.w_avg_c.copy_(G.mapping.w_avg_c[idx])
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Profiles
-
-
-_PROFILES = {
-    # CPU demo: tiny networks that train a few hundred iterations a minute on two cores.
-    "demo": dict(
-        resolution=32,
-        G=dict(z_dim=64, w_dim=64, mapping_layers=2, channel_base=1024, channel_max=64, num_fp16_res=0,
-               conv_clamp=None),
-        D=dict(channel_base=1024, channel_max=64, num_fp16_res=0, conv_clamp=None, mbstd_group_size=4, embed_dim=64),
-    ),
-    # One GPU, 64 px, a whole study in minutes.
-    "reduced": dict(
-        resolution=64,
-        G=dict(z_dim=256, w_dim=256, mapping_layers=4, channel_base=8192, channel_max=256, num_fp16_res=2,
-               conv_clamp=256),
-        D=dict(channel_base=8192, channel_max=256, num_fp16_res=2, conv_clamp=256, mbstd_group_size=4,
-               embed_dim=256),
-    ),
-    # StyleGAN2-ADA's 'paper256' configuration (fmaps 0.5 -> channel base 16384, max 512, 8 mapping layers,
-    # minibatch-std groups of 8) with mixed precision on the four highest resolutions.
-    "paper": dict(
-        resolution=256,
-        G=dict(z_dim=512, w_dim=512, mapping_layers=8, channel_base=16384, channel_max=512, num_fp16_res=4,
-               conv_clamp=256),
-        D=dict(channel_base=16384, channel_max=512, num_fp16_res=4, conv_clamp=256, mbstd_group_size=8,
-               embed_dim=512),
-    ),
-}
-
-
-def network_kwargs(profile: str, resolution: int | None = None) -> dict:
-    """Constructor arguments of G and D for a profile, without ``num_classes`` (it comes from the dataset).
-
-    Args:
-        profile: ``'demo'`` (32 px, tiny), ``'reduced'`` (64 px) or ``'paper'`` (256 px, StyleGAN2 'paper256').
-        resolution: override of the profile's resolution (power of two >= 8).
-
-    Returns:
-        ``{'G': {...}, 'D': {...}}``; use as ``Generator(num_classes=K, **kw['G'])`` and
-        ``Discriminator(num_classes=K, **kw['D'])``.
-    """
-    if profile not in _PROFILES:
-        raise ValueError(f"profile: expected one of {sorted(_PROFILES)}, got {profile!r}")
-    spec = _PROFILES[profile]
-    res = spec["resolution"] if resolution is None else resolution
-    _check_resolution("resolution", res, 8)
-    return {
-        "G": dict(spec["G"], img_resolution=res, img_channels=3),
-        "D": dict(spec["D"], img_resolution=res, img_channels=3),
-    }
+def to_uint8(img: torch.Tensor) -> torch.Tensor:
+    """Generator output ``[N, C, H, W]`` in [-1, 1] → ``torch.uint8`` in [0, 255] (rounded, clamped)."""
+    return ((img.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
