@@ -6,8 +6,6 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 PYTEST_ARGS ?=
-# OpenMP threads that busy-wait slow small CPU ops badly when cores are shared; passive waiting avoids that.
-export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: demo test test-slow test-online test-gpu test-notebooks gpu-check lab lint clean-venv
 

@@ -6,7 +6,8 @@ import os
 from pathlib import Path
 
 # OpenMP threads that busy-wait make small torch ops many times slower when the cores are shared with other
-# processes (the test suite's own subprocesses included); passive waiting costs nothing measurable here.
+# processes (the test suite's own subprocesses included); the suite runs beside its own subprocesses, so it takes
+# passive waiting (steady) over histlib's short spin (faster alone; docs/benchmarks.md, "CPU contention").
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pytest

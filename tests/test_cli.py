@@ -21,6 +21,23 @@ def test_import_histlib_is_light():
     assert out.returncode == 0, out.stderr
 
 
+def _omp_after_import(env_extra: dict) -> str:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")} | env_extra
+    code = "import os, histlib; print(os.environ.get('OMP_WAIT_POLICY'), os.environ.get('GOMP_SPINCOUNT'))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+def test_import_sets_a_short_openmp_spin_unless_the_user_chose():
+    # before torch loads: every entry point (CLI, runner, notebook kernels) imports histlib first
+    assert _omp_after_import({}) == "None 3000"
+    assert _omp_after_import({"OMP_WAIT_POLICY": "PASSIVE"}) == "PASSIVE None"
+    assert _omp_after_import({"GOMP_SPINCOUNT": "100"}) == "None 100"
+
+
 def test_unknown_command_is_a_clear_error():
     out = subprocess.run([sys.executable, "-m", "histlib", "nope"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "unknown command 'nope'" in out.stderr
