@@ -67,8 +67,11 @@ def _count(module, skip: tuple[str, ...]) -> tuple[int, int]:
     return total, core
 
 
-def _ours(a: dict, batch: int, num_classes: int, device: str, impl: str):
-    """histlib's state and one-iteration function (the phases of ``histlib.gan.phases``, EMA)."""
+def _ours(a: dict, batch: int, num_classes: int, device: str, impl: str, data=None, p: float = 0.2):
+    """histlib's state, one-iteration function (the phases of ``histlib.gan.phases``, EMA) and ``G_ema`` sampler.
+
+    ``data``: None (one fixed random batch: the speed benchmark) or a callable giving ``(images in [-1, 1], int
+    labels)`` per iteration (learning runs: D2D-CE on, as configured by the profile)."""
     import tempfile
 
     import numpy as np
@@ -91,10 +94,11 @@ def _ours(a: dict, batch: int, num_classes: int, device: str, impl: str):
         for i in range(4):
             pixels = rng.integers(0, 255, (a["res"], a["res"], 3), dtype=np.uint8)
             Image.fromarray(pixels).save(folder / f"c{k}/{i}.png")
+    extra = {} if data is not None else {"cond_lambda": 0.0}
     cfg = TrainConfig.from_profile(
-        a["profile"], data_dir=str(folder), resolution=a["res"], batch_size=batch, device=device, cond_lambda=0.0,
-        augment="fixed", augment_p=0.2, kernel_impl=impl, mixed_precision=a["num_fp16_res"] > 0,
-        r1_gamma=a["r1_gamma"], progress=False, class_check_per_class=0)
+        a["profile"], data_dir=str(folder), resolution=a["res"], batch_size=batch, device=device, augment="fixed",
+        augment_p=p, kernel_impl=impl, mixed_precision=a["num_fp16_res"] > 0, r1_gamma=a["r1_gamma"], progress=False,
+        class_check_per_class=0, **extra)
     dataset = ImageDataset(folder, transform=to_uint8_tensor)
     ops.set_default_impl(impl)
     state = build_state(cfg, dataset, num_classes, torch.device(device), Dist(), None)
@@ -104,19 +108,26 @@ def _ours(a: dict, batch: int, num_classes: int, device: str, impl: str):
     schedule = phases(state)
 
     def iteration():
+        x, c = (real, real_c) if data is None else (t.to(device) for t in data())
         for _, phase, interval in schedule:
             if state.step % interval == 0:
-                phase(state, real, real_c, meter)
+                phase(state, x, c, meter)
         state.update_ema()
         state.cur_nimg += batch
         state.step += 1
 
+    @torch.no_grad()
+    def sample(z, c):  # int labels
+        return state.G_ema(z, c, noise_mode="const")
+
     counts = {"G": _count(state.G, ("mapping.embed",)), "D": _count(state.D, ("out.", "embed.", "proxies."))}
-    return iteration, counts
+    return iteration, counts, sample
 
 
-def _reference(a: dict, batch: int, num_classes: int, device: str, impl: str, ref_dir: str):
-    """The reference's networks, loss and augmentation, stepped as its training loop does."""
+def _reference(a: dict, batch: int, num_classes: int, device: str, impl: str, ref_dir: str, data=None,
+               p: float = 0.2, ema_kimg: float = 2.0, ema_rampup: float | None = None, labels=None):
+    """The reference's networks, loss and augmentation, stepped as its training loop does (``data``, ``p``: as
+    :func:`_ours`; ``labels``: the training labels, from which its loop draws the generated images' classes)."""
     sys.path.insert(0, ref_dir)
     import copy
 
@@ -140,7 +151,7 @@ def _reference(a: dict, batch: int, num_classes: int, device: str, impl: str, re
     G_ema = copy.deepcopy(G).eval()
     pipe = AugmentPipe(xflip=1, rotate90=1, xint=1, scale=1, rotate=1, aniso=1, xfrac=1, brightness=1, contrast=1,
                        lumaflip=1, hue=1, saturation=1).train().requires_grad_(False).to(dev)
-    pipe.p.copy_(torch.as_tensor(0.2))
+    pipe.p.copy_(torch.as_tensor(p))
     loss = StyleGAN2Loss(device=dev, G_mapping=G.mapping, G_synthesis=G.synthesis, D=D, augment_pipe=pipe,
                          r1_gamma=a["r1_gamma"], pl_weight=2, style_mixing_prob=0.9, pl_batch_shrink=2)
     phases = []
@@ -151,9 +162,16 @@ def _reference(a: dict, batch: int, num_classes: int, device: str, impl: str, re
     real = torch.rand(batch, 3, a["res"], a["res"], device=dev) * 2 - 1
     real_c = torch.nn.functional.one_hot(torch.randint(num_classes, (batch,)), num_classes).float().to(dev)
     step = [0]
+    one_hot = torch.nn.functional.one_hot
 
     def iteration():
-        gen_c = torch.nn.functional.one_hot(torch.randint(num_classes, (batch,)), num_classes).float().to(dev)
+        nonlocal real, real_c
+        if data is not None:
+            x, c = data()
+            real, real_c = x.to(dev), one_hot(c, num_classes).float().to(dev)
+        drawn = torch.randint(num_classes, (batch,)) if labels is None else \
+            torch.as_tensor(labels)[torch.randint(len(labels), (batch,))]
+        gen_c = one_hot(drawn, num_classes).float().to(dev)
         for name, module, opt, interval in phases:
             if step[0] % interval != 0:
                 continue
@@ -168,15 +186,20 @@ def _reference(a: dict, batch: int, num_classes: int, device: str, impl: str, re
                     misc.nan_to_num(param.grad, nan=0, posinf=1e5, neginf=-1e5, out=param.grad)
             opt.step()
         with torch.no_grad():
-            beta = 0.5 ** (batch / 2000.0)
+            ema_nimg = ema_kimg * 1000 if ema_rampup is None else min(ema_kimg * 1000, step[0] * batch * ema_rampup)
+            beta = 0.5 ** (batch / max(ema_nimg, 1e-8))
             for p_ema, p in zip(G_ema.parameters(), G.parameters()):
                 p_ema.copy_(p.lerp(p_ema, beta))
             for b_ema, b in zip(G_ema.buffers(), G.buffers()):
                 b_ema.copy_(b)
         step[0] += 1
 
+    @torch.no_grad()
+    def sample(z, c):  # int labels
+        return G_ema(z, one_hot(c, num_classes).float().to(dev), noise_mode="const")
+
     counts = {"G": _count(G, ("mapping.embed",)), "D": _count(D, ("mapping.", "b4.out."))}
-    return iteration, counts
+    return iteration, counts, sample
 
 
 def child(side: str, res: int, batch: int, ticks: int, device: str, impl: str, ref_dir: str, warmup: int) -> dict:
@@ -185,9 +208,9 @@ def child(side: str, res: int, batch: int, ticks: int, device: str, impl: str, r
     torch.manual_seed(0)
     a = _arch(res, device)
     if side == "ours":
-        iteration, counts = _ours(a, batch, 5, device, impl)
+        iteration, counts, _ = _ours(a, batch, 5, device, impl)
     else:
-        iteration, counts = _reference(a, batch, 5, device, impl, ref_dir)
+        iteration, counts, _ = _reference(a, batch, 5, device, impl, ref_dir)
 
     def sync():
         if device == "cuda":

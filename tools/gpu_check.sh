@@ -11,12 +11,7 @@
 #   tools/gpu_check.sh                # everything
 #   SKIP_BENCH=1 tools/gpu_check.sh   # build + tests only
 #   BUILD_TIMEOUT=90 TEST_TIMEOUT=90 BENCH_TIMEOUT=60 tools/gpu_check.sh   # shorter stage limits
-set -u
-cd "$(dirname "$0")/.."
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-export PYTHONUNBUFFERED=1
-PY="${PYTHON:-python3}"
-if [ -x .venv/bin/python ] && [ -z "${PYTHON:-}" ]; then PY=.venv/bin/python; fi
+. "$(dirname "$0")/common.sh"
 DEST="${OUT:-results/gpu_check}"
 mkdir -p "$DEST"
 CACHE_TMP="$(mktemp -d)"

@@ -13,12 +13,7 @@
 # Writes under $OUT (else results/gpu_issue14/): check/{kernels.json,pytest.log,bench.json,bench.md},
 # vs_reference.json, stages.json, summary.json; prints a table last. Exit status 0 only if every stage passed.
 # On a machine without CUDA every stage still runs, on the CPU at small sizes (how this script is tested).
-set -u
-cd "$(dirname "$0")/.."
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-export PYTHONUNBUFFERED=1
-PY="${PYTHON:-python3}"
-if [ -x .venv/bin/python ] && [ -z "${PYTHON:-}" ]; then PY=.venv/bin/python; fi
+. "$(dirname "$0")/common.sh"
 DEST="${OUT:-results/gpu_issue14}"
 REF="${REFERENCE_DIR:-.reference/stylegan2-ada-pytorch}"
 mkdir -p "$DEST/check"

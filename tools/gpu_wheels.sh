@@ -5,10 +5,8 @@
 # that the installed ones are not shadowed; about 16 MB in all. tools/gpu_issue14.sh installs .whl/*.whl into a
 # temporary folder when the folder exists.
 #   tools/gpu_wheels.sh            # PY_VERSION=3.11 tools/gpu_wheels.sh for another Python
-set -eu
-cd "$(dirname "$0")/.."
-PY="${PYTHON:-python3}"
-if [ -x .venv/bin/python ] && [ -z "${PYTHON:-}" ]; then PY=.venv/bin/python; fi
+. "$(dirname "$0")/common.sh"
+set -e
 rm -rf .whl && mkdir .whl
 "$PY" -m pip download -q --only-binary=:all: --python-version "${PY_VERSION:-3.12}" --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \

@@ -1,0 +1,188 @@
+"""Does histlib's GAN learn as well as the reference StyleGAN2-ADA per image seen? Same data, architecture, budget.
+
+Both sides train in their own subprocess, from the same seed, on the same prepared dataset (the train split, read by
+histlib's loader at ``--res``), at the same architecture (checked as in ``vs_reference.py``), batch, learning rates,
+R1 / path-length schedule, EMA (with ramp-up) and augmentation probability (fixed; ``--p 0`` by default, which is
+where ADA stayed in our 40 kimg base runs on this data). Ours trains as configured by the profile (D2D-CE on); the
+reference with its own conditioning (projection discriminator). At each ``--eval-kimg`` point ``G_ema`` draws
+``--per-class`` images per class with fixed latents.
+
+Scoring, the same for both, with one fixed feature extractor (Inception weights are not on every machine): the
+dataset's class-fidelity classifier (``histlib.fidelity``, trained once on its train split and cached), whose
+pre-logit features give FID, precision, recall, density and coverage per class against the real train images
+(``histlib.metrics.per_class_metrics``), and whose predictions give class agreement. A grid of both sides' last
+samples is written beside the JSON.
+
+Usage (from the project root)::
+
+    python benchmarks/learn_vs_reference.py --reference-dir REF --data data/prepared/crc5 --kimg 20 \\
+        --out results/learn_vs_reference
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+
+def _loader(data: str, res: int, batch: int, seed: int):
+    """An endless stream of ``(images in [-1, 1], int labels)`` batches of the train split, and its labels."""
+    import torch
+
+    from histlib.data.dataset import ImageDataset, to_uint8_tensor
+
+    ds = ImageDataset(data, split="train", transform=to_uint8_tensor, resolution=res)
+    gen = torch.Generator().manual_seed(seed)
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=True, drop_last=True, generator=gen,
+                                         num_workers=0)
+
+    def stream():
+        while True:
+            yield from loader
+
+    it = stream()
+
+    def next_batch():
+        x, c = next(it)
+        return x.float() / 127.5 - 1, c.long()
+
+    return next_batch, list(ds.labels), list(ds.classes)
+
+
+def child(side: str, args) -> int:
+    import torch
+    from vs_reference import _arch, _ours, _reference
+
+    from histlib.gan.config import PROFILES
+
+    torch.manual_seed(args.seed)
+    a = _arch(args.res, "cpu")
+    data, labels, classes = _loader(args.data, args.res, args.batch, args.seed)
+    train = PROFILES[a["profile"]]["train"]
+    if side == "ours":
+        iteration, counts, sample = _ours(a, args.batch, len(classes), "cpu", "ref", data=data, p=args.p)
+    else:
+        iteration, counts, sample = _reference(a, args.batch, len(classes), "cpu", "ref", str(args.reference_dir),
+                                               data=data, p=args.p, ema_kimg=train["ema_kimg"],
+                                               ema_rampup=train["ema_rampup"], labels=labels)
+    out = Path(args.out) / side
+    out.mkdir(parents=True, exist_ok=True)
+    gen = torch.Generator().manual_seed(1234)
+    z = torch.randn(args.per_class * len(classes), a["z_dim"], generator=gen)
+    c = torch.arange(len(classes)).repeat_interleave(args.per_class)
+    points = sorted(set(args.eval_kimg + [args.kimg]))
+    nimg, t0, log = 0, time.time(), []
+    for point in points:
+        while nimg < point * 1000:
+            iteration()
+            nimg += args.batch
+        imgs = torch.cat([sample(z[i:i + 256], c[i:i + 256]) for i in range(0, len(z), 256)])
+        imgs = (imgs * 127.5 + 128).clamp(0, 255).to(torch.uint8)
+        torch.save({"images": imgs, "labels": c, "classes": classes}, out / f"samples-{point:g}kimg.pt")
+        log.append({"kimg": point, "seconds": round(time.time() - t0, 1)})
+        print(json.dumps(log[-1]), flush=True)
+    (out / "run.json").write_text(json.dumps({"side": side, "params": counts, "arch": a, "log": log,
+                                              "img_per_s": round(nimg / (time.time() - t0), 2)}, indent=1))
+    return 0
+
+
+def score(args, cfg=None, cache_root=None) -> dict:
+    """Scores every saved sample of both sides (``cfg``, ``cache_root``: the fidelity classifier's settings)."""
+    import numpy as np
+    import torch
+
+    from histlib import fidelity
+    from histlib.data.dataset import ImageDataset, to_uint8_tensor
+    from histlib.metrics import get_extractor, per_class_metrics
+
+    ckpt = fidelity.fidelity_classifier(args.data, args.res, cfg=cfg, cache_root=cache_root)  # cached
+    clf = fidelity.FidelityClassifier(ckpt)
+    ext = get_extractor(f"domain:{ckpt}", device="cpu")
+    ds = ImageDataset(args.data, split="train", transform=to_uint8_tensor, resolution=args.res)
+    real = torch.stack([ds[i][0] for i in range(len(ds))])
+    real_labels = np.asarray(ds.labels)
+    real_feats = ext(real).numpy()
+    results = {"extractor": ext.name, "fidelity_val_balanced_accuracy": clf.val_balanced_accuracy, "sides": {}}
+    for side in ("ours", "reference"):
+        run = json.loads((Path(args.out) / side / "run.json").read_text())
+        rows = []
+        for f in sorted((Path(args.out) / side).glob("samples-*kimg.pt"), key=lambda p: float(p.stem[8:-4])):
+            s = torch.load(f)
+            feats = ext(s["images"]).numpy()
+            table = per_class_metrics(real_feats, feats, real_labels, s["labels"].numpy(), s["classes"])
+            seen = clf.predict(s["images"])
+            agree = fidelity.agreement(s["labels"].numpy(), seen, s["classes"])
+            rows.append({"kimg": float(f.stem[8:-4]), "agreement": agree["agreement"],
+                         "table": table.round(4).reset_index().to_dict(orient="records")})
+        results["sides"][side] = {"img_per_s": run["img_per_s"], "params": run["params"], "points": rows}
+    return results
+
+
+def grid(args, path: Path) -> None:
+    import torch
+    from PIL import Image
+
+    rows = []
+    for side in ("ours", "reference"):
+        last = sorted((Path(args.out) / side).glob("samples-*kimg.pt"), key=lambda p: float(p.stem[8:-4]))[-1]
+        s = torch.load(last)
+        k = len(s["classes"])
+        per = len(s["labels"]) // k
+        pick = torch.cat([torch.arange(i * per, i * per + 8) for i in range(k)])
+        rows.append(s["images"][pick].view(k, 8, 3, args.res, args.res))
+    both = torch.cat(rows, dim=1)  # [k, 16, 3, H, W]: ours left, reference right
+    k = both.shape[0]
+    img = both.permute(0, 3, 1, 4, 2).reshape(k * args.res, 16 * args.res, 3).numpy()
+    Image.fromarray(img).save(path)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--reference-dir", type=Path, required=True)
+    p.add_argument("--data", required=True, help="a prepared dataset (train split used)")
+    p.add_argument("--res", type=int, default=32)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--kimg", type=float, default=20)
+    p.add_argument("--eval-kimg", type=float, nargs="*", default=[5, 10])
+    p.add_argument("--per-class", type=int, default=300)
+    p.add_argument("--p", type=float, default=0.0, help="augmentation probability, fixed, both sides")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="results/learn_vs_reference")
+    p.add_argument("--sides", nargs="*", default=["ours", "reference"], help="sides to train (none: score only)")
+    p.add_argument("--_child", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args._child:
+        return child(args._child, args)
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    for side in args.sides:
+        cmd = [sys.executable, __file__, *sys.argv[1:], "--_child", side]
+        print(f"training {side} ...", flush=True)
+        subprocess.run(cmd, check=True, env=env, cwd=ROOT)
+    res = score(args)
+    Path(args.out, "learn.json").write_text(json.dumps(res, indent=1))
+    grid(args, Path(args.out) / "grid.png")
+    print(f"\nfeatures: {res['extractor']}; fidelity classifier val balanced accuracy "
+          f"{res['fidelity_val_balanced_accuracy']:.3f}")
+    print(f"{'side':<10} {'kimg':>5} {'agree':>6} {'FID':>7} {'P':>6} {'R':>6} {'D':>6} {'C':>6}   per-class R")
+    for side, r in res["sides"].items():
+        for pt in r["points"]:
+            allrow = next(t for t in pt["table"] if t["class"] == "all")
+            per = " ".join(f"{t['recall']:.2f}" for t in pt["table"] if t["class"] != "all")
+            print(f"{side:<10} {pt['kimg']:>5g} {pt['agreement']:>6.3f} {allrow['fid']:>7.2f} "
+                  f"{allrow['precision']:>6.3f} {allrow['recall']:>6.3f} {allrow['density']:>6.3f} "
+                  f"{allrow['coverage']:>6.3f}   {per}")
+    print(f"grid (rows: classes; left 8 ours, right 8 reference): {Path(args.out) / 'grid.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""benchmarks/learn_vs_reference.py: scoring and the side-by-side grid, on saved samples (no training)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from histlib import fidelity
+from histlib.data.prepare import PrepareConfig, prepare_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+COLOURS = {"blue": (40, 60, 200), "green": (40, 180, 60), "red": (210, 50, 40)}
+
+
+def _images(colours, n, seed):
+    rng = np.random.default_rng(seed)
+    out = [np.clip(np.array(c)[None, None] + rng.normal(0, 25, (16, 16, 3)), 0, 255) for c in colours for _ in range(n)]
+    return torch.from_numpy(np.stack(out).astype(np.uint8)).permute(0, 3, 1, 2).contiguous()
+
+
+@pytest.fixture(scope="module")
+def learn():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import learn_vs_reference
+
+    return learn_vs_reference
+
+
+@pytest.mark.filterwarnings("ignore:FID from")
+def test_score_tells_the_side_with_swapped_classes(tmp_path, learn):
+    raw = tmp_path / "raw"
+    for i, (cls, col) in enumerate(COLOURS.items()):
+        (raw / cls).mkdir(parents=True)
+        for j, img in enumerate(_images([col], 24, i).permute(0, 2, 3, 1).numpy()):
+            Image.fromarray(img).save(raw / cls / f"{j:03d}.png")
+    data = tmp_path / "prepared"
+    prepare_dataset(PrepareConfig(source=str(raw), out=str(data), val_fraction=0.25, group_by="patch"), progress=False)
+    out = tmp_path / "out"
+    classes = list(COLOURS)
+    cols = list(COLOURS.values())
+    per = 20
+    labels = torch.arange(3).repeat_interleave(per)
+    sides = {"ours": cols, "reference": [cols[1], cols[2], cols[0]]}  # the reference draws every class as another
+    for side, drawn in sides.items():
+        (out / side).mkdir(parents=True)
+        for point in (1, 2):
+            torch.save({"images": _images(drawn, per, 10 + point), "labels": labels, "classes": classes},
+                       out / side / f"samples-{point:g}kimg.pt")
+        (out / side / "run.json").write_text(json.dumps({"img_per_s": 1.0, "params": {"G": 1, "D": 1}}))
+    args = argparse.Namespace(data=str(data), res=16, out=str(out))
+    cfg = fidelity.FidelityConfig(epochs=6, max_steps=30, batch_size=16)
+    res = learn.score(args, cfg=cfg, cache_root=tmp_path / "cache")
+    assert res["extractor"].startswith("domain-")
+    ours, ref = res["sides"]["ours"]["points"], res["sides"]["reference"]["points"]
+    assert [p["kimg"] for p in ours] == [1.0, 2.0]
+    assert all(p["agreement"] > 0.9 for p in ours)
+    assert all(p["agreement"] < 0.1 for p in ref)
+    fid = {s: next(t for t in res["sides"][s]["points"][-1]["table"] if t["class"] == "red")["fid"] for s in sides}
+    assert fid["ours"] < fid["reference"]  # per-class FID sees that the reference's "red" images are not red
+    learn.grid(args, out / "grid.png")
+    grid = np.asarray(Image.open(out / "grid.png"))
+    assert grid.shape == (3 * 16, 16 * 16, 3)
+    assert grid[:16, :16 * 8, 0].mean() < grid[:16, :16 * 8, 2].mean()  # ours, class blue: blue
+    assert grid[:16, 16 * 8:, 1].mean() > grid[:16, 16 * 8:, 2].mean()  # reference, class blue: green
