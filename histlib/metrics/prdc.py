@@ -53,6 +53,17 @@ class PRDCPerSample:
         }
 
 
+def _inputs(real, fake, device, memory_budget) -> tuple[torch.Tensor, torch.Tensor, torch.device, int]:
+    """The checked ``[N, D]`` feature tensors of both sets, the device and the memory budget in bytes."""
+    r = _d.as_features(real, "real")
+    f = _d.as_features(fake, "fake")
+    if r.shape[1] != f.shape[1]:
+        raise ValueError(f"real and fake feature dimensions differ: {tuple(r.shape)} vs {tuple(f.shape)}")
+    dev = _d.resolve_device(device)
+    budget = int(memory_budget) if memory_budget else _d.default_budget(dev)
+    return r, f, dev, budget
+
+
 def prdc_per_sample(real, fake, k: int = 3, k_dc: int | None = None, *, device: str | torch.device | None = None,
                     memory_budget: int | None = None, gemm: str = "auto") -> PRDCPerSample:
     """Computes the per-sample quantities of precision, recall, density and coverage in one pass.
@@ -72,12 +83,7 @@ def prdc_per_sample(real, fake, k: int = 3, k_dc: int | None = None, *, device: 
     for name, v in (("k", k), ("k_dc", k_dc)):
         if int(v) != v or v < 1:
             raise ValueError(f"{name}={v}: expected a positive integer")
-    r = _d.as_features(real, "real")
-    f = _d.as_features(fake, "fake")
-    if r.shape[1] != f.shape[1]:
-        raise ValueError(f"real and fake feature dimensions differ: {tuple(r.shape)} vs {tuple(f.shape)}")
-    dev = _d.resolve_device(device)
-    budget = int(memory_budget) if memory_budget else _d.default_budget(dev)
+    r, f, dev, budget = _inputs(real, fake, device, memory_budget)
     rs, fs = _d.prepare([r, f], dev, gemm)
     real_radii = _d.Radii(rs, {k, k_dc}, budget)
     fake_radii = _d.Radii(fs, {k}, budget)
@@ -121,12 +127,7 @@ def density_coverage(real, fake, k: int = 5, *, device=None, memory_budget=None)
     Returns:
         ``{"density": float, "coverage": float}``.
     """
-    r = _d.as_features(real, "real")
-    f = _d.as_features(fake, "fake")
-    if r.shape[1] != f.shape[1]:
-        raise ValueError(f"real and fake feature dimensions differ: {tuple(r.shape)} vs {tuple(f.shape)}")
-    dev = _d.resolve_device(device)
-    budget = int(memory_budget) if memory_budget else _d.default_budget(dev)
+    r, f, dev, budget = _inputs(real, fake, device, memory_budget)
     rs, fs = _d.prepare([r, f], dev)
     real_radii = _d.Radii(rs, {k}, budget)
     cs = _d.cross_stats(rs, fs, real_radii, None, budget, real_ks={k})
