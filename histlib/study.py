@@ -741,7 +741,9 @@ def _run_parallel(study: Study, path: str | os.PathLike, steps: list[Step], rows
     from histlib import executors
 
     study_file = runs.project_path(path).as_posix()
-    results_root = runs.project_path(study.results_root).as_posix()
+    # as the study holds it: the step processes (started in the project root) must build the same parameters, and so
+    # the same step hashes, as this one (an absolute form would change every RUN_DIR and supersede finished steps)
+    results_root = study.results_root.as_posix()
     out = runs.project_path(study.out_dir)
     if executor == "local":
         backend = executors.LocalBackend(jobs, study_file, results_root, out / "notebooks" / ".logs")

@@ -146,3 +146,31 @@ def test_stage_resources_layering():
     assert executors.stage_resources(res, "data") == {"gpus": 0, "cpus": 8}
     assert executors.stage_resources(res, "finetune") == {"gpus": 1, "cpus": 8}
     assert executors.stage_resources({}, "analysis") == {"gpus": 0}
+
+
+def test_step_processes_compute_the_runner_s_hashes(monkeypatch):
+    """What a step process is given (study file, results root) must give every step the hash the runner gave it:
+    otherwise each step would find its own earlier outputs "changed" and move them aside."""
+    seen = {}
+
+    def fake_schedule(steps, rows, *, backend, **kwargs):
+        seen["runner"] = {s.name: s.hash for s in steps}
+        child = study.load_study(backend.study_file, backend.results_root)
+        child_steps = study.plan(child)
+        study.hash_steps(child_steps)
+        seen["child"] = {s.name: s.hash for s in child_steps}
+        seen["params"] = {s.name: s.params for s in child_steps}
+        return rows
+
+    import shutil
+
+    from histlib import runs
+
+    monkeypatch.setattr(executors, "schedule", fake_schedule)
+    results = "results/.pytest-step-hashes"  # relative, as users give it (an absolute root hid the bug)
+    try:
+        study.run_study("studies/demo.yaml", executor="local", jobs=2, force=True, results_root=results)
+    finally:
+        shutil.rmtree(runs.project_path(results), ignore_errors=True)
+    assert any("RUN_DIR" in p or "RUN_ROOT" in p for p in seen["params"].values())  # paths under the results root
+    assert seen["child"] == seen["runner"]
