@@ -546,8 +546,20 @@ def step_title(study: Study, step: Step) -> str:
     return " · ".join([study.name, head, *parts[1:]])
 
 
-# parameters naming a step's own output folder (the data stage's OUT_DIR is keyed by its config in prepare.json)
-OUTPUT_PARAMS = ("RUN_DIR", "RUN_ROOT")
+def _step_outputs(step: Step) -> list[tuple[str, Path]]:
+    """``(name, path)`` of what this step writes and nothing else: its ``RUN_DIR``; under a ``RUN_ROOT`` (shared by
+    every classify step of a dataset) only the run folders of its own training sets and variant."""
+    out = []
+    if step.params.get("RUN_DIR"):
+        out.append(("run_dir", runs.project_path(step.params["RUN_DIR"])))
+    if step.params.get("RUN_ROOT"):
+        root = runs.project_path(step.params["RUN_ROOT"])
+        variant = step.params.get("VARIANT")
+        prefixes = tuple(f"{ts}__{variant}__" if variant and ts != "real" else f"{ts}__"
+                         for ts in step.params.get("TRAIN_SETS") or ["real"])
+        if root.is_dir():
+            out += [(f"run_root/{p.name}", p) for p in sorted(root.iterdir()) if p.name.startswith(prefixes)]
+    return out
 
 
 def _supersede_outputs(study: Study, step: Step) -> None:
@@ -556,8 +568,8 @@ def _supersede_outputs(study: Study, step: Step) -> None:
     Training and classification resume from (or skip to) what their run folders hold when the config matches;
     but a config holds paths, not contents, so after an upstream change (re-prepared data, a retrained base GAN,
     other settings) the old outputs would be reused. They are moved, not deleted, to
-    ``<results>/.superseded/<study>/<step>-<old hash>/``. A step interrupted with the *same* hash keeps its
-    outputs, so a re-run resumes it.
+    ``<results>/.superseded/<study>/<step>-<old hash>/``; only the step's own runs move (other classify steps' runs
+    in the same ``RUN_ROOT`` stay). A step interrupted with the *same* hash keeps its outputs, so a re-run resumes it.
     """
     state = _state_path(study, step)
     if not state.is_file():
@@ -566,14 +578,16 @@ def _supersede_outputs(study: Study, step: Step) -> None:
     if old == step.hash:
         return
     dest_root = runs.project_path(study.results_root / ".superseded" / study.name / f"{step.name}-{old}")
-    for key in OUTPUT_PARAMS:
-        if step.params.get(key):
-            src = runs.project_path(step.params[key])
-            if src.exists():
-                dest = dest_root / key.lower()
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                shutil.move(str(src), str(dest))
-                print(f"{step.name}: settings changed since the last run; previous outputs moved to {dest}")
+    moved = []
+    for name, src in _step_outputs(step):
+        if src.exists():
+            dest = dest_root / name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(src), str(dest))
+            moved.append(name)
+    if moved:
+        print(f"{step.name}: settings changed since the last run; its previous outputs ({len(moved)}) moved to "
+              f"{runs.display_path(dest_root)}")
 
 
 def execute_step(study: Study, step: Step, *, log_output: bool = False, kernel_name: str = "python3") -> Path:

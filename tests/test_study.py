@@ -222,6 +222,37 @@ def test_changed_settings_move_old_outputs_aside_and_same_settings_resume(tmp_pa
     assert len(moved) == 1 and moved[0].read_text() == "kimg=1\nkimg=1\n"
 
 
+def test_a_changed_classify_step_moves_only_its_own_runs(tmp_path, monkeypatch):
+    """Every classify step of a dataset writes into the same RUN_ROOT: a step whose settings changed moves aside its
+    own runs, never the real runs or another variant's."""
+    root = _toy_project(tmp_path)
+    monkeypatch.chdir(root)
+    toy = study.load_study("studies/toy.yaml")
+    run_root = root / "results/toy/t/classify"
+    names = ["real__resnet34__seed0", "synthetic__scratch__resnet34__seed0", "real+synthetic__scratch__resnet34__seed0",
+             "synthetic__freeze_d1__resnet34__seed0", "real+synthetic__freeze_d1__resnet34__seed0",
+             "synthetic__freeze_d1_g2__resnet34__seed0"]
+    for n in names:
+        _write(run_root / n / "metrics.json", "{}")
+    params = {"RUN_ROOT": "results/toy/t/classify", "TRAIN_SETS": ["synthetic", "real+synthetic"],
+              "VARIANT": "freeze_d1"}
+    step = study.Step("classify", "t", "05_classify__t__freeze_d1", "05_classify.ipynb", params, hash="new")
+    _write(root / "results/toy/notebooks/.state/05_classify__t__freeze_d1.json", '{"hash": "old"}')
+    study._supersede_outputs(toy, step)
+    assert sorted(p.name for p in run_root.iterdir()) == sorted(set(names) - {
+        "synthetic__freeze_d1__resnet34__seed0", "real+synthetic__freeze_d1__resnet34__seed0"})
+    moved = root / "results/.superseded/toy/05_classify__t__freeze_d1-old/run_root"
+    assert sorted(p.name for p in moved.iterdir()) == ["real+synthetic__freeze_d1__resnet34__seed0",
+                                                      "synthetic__freeze_d1__resnet34__seed0"]
+    # the real step moves only the real runs
+    real = study.Step("classify", "t", "05_classify__t__real", "05_classify.ipynb",
+                      {"RUN_ROOT": "results/toy/t/classify", "TRAIN_SETS": ["real"]}, hash="new")
+    _write(root / "results/toy/notebooks/.state/05_classify__t__real.json", '{"hash": "old"}')
+    study._supersede_outputs(toy, real)
+    assert "real__resnet34__seed0" not in {p.name for p in run_root.iterdir()}
+    assert len(list(run_root.iterdir())) == 3
+
+
 @pytest.mark.slow
 def test_failed_step_is_recorded_as_failed_and_retried(tmp_path, monkeypatch):
     root = _toy_project(tmp_path)
