@@ -1,4 +1,5 @@
-"""Compatibility names for the GAN stage, which lives in :mod:`histlib.gan` (``from histlib.gan import train_gan``).
+"""Compatibility names for the GAN stage, which lives in :mod:`histlib.gan` (``from histlib.gan.loop import
+train_gan``).
 
 Kept so that code and notebooks written against ``histlib.train_gan`` keep working; new code imports from
 ``histlib.gan`` and its modules.

@@ -48,6 +48,15 @@ def _check_resolution(name: str, resolution: int, minimum: int) -> int:
     return int(math.log2(resolution))
 
 
+def _channels_and_fp16(img_resolution: int, channel_base: int, channel_max: int,
+                       num_fp16_res: int) -> tuple[dict[int, int], int]:
+    """The rule G and D share: ``{resolution: channels}`` for 4 … ``img_resolution``, and the lowest resolution whose
+    blocks run in half precision (the ``num_fp16_res`` highest ones, never below 8)."""
+    log2 = int(math.log2(img_resolution))
+    channels = {2**i: min(channel_base // 2**i, channel_max) for i in range(2, log2 + 1)}
+    return channels, max(2 ** (log2 + 1 - num_fp16_res), 8)
+
+
 def _check_mp_dtype(mp_dtype: str) -> str:
     if mp_dtype not in _MP_DTYPES:
         raise ValueError(f"mp_dtype: expected one of {sorted(_MP_DTYPES)}, got {mp_dtype!r}")
@@ -276,8 +285,7 @@ class SynthesisNetwork(nn.Module):
         self.img_resolution = img_resolution
         self.img_channels = img_channels
         self.block_resolutions = [2**i for i in range(2, log2 + 1)]
-        channels = {r: min(channel_base // r, channel_max) for r in self.block_resolutions}
-        fp16_resolution = max(2 ** (log2 + 1 - num_fp16_res), 8)
+        channels, fp16_resolution = _channels_and_fp16(img_resolution, channel_base, channel_max, num_fp16_res)
         self.blocks = nn.ModuleList()
         for r in self.block_resolutions:
             self.blocks.append(
@@ -480,8 +488,7 @@ class Discriminator(nn.Module):
         self.img_channels = img_channels
         self.embed_dim = embed_dim
         self.block_resolutions = [2**i for i in range(log2, 2, -1)]  # R, R/2, ..., 8
-        channels = {r: min(channel_base // r, channel_max) for r in self.block_resolutions + [4]}
-        fp16_resolution = max(2 ** (log2 + 1 - num_fp16_res), 8)
+        channels, fp16_resolution = _channels_and_fp16(img_resolution, channel_base, channel_max, num_fp16_res)
         self.blocks = nn.ModuleList()
         for i, r in enumerate(self.block_resolutions):
             self.blocks.append(
