@@ -63,6 +63,7 @@ def child(side: str, args) -> int:
     from vs_reference import _arch, _ours, _reference
 
     from histlib.gan.config import PROFILES
+    from histlib.gan.networks import to_uint8
 
     torch.manual_seed(args.seed)
     a = _arch(args.res, "cpu")
@@ -86,7 +87,7 @@ def child(side: str, args) -> int:
             iteration()
             nimg += args.batch
         imgs = torch.cat([sample(z[i:i + 256], c[i:i + 256]) for i in range(0, len(z), 256)])
-        imgs = (imgs * 127.5 + 128).clamp(0, 255).to(torch.uint8)
+        imgs = to_uint8(imgs)
         torch.save({"images": imgs, "labels": c, "classes": classes}, out / f"samples-{point:g}kimg.pt")
         log.append({"kimg": point, "seconds": round(time.time() - t0, 1)})
         print(json.dumps(log[-1]), flush=True)

@@ -37,9 +37,10 @@ from .summary import compute_metrics, per_class_metrics
 
 
 def default_generate(G: torch.nn.Module, z: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    """``G(z, c)`` with images in [-1, 1] → ``uint8 [N, 3, H, W]`` (the StyleGAN convention ``x·127.5 + 128``)."""
-    img = G(z, c)
-    return (img.to(torch.float32) * 127.5 + 128).clamp(0, 255).to(torch.uint8)
+    """``G(z, c)`` with images in [-1, 1] → ``uint8 [N, 3, H, W]`` (:func:`histlib.gan.networks.to_uint8`)."""
+    from histlib.gan.networks import to_uint8  # the networks' module: only loaded where a generator already is
+
+    return to_uint8(G(z, c))
 
 
 class GanMetricsHook:
