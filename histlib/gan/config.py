@@ -30,8 +30,8 @@ CLASS_INITS = ("match", "neutral", "random")
 
 # Fields that may differ between a run and the checkpoint it resumes from: they change how long or how verbosely a
 # run goes on, not what a training step computes.
-RESUME_MUTABLE_FIELDS = ("kimg", "num_workers", "snapshot_ticks", "metrics_every_kimg", "early_stop_patience",
-                         "early_stop_metric", "keep_snapshots", "grid_columns", "progress")
+RESUME_MUTABLE_FIELDS = ("kimg", "num_workers", "processes", "snapshot_ticks", "metrics_every_kimg",
+                         "early_stop_patience", "early_stop_metric", "keep_snapshots", "grid_columns", "progress")
 
 def _networks(resolution: int, w_dim: int, mapping_layers: int, channel_base: int, channel_max: int,
               num_fp16_res: int, conv_clamp: float | None, mbstd_group_size: int) -> dict[str, Any]:
@@ -118,6 +118,7 @@ class TrainConfig:
     keep_snapshots: bool = True
     seed: int = 0
     device: str = "auto"  # 'auto' | 'cpu' | 'cuda' | 'cuda:N'
+    processes: int | None = None  # data-parallel training processes; None: one per visible GPU (1 on CPU)
     # optimisation
     lr_g: float = 0.0025
     lr_d: float = 0.0025
@@ -226,6 +227,8 @@ class TrainConfig:
         need(self.metrics_every_kimg is None or self.metrics_every_kimg > 0, "metrics_every_kimg",
              "None or a positive number")
         need(self.num_workers >= 0, "num_workers", "an integer >= 0")
+        need(self.processes is None or self.processes >= 1, "processes",
+             "None (one per visible GPU) or an integer >= 1")
         need(self.grid_columns >= 1, "grid_columns", "a positive integer")
         need(isinstance(self.G_kwargs, dict), "G_kwargs", "a dict of Generator arguments")
         need(isinstance(self.D_kwargs, dict), "D_kwargs", "a dict of Discriminator arguments")

@@ -1,10 +1,11 @@
 """Training and fine-tuning of the class-conditional StyleGAN2 with ADA and D2D-CE (notebooks 02 and 03).
 
-``train_gan(cfg, run_dir)`` runs on CPU or GPU (``cfg.device``), with one process or several under ``torchrun``,
-and writes the run directory of DESIGN.md §4: ``config.json``, ``env.json``, ``stats.jsonl`` (one line per tick),
-``metrics.json``, ``images/`` (per-class grids of ``G_ema`` at each snapshot, fixed latents) and ``checkpoints/``
-(:mod:`histlib.gan.checkpoint`: ``latest.pt`` holds everything needed to resume, ``snapshot-*.pt`` and ``best.pt``
-the networks).
+``train_gan(cfg, run_dir)`` runs on CPU or GPU (``cfg.device``), in one process or data-parallel in several (one
+per visible GPU by default, started by the call itself: :mod:`histlib.gan.launch`, ``cfg.processes``; or under
+``torchrun``), and writes the run directory of DESIGN.md §4: ``config.json``, ``env.json``, ``stats.jsonl`` (one
+line per tick), ``metrics.json``, ``images/`` (per-class grids of ``G_ema`` at each snapshot, fixed latents) and
+``checkpoints/`` (:mod:`histlib.gan.checkpoint`: ``latest.pt`` holds everything needed to resume, ``snapshot-*.pt``
+and ``best.pt`` the networks).
 
 The loop: build the state (:func:`histlib.gan.state.build_state`: networks, base checkpoint or resume, freezing,
 optimisers, augmentation), then per iteration the four phases of :mod:`histlib.gan.phases`, the EMA of G and ADA's
@@ -33,7 +34,7 @@ import torch.distributed
 
 from histlib import ops, runs
 from histlib.data.dataset import ImageDataset, to_uint8_tensor
-from histlib.gan import checkpoint, plots, transfer
+from histlib.gan import checkpoint, launch, plots, transfer
 from histlib.gan import hooks as hook_mod
 from histlib.gan.config import TrainConfig
 from histlib.gan.distributed import BatchStream, Dist, broadcast_object, gather_objects, setup_distributed
@@ -72,6 +73,9 @@ def train_gan(cfg: TrainConfig, run_dir: str | os.PathLike, hooks: list[Callable
         ValueError / FileNotFoundError: bad settings or inputs, naming the field or file.
     """
     cfg = copy.deepcopy(cfg).validate()
+    world = launch.processes_wanted(cfg)
+    if world > 1:
+        return launch.spawn_training(cfg, run_dir, hooks, early_stopping, resume, world)
     t_start = time.time()
     device = resolve_device(cfg.device, "TrainConfig.device")
     if device.type == "cuda":
