@@ -235,11 +235,14 @@ def _last_error(log: Path, code: int) -> str:
 
 def schedule(steps: list, rows: list[dict[str, Any]], *, is_done: Callable[[Any], bool], backend,
              resources: dict[str, dict[str, Any]], on_change: Callable[[], None], poll_s: float = 1.0,
-             status_every_s: float = 30.0, out=None) -> list[dict[str, Any]]:
+             status_every_s: float = 30.0, out=None,
+             durations: dict[str, list[float]] | None = None) -> list[dict[str, Any]]:
     """Runs ``steps`` (in plan order, dependencies first) on ``backend``; updates ``rows`` in place.
 
     A step starts when every step it depends on has finished (or was finished before); a failed step marks the
     steps that depend on it ``blocked``. ``on_change`` runs after every change (study.json, index page).
+    ``durations`` (seconds of finished steps per stage, e.g. from earlier invocations) seed the ETA; the steps that
+    finish here are added to them.
     """
     out = out or sys.stdout
     by_name = {r["step"]: r for r in rows}
@@ -247,13 +250,15 @@ def schedule(steps: list, rows: list[dict[str, Any]], *, is_done: Callable[[Any]
     running: list[_Running] = []
     t0 = time.time()
     last_status = 0.0
-    durations: dict[str, list[float]] = {}
+    durations = {stage: list(v) for stage, v in (durations or {}).items()}
 
     def status_line() -> str:
         counts = {s: sum(r["status"] == s for r in rows) for s in ("finished", "failed", "blocked")}
         skipped = sum(r["status"].startswith("skipped") for r in rows)
-        remaining = [st for st, r in queue] + [j.step for j in running]
-        known = [sum(durations[st.stage]) / len(durations[st.stage]) for st in remaining if st.stage in durations]
+        now = time.time()
+        remaining = [(st, 0.0) for st, r in queue] + [(j.step, now - j.started) for j in running]
+        known = [max(sum(durations[st.stage]) / len(durations[st.stage]) - elapsed, 0.0)
+                 for st, elapsed in remaining if st.stage in durations]
         eta = (f"ETA ~{_minutes(sum(known) / max(backend.jobs, 1))}" + ("" if len(known) == len(remaining)
                                                                         else " (for the stages timed so far)")) \
             if known else "ETA ?"

@@ -766,9 +766,24 @@ def _run_parallel(study: Study, path: str | os.PathLike, steps: list[Step], rows
                                             study.resources.get("slurm", {}))
     done = (lambda step: False) if force else (lambda step: is_done(study, step))
     executors.schedule(steps, rows, is_done=done, backend=backend, resources=study.resources,
-                       on_change=lambda: _write_study_json(study, path, rows))
+                       on_change=lambda: _write_study_json(study, path, rows), durations=_past_durations(study, steps))
     _write_study_json(study, path, rows)
     return rows
+
+
+def _past_durations(study: Study, steps: list[Step]) -> dict[str, list[float]]:
+    """Seconds of this study's steps that finished in earlier invocations, per stage (they seed the runner's ETA)."""
+    out: dict[str, list[float]] = {}
+    for step in steps:
+        state = _state_path(study, step)
+        if state.is_file():
+            try:
+                info = runs.read_json(state)
+            except (OSError, ValueError):  # an unreadable state only costs the ETA this estimate
+                continue
+            if info.get("status") == "finished" and isinstance(info.get("seconds"), (int, float)):
+                out.setdefault(step.stage, []).append(float(info["seconds"]))
+    return out
 
 
 def run_single_step(path: str | os.PathLike, step_name: str, results_root: str | os.PathLike = "results") -> Path:

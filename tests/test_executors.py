@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -174,3 +175,46 @@ def test_step_processes_compute_the_runner_s_hashes(monkeypatch):
         shutil.rmtree(runs.project_path(results), ignore_errors=True)
     assert any("RUN_DIR" in p or "RUN_ROOT" in p for p in seen["params"].values())  # paths under the results root
     assert seen["child"] == seen["runner"]
+
+
+def test_eta_uses_durations_of_earlier_invocations_and_running_time():
+    import io
+    from types import SimpleNamespace
+
+    class Backend:
+        jobs = 1
+
+        def can_start(self, res, running):
+            return running < self.jobs
+
+        def start(self, step, res):
+            return SimpleNamespace(step=step, started=time.time() - 40.0, polls=0)
+
+        def poll(self, job):
+            job.polls += 1
+            return job.polls > 1, None
+
+    steps = [SimpleNamespace(name=f"s{i}", stage="data", depends=[]) for i in range(2)]
+    rows = [{"step": s.name, "status": "pending"} for s in steps]
+    out = io.StringIO()
+    executors.schedule(steps, rows, is_done=lambda st: False, backend=Backend(), resources={}, on_change=lambda: None,
+                       poll_s=0.0, status_every_s=0.0, out=out, durations={"data": [100.0]})
+    first = out.getvalue().splitlines()[0]
+    # one step running for 40 s of an expected 100 s, one queued: 60 + 100 s left
+    assert "running 1 · queued 1" in first and re.search(r"ETA ~2m(3[5-9]|40)s", first), first
+    assert [r["status"] for r in rows] == ["finished", "finished"]
+
+
+def test_past_durations_come_from_finished_step_states(tmp_path, monkeypatch):
+    root = _project(tmp_path, sleep=0.0)
+    monkeypatch.chdir(root)
+    s = study.load_study("studies/toy.yaml")
+    steps = study.plan(s)
+    study.hash_steps(steps)
+    from histlib import runs
+
+    runs.write_json(study._state_path(s, steps[0]), {"status": "finished", "seconds": 12.5})
+    runs.write_json(study._state_path(s, steps[1]), {"status": "failed", "seconds": 3.0})
+    study._state_path(s, steps[2]).parent.mkdir(parents=True, exist_ok=True)
+    study._state_path(s, steps[2]).write_text("{not json")
+    assert study._past_durations(s, steps) == {"data": [12.5]}
