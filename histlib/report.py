@@ -150,7 +150,12 @@ def build_index(study_dir: str | os.PathLike) -> Path:
     if warnings:
         body.append("<div class='warn'><b>Warnings</b><ul>" + "".join(f"<li>{w}</li>" for w in warnings)
                     + "</ul></div>")
-    body += ["<h2>The answer: Table 1/2 per target</h2>",
+    unfinished = [r["step"] for r in steps if r["stage"] == "classify" and r["status"] != "finished"
+                  and not str(r["status"]).startswith("skipped")]
+    partial = (f"<p class='warn'>Partial: {len(unfinished)} classify step(s) not finished "
+               f"({_esc(', '.join(unfinished[:6]))}{', …' if len(unfinished) > 6 else ''}); the seeds that finished "
+               "are included, see <i>n</i>.</p>") if unfinished and tables is not None else ""
+    body += ["<h2>The answer: Table 1/2 per target</h2>", partial,
              tables.html if tables is not None else "<p class='muted'>No classifier has finished yet.</p>",
              "<h2>GAN variants: generated beside real</h2>", _variants_html(root, df),
              "<h2>Steps</h2>", _steps_html(steps, root),

@@ -56,3 +56,14 @@ def test_index_page_from_a_results_tree(tmp_path):
     targets = check_offline_links(page)
     assert "lung/finetune/pretrained/images/grid-latest.png" in targets
     assert "notebooks/04_generate__lung__pretrained.failed.html" in targets and "analysis/variants.csv" in targets
+    assert "Partial:" not in text  # every classify step finished
+    # a classify step still running: its finished seeds show, and the page says the table is partial
+    runs.Run(root / "lung" / "classify" / "synthetic__pretrained__resnet34__seed0").write_metrics(
+        {"accuracy": 0.5, "balanced_accuracy": 0.5, "n_train_real": 0, "train_set": "synthetic"})
+    runs.write_json(nb / ".state" / "05_classify__lung__pretrained.json", {"status": "running"})
+    info = runs.read_json(root / "study.json")
+    info["steps"].append({"step": "05_classify__lung__pretrained", "stage": "classify", "dataset": "lung",
+                          "status": "running"})
+    runs.write_json(root / "study.json", info)
+    text = report.build_index(root).read_text()
+    assert "Partial: 1 classify step(s) not finished (05_classify__lung__pretrained)" in text
