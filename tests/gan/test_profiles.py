@@ -19,3 +19,15 @@ def test_generate_config_none_means_profile_value_or_field_default():
     paper = GenerateConfig.from_profile("paper", checkpoint="c", dataset_dir="d", images_per_class=None, num_sets=None)
     assert (demo.images_per_class, demo.num_sets) == (32, 1)
     assert (paper.images_per_class, paper.num_sets) == (5000, 3)
+
+
+def test_finetune_stage_layers_the_profile_s_finetune_settings():
+    base = TrainConfig.from_profile("demo")
+    ft = TrainConfig.from_profile("demo", stage="finetune")
+    assert (base.cond_lambda, ft.cond_lambda) == (0.25, 0.5)  # demo fine-tunes with the heavier conditional term
+    assert TrainConfig.from_profile("demo", stage="finetune", cond_lambda=0.3).cond_lambda == 0.3
+    assert TrainConfig.from_profile("demo", stage="finetune", cond_lambda=None).cond_lambda == 0.5
+    paper = TrainConfig.from_profile("paper", stage="finetune")
+    assert paper == TrainConfig.from_profile("paper")  # no fine-tuning settings of its own
+    with pytest.raises(ValueError, match="stage='train'"):
+        TrainConfig.from_profile("demo", stage="train")
