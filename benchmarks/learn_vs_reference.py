@@ -70,7 +70,8 @@ def child(side: str, args) -> int:
     data, labels, classes = _loader(args.data, args.res, args.batch, args.seed)
     train = PROFILES[a["profile"]]["train"]
     if side == "ours":
-        iteration, counts, sample = _ours(a, args.batch, len(classes), "cpu", "ref", data=data, p=args.p)
+        iteration, counts, sample = _ours(a, args.batch, len(classes), "cpu", "ref", data=data, p=args.p,
+                                          cond_lambda=args.cond_lambda)
     else:
         iteration, counts, sample = _reference(a, args.batch, len(classes), "cpu", "ref", str(args.reference_dir),
                                                data=data, p=args.p, ema_kimg=train["ema_kimg"],
@@ -92,6 +93,7 @@ def child(side: str, args) -> int:
         log.append({"kimg": point, "seconds": round(time.time() - t0, 1)})
         print(json.dumps(log[-1]), flush=True)
     (out / "run.json").write_text(json.dumps({"side": side, "params": counts, "arch": a, "log": log,
+                                              "cond_lambda": args.cond_lambda if side == "ours" else None,
                                               "img_per_s": round(nimg / (time.time() - t0), 2)}, indent=1))
     return 0
 
@@ -158,6 +160,8 @@ def main() -> int:
     p.add_argument("--p", type=float, default=0.0, help="augmentation probability, fixed, both sides")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="results/learn_vs_reference")
+    p.add_argument("--cond-lambda", type=float, default=None,
+                   help="ours: weight of the D2D-CE conditional loss (default: the profile's; 0: unconditional loss)")
     p.add_argument("--sides", nargs="*", default=["ours", "reference"], help="sides to train (none: score only)")
     p.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()

@@ -67,7 +67,8 @@ def _count(module, skip: tuple[str, ...]) -> tuple[int, int]:
     return total, core
 
 
-def _ours(a: dict, batch: int, num_classes: int, device: str, impl: str, data=None, p: float = 0.2):
+def _ours(a: dict, batch: int, num_classes: int, device: str, impl: str, data=None, p: float = 0.2,
+          cond_lambda: float | None = None):
     """histlib's state, one-iteration function (the phases of ``histlib.gan.phases``, EMA) and ``G_ema`` sampler.
 
     ``data``: None (one fixed random batch: the speed benchmark) or a callable giving ``(images in [-1, 1], int
@@ -94,7 +95,8 @@ def _ours(a: dict, batch: int, num_classes: int, device: str, impl: str, data=No
         for i in range(4):
             pixels = rng.integers(0, 255, (a["res"], a["res"], 3), dtype=np.uint8)
             Image.fromarray(pixels).save(folder / f"c{k}/{i}.png")
-    extra = {} if data is not None else {"cond_lambda": 0.0}
+    # speed runs (no data) leave the conditional loss out; learning runs use the profile's weight or ``cond_lambda``
+    extra = {"cond_lambda": 0.0} if data is None else ({} if cond_lambda is None else {"cond_lambda": cond_lambda})
     cfg = TrainConfig.from_profile(
         a["profile"], data_dir=str(folder), resolution=a["res"], batch_size=batch, device=device, augment="fixed",
         augment_p=p, kernel_impl=impl, mixed_precision=a["num_fp16_res"] > 0, r1_gamma=a["r1_gamma"], progress=False,
