@@ -111,14 +111,24 @@ def spawn_training(cfg: TrainConfig, run_dir: str | os.PathLike, hooks: list[Cal
         finally:
             _stop(procs)
         if failed is not None:
-            # the first error written is the cause; the other ranks may only have lost their peer
-            errors = sorted(Path(out_dir).glob("error-*.pkl"), key=lambda f: f.stat().st_mtime_ns)
-            if errors:
-                exc, tb = pickle.loads(errors[0].read_bytes())
-                raise exc from WorkerTraceback(f"in training process {errors[0].stem.split('-')[1]} of {world}:\n{tb}")
+            _raise_worker_error(Path(out_dir), world)
             raise TrainingProcessFailed(f"train_gan: training process {failed} of {world} ended with exit status "
                                         f"{procs[failed].returncode} (see its output above)")
         return pickle.loads(Path(out_dir, _SUMMARY).read_bytes())
+
+
+def _raise_worker_error(out_dir: Path, world: int) -> None:
+    """Raises the exception a worker reported (the first one written: the others may only have lost their peer)."""
+    errors = sorted(out_dir.glob("error-*.pkl"), key=lambda f: f.stat().st_mtime_ns)
+    if not errors:
+        return
+    rank, report = errors[0].stem.split("-")[1], pickle.loads(errors[0].read_bytes())
+    cause = WorkerTraceback(f"in training process {rank} of {world}:\n{report['traceback']}")
+    try:
+        exc = pickle.loads(report["exception"])
+    except Exception:  # pickled but does not rebuild here (e.g. required keyword-only arguments)
+        exc = TrainingProcessFailed(f"train_gan: training process {rank} of {world} raised {report['summary']}")
+    raise exc from cause
 
 
 def _wait(procs: list[subprocess.Popen], poll_s: float) -> int | None:
@@ -155,12 +165,13 @@ def _worker_main(out_dir: str) -> int:
         summary = train_gan(job["cfg"], job["run_dir"], hooks=job["hooks"] if rank == 0 else None,
                             early_stopping=job["early_stopping"] if rank == 0 else None, resume=job["resume"])
     except BaseException as exc:
-        tb = traceback.format_exc()
+        summary = f"{type(exc).__name__}: {exc}"
         try:
-            payload = pickle.dumps((exc, tb))
+            exception = pickle.dumps(exc)
         except Exception:  # an exception that does not pickle: its type and message
-            payload = pickle.dumps((RuntimeError(f"{type(exc).__name__}: {exc}"), tb))
-        _write(Path(out_dir, f"error-{rank}.pkl"), payload)
+            exception = pickle.dumps(RuntimeError(summary))
+        _write(Path(out_dir, f"error-{rank}.pkl"), pickle.dumps({"exception": exception, "summary": summary,
+                                                                  "traceback": traceback.format_exc()}))
         return 1
     if rank == 0:
         _write(Path(out_dir, _SUMMARY), pickle.dumps(summary))

@@ -229,3 +229,22 @@ def test_a_study_step_trains_in_two_processes(tmp_path, monkeypatch):
     assert json.loads((run / "config.json").read_text())["processes"] == 2
     html = (tmp_path / "results" / "ddp_step" / "notebooks" / f"{rows[0]['step']}.html").read_text()
     assert "train_gan: done" in html  # rank 0's progress lines reach the report
+
+
+class _KeywordOnlyError(Exception):
+    def __init__(self, *, code: int):
+        super().__init__(f"code {code}")
+
+
+def test_a_worker_exception_that_does_not_rebuild_is_still_reported(tmp_path):
+    import pickle
+
+    from histlib.gan import launch
+
+    exc = _KeywordOnlyError(code=7)
+    (tmp_path / "error-1.pkl").write_bytes(pickle.dumps({"exception": pickle.dumps(exc), "summary": "boom: code 7",
+                                                         "traceback": "Traceback ...\nboom"}))
+    with pytest.raises(launch.TrainingProcessFailed, match="process 1 of 2 raised boom: code 7") as info:
+        launch._raise_worker_error(tmp_path, 2)
+    assert "Traceback ...\nboom" in str(info.value.__cause__)
+    launch._raise_worker_error(tmp_path / "none", 2)  # no report: nothing raised here
