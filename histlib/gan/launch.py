@@ -32,6 +32,7 @@ from typing import Any
 import torch
 import torch.distributed
 
+from histlib import runs
 from histlib.gan.config import TrainConfig
 
 
@@ -170,18 +171,12 @@ def _worker_main(out_dir: str) -> int:
             exception = pickle.dumps(exc)
         except Exception:  # an exception that does not pickle: its type and message
             exception = pickle.dumps(RuntimeError(summary))
-        _write(Path(out_dir, f"error-{rank}.pkl"), pickle.dumps({"exception": exception, "summary": summary,
-                                                                  "traceback": traceback.format_exc()}))
+        runs.atomic_write_bytes(Path(out_dir, f"error-{rank}.pkl"), pickle.dumps(
+            {"exception": exception, "summary": summary, "traceback": traceback.format_exc()}))
         return 1
     if rank == 0:
-        _write(Path(out_dir, _SUMMARY), pickle.dumps(summary))
+        runs.atomic_write_bytes(Path(out_dir, _SUMMARY), pickle.dumps(summary))
     return 0
-
-
-def _write(path: Path, data: bytes) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
 
 
 if __name__ == "__main__":
