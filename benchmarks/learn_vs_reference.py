@@ -58,6 +58,20 @@ def _loader(data: str, res: int, batch: int, seed: int):
     return next_batch, list(ds.labels), list(ds.classes)
 
 
+def _overrides(pairs: list[str]) -> dict:
+    """``KEY=JSON`` pairs of ``--set`` → TrainConfig overrides (a bad pair is named)."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--set {pair!r}: expected KEY=VALUE (VALUE in JSON)")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError as e:
+            raise SystemExit(f"--set {pair!r}: VALUE is not JSON ({e})") from None
+    return out
+
+
 def child(side: str, args) -> int:
     import torch
     from vs_reference import _arch, _ours, _reference
@@ -71,7 +85,7 @@ def child(side: str, args) -> int:
     train = PROFILES[a["profile"]]["train"]
     if side == "ours":
         iteration, counts, sample = _ours(a, args.batch, len(classes), "cpu", "ref", data=data, p=args.p,
-                                          cond_lambda=args.cond_lambda)
+                                          cond_lambda=args.cond_lambda, overrides=_overrides(args.set))
     else:
         iteration, counts, sample = _reference(a, args.batch, len(classes), "cpu", "ref", str(args.reference_dir),
                                                data=data, p=args.p, ema_kimg=train["ema_kimg"],
@@ -94,12 +108,13 @@ def child(side: str, args) -> int:
         print(json.dumps(log[-1]), flush=True)
     (out / "run.json").write_text(json.dumps({"side": side, "params": counts, "arch": a, "log": log,
                                               "cond_lambda": args.cond_lambda if side == "ours" else None,
+                                              "overrides": _overrides(args.set) if side == "ours" else None,
                                               "img_per_s": round(nimg / (time.time() - t0), 2)}, indent=1))
     return 0
 
 
-def score(args, cfg=None, cache_root=None) -> dict:
-    """Scores every saved sample of both sides (``cfg``, ``cache_root``: the fidelity classifier's settings)."""
+def _scorer(data: str, res: int, cfg=None, cache_root=None):
+    """``(extractor name, fidelity val balanced accuracy, score(folder) -> rows)`` for one prepared dataset."""
     import numpy as np
     import torch
 
@@ -107,18 +122,17 @@ def score(args, cfg=None, cache_root=None) -> dict:
     from histlib.data.dataset import ImageDataset, to_uint8_tensor
     from histlib.metrics import get_extractor, per_class_metrics
 
-    ckpt = fidelity.fidelity_classifier(args.data, args.res, cfg=cfg, cache_root=cache_root)  # cached
+    ckpt = fidelity.fidelity_classifier(data, res, cfg=cfg, cache_root=cache_root)  # cached
     clf = fidelity.FidelityClassifier(ckpt)
     ext = get_extractor(f"domain:{ckpt}", device="cpu")
-    ds = ImageDataset(args.data, split="train", transform=to_uint8_tensor, resolution=args.res)
+    ds = ImageDataset(data, split="train", transform=to_uint8_tensor, resolution=res)
     real = torch.stack([ds[i][0] for i in range(len(ds))])
     real_labels = np.asarray(ds.labels)
     real_feats = ext(real).numpy()
-    results = {"extractor": ext.name, "fidelity_val_balanced_accuracy": clf.val_balanced_accuracy, "sides": {}}
-    for side in ("ours", "reference"):
-        run = json.loads((Path(args.out) / side / "run.json").read_text())
+
+    def score_folder(folder: Path) -> list[dict]:
         rows = []
-        for f in sorted((Path(args.out) / side).glob("samples-*kimg.pt"), key=lambda p: float(p.stem[8:-4])):
+        for f in sorted(folder.glob("samples-*kimg.pt"), key=lambda p: float(p.stem[8:-4])):
             s = torch.load(f)
             feats = ext(s["images"]).numpy()
             table = per_class_metrics(real_feats, feats, real_labels, s["labels"].numpy(), s["classes"])
@@ -126,8 +140,80 @@ def score(args, cfg=None, cache_root=None) -> dict:
             agree = fidelity.agreement(s["labels"].numpy(), seen, s["classes"])
             rows.append({"kimg": float(f.stem[8:-4]), "agreement": agree["agreement"],
                          "table": table.round(4).reset_index().to_dict(orient="records")})
-        results["sides"][side] = {"img_per_s": run["img_per_s"], "params": run["params"], "points": rows}
+        return rows
+
+    return ext.name, clf.val_balanced_accuracy, score_folder
+
+
+def score(args, cfg=None, cache_root=None) -> dict:
+    """Scores every saved sample of both sides (``cfg``, ``cache_root``: the fidelity classifier's settings)."""
+    name, val_bacc, score_folder = _scorer(args.data, args.res, cfg, cache_root)
+    results = {"extractor": name, "fidelity_val_balanced_accuracy": val_bacc, "sides": {}}
+    for side in ("ours", "reference"):
+        run = json.loads((Path(args.out) / side / "run.json").read_text())
+        results["sides"][side] = {"img_per_s": run["img_per_s"], "params": run["params"],
+                                  "points": score_folder(Path(args.out) / side)}
     return results
+
+
+METRICS = ("agreement", "fid", "precision", "recall", "density", "coverage")
+
+
+def score_runs(specs: list[str], data: str, res: int, cfg=None, cache_root=None) -> dict:
+    """Scores finished runs grouped by label (``LABEL=SIDE_DIR`` each, one per seed) and summarises each label.
+
+    Returns ``{"extractor", "fidelity_val_balanced_accuracy", "labels": {label: {"runs": [...], "summary":
+    [{kimg, n, <metric>_mean, <metric>_std, ...}]}}}``; a kimg point enters a label's summary only where every run
+    of the label reached it.
+    """
+    import numpy as np
+
+    groups: dict[str, list[Path]] = {}
+    for spec in specs:
+        label, sep, folder = spec.partition("=")
+        if not sep or not (Path(folder) / "run.json").is_file():
+            raise SystemExit(f"--score-runs {spec!r}: expected LABEL=DIR with DIR/run.json (a finished side)")
+        groups.setdefault(label, []).append(Path(folder))
+    name, val_bacc, score_folder = _scorer(data, res, cfg, cache_root)
+    out = {"extractor": name, "fidelity_val_balanced_accuracy": val_bacc, "labels": {}}
+    for label, folders in groups.items():
+        runs = []
+        for folder in folders:
+            run = json.loads((folder / "run.json").read_text())
+            runs.append({"dir": folder.as_posix(), "overrides": run.get("overrides"),
+                         "cond_lambda": run.get("cond_lambda"), "points": score_folder(folder)})
+        kimgs = sorted(set.intersection(*(set(p["kimg"] for p in r["points"]) for r in runs)))
+        summary = []
+        for k in kimgs:
+            vals = {m: [] for m in METRICS}
+            for r in runs:
+                pt = next(p for p in r["points"] if p["kimg"] == k)
+                allrow = next(t for t in pt["table"] if t["class"] == "all")
+                vals["agreement"].append(pt["agreement"])
+                for m in METRICS[1:]:
+                    vals[m].append(allrow[m])
+            row = {"kimg": k, "n": len(runs)}
+            for m, v in vals.items():
+                row[f"{m}_mean"] = float(np.mean(v))
+                row[f"{m}_std"] = float(np.std(v, ddof=1)) if len(v) > 1 else None
+                row[f"{m}_runs"] = [float(x) for x in v]
+            summary.append(row)
+        out["labels"][label] = {"runs": runs, "summary": summary}
+    return out
+
+
+def print_runs(res: dict) -> None:
+    """The summary of :func:`score_runs` as a table (mean ± sd over the runs of each label)."""
+    print(f"features: {res['extractor']}; fidelity classifier val balanced accuracy "
+          f"{res['fidelity_val_balanced_accuracy']:.3f}")
+    print(f"{'label':<16} {'kimg':>5} {'n':>2} " + " ".join(f"{m[:9]:>15}" for m in METRICS))
+    for label, r in res["labels"].items():
+        for row in r["summary"]:
+            cells = []
+            for m in METRICS:
+                sd = row[f"{m}_std"]
+                cells.append(f"{row[f'{m}_mean']:.3f}" + (f" ± {sd:.3f}" if sd is not None else "        "))
+            print(f"{label:<16} {row['kimg']:>5g} {row['n']:>2} " + " ".join(f"{c:>15}" for c in cells))
 
 
 def grid(args, path: Path) -> None:
@@ -162,11 +248,22 @@ def main() -> int:
     p.add_argument("--out", default="results/learn_vs_reference")
     p.add_argument("--cond-lambda", type=float, default=None,
                    help="ours: weight of the D2D-CE conditional loss (default: the profile's; 0: unconditional loss)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
+                   help='ours: a TrainConfig override, e.g. --set \'D_kwargs={"cond_projection": true}\' (repeatable)')
     p.add_argument("--sides", nargs="*", default=["ours", "reference"], help="sides to train (none: score only)")
+    p.add_argument("--score-runs", nargs="+", metavar="LABEL=DIR", default=None,
+                   help="score finished sides only (DIR = OUT/ours or OUT/reference; one per seed, same LABEL "
+                        "pooled), write OUT/runs.json and print mean ± sd per label")
     p.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args._child:
         return child(args._child, args)
+    if args.score_runs:
+        res = score_runs(args.score_runs, args.data, args.res)
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        Path(args.out, "runs.json").write_text(json.dumps(res, indent=1))
+        print_runs(res)
+        return 0
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     for side in args.sides:
         cmd = [sys.executable, __file__, *sys.argv[1:], "--_child", side]

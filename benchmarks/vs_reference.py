@@ -68,11 +68,12 @@ def _count(module, skip: tuple[str, ...]) -> tuple[int, int]:
 
 
 def _ours(a: dict, batch: int, num_classes: int, device: str, impl: str, data=None, p: float = 0.2,
-          cond_lambda: float | None = None):
+          cond_lambda: float | None = None, overrides: dict | None = None):
     """histlib's state, one-iteration function (the phases of ``histlib.gan.phases``, EMA) and ``G_ema`` sampler.
 
     ``data``: None (one fixed random batch: the speed benchmark) or a callable giving ``(images in [-1, 1], int
-    labels)`` per iteration (learning runs: D2D-CE on, as configured by the profile)."""
+    labels)`` per iteration (learning runs: D2D-CE on, as configured by the profile); ``overrides``: further
+    ``TrainConfig`` values of learning runs (e.g. ``{"D_kwargs": {"cond_projection": true}}``)."""
     import tempfile
 
     import numpy as np
@@ -97,6 +98,8 @@ def _ours(a: dict, batch: int, num_classes: int, device: str, impl: str, data=No
             Image.fromarray(pixels).save(folder / f"c{k}/{i}.png")
     # speed runs (no data) leave the conditional loss out; learning runs use the profile's weight or ``cond_lambda``
     extra = {"cond_lambda": 0.0} if data is None else ({} if cond_lambda is None else {"cond_lambda": cond_lambda})
+    if data is not None:
+        extra.update(overrides or {})
     cfg = TrainConfig.from_profile(
         a["profile"], data_dir=str(folder), resolution=a["res"], batch_size=batch, device=device, augment="fixed",
         augment_p=p, kernel_impl=impl, mixed_precision=a["num_fp16_res"] > 0, r1_gamma=a["r1_gamma"], progress=False,
@@ -122,7 +125,8 @@ def _ours(a: dict, batch: int, num_classes: int, device: str, impl: str, data=No
     def sample(z, c):  # int labels
         return state.G_ema(z, c, noise_mode="const")
 
-    counts = {"G": _count(state.G, ("mapping.embed",)), "D": _count(state.D, ("out.", "embed.", "proxies."))}
+    counts = {"G": _count(state.G, ("mapping.embed",)),
+              "D": _count(state.D, ("out.", "embed.", "proxies.", "projection."))}
     return iteration, counts, sample
 
 

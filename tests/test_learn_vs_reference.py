@@ -69,3 +69,13 @@ def test_score_tells_the_side_with_swapped_classes(tmp_path, learn):
     assert grid.shape == (3 * 16, 16 * 16, 3)
     assert grid[:16, :16 * 8, 0].mean() < grid[:16, :16 * 8, 2].mean()  # ours, class blue: blue
     assert grid[:16, 16 * 8:, 1].mean() > grid[:16, 16 * 8:, 2].mean()  # reference, class blue: green
+    # several runs pooled per label: the summary's means and spreads come from the runs' own values
+    specs = [f"good={out / 'ours'}", f"good={out / 'ours'}", f"swapped={out / 'reference'}"]
+    pooled = learn.score_runs(specs, str(data), 16, cfg=cfg, cache_root=tmp_path / "cache")
+    good, swapped = pooled["labels"]["good"]["summary"], pooled["labels"]["swapped"]["summary"]
+    assert [r["kimg"] for r in good] == [1.0, 2.0] and good[0]["n"] == 2 and swapped[0]["n"] == 1
+    assert good[-1]["agreement_mean"] > 0.9 > 0.1 > swapped[-1]["agreement_mean"]
+    assert good[-1]["fid_runs"][0] == good[-1]["fid_runs"][1] and good[-1]["fid_std"] == 0.0
+    assert swapped[-1]["fid_std"] is None  # one run: no spread
+    with pytest.raises(SystemExit, match="LABEL=DIR"):
+        learn.score_runs([f"x={tmp_path}"], str(data), 16, cfg=cfg, cache_root=tmp_path / "cache")

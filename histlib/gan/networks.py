@@ -445,6 +445,34 @@ class DiscriminatorBlock(nn.Module):
         return f"resolution={self.resolution}, use_fp16={self.use_fp16}"
 
 
+class ProjectionHead(nn.Module):
+    """Class-conditional term of the adversarial logit (projection discriminator, Miyato & Koyama 2018).
+
+    ``<W x, e_c> / sqrt(dim)`` for D's features ``x`` and a learned class embedding ``e_c`` normalised to unit second
+    moment, as StyleGAN2-ADA conditions its discriminator (there the embedding passes through a few more layers).
+    Unlike D2D-CE it scores whether an image fits its label without pulling a class's images together.
+    """
+
+    #: Tensors whose size depends on the number of classes (re-initialised by :func:`load_pretrained`).
+    class_embedding_tensors = ("cmap.weight",)
+
+    def __init__(self, num_classes: int, in_features: int, dim: int) -> None:
+        super().__init__()
+        self.dim = dim
+        self.proj = FullyConnectedLayer(in_features, dim)
+        self.cmap = nn.Embedding(num_classes, dim)
+        nn.init.normal_(self.cmap.weight)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:  # -> [N]
+        cmap = normalize_2nd_moment(self.cmap(c.long()).to(x.dtype))  # [N, dim]
+        return (self.proj(x) * cmap).sum(dim=1) / math.sqrt(self.dim)
+
+    @torch.no_grad()
+    def reset_class_embeddings(self) -> None:
+        """Re-initialises the class embedding."""
+        self.cmap.weight.normal_()
+
+
 class Discriminator(nn.Module):
     """Residual StyleGAN2 discriminator with an adversarial logit and a D2D-CE embedding head.
 
@@ -459,6 +487,9 @@ class Discriminator(nn.Module):
         mbstd_group_size: group size of the minibatch standard deviation.
         mbstd_num_channels: number of minibatch-std channels.
         embed_dim: width of the D2D-CE embedding and of the class proxies.
+        cond_projection: add a projection term (:class:`ProjectionHead`) to the adversarial logit, so that the
+            logit itself depends on the class (as StyleGAN2-ADA's); without it the logit is unconditional and the
+            class enters only through D2D-CE.
         mp_dtype: half-precision dtype on accelerators, see :func:`compute_dtype`.
     """
 
@@ -477,11 +508,14 @@ class Discriminator(nn.Module):
         mbstd_group_size: int = 4,
         mbstd_num_channels: int = 1,
         embed_dim: int = 512,
+        cond_projection: bool = False,
         mp_dtype: str = "auto",
     ) -> None:
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes: expected >= 1, got {num_classes}")
+        if not isinstance(cond_projection, bool):
+            raise ValueError(f"cond_projection: expected true or false, got {cond_projection!r}")
         log2 = _check_resolution("img_resolution", img_resolution, 8)
         self.num_classes = num_classes
         self.img_resolution = img_resolution
@@ -504,13 +538,14 @@ class Discriminator(nn.Module):
         self.out = FullyConnectedLayer(c4, 1)
         self.embed = FullyConnectedLayer(c4, embed_dim)
         self.proxies = nn.Embedding(num_classes, embed_dim)
+        self.projection = ProjectionHead(num_classes, c4, c4) if cond_projection else None
 
     def forward(self, img: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Scores images ``[N, C, R, R]`` with class indices ``c [N]``.
 
         Returns:
-            ``(logits [N], embed [N, E], proxy [N, E])``: the unconditional adversarial logit, the L2-normalised
-            sample embedding and the L2-normalised proxies of the classes ``c``.
+            ``(logits [N], embed [N, E], proxy [N, E])``: the adversarial logit (unconditional unless
+            ``cond_projection``), the L2-normalised sample embedding and the L2-normalised proxies of the classes ``c``.
         """
         expected = (self.img_channels, self.img_resolution, self.img_resolution)
         if img.ndim != 4 or tuple(img.shape[1:]) != expected:
@@ -522,6 +557,8 @@ class Discriminator(nn.Module):
         x = self.mbstd(x.to(self.conv.weight.dtype))  # [N, C4 + F, 4, 4]
         x = self.fc(self.conv(x).flatten(1))  # [N, C4]
         logits = self.out(x).squeeze(1)  # [N]
+        if self.projection is not None:
+            logits = logits + self.projection(x, c)
         embed = F.normalize(self.embed(x), dim=1)  # [N, E]
         proxy = F.normalize(self.proxies(c.long()), dim=1)  # [N, E]
         return logits, embed, proxy
@@ -532,7 +569,8 @@ class Discriminator(nn.Module):
         self.proxies.weight.normal_()
 
     def extra_repr(self) -> str:
-        return f"num_classes={self.num_classes}, img_resolution={self.img_resolution}, embed_dim={self.embed_dim}"
+        return (f"num_classes={self.num_classes}, img_resolution={self.img_resolution}, embed_dim={self.embed_dim}, "
+                f"cond_projection={self.projection is not None}")
 
 
 def to_uint8(img: torch.Tensor) -> torch.Tensor:

@@ -308,6 +308,30 @@ def test_load_pretrained_reinitialises_exactly_the_class_embeddings():
     D6(img, torch.tensor([0, 5]))
 
 
+def test_projection_head_makes_the_logit_conditional_and_transfers_like_the_proxies():
+    D = tiny_d(cond_projection=True)
+    same = torch.randn(1, 3, 16, 16).repeat(3, 1, 1, 1)
+    logits, embed, proxy = D(same, torch.tensor([0, 1, 2]))
+    assert (logits[0] - logits[1]).abs() > 1e-4 and (logits[1] - logits[2]).abs() > 1e-4  # the class moves the logit
+    torch.testing.assert_close(embed, embed[:1].expand(3, -1))  # the D2D-CE head stays as it was
+    plain = tiny_d()
+    assert plain.projection is None and set(D.state_dict()) - set(plain.state_dict()) == {
+        "projection.proj.weight", "projection.proj.bias", "projection.cmap.weight"}
+    # second order through the conditional logit (R1)
+    x = same.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(D(x, torch.tensor([0, 1, 2]))[0].sum(), x, create_graph=True)
+    g.square().sum().backward()
+    assert D.projection.proj.weight.grad is not None and D.projection.cmap.weight.grad.abs().sum() > 0
+    # fine-tuning onto other classes re-draws the class embedding and keeps the projection weights
+    D5 = tiny_d(num_classes=5, cond_projection=True)
+    report = load_pretrained(D5, D.state_dict())
+    assert report["reinitialised"] == ["projection.cmap.weight", "proxies.weight"]
+    assert torch.equal(D5.projection.proj.weight, D.projection.proj.weight)
+    assert D5.projection.cmap.weight.shape == (5, D.projection.dim)
+    with pytest.raises(ValueError, match="cond_projection"):
+        tiny_d(cond_projection="yes")
+
+
 def test_load_pretrained_same_classes_and_errors():
     G_src, G_dst = tiny_g(), tiny_g()
     report = load_pretrained(G_dst, G_src.state_dict())
