@@ -354,6 +354,21 @@ def test_finetune_reinitialises_class_embeddings_by_name(toy, tmp_path):
     assert not torch.equal(f["G"][name], b["G"][name])
 
 
+def test_finetune_of_a_projection_base_keeps_the_head_and_refuses_another_d(toy, tmp_path):
+    proj = {"D_kwargs": {"cond_projection": True}}
+    base = tmp_path / "base"
+    tg.train_gan(tiny_cfg(toy, kimg=0.016, **proj), base)
+    renamed = make_colour_folder(tmp_path / "renamed", {"x0": (40, 60, 200), "x1": (210, 50, 40), "x2": (0, 0, 0)}, n=4)
+    run = tmp_path / "ft"
+    tg.train_gan(tiny_cfg(renamed, kimg=0.016, resume_from=str(base), **proj), run)
+    report = runs.read_json(run / "finetune.json")
+    assert "projection.cmap.weight" in report["D"]["reinitialised"]
+    assert "projection.proj.weight" in report["D"]["loaded"]
+    with pytest.raises(ValueError, match="D cond_projection True in the base vs False here"):
+        tg.train_gan(tiny_cfg(renamed, kimg=0.016, resume_from=str(base)), tmp_path / "plain")
+    assert not (tmp_path / "plain").exists()
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Class fidelity of transfer (issue: fine-tuned generators drew the wrong class)
 
