@@ -141,6 +141,7 @@ class TrainConfig:
     ema_rampup: float | None = 0.05
     # conditioning (D2D-CE, ReACGAN)
     cond_lambda: float = 0.25
+    cond_lambda_g: float | None = None  # D2D-CE weight in G's loss; None: cond_lambda (D's weight on reals)
     d2d_tau: float = 0.25
     d2d_margin_pos: float = 0.98
     d2d_margin_neg: float | None = None  # None: 1 - d2d_margin_pos, as the authors' released loss
@@ -232,6 +233,7 @@ class TrainConfig:
         need(self.pl_weight >= 0, "pl_weight", "a number >= 0")
         need(0 <= self.style_mixing_prob <= 1, "style_mixing_prob", "a probability")
         need(self.cond_lambda >= 0, "cond_lambda", "a number >= 0")
+        need(self.cond_lambda_g is None or self.cond_lambda_g >= 0, "cond_lambda_g", "None or a number >= 0")
         need(self.d2d_tau > 0, "d2d_tau", "a positive number")
         need(0 <= self.augment_p <= 1, "augment_p", "a probability")
         need(self.ada_kimg > 0, "ada_kimg", "a positive number")

@@ -1,7 +1,8 @@
 """One training iteration of the conditional StyleGAN2 (Karras et al. 2020, with lazy regularisation), as four
 phases on a global batch of ``cfg.batch_size`` real images:
 
-1. ``G main``: non-saturating logistic loss on augmented fakes + ``cond_lambda`` × D2D-CE of the fakes' embeddings.
+1. ``G main``: non-saturating logistic loss on augmented fakes + ``cond_lambda_g`` (default ``cond_lambda``) × D2D-CE
+   of the fakes' embeddings.
 2. ``G reg`` (every ``pl_interval`` iterations): path-length penalty on a shrunk batch, × ``pl_interval``.
 3. ``D main``: logistic loss on augmented fakes and reals + ``cond_lambda`` × D2D-CE of the reals' embeddings; the
    signs of the real logits feed the ADA controller.
@@ -83,9 +84,10 @@ def g_main(state: TrainState, real: torch.Tensor, real_c: torch.Tensor, meter: M
         loss_adv = losses.g_nonsaturating_loss(logits).mean()
         meter.note("loss_g", loss_adv)
         out, loss = [("G adversarial", loss_adv)], loss_adv
-        if state.cfg.cond_lambda > 0:
+        weight = state.cfg.cond_lambda if state.cfg.cond_lambda_g is None else state.cfg.cond_lambda_g
+        if weight > 0:
             value, scaled = _d2d(state, embed, proxy, c)
-            loss = loss + state.cfg.cond_lambda * scaled
+            loss = loss + weight * scaled
             meter.note("loss_g_d2d", value)
             out.append(("G D2D-CE", value))
         optimizer_step(state, loss, state.G_params, state.opt_G)

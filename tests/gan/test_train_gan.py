@@ -354,6 +354,18 @@ def test_finetune_reinitialises_class_embeddings_by_name(toy, tmp_path):
     assert not torch.equal(f["G"][name], b["G"][name])
 
 
+def test_g_side_conditional_weight(toy, tmp_path):
+    """``cond_lambda_g=0``: D still learns its D2D-CE head on reals, G's loss has no D2D-CE pull."""
+    tg.train_gan(tiny_cfg(toy, kimg=0.016, cond_lambda_g=0.0), tmp_path / "off")
+    tg.train_gan(tiny_cfg(toy, kimg=0.016), tmp_path / "on")
+    ticks = {k: [json.loads(line) for line in (tmp_path / k / "stats.jsonl").read_text().splitlines()]
+             for k in ("off", "on")}
+    assert any("loss_d_d2d" in t for t in ticks["off"]) and not any("loss_g_d2d" in t for t in ticks["off"])
+    assert any("loss_g_d2d" in t for t in ticks["on"])
+    with pytest.raises(ValueError, match="cond_lambda_g"):
+        tiny_cfg(toy, cond_lambda_g=-1.0).validate()
+
+
 def test_finetune_of_a_projection_base_keeps_the_head_and_refuses_another_d(toy, tmp_path):
     proj = {"D_kwargs": {"cond_projection": True}}
     base = tmp_path / "base"
