@@ -131,7 +131,7 @@ class FidelityClassifier:
         self.path = Path(checkpoint)
         self.device = torch.device(device)
         self.model, ckpt = load_classifier(self.path, self.device)
-        self.classes: list[str] = list(ckpt["classes"])
+        self.classes: list[str] = runs.check_names(list(ckpt.get("classes") or []), self.path)
         self.image_size = int(ckpt["image_size"])
         self.val_accuracy = float(ckpt.get("val_accuracy", float("nan")))
         self.val_balanced_accuracy = float(ckpt.get("val_balanced_accuracy", float("nan")))

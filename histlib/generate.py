@@ -210,7 +210,7 @@ def _generate_set(G, class_index: dict[str, int], counts: dict[str, int], out: P
     written = {}
     pending = []
     for cls, n in counts.items():
-        folder = out / cls
+        folder = out / runs.check_name(cls, "the checkpoint's classes")  # never a path of its own
         folder.mkdir(parents=True, exist_ok=True)
         k = class_index[cls]
         for start in range(0, n, batch_size):

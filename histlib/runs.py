@@ -165,6 +165,55 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Names read from files
+
+
+def check_name(name: Any, source: str | os.PathLike, what: str = "class name") -> str:
+    """A name read from a file (a class in a manifest, folder or checkpoint; a dataset in a study) that becomes one
+    path component: folders are made from it, so it is untrusted until checked here.
+
+    Args:
+        name: the value read.
+        source: the file or folder it was read from (named in the error).
+        what: what the name is, for the error (``'class name'``, ``'dataset name'``).
+
+    Returns:
+        ``name`` unchanged.
+
+    Raises:
+        ValueError: one line naming ``source`` and the name when it is not a string, is empty, ``.`` or ``..``,
+            starts with ``.`` (a hidden folder, skipped when read back), holds ``/`` or ``\\``, a NUL or another
+            control or non-printable character, or is longer than 255 bytes.
+    """
+    if not isinstance(name, str):
+        raise ValueError(f"{source}: {what} {name!r} is not a string")
+    problem = None
+    if not name:
+        problem = "is empty"
+    elif name in (".", ".."):
+        problem = "is a relative folder reference"
+    elif "/" in name or "\\" in name:
+        problem = "holds a path separator"
+    elif not name.isprintable():
+        problem = "holds a control or non-printable character"
+    elif name.startswith("."):
+        problem = "starts with '.' (a hidden folder, skipped when read back)"
+    elif len(name.encode("utf-8", "surrogateescape")) > 255:
+        problem = "is longer than 255 bytes"
+    if problem:
+        raise ValueError(f"{source}: {what} {name!r} {problem}; expected one folder name (no '/' or backslash, "
+                         "not '.' or '..', printable characters only)")
+    return name
+
+
+def check_names(names: Any, source: str | os.PathLike, what: str = "class name") -> list[str]:
+    """:func:`check_name` over a list of names; also refuses a value that is not a list or tuple."""
+    if not isinstance(names, (list, tuple)):
+        raise ValueError(f"{source}: {what}s {names!r}: expected a list of names")
+    return [check_name(n, source, what) for n in names]
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Hashing and provenance
 
 

@@ -50,7 +50,27 @@ def world(tmp_path_factory):
     (w / "classify.json").write_text(json.dumps({"real_dir": str(w / "prepared"), "image_size": 32}))
     (w / "a_file").write_text("x")
     (w / "study.yaml").write_text("name: s\nbase: {name: b, prepare: {patch: 64}}\n")
+    _hostile_names(w)
     return w
+
+
+def _hostile_names(w):
+    """Class names that would be write paths: an edited checkpoint, manifests, a folder with a newline."""
+    import shutil
+
+    import torch
+
+    ck = torch.load(w / "gan16" / "checkpoints" / "latest.pt", weights_only=True)
+    ck["classes"] = [str(w / "escaped_abs"), "../../y"]  # data only: it still loads under weights_only
+    torch.save(ck, w / "evil.pt")
+    for name, cls in (("evil_manifest", "../../../../x"), ("abs_manifest", str(w / "escaped_m")),
+                      ("nul_manifest", "a\x00b")):
+        shutil.copytree(w / "prepared", w / name)
+        text = (w / name / "manifest.csv").read_text().splitlines()
+        text[1] = text[1].replace(",a,", f",{cls},", 1)
+        (w / name / "manifest.csv").write_text("\n".join(text) + "\n")
+    _images(w / "newline_class", classes=("a", "b\nc"))
+    (w / "classify_evil.json").write_text(json.dumps({"real_dir": str(w / "evil_manifest"), "image_size": 32}))
 
 
 CASES = [
@@ -83,6 +103,18 @@ CASES = [
     ("classify --config {w}/classify.json --run-dir {w}/c3 --set epoch=2", ["epoch", "did you mean 'epochs'"]),
     ("study run {w}/study.yaml", ["base.prepare", "'patch'", "did you mean 'PATCH'"]),
     ("study plan {w}/missing.yaml", ["missing.yaml", "not found"]),
+    # names read from files never become write paths (class names of checkpoints, manifests, folders)
+    ("generate --checkpoint {w}/evil.pt --run-dir {w}/g3", ["evil.pt", "class name", "path separator"]),
+    ("merge --source {w}/evil_manifest --name x --source {w}/prepared --name y --out {w}/m2",
+     ["evil_manifest/manifest.csv", "'../../../../x'", "path separator"]),
+    ("merge --source {w}/abs_manifest --name x --source {w}/prepared --name y --out {w}/m3",
+     ["abs_manifest/manifest.csv", "escaped_m'", "path separator"]),
+    ("merge --source {w}/nul_manifest --name x --source {w}/prepared --name y --out {w}/m4",
+     ["nul_manifest/manifest.csv", "'a\\x00b'", "control"]),
+    ("merge --source {w}/prepared --name .. --source {w}/raw --name y --out {w}/m5", ["dataset name '..'"]),
+    ("metrics --real {w}/evil_manifest --fake {w}/raw", ["evil_manifest/manifest.csv", "'../../../../x'"]),
+    ("classify --config {w}/classify_evil.json --run-dir {w}/c4", ["evil_manifest/manifest.csv", "'../../../../x'"]),
+    ("prepare --source {w}/newline_class --out {w}/o8", ["newline_class", "'b\\nc'", "control"]),
 ]
 
 
@@ -91,7 +123,9 @@ def test_bad_input_gets_one_clear_error(world, capsys, argv, words):
     import shlex
 
     args = [a.replace("{w}", str(world)) for a in shlex.split(argv)]
+    before = _tree(world)
     code = main(args)
+    after = _tree(world)
     err = capsys.readouterr().err
     assert code in (1, 2), err
     assert "Traceback" not in err
@@ -106,3 +140,15 @@ def test_bad_input_gets_one_clear_error(world, capsys, argv, words):
 
         p = Path(out)
         assert not p.exists() or not any(p.iterdir()), f"{out} left behind: {list(p.iterdir())}"
+    outside = sorted(p for p in after - before if not (out and p.startswith(out)))
+    assert not outside, f"written outside the output: {outside}"
+
+
+def _tree(root) -> set[str]:
+    """Every path under ``root`` (files and folders), to see what a command wrote."""
+    import os
+
+    out = set()
+    for d, dirs, files in os.walk(root):
+        out.update(os.path.join(d, n) for n in dirs + files)
+    return out

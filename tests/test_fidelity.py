@@ -149,3 +149,11 @@ def test_sets_fidelity_pools_generated_folders(classifier, tmp_path):
     Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "set0" / "purple" / "0.png")
     with pytest.raises(ValueError, match="purple"):
         fidelity.folder_fidelity(tmp_path / "set0", clf)
+
+
+def test_classifier_class_names_are_checked(classifier, tmp_path):
+    ck = torch.load(classifier[0], weights_only=True)
+    ck["classes"] = ["red", "../../x", "blue"]
+    torch.save(ck, tmp_path / "edited.pt")
+    with pytest.raises(ValueError, match=r"edited.pt: class name '../../x' holds a path separator"):
+        fidelity.FidelityClassifier(tmp_path / "edited.pt")

@@ -122,3 +122,21 @@ def test_display_path_is_relative_to_the_project(tmp_path):
     assert runs.display_path(inside) == "results/x/y.json"
     assert runs.display_path(tmp_path / "a") == (tmp_path / "a").as_posix()
     assert runs.display_path(tmp_path / "a" / "b", start=tmp_path) == "a/b"
+
+
+@pytest.mark.parametrize("name, words", [
+    ("../../y", "path separator"), ("/abs/dir", "path separator"), ("a\\b", "path separator"),
+    (".", "relative folder"), ("..", "relative folder"), ("", "is empty"), ("a\x00b", "control"),
+    ("a\nb", "control"), (".hidden", "starts with '.'"), ("x" * 256, "255 bytes"), (3, "not a string"),
+])
+def test_check_name_refuses_what_could_be_a_path(name, words):
+    with pytest.raises(ValueError) as e:
+        runs.check_name(name, "some/file.csv")
+    assert str(e.value).startswith(f"some/file.csv: class name {name!r}") and words in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_check_name_keeps_ordinary_names():
+    assert runs.check_names(["ADI", "tumor stroma", "Ü-ß", "BACK-1"], "f") == ["ADI", "tumor stroma", "Ü-ß", "BACK-1"]
+    with pytest.raises(ValueError, match="f: class names 'ADI': expected a list"):
+        runs.check_names("ADI", "f")

@@ -17,6 +17,7 @@ import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
 from histlib.data.manifest import IMAGE_EXTENSIONS
+from histlib.runs import check_name
 
 # Files that commonly sit beside the images and are expected, so they are skipped without a warning.
 KNOWN_SIDE_FILES = ("MANIFEST.tsv", "SOURCES.md", "ATTRIBUTION.md", "README.md", "manifest.csv", "prepare.json",
@@ -117,7 +118,11 @@ def conversion_kind(im: Image.Image) -> str | None:
 
 
 def list_class_folders(root: Path) -> list[Path]:
-    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    """The class folders of ``root`` (non-hidden subfolders), sorted; a name that cannot be a class is refused."""
+    out = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    for p in out:
+        check_name(p.name, root)
+    return out
 
 
 def validate_folder(root: str | os.PathLike, patch: int | None = None, check_pixels: bool = True,

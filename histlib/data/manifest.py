@@ -15,6 +15,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from histlib.runs import check_name
+
 MANIFEST_COLUMNS = ("path", "class", "split", "group", "source")
 MANIFEST_NAME = "manifest.csv"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
@@ -24,6 +26,7 @@ def _scan_image_folder(root: Path) -> pd.DataFrame:
     """Manifest rows for a plain ``<root>/<class>/<image>`` folder (sorted, so the order is stable)."""
     rows = []
     for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        check_name(class_dir.name, root)  # folder names become paths of generated and merged sets
         for f in sorted(class_dir.rglob("*")):
             rel = f.relative_to(root).as_posix()
             hidden = any(part.startswith(".") for part in rel.split("/"))
@@ -82,6 +85,8 @@ def load_manifest(root: str | os.PathLike) -> pd.DataFrame:
         if missing:
             raise ValueError(f"{manifest}: missing column(s) {missing}; expected {list(MANIFEST_COLUMNS)}")
         df = df[list(MANIFEST_COLUMNS)]
+        for c in df["class"].unique():
+            check_name(c, manifest)  # class names become folder names of generated and merged sets
         check_manifest_paths(df, root, manifest)
     else:
         df = _scan_image_folder(root)

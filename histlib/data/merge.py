@@ -25,7 +25,7 @@ import pandas as pd
 
 from histlib.data.manifest import MANIFEST_COLUMNS, MANIFEST_NAME, load_manifest
 from histlib.data.splits import check_no_straddle, group_split
-from histlib.runs import atomic_dir, atomic_write_text, config_hash, read_json, write_json
+from histlib.runs import atomic_dir, atomic_write_text, check_name, config_hash, read_json, write_json
 
 MERGE_JSON = "merge.json"
 
@@ -63,8 +63,9 @@ def _names(cfg: MergeConfig) -> list[str]:
     if len(set(names)) != len(names):
         raise ValueError(f"names={names}: must be unique (give names= when the folders share a name)")
     for n in names:
-        if not n or "/" in n or "__" in n:
-            raise ValueError(f"name {n!r}: expected a non-empty name without '/' or '__'")
+        check_name(n, "merge names", "dataset name")
+        if "__" in n:
+            raise ValueError(f"name {n!r}: expected a name without '__'")
     return names
 
 

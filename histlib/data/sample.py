@@ -14,7 +14,7 @@ import os
 import shutil
 from pathlib import Path
 
-from histlib.runs import atomic_dir, atomic_write_text, file_sha256, project_path
+from histlib.runs import atomic_dir, atomic_write_text, check_name, file_sha256, project_path
 
 SAMPLE_DIR = "data/sample"
 SAMPLE_SETS = ("nct_crc_he", "kather2016")
@@ -56,8 +56,17 @@ overlapping 64 px patches (the "base" set) and `kather2016` likewise (the "targe
 
 
 def _read_manifest_tsv(path: Path) -> list[dict[str, str]]:
+    """The rows of a sample set's ``MANIFEST.tsv``; each ``relpath`` must be ``<class>/<file>`` with safe names,
+    since files are copied to it."""
     with open(path, newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f, delimiter="\t"))
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    for r in rows:
+        parts = str(r.get("relpath") or "").split("/")
+        if len(parts) != 2 or (r.get("class") is not None and r["class"] != parts[0]):
+            raise ValueError(f"{path}: relpath {r.get('relpath')!r}: expected <class>/<file> with the row's class")
+        check_name(parts[0], path)
+        check_name(parts[1], path, "file name")
+    return rows
 
 
 def _repos(rows: list[dict[str, str]]) -> str:

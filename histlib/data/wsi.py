@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from histlib.data.tiling import grid_starts
+from histlib.runs import check_name
 
 WSI_EXTENSIONS = (".svs", ".tif", ".tiff", ".ndpi", ".scn", ".mrxs", ".bif", ".vms", ".svslide")
 
@@ -82,6 +83,7 @@ def read_geojson(path: str | os.PathLike) -> dict:
         if not cls:
             unclassified += 1
             continue
+        check_name(cls, f"{path}: feature {i}")  # patches are written to a folder named by the class
         try:
             geom = shape(feat["geometry"])
         except Exception as e:  # shapely raises several types for malformed coordinates

@@ -50,6 +50,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise ValueError(f"{p}: cannot read checkpoint ({e})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{p}: not a histlib GAN checkpoint (format {CHECKPOINT_FORMAT!r} expected)")
+    if ckpt.get("classes") is not None:  # data only, but editable: generated images go to folders named by them
+        runs.check_names(ckpt["classes"], p)
     ckpt["path"] = str(p)
     return ckpt
 

@@ -65,3 +65,19 @@ def test_demo_tiling_counts(sample_data, tmp_path):
     assert len(fig.axes) == 8 * 4
     assert len(class_count_figure(tmp_path / "base").axes) == 1
     assert len(group_size_figure(tmp_path / "base").axes) == 1
+
+
+def test_sample_manifest_relpaths_never_leave_the_output(sample_data, tmp_path):
+    import shutil
+
+    src = tmp_path / "src"
+    for name in SAMPLE_SETS:
+        shutil.copytree(sample_data / name, src / name)
+    tsv = src / "nct_crc_he" / "MANIFEST.tsv"
+    lines = tsv.read_text().splitlines()
+    cls = lines[1].split("\t")[1]
+    lines[1] = lines[1].replace(f"{cls}/", "../", 1).replace(f"\t{cls}\t", "\t..\t", 1)
+    tsv.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match="MANIFEST.tsv: class name '..'"):
+        build_sample(src, tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]

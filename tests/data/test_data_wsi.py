@@ -123,3 +123,13 @@ def test_bad_annotations(tmp_path, test_data):
         prepare_dataset(PrepareConfig(**{**cfg.__dict__, "annotations": str(tmp_path / "none.geojson")}),
                         progress=False)
     assert not (tmp_path / "o").exists()
+
+
+def test_annotation_class_names_never_become_paths(tmp_path):
+    square = {"type": "Polygon", "coordinates": [[[0, 0], [10, 0], [10, 10], [0, 0]]]}
+    for i, cls in enumerate(("../../x", str(tmp_path / "abs"), "..")):
+        f = tmp_path / f"{i}.geojson"
+        f.write_text(json.dumps({"type": "FeatureCollection", "features": [
+            {"type": "Feature", "geometry": square, "properties": {"classification": {"name": cls}}}]}))
+        with pytest.raises(ValueError, match=f"{i}.geojson: feature 0: class name"):
+            read_geojson(f)
