@@ -70,6 +70,8 @@ def _hostile_names(w):
         text[1] = text[1].replace(",a,", f",{cls},", 1)
         (w / name / "manifest.csv").write_text("\n".join(text) + "\n")
     _images(w / "newline_class", classes=("a", "b\nc"))
+    partial = _images(w / "partial_groups")  # MANIFEST.tsv gives a patient to only some images
+    (partial / "MANIFEST.tsv").write_text("relpath\tpatient\na/0.png\tp1\nb/0.png\tp2\n")
     (w / "classify_evil.json").write_text(json.dumps({"real_dir": str(w / "evil_manifest"), "image_size": 32}))
 
 
@@ -115,6 +117,9 @@ CASES = [
     ("metrics --real {w}/evil_manifest --fake {w}/raw", ["evil_manifest/manifest.csv", "'../../../../x'"]),
     ("classify --config {w}/classify_evil.json --run-dir {w}/c4", ["evil_manifest/manifest.csv", "'../../../../x'"]),
     ("prepare --source {w}/newline_class --out {w}/o8", ["newline_class", "'b\\nc'", "control"]),
+    ("prepare --source {w}/raw --out {w}/o9 --group-by patient", ["group_by='patient'", "MANIFEST.tsv"]),
+    ("prepare --source {w}/partial_groups --out {w}/o10 --group-by patient --val-fraction 0.3",
+     ["group_by='patient': 10 of 12 source image(s) have no 'patient'", "--allow-missing-group"]),
 ]
 
 

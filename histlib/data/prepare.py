@@ -38,7 +38,15 @@ from PIL import Image
 
 from histlib.data.folders import DatasetValidationError, FolderReport, list_class_folders, validate_folder
 from histlib.data.manifest import MANIFEST_COLUMNS, MANIFEST_NAME, to_rgb8
-from histlib.data.splits import check_no_straddle, group_split
+from histlib.data.splits import (  # noqa: F401  (SPLIT_NAMES, runs_path: re-exported, part of this module's API)
+    _SPLIT_FOLDER_NAMES,
+    SPLIT_NAMES,
+    check_no_straddle,
+    check_split_classes,
+    group_split,
+    predefined_splits,
+    runs_path,
+)
 from histlib.data.tiling import patch_name, patch_stem, tile_positions
 from histlib.data.wsi import WSI_EXTENSIONS
 from histlib.runs import atomic_dir, atomic_write_text, config_hash, project_root, read_json, write_json
@@ -73,6 +81,8 @@ class PrepareConfig:
         slides: the source is slides (searched in subfolders too, for nested layouts); None = automatic (slides
             at the top level of a folder without class folders, or a slide file).
         group_by: ``'source'``, ``'region'``, ``'patch'`` or a ``SOURCE/MANIFEST.tsv`` column (module docstring).
+        allow_missing_group: with a column ``group_by``, let a source the column does not list be a group of its
+            own (default: refused, since a patient's images could then straddle splits).
         seed: seed of the split.
         min_fraction: slides only: fraction of a patch that must lie inside a class's polygons.
         annotations: slides only: GeoJSON file, or folder of ``<slide stem>.geojson``; None = beside the slide.
@@ -99,6 +109,7 @@ class PrepareConfig:
     resize: int | None = None
     image_format: str = "png"
     workers: int = 0
+    allow_missing_group: bool = False
 
 
     def resolve_paths(self) -> PrepareConfig:
@@ -116,9 +127,8 @@ class PrepareConfig:
 # Fields that do not change what is written, hence not part of the hash that decides "already prepared".
 _NOT_HASHED = ("out", "workers")
 # Fields added later: left out of the hash while they have their default, so earlier prepared datasets stay valid.
-_HASHED_WHEN_SET = {"test_fraction": 0.0, "split_from": None, "split_rename": None, "slides": None}
-SPLIT_NAMES = ("train", "val", "test")
-_SPLIT_FOLDER_NAMES = ("train", "val", "valid", "validation", "test")
+_HASHED_WHEN_SET = {"test_fraction": 0.0, "split_from": None, "split_rename": None, "slides": None,
+                    "allow_missing_group": False}
 
 
 def _path_key(p: str | None) -> str | None:
@@ -327,82 +337,6 @@ def _slide_annotations(slide: Path, annotations: str | None, source: Path | None
                             "annotations= to a .geojson file or a folder of <slide stem>.geojson")
 
 
-def _split_folder(rel: str, names: set[str]) -> str | None:
-    """The first folder of a relative path named like a split (case-insensitive), or None."""
-    for part in PurePosixPath(rel).parts[:-1]:
-        if part.lower() in names:
-            return part
-    return None
-
-
-def _read_split_table(path: Path, key_col: str, column: str) -> dict[str, str]:
-    sep = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
-    with open(path, newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh, delimiter=sep))
-    if not rows or key_col not in rows[0] or column not in rows[0]:
-        found = list(rows[0]) if rows else []
-        raise ValueError(f"{path}: expected columns {key_col!r} and {column!r} for the predefined split, found {found}")
-    return {r[key_col]: r[column] for r in rows}
-
-
-def predefined_splits(cfg: PrepareConfig, source: Path, sources: list[str]) -> dict[str, str]:
-    """``{source relative path: split}`` of a dataset whose split its authors fixed (``cfg.split_from``).
-
-    Raises:
-        ValueError: a source without a split, or a split name that is not (renamed to) train/val/test, naming them.
-    """
-    rename = dict(cfg.split_rename or {})
-    kind, _, arg = str(cfg.split_from).partition(":")
-    root = source if source.is_dir() else source.parent
-    if kind == "folders":
-        names = set(_SPLIT_FOLDER_NAMES) | {k.lower() for k in rename}
-        raw = {rel: _split_folder(rel, names) for rel in sources}
-    elif kind == "column":
-        table = _read_split_table(root / "MANIFEST.tsv", "relpath", arg)
-        raw = {rel: table.get(rel) for rel in sources}
-    else:
-        table = _read_split_table(runs_path(arg, root), "path", "split")
-        raw = {rel: table.get(rel) for rel in sources}
-    missing = [rel for rel, sp in raw.items() if not sp]
-    if missing:
-        raise ValueError(f"split_from={cfg.split_from!r}: {len(missing)} source(s) have no split, e.g. "
-                         f"{missing[:5]}")
-    lowered = {k.lower(): v for k, v in rename.items()}
-    out = {}
-    for rel, sp in raw.items():
-        name = lowered.get(sp.lower(), sp.lower())
-        name = {"valid": "val", "validation": "val"}.get(name, name)
-        if name not in SPLIT_NAMES:
-            raise ValueError(f"split_from={cfg.split_from!r}: split {sp!r} (of {rel}) is not one of {SPLIT_NAMES}; "
-                             f"rename it with split_rename, e.g. {{{sp!r}: 'val'}}")
-        out[rel] = name
-    return out
-
-
-def runs_path(path: str, root: Path) -> Path:
-    """A split file path: absolute, else relative to the project root, else to the source folder."""
-    p = Path(path).expanduser()
-    if p.is_absolute():
-        return p
-    from histlib.runs import project_path
-
-    for cand in (project_path(p), root / p):
-        if cand.is_file():
-            return cand
-    raise FileNotFoundError(f"split_from='file:{path}': split file not found (relative to the project root or the "
-                            "source folder)")
-
-
-def check_split_classes(df: pd.DataFrame, what: str) -> None:
-    """Raises ValueError naming every (split, class) pair without images when some split lacks a class."""
-    classes = sorted(df["class"].unique())
-    gaps = [f"{sp}: {sorted(set(classes) - set(part['class']))}" for sp, part in df.groupby("split", sort=True)
-            if set(classes) - set(part["class"])]
-    if gaps:
-        raise ValueError(f"{what}: split(s) without some classes ({'; '.join(gaps)}); every class needs images in "
-                         "every split to be trained, selected and tested")
-
-
 def _group_column(source: Path, column: str) -> dict[str, str]:
     """``{relative path: group}`` from ``SOURCE/MANIFEST.tsv`` (or ``SOURCE/manifest.csv``) column ``column``."""
     for name, sep, key in (("MANIFEST.tsv", "\t", "relpath"), (MANIFEST_NAME, ",", "path")):
@@ -414,6 +348,14 @@ def _group_column(source: Path, column: str) -> dict[str, str]:
                 return {r[key]: r[column] for r in rows if r[column]}
     raise ValueError(f"group_by={column!r}: expected 'source', 'region', 'patch' or a column of "
                      f"{source / 'MANIFEST.tsv'}")
+
+
+def _check_groups_listed(cfg: PrepareConfig, source: Path, sources: pd.Series, mapping: dict[str, str]) -> None:
+    missing = sorted(set(sources) - set(mapping))
+    if missing and not cfg.allow_missing_group:
+        raise ValueError(f"group_by={cfg.group_by!r}: {len(missing)} of {sources.nunique()} source image(s) have no "
+                         f"{cfg.group_by!r} in {source / 'MANIFEST.tsv'} (e.g. {missing[:3]}); list them, or set "
+                         "allow_missing_group=True (--allow-missing-group) to make each its own group")
 
 
 def _prepare_folder(cfg: PrepareConfig, source: Path, tmp: Path, progress: bool) -> tuple[list[dict], dict]:
@@ -701,6 +643,7 @@ def prepare_dataset(cfg: PrepareConfig, force: bool = False, progress: bool = Tr
         elif cfg.group_by == "region":
             df["group"] = df["region"]
         else:
+            _check_groups_listed(cfg, source, df["source"], mapping)
             df["group"] = [f"{cfg.group_by}:{mapping[s]}" if s in mapping else s for s in df["source"]]
         if cfg.split_from is None:
             df["split"] = group_split(df, cfg.val_fraction, seed=cfg.seed, test_fraction=cfg.test_fraction)
@@ -764,6 +707,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the source holds slides (searched in subfolders too)")
     parser.add_argument("--group-by", default="source",
                         help="'source' (default), 'region' (slides), 'patch', or a column of SOURCE/MANIFEST.tsv")
+    parser.add_argument("--allow-missing-group", action="store_true",
+                        help="with a column --group-by: a source the column does not list is its own group")
     parser.add_argument("--seed", type=int, default=0, help="seed of the split")
     parser.add_argument("--min-fraction", type=float, default=0.5,
                         help="slides: fraction of a patch inside a class polygon (default 0.5)")
@@ -785,7 +730,7 @@ def main(args: argparse.Namespace) -> int:
     cfg = PrepareConfig(source=args.source, out=args.out, patch=args.patch, stride=args.stride, stain=args.stain,
                         stain_target=args.stain_target, val_fraction=args.val_fraction,
                         test_fraction=args.test_fraction, split_from=args.split_from, split_rename=rename,
-                        slides=args.slides, group_by=args.group_by,
+                        slides=args.slides, group_by=args.group_by, allow_missing_group=args.allow_missing_group,
                         seed=args.seed, min_fraction=args.min_fraction, annotations=args.annotations,
                         resize=args.resize, image_format=args.image_format, workers=args.workers)
     report = prepare_dataset(cfg, force=args.force)

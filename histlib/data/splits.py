@@ -8,10 +8,16 @@ a group never straddles splits. Within that constraint the split is stratified b
 
 from __future__ import annotations
 
+import csv
 import warnings
+from pathlib import Path, PurePosixPath
+from typing import Any
 
 import numpy as np
 import pandas as pd
+
+SPLIT_NAMES = ("train", "val", "test")
+_SPLIT_FOLDER_NAMES = ("train", "val", "valid", "validation", "test")
 
 
 def _dominant_class(df: pd.DataFrame, group_col: str, class_col: str) -> tuple[pd.Series, pd.Series]:
@@ -108,3 +114,83 @@ def check_no_straddle(df: pd.DataFrame, group_col: str = "group", split_col: str
     bad = n[n > 1]
     if len(bad):
         raise ValueError(f"{len(bad)} group(s) straddle splits, e.g. {list(bad.index[:5])}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Splits fixed by a dataset's authors (``PrepareConfig.split_from``)
+
+
+def _split_folder(rel: str, names: set[str]) -> str | None:
+    """The first folder of a relative path named like a split (case-insensitive), or None."""
+    for part in PurePosixPath(rel).parts[:-1]:
+        if part.lower() in names:
+            return part
+    return None
+
+
+def _read_split_table(path: Path, key_col: str, column: str) -> dict[str, str]:
+    sep = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
+    with open(path, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh, delimiter=sep))
+    if not rows or key_col not in rows[0] or column not in rows[0]:
+        found = list(rows[0]) if rows else []
+        raise ValueError(f"{path}: expected columns {key_col!r} and {column!r} for the predefined split, found {found}")
+    return {r[key_col]: r[column] for r in rows}
+
+
+def predefined_splits(cfg: Any, source: Path, sources: list[str]) -> dict[str, str]:
+    """``{source relative path: split}`` of a dataset whose split its authors fixed (``cfg.split_from``).
+
+    Raises:
+        ValueError: a source without a split, or a split name that is not (renamed to) train/val/test, naming them.
+    """
+    rename = dict(cfg.split_rename or {})
+    kind, _, arg = str(cfg.split_from).partition(":")
+    root = source if source.is_dir() else source.parent
+    if kind == "folders":
+        names = set(_SPLIT_FOLDER_NAMES) | {k.lower() for k in rename}
+        raw = {rel: _split_folder(rel, names) for rel in sources}
+    elif kind == "column":
+        table = _read_split_table(root / "MANIFEST.tsv", "relpath", arg)
+        raw = {rel: table.get(rel) for rel in sources}
+    else:
+        table = _read_split_table(runs_path(arg, root), "path", "split")
+        raw = {rel: table.get(rel) for rel in sources}
+    missing = [rel for rel, sp in raw.items() if not sp]
+    if missing:
+        raise ValueError(f"split_from={cfg.split_from!r}: {len(missing)} source(s) have no split, e.g. "
+                         f"{missing[:5]}")
+    lowered = {k.lower(): v for k, v in rename.items()}
+    out = {}
+    for rel, sp in raw.items():
+        name = lowered.get(sp.lower(), sp.lower())
+        name = {"valid": "val", "validation": "val"}.get(name, name)
+        if name not in SPLIT_NAMES:
+            raise ValueError(f"split_from={cfg.split_from!r}: split {sp!r} (of {rel}) is not one of {SPLIT_NAMES}; "
+                             f"rename it with split_rename, e.g. {{{sp!r}: 'val'}}")
+        out[rel] = name
+    return out
+
+
+def runs_path(path: str, root: Path) -> Path:
+    """A split file path: absolute, else relative to the project root, else to the source folder."""
+    p = Path(path).expanduser()
+    if p.is_absolute():
+        return p
+    from histlib.runs import project_path
+
+    for cand in (project_path(p), root / p):
+        if cand.is_file():
+            return cand
+    raise FileNotFoundError(f"split_from='file:{path}': split file not found (relative to the project root or the "
+                            "source folder)")
+
+
+def check_split_classes(df: pd.DataFrame, what: str) -> None:
+    """Raises ValueError naming every (split, class) pair without images when some split lacks a class."""
+    classes = sorted(df["class"].unique())
+    gaps = [f"{sp}: {sorted(set(classes) - set(part['class']))}" for sp, part in df.groupby("split", sort=True)
+            if set(classes) - set(part["class"])]
+    if gaps:
+        raise ValueError(f"{what}: split(s) without some classes ({'; '.join(gaps)}); every class needs images in "
+                         "every split to be trained, selected and tested")

@@ -1,8 +1,9 @@
 """Feature extraction from image folders, and a cache of real-set features.
 
 The real side of every metric is the same for all GAN variants of a study, so its features are computed once and
-stored under a key made of the dataset fingerprint (the sha256 of ``manifest.csv``, or of the image listing for a
-plain ImageFolder), the extractor's ``cache_key`` (its name and weights checksum) and the subset parameters.
+stored under a key made of the dataset fingerprint (every image's path, class, split and the sha256 of its bytes),
+the extractor's ``cache_key`` (its name and weights checksum) and the subset parameters. The manifest alone is not
+enough: ``prepare --resize 16`` rewrites every image and leaves ``manifest.csv`` byte-identical.
 Each entry is ``<key>.npy`` (float32 features) + ``<key>.json`` (labels, classes, provenance), both written
 atomically, so an interrupted run never leaves a half-written entry.
 """
@@ -31,18 +32,15 @@ def default_cache_dir() -> Path:
 
 
 def dataset_fingerprint(root: str | os.PathLike) -> str:
-    """sha256 of ``root/manifest.csv``; for a plain ImageFolder, of its sorted (path, size, mtime) listing."""
-    from histlib.data.dataset import MANIFEST_NAME, load_manifest
+    """sha256 over every image of a dataset (``manifest.csv`` or a plain ImageFolder): its path, class, split and
+    the sha256 of its bytes, so a dataset rewritten in place with other settings never reads stale features."""
+    from histlib.data.dataset import load_manifest
 
     root = Path(root)
-    manifest = root / MANIFEST_NAME
-    if manifest.is_file():
-        return file_sha256(manifest)
     df = load_manifest(root)
     h = hashlib.sha256()
-    for rel in df["path"]:
-        st = (root / rel).stat()
-        h.update(f"{rel}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+    for rel, cls, split in zip(df["path"], df["class"], df["split"]):
+        h.update(f"{rel}\t{cls}\t{split}\t{file_sha256(root / rel)}\n".encode())
     return h.hexdigest()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -178,3 +179,17 @@ def test_prepare_hash_does_not_depend_on_where_the_project_sits(tmp_path, monkey
         cfg = PrepareConfig(source=str(root / "data" / "raw"), out=str(root / "data" / "prepared" / "x"), patch=32)
         hashes.append(prepare_hash(cfg))
     assert hashes[0] == hashes[1]
+
+
+def test_a_source_missing_from_the_group_column_is_refused_unless_allowed(tmp_path):
+    src = _folder(tmp_path / "raw", groups=3, per_group=2)
+    lines = (src / "MANIFEST.tsv").read_text().splitlines()
+    (src / "MANIFEST.tsv").write_text("\n".join(ln for ln in lines if "g2_" not in ln) + "\n")  # 6 of 18 unlisted
+    cfg = PrepareConfig(source=str(src), out=str(tmp_path / "o"), group_by="cluster", val_fraction=0.34)
+    with pytest.raises(ValueError, match=r"group_by='cluster': 6 of 18 source image\(s\) have no 'cluster' in "
+                                         r".*MANIFEST.tsv .*allow_missing_group=True"):
+        prepare_dataset(cfg, progress=False)
+    assert not (tmp_path / "o").exists()
+    report = prepare_dataset(dataclasses.replace(cfg, allow_missing_group=True), progress=False)
+    assert report["n_groups"] == 6 + 6  # 2 listed groups per class, and each unlisted image its own group
+    assert prepare_hash(cfg) != prepare_hash(dataclasses.replace(cfg, allow_missing_group=True))

@@ -114,3 +114,22 @@ def test_feature_cache_hits_and_keys(make_image_folder, tmp_path):
     assert dataset_fingerprint(root) != k1 and cache.key(dataset_fingerprint(root), ex.cache_key) != k1
     f3, _, _ = extract_features(root, Counting(), cache=cache, progress=False)
     assert f3.shape[0] == 8 and len(calls) > n_calls
+
+
+def test_feature_cache_never_serves_a_dataset_rewritten_in_place(make_image_folder, tmp_path):
+    """``prepare --resize 16`` over a prepared dataset keeps manifest.csv byte-identical; the cache must miss."""
+    from histlib.data.prepare import PrepareConfig, prepare_dataset
+
+    raw = make_image_folder({"a": 4, "b": 4}, size=(32, 32), name="raw")
+    out = tmp_path / "prepared"
+    prepare_dataset(PrepareConfig(source=str(raw), out=str(out)), progress=False)
+    manifest = (out / "manifest.csv").read_bytes()
+    ex = get_extractor("random-test", device="cpu")
+    cache = FeatureCache(tmp_path / "cache")
+    f32, _, _ = extract_features(out, ex, cache=cache, progress=False)
+    prepare_dataset(PrepareConfig(source=str(raw), out=str(out), resize=16), progress=False)
+    assert (out / "manifest.csv").read_bytes() == manifest  # what made the old key stale
+    f16, _, _ = extract_features(out, ex, cache=cache, progress=False)
+    fresh, _, _ = extract_features(out, ex, cache=None, progress=False)
+    np.testing.assert_array_equal(f16, fresh)
+    assert not np.array_equal(f16, f32)
