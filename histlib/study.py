@@ -44,7 +44,6 @@ from typing import Any
 
 from histlib import runs
 from histlib.config import nearest
-from histlib.gan.config import PROFILES as GAN_PROFILES
 from histlib.progress import MODE_VARIABLE as PROGRESS_VARIABLE
 
 # stage -> notebook file, in execution order
@@ -401,65 +400,6 @@ def _classify_steps(study: Study, target: dict[str, Any], real_dir: str, deps_da
     return steps
 
 
-# GAN training speed of the *reference* StyleGAN2-ADA at 256 px on one GPU, as its authors publish it (seconds per
-# thousand images): the only figures available until histlib's own GPU speed is measured (docs/benchmarks.md).
-REFERENCE_SEC_PER_KIMG = {256: (12.5, "NVIDIA's published StyleGAN2-ADA speed at 256 px on one A100")}
-
-
-def _gan_kimg(study: Study, step: Step) -> float | None:
-    kimg = step.params.get("KIMG")
-    return float(kimg) if kimg is not None else float(GAN_PROFILES[study.profile]["train"]["kimg"])
-
-
-def _gan_resolution(study: Study, step: Step) -> int:
-    res = step.params.get("RESOLUTION")
-    return int(res) if res is not None else int(GAN_PROFILES[study.profile]["train"]["resolution"])
-
-
-def _measured_sec_per_kimg(study: Study, resolution: int) -> tuple[float, str] | None:
-    """Median seconds per kimg of this study's finished GAN runs at ``resolution`` (stats.jsonl), if any."""
-    import statistics
-
-    root = runs.project_path(study.out_dir)
-    values, device = [], None
-    for stats in root.glob("*/*/*/stats.jsonl") if root.is_dir() else []:
-        run = stats.parent
-        if run.parent.name not in ("base_gan", "finetune") or not (run / "config.json").is_file():
-            continue
-        if runs.read_json(run / "config.json").get("resolution") != resolution:
-            continue
-        values += [r["sec_per_kimg"] for r in runs.read_jsonl(stats) if r.get("sec_per_kimg")]
-        if (run / "env.json").is_file():
-            device = runs.read_json(run / "env.json").get("device")
-    if not values:
-        return None
-    return statistics.median(values), f"measured in this study ({len(values)} ticks on {device or 'unknown device'})"
-
-
-def estimate(study: Study, steps: list[Step]) -> list[dict[str, Any]]:
-    """Per stage: steps, and the hours of the GAN stages where a speed is known (this study's own finished runs,
-    else the reference implementation's published figure at that resolution); the basis is stated, and stages with
-    no known speed say so."""
-    rows: dict[str, dict[str, Any]] = {}
-    for step in steps:
-        row = rows.setdefault(step.stage, {"stage": step.stage, "steps": 0, "hours": 0.0, "basis": set()})
-        row["steps"] += 1
-        if step.stage in ("base_gan", "finetune"):
-            res = _gan_resolution(study, step)
-            speed = _measured_sec_per_kimg(study, res) or REFERENCE_SEC_PER_KIMG.get(res)
-            if speed is None:
-                row["hours"] = None
-                row["basis"].add(f"no speed known at {res} px (neither measured in this study nor published)")
-            else:
-                if row["hours"] is not None:
-                    row["hours"] += _gan_kimg(study, step) * speed[0] / 3600
-                row["basis"].add(f"{speed[0]:.3g} s/kimg: {speed[1]}; at most KIMG (early stopping may end sooner)")
-        else:
-            row["hours"] = None
-            row["basis"].add("not estimated (no measured throughput for this stage yet)")
-    return [{**r, "basis": "; ".join(sorted(r["basis"]))} for r in rows.values()]
-
-
 def _notebook_path(notebook: str) -> Path:
     return runs.project_path(Path("notebooks") / notebook)
 
@@ -645,7 +585,7 @@ def execute_step(study: Study, step: Step, *, log_output: bool = False, kernel_n
 def run_study(path: str | os.PathLike, *, force: bool = False, only: Iterable[str] | None = None,
               dry_run: bool = False, results_root: str | os.PathLike = "results",
               log_output: bool = False, executor: str = "sequential", jobs: int = 1,
-              cluster: str | None = None) -> list[dict[str, Any]]:
+              cluster: str | None = None, probe: bool = True) -> list[dict[str, Any]]:
     """Runs a study; returns one summary row per step (also written to ``results/<study>/study.json``).
 
     A step that fails is recorded as ``failed`` (its partial report kept) and only the steps that depend on it are
@@ -664,6 +604,8 @@ def run_study(path: str | os.PathLike, *, force: bool = False, only: Iterable[st
             stand-ins), see :mod:`histlib.executors`.
         jobs: steps at once (local, slurm).
         cluster: submitit cluster for ``executor='slurm'`` (default: SLURM).
+        probe: with ``dry_run``, time a few seconds of each stage's work that this machine has not measured before
+            (:mod:`histlib.estimate`).
     """
     from histlib.executors import ExecutorError, check_executor
     from histlib.progress import progress
@@ -689,7 +631,7 @@ def run_study(path: str | os.PathLike, *, force: bool = False, only: Iterable[st
         for step, row in zip(selected, rows):
             row["status"] = "finished (skip)" if is_done(study, step) and not force else "to run"
             print(f"{row['status']:>16}  {step.name}")
-        _print_plan_summary(study, selected, rows)
+        _print_plan_summary(study, selected, rows, probe=probe)
         return rows
     by_name = dict(zip((s.name for s in selected), rows))
     _write_study_json(study, path, rows)
@@ -815,14 +757,23 @@ def _write_study_json(study: Study, path: str | os.PathLike, rows: list[dict[str
     build_index(study.out_dir)
 
 
-def _print_plan_summary(study: Study, steps: list[Step], rows: list[dict[str, Any]]) -> None:
-    todo = sum(r["status"] == "to run" for r in rows)
-    print(f"\nstudy {study.name!r} (profile {study.profile}): {len(rows)} steps, {todo} to run, "
-          f"{len(rows) - todo} finished with the same settings; reports -> {study.out_dir / 'notebooks'}")
+def _print_plan_summary(study: Study, steps: list[Step], rows: list[dict[str, Any]], probe: bool = True) -> None:
+    from histlib.estimate import estimate, format_seconds
+
+    todo = [s for s, r in zip(steps, rows) if r["status"] == "to run"]
+    print(f"\nstudy {study.name!r} (profile {study.profile}): {len(rows)} steps, {len(todo)} to run, "
+          f"{len(rows) - len(todo)} finished with the same settings; reports -> {study.out_dir / 'notebooks'}")
+    if not todo:
+        return
     unit = "CPU" if study.profile == "demo" else "GPU"
-    for e in estimate(study, steps):
-        hours = "?" if e["hours"] is None else f"{e['hours']:.1f} {unit}-h"
-        print(f"  {e['stage']:<9} {e['steps']:>3} step(s)  {hours:>12}  ({e['basis']})")
+    print(f"time of the steps to run, one after another ({unit}; measured on this machine before, else probed now):")
+    rows_e = estimate(todo, study.results_root, probe=probe)
+    for e in rows_e:
+        print(f"  {e['stage']:<9} {e['steps']:>3} step(s)  {format_seconds(e['seconds']):>9}  ({e['basis']})")
+    known = [e["seconds"] for e in rows_e if e["seconds"] is not None]
+    if known:
+        print(f"  {'total':<9} {len(todo):>3} step(s)  {format_seconds(sum(known)):>9}"
+              + ("" if len(known) == len(rows_e) else "  (stages without an estimate left out)"))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -837,6 +788,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         p.add_argument("study", help="study YAML, e.g. studies/demo.yaml")
         p.add_argument("--only", nargs="+", choices=list(STAGES), help="run only these stages")
         p.add_argument("--results", default="results", help="results root (default: results)")
+    p_plan.add_argument("--no-probe", action="store_true",
+                        help="estimate times only from earlier runs on this machine (no few-second probes)")
     p_run.add_argument("--force", action="store_true", help="re-run steps even if finished with the same hash")
     p_run.add_argument("--log-output", action="store_true", help="stream notebook output to the terminal")
     p_run.add_argument("--executor", default="sequential",
@@ -862,7 +815,7 @@ def main(args: argparse.Namespace) -> int:
                          dry_run=args.action == "plan", results_root=args.results,
                          log_output=getattr(args, "log_output", False),
                          executor=getattr(args, "executor", "sequential"), jobs=getattr(args, "jobs", 1),
-                         cluster=getattr(args, "cluster", None))
+                         cluster=getattr(args, "cluster", None), probe=not getattr(args, "no_probe", False))
     except StudyError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,0 +1,381 @@
+"""How long a study's stages will take (``python -m histlib study plan``), and on what the figure rests.
+
+Each stage's time is estimated, in this order of preference, from:
+
+1. **measured**: the step states of earlier runs on this machine (``<results>/*/notebooks/.state/*.json``: a
+   finished step's parameters and seconds, start-up and report export included), any study, the same stage and
+   the same kind of work (profile and resolution for the GANs, image size and models for the classifiers),
+   scaled by the amount of work (kimg, images per class, runs × epochs, source bytes);
+2. **probe**: a few seconds of the stage's inner loop on this machine (a handful of GAN training iterations, a
+   classifier batch forward and backward, a few generator batches, a few source images decoded), scaled to the
+   step; it leaves out what the loop does not do (start-up, snapshots, metrics), so it is a lower bound;
+3. **published**: the reference StyleGAN2-ADA speed where it exists (256 px), when the profile wants a GPU this
+   machine does not have.
+
+Otherwise the stage says why it has no estimate. The basis of every figure is printed beside it.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from histlib import runs
+from histlib.gan.config import PROFILES as GAN_PROFILES
+
+# GAN training speed of the *reference* StyleGAN2-ADA at 256 px on one GPU, as its authors publish it (seconds per
+# thousand images): used only when nothing was measured and this machine cannot probe the profile's device.
+REFERENCE_SEC_PER_KIMG = {256: (12.5, "NVIDIA's published StyleGAN2-ADA speed at 256 px on one A100")}
+PROBE_SECONDS = 3.0  # time spent in each probe's timed loop (after one warm-up iteration)
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".svs", ".ndpi", ".mrxs"}
+
+Probe = Callable[[], "tuple[float, str] | None"]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Work: how much each step does, in the unit its stage's rate is measured in
+
+
+def _profile_value(params: dict[str, Any], name: str, section: str, key: str) -> Any:
+    value = params.get(name)
+    if value is not None:
+        return value
+    profile = params.get("PROFILE", "demo")
+    return GAN_PROFILES.get(profile, {}).get(section, {}).get(key)
+
+
+def _source_bytes(params: dict[str, Any]) -> float | None:
+    src = params.get("SOURCE_DIR")
+    root = runs.project_path(src) if src else None
+    if root is None or not root.is_dir():
+        return None
+    total = sum(p.stat().st_size for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    return total / 1e6 or None
+
+
+def work(stage: str, params: dict[str, Any]) -> tuple[tuple, float | None, str]:
+    """``(kind, amount, unit)`` of one step: steps of the same ``kind`` run at comparable rates per ``unit``."""
+    profile = params.get("PROFILE", "demo")
+    if stage in ("base_gan", "finetune"):
+        res = _profile_value(params, "RESOLUTION", "train", "resolution")
+        kimg = _profile_value(params, "KIMG", "train", "kimg")
+        return (stage, profile, res), (float(kimg) if kimg is not None else None), "kimg"
+    if stage == "generate":
+        per_class = _profile_value(params, "IMAGES_PER_CLASS", "generate", "images_per_class")
+        sets = _profile_value(params, "NUM_SETS", "generate", "num_sets") or 1
+        amount = float(per_class) * int(sets) if isinstance(per_class, (int, float)) else None
+        return (stage, profile), amount, "image per class"
+    if stage == "classify":
+        n_runs = len(params.get("MODELS") or [1]) * len(params.get("SEEDS") or [0]) * len(params.get("TRAIN_SETS")
+                                                                                          or ["real"])
+        epochs = params.get("EPOCHS") or 1
+        models = tuple(sorted(params.get("MODELS") or []))
+        return (stage, params.get("IMAGE_SIZE"), models), float(n_runs * epochs), "classifier epoch (runs × epochs)"
+    if stage == "data":
+        return (stage,), _source_bytes(params), "MB of source images"
+    return (stage,), 1.0, "step"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Measured: earlier steps' state files on this machine
+
+
+def _stage_of(notebook: str) -> str | None:
+    from histlib.study import STAGES
+
+    return next((s for s, nb in STAGES.items() if nb == notebook), None)
+
+
+def measured_rates(results_root: str | Path) -> dict[tuple, list[float]]:
+    """Seconds per unit of work of every finished step under ``results_root`` (all studies), per kind of work."""
+    root = runs.project_path(results_root)
+    out: dict[tuple, list[float]] = {}
+    for state in sorted(root.glob("*/notebooks/.state/*.json")) if root.is_dir() else []:
+        try:
+            info = runs.read_json(state)
+        except (OSError, ValueError):  # an unreadable state only costs the estimate this sample
+            continue
+        stage = _stage_of(str(info.get("notebook", "")))
+        seconds = info.get("seconds")
+        if info.get("status") != "finished" or stage is None or not isinstance(seconds, (int, float)):
+            continue
+        kind, amount, _ = work(stage, info.get("params") or {})
+        if amount:
+            out.setdefault(kind, []).append(float(seconds) / amount)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Probes: a few seconds of each stage's inner loop
+
+
+def _timed(step: Callable[[], None], budget: float | None = None, min_iters: int = 2) -> tuple[float, int]:
+    """Mean seconds of ``step`` after one warm-up call, repeated for about ``budget`` seconds (default
+    :data:`PROBE_SECONDS`)."""
+    budget = PROBE_SECONDS if budget is None else budget
+    step()
+    t0, n = time.perf_counter(), 0
+    while n < min_iters or time.perf_counter() - t0 < budget:
+        step()
+        n += 1
+    return (time.perf_counter() - t0) / n, n
+
+
+def _probe_device(profile: str):
+    """The device a profile trains on, or None when this machine does not have it (no probe then)."""
+    import torch
+
+    wanted = GAN_PROFILES.get(profile, {}).get("train", {}).get("device", "auto")
+    if wanted == "cpu":
+        return torch.device("cpu")
+    return torch.device("cuda") if torch.cuda.is_available() else None
+
+
+def probe_gan(profile: str, resolution: int) -> tuple[float, str] | None:
+    """Seconds per kimg of full training iterations (every phase, lazy regularisers in proportion, EMA, ADA) of the
+    profile's networks on random images; None when this machine lacks the profile's device."""
+    import numpy as np
+    import torch
+
+    from histlib.gan.config import TrainConfig
+    from histlib.gan.distributed import Dist
+    from histlib.gan.phases import phases
+    from histlib.gan.state import Meter, build_state
+
+    device = _probe_device(profile)
+    if device is None:
+        return None
+    cfg = TrainConfig.from_profile(profile, resolution=resolution, device=device.type, progress=False)
+    n_classes = 4
+    labels = np.arange(64) % n_classes
+
+    class _Classes:  # what build_state reads of a dataset
+        classes = [f"c{i}" for i in range(n_classes)]
+
+    _Classes.labels = labels
+    state = build_state(cfg, _Classes, n_classes, device, Dist(), None)
+    schedule, meter = phases(state), Meter(device)
+    real = torch.rand([cfg.batch_size, 3, resolution, resolution], device=device) * 2 - 1  # [N, 3, R, R]
+    real_c = torch.as_tensor(labels[:cfg.batch_size], device=device)
+
+    def iteration() -> None:
+        for _, phase, interval in schedule:
+            if state.step % interval == 0:
+                phase(state, real, real_c, meter)
+        state.update_ema()
+        state.cur_nimg += cfg.batch_size
+        state.step += 1
+        state.update_ada()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    sec, n = _timed(iteration)
+    return sec / cfg.batch_size * 1000, (f"probe: {n} training iterations of batch {cfg.batch_size} at {resolution} px "
+                                         f"on {device.type} (training only: start-up, snapshots and metrics left out)")
+
+
+def _train_step(model, batch: int, image_size: int, device) -> Callable[[], None]:
+    """One optimiser step of ``model`` on a fixed random batch (what a classifier's epoch repeats)."""
+    import torch
+
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    x = torch.rand([batch, 3, image_size, image_size], device=device)  # [N, 3, S, S]
+    y = torch.arange(batch, device=device) % 4
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    return step
+
+
+def probe_classifier(models: list[str], image_size: int, batch: int, images_per_epoch: int | None,
+                     device_name: str = "auto") -> tuple[float, str] | None:
+    """Seconds per classifier epoch (every model, forward and backward over ``images_per_epoch`` random images at
+    ``image_size``); None when the number of training images is not known yet."""
+
+    from histlib.classify import create_classifier
+    from histlib.runtime import resolve_device
+
+    if not images_per_epoch:
+        return None
+    device = resolve_device(device_name)
+    per_image = 0.0
+    for name in models:
+        model, _ = create_classifier(name, 4, pretrained=False)
+        sec, _ = _timed(_train_step(model.to(device).train(), batch, image_size, device),
+                        budget=PROBE_SECONDS / max(len(models), 1))
+        per_image += sec / batch
+    return per_image * images_per_epoch / len(models), (
+        f"probe: a batch of {batch} at {image_size} px through {', '.join(models)} on {device.type}, × "
+        f"{images_per_epoch} training images per epoch (data loading and validation left out)")
+
+
+def probe_generator(profile: str, resolution: int, n_classes: int) -> tuple[float, str] | None:
+    """Seconds per (image per class) of sampling with the profile's generator, for ``n_classes`` classes."""
+    import torch
+
+    from histlib.gan import checkpoint
+    from histlib.gan.config import network_kwargs
+
+    device = _probe_device(profile)
+    if device is None:
+        return None
+    kwargs = {name: {**kw, "num_classes": n_classes, "num_fp16_res": 0}
+              for name, kw in network_kwargs(profile, resolution).items()}
+    G, _ = checkpoint.build_networks(kwargs, device)
+    G.eval()
+    batch = int(GAN_PROFILES[profile]["generate"]["batch_size"])
+    z = torch.randn([batch, G.z_dim], device=device)  # [N, z_dim]
+    c = torch.arange(batch, device=device) % n_classes  # [N]
+
+    @torch.no_grad()
+    def step() -> None:
+        G(z, c)
+
+    sec, _ = _timed(step)
+    return sec / batch * n_classes, (f"probe: generator batches at {resolution} px on {device.type}, × {n_classes} "
+                                     "classes (sampling only: the memorisation audit, GAN metrics and the fidelity "
+                                     "classifier come on top)")
+
+
+def probe_decode(source: str | None) -> tuple[float, str] | None:
+    """Seconds per MB of decoding a few of the source images (tiling and writing patches come on top)."""
+    from PIL import Image
+
+    root = runs.project_path(source) if source else None
+    if root is None or not root.is_dir():
+        return None
+    files = [p for p in sorted(root.rglob("*")) if p.suffix.lower() in {".png", ".jpg", ".jpeg", ".tif", ".tiff"}][:8]
+    if not files:
+        return None
+    t0 = time.perf_counter()
+    for f in files:
+        with Image.open(f) as im:
+            im.convert("RGB")
+    mb = sum(f.stat().st_size for f in files) / 1e6
+    return (time.perf_counter() - t0) / max(mb, 1e-6), f"probe: {len(files)} source images decoded (tiling left out)"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Per step and per stage
+
+
+def _train_images(step, steps: list) -> int | None:
+    """Real training images of a classify step: the prepared manifest's train split, or, before the data step has
+    run, the patches its tiling settings cut from the source images (headers only)."""
+    import csv
+
+    from histlib.data.tiling import tile_positions
+
+    real = step.params.get("REAL_DIR")
+    manifest = runs.project_path(real) / "manifest.csv" if real else None
+    if manifest is not None and manifest.is_file():
+        with open(manifest, newline="", encoding="utf-8") as f:
+            return sum(row.get("split") == "train" for row in csv.DictReader(f)) or None
+    data = next((s for s in steps if s.stage == "data" and s.params.get("OUT_DIR") == real), None)
+    if data is None or not data.params.get("SOURCE_DIR"):
+        return None
+    from PIL import Image
+
+    root = runs.project_path(data.params["SOURCE_DIR"])
+    files = [p for p in sorted(root.rglob("*")) if p.suffix.lower() in {".png", ".jpg", ".jpeg", ".tif", ".tiff"}]
+    patch, stride = int(data.params.get("PATCH") or 64), data.params.get("STRIDE")
+    patches = 0
+    for f in files[:500]:
+        with Image.open(f) as im:
+            patches += len(tile_positions(*im.size, patch, stride))
+    kept = 1 - float(data.params.get("VAL_FRACTION") or 0) - float(data.params.get("TEST_FRACTION") or 0)
+    return int(patches * len(files) / max(min(len(files), 500), 1) * kept) or None
+
+
+def _probe_for(step, steps: list, kind: tuple) -> Probe | None:
+    p = step.params
+    profile = p.get("PROFILE", "demo")
+    if step.stage in ("base_gan", "finetune") and kind[2]:
+        return lambda: probe_gan(profile, int(kind[2]))
+    if step.stage == "classify" and p.get("MODELS"):
+        images = _train_images(step, steps)
+        return lambda: probe_classifier(list(p["MODELS"]), int(p.get("IMAGE_SIZE") or 32), int(p.get("BATCH") or 32),
+                                        images)
+    if step.stage == "generate":
+        res = _profile_value(p, "RESOLUTION", "train", "resolution")
+        data = next((s for s in steps if s.stage == "data" and s.params.get("OUT_DIR") == p.get("DATASET_DIR")), None)
+        src = runs.project_path(data.params["SOURCE_DIR"]) if data and data.params.get("SOURCE_DIR") else None
+        classes = len([d for d in src.iterdir() if d.is_dir()]) if src is not None and src.is_dir() else 0
+        return (lambda: probe_generator(profile, int(res), classes)) if classes and res else None
+    if step.stage == "data":
+        return lambda: probe_decode(p.get("SOURCE_DIR"))
+    return None
+
+
+def step_estimate(step, steps: list, measured: dict[tuple, list[float]],
+                  probes: dict[tuple, tuple[float, str] | None], probe: bool = True) -> tuple[float | None, str]:
+    """``(seconds or None, basis)`` of one step; ``probes`` caches each kind's probe result."""
+    kind, amount, unit = work(step.stage, step.params)
+    if amount is None:
+        return None, "amount of work unknown (source images not found)" if step.stage == "data" else "?"
+    if kind in measured:
+        rates = measured[kind]
+        return statistics.median(rates) * amount, (f"measured: {len(rates)} earlier step(s) on this machine, "
+                                                   f"{statistics.median(rates):.3g} s per {unit}")
+    # base GAN and fine-tuning share a probe (the same iterations); their measured rates differ (checkpoint loading)
+    key = ("gan", *kind[1:]) if step.stage in ("base_gan", "finetune") else kind
+    if probe and key not in probes:
+        make = _probe_for(step, steps, kind)
+        try:
+            probes[key] = make() if make is not None else None
+        except Exception as e:  # noqa: BLE001 - a probe that cannot run costs the estimate, not the plan
+            probes[key] = (math.nan, f"probe failed ({type(e).__name__}: {str(e)[:120]})")
+    found = probes.get(key)
+    if found is not None and math.isfinite(found[0]):
+        return found[0] * amount, f"{found[1]}; {found[0]:.3g} s per {unit}"
+    if step.stage in ("base_gan", "finetune") and kind[2] in REFERENCE_SEC_PER_KIMG:
+        rate, source = REFERENCE_SEC_PER_KIMG[kind[2]]
+        return rate * amount, f"published: {rate:.3g} s/kimg, {source}; at most KIMG (early stopping may end sooner)"
+    if found is not None:
+        return None, found[1]
+    if step.stage == "analysis":
+        return None, "nothing measured yet (reads metrics files only: seconds)"
+    why = "no probe without the profile's device on this machine" if step.stage in ("base_gan", "finetune",
+                                                                                       "generate") else "no probe"
+    return None, f"nothing measured on this machine yet; {why}"
+
+
+def estimate(steps: list, results_root: str | Path = "results", probe: bool = True) -> list[dict[str, Any]]:
+    """Per stage: ``{stage, steps, seconds (None when unknown), basis}``, in plan order.
+
+    Args:
+        steps: the study's planned steps.
+        results_root: where earlier studies' step states are looked for.
+        probe: run a few-second probe for the kinds of work nothing was measured for.
+    """
+    measured = measured_rates(results_root)
+    probes: dict[tuple, tuple[float, str] | None] = {}
+    rows: dict[str, dict[str, Any]] = {}
+    for step in steps:
+        row = rows.setdefault(step.stage, {"stage": step.stage, "steps": 0, "seconds": 0.0, "basis": []})
+        row["steps"] += 1
+        seconds, basis = step_estimate(step, steps, measured, probes, probe)
+        row["seconds"] = None if seconds is None or row["seconds"] is None else row["seconds"] + seconds
+        if basis not in row["basis"]:
+            row["basis"].append(basis)
+    return [{**r, "basis": "; ".join(r["basis"])} for r in rows.values()]
+
+
+def format_seconds(seconds: float | None) -> str:
+    """``"?"``, ``"40 s"``, ``"3.5 min"``, ``"2.1 h"``."""
+    if seconds is None:
+        return "?"
+    if seconds < 1:
+        return "< 1 s"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"

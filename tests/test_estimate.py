@@ -1,0 +1,81 @@
+"""Stage time estimates of ``study plan``: from earlier steps' states on this machine, else a short probe."""
+
+import math
+
+import pytest
+
+from histlib import estimate, runs, study
+
+DEMO = study.runs.project_path("studies/demo.yaml")
+
+
+def _write_state(root, name, notebook, params, seconds, status="finished"):
+    runs.write_json(root / "other_study" / "notebooks" / ".state" / f"{name}.json",
+                    {"status": status, "hash": "x", "params": params, "notebook": notebook, "seconds": seconds})
+
+
+def _demo_steps(results_root):
+    s = study.load_study(DEMO, results_root)
+    return study.plan(s)
+
+
+def test_measured_rates_scale_with_the_work(tmp_path):
+    params = {"PROFILE": "demo", "RESOLUTION": 32, "KIMG": 2}
+    _write_state(tmp_path, "03_finetune__x__pretrained", "03_finetune.ipynb", params, 100.0)
+    _write_state(tmp_path, "03_finetune__x__freeze_d1", "03_finetune.ipynb", params, 60.0, status="failed")
+    _write_state(tmp_path, "05_classify__x__real", "05_classify.ipynb",
+                 {"MODELS": ["resnet34"], "SEEDS": [0, 1], "TRAIN_SETS": ["real"], "EPOCHS": 5, "IMAGE_SIZE": 32},
+                 50.0)
+    steps = _demo_steps(tmp_path)
+    rows = {r["stage"]: r for r in estimate.estimate(steps, tmp_path, probe=False)}
+    # demo fine-tunes 2 variants × 3 kimg at 50 s/kimg (the failed state is not a measurement)
+    assert rows["finetune"]["seconds"] == pytest.approx(2 * 3 * 50.0)
+    assert rows["finetune"]["basis"].startswith("measured: 1 earlier step")
+    # 3 classify steps: real (1 train set) and 2 variants × (synthetic, real+synthetic), 1 seed, 2 epochs, 5 s/epoch
+    assert rows["classify"]["seconds"] == pytest.approx((1 * 2 + 2 * 2 * 2) * 5.0)
+    # nothing measured at the base GAN's kind of work and no probe: no number, and a reason
+    assert rows["base_gan"]["seconds"] is None and "nothing measured" in rows["base_gan"]["basis"]
+
+
+def test_another_resolution_is_not_a_measurement(tmp_path):
+    _write_state(tmp_path, "02_base_gan__x", "02_base_gan.ipynb", {"PROFILE": "demo", "RESOLUTION": 64, "KIMG": 2},
+                 100.0)
+    rows = {r["stage"]: r for r in estimate.estimate(_demo_steps(tmp_path), tmp_path, probe=False)}
+    assert rows["base_gan"]["seconds"] is None
+
+
+def test_probes_time_the_gan_and_the_classifier(monkeypatch):
+    monkeypatch.setattr(estimate, "PROBE_SECONDS", 0.05)
+    sec_per_kimg, basis = estimate.probe_gan("demo", 32)
+    assert math.isfinite(sec_per_kimg) and sec_per_kimg > 0 and basis.startswith("probe:")
+    per_epoch, basis = estimate.probe_classifier(["resnet18"], 32, 8, images_per_epoch=80, device_name="cpu")
+    assert per_epoch > 0 and "80 training images" in basis
+    assert estimate.probe_classifier(["resnet18"], 32, 8, images_per_epoch=None) is None
+    assert estimate.probe_gan("paper", 256) is None or estimate._probe_device("paper").type == "cuda"
+
+
+@pytest.mark.slow
+def test_every_demo_stage_but_analysis_gets_a_probe(tmp_path, monkeypatch):
+    monkeypatch.setattr(estimate, "PROBE_SECONDS", 0.05)
+    sec_per_kimg, _ = estimate.probe_gan("demo", 32)
+    rows = {r["stage"]: r for r in estimate.estimate(_demo_steps(tmp_path), tmp_path, probe=True)}
+    for stage in ("data", "base_gan", "finetune", "generate", "classify"):
+        assert rows[stage]["seconds"] is not None and rows[stage]["basis"].startswith("probe:"), rows[stage]
+    # a probe leaves out start-up and the rest, so the GAN stage is at least its iterations' time
+    assert rows["base_gan"]["seconds"] >= sec_per_kimg * 8 * 0.2
+
+
+def test_plan_prints_each_stage_with_its_basis(tmp_path, capsys):
+    _write_state(tmp_path, "02_base_gan__x", "02_base_gan.ipynb", {"PROFILE": "demo", "RESOLUTION": 32, "KIMG": 4},
+                 40.0)
+    study.run_study(DEMO, dry_run=True, results_root=tmp_path, probe=False)
+    out = capsys.readouterr().out
+    line = next(ln for ln in out.splitlines() if ln.strip().startswith("base_gan"))
+    assert "80 s" in line and "measured: 1 earlier step" in line  # 8 kimg at 10 s/kimg
+    assert "?" in next(ln for ln in out.splitlines() if ln.strip().startswith("analysis"))
+
+
+@pytest.mark.parametrize("seconds,text", [(None, "?"), (0.2, "< 1 s"), (40, "40 s"), (210, "3.5 min"),
+                                          (7560, "2.1 h")])
+def test_format_seconds(seconds, text):
+    assert estimate.format_seconds(seconds) == text
