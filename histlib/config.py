@@ -20,6 +20,15 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 PROFILES = ("demo", "reduced", "paper")
+# What a study's results mean under each profile: the first line of its index page (the caveats that follow are
+# read from the study's own run folders).
+PROFILE_ABOUT = {
+    "demo": "A plumbing run: tiny networks on the CPU at 32 px, trained for minutes, to check that every stage runs "
+            "and writes what the next one reads. Its numbers mean nothing about generative augmentation.",
+    "reduced": "A reduced run: one GPU at 64 px with a fraction of the publication's training budget; its numbers "
+               "show tendencies, not the publication's values.",
+    "paper": "The publication's settings (256 px StyleGAN2, paper-sized sets, three classifiers × three seeds).",
+}
 
 
 def nearest(name: str, candidates: typing.Iterable[str]) -> str:

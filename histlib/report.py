@@ -33,6 +33,8 @@ text-align:right} th{background:#f3f3f3} td:first-child,th:first-child{text-alig
 .grids{display:flex;gap:1em;flex-wrap:wrap;align-items:flex-start} .grids figure{margin:0}
 .grids img{image-rendering:pixelated;border:1px solid #ccc;max-width:560px}
 figcaption{font-size:.85em;color:#555} .muted{color:#666;font-size:.9em}
+.about{border:1px solid #99a;background:#f4f6fb;padding:.4em 1em;margin:1em 0} .about.demo{border:2px solid #c80;
+background:#fff8e6}
 """
 
 
@@ -146,6 +148,7 @@ def build_index(study_dir: str | os.PathLike) -> Path:
         f"<p class='muted'>profile {_esc(info.get('profile', '?'))} · study file {_esc(info.get('file', '?'))} · "
         f"{n_done} of {len(steps)} steps finished · page written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
         "</p>",
+        about_html(root, info),
     ]
     if warnings:
         body.append("<div class='warn'><b>Warnings</b><ul>" + "".join(f"<li>{w}</li>" for w in warnings)
@@ -199,3 +202,106 @@ def summary_table(values: Any, start: str | os.PathLike | None = None, name: str
 
 
 config_table = summary_table
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# What the study is: the profile's meaning and the caveats read from the run folders
+
+
+def _manifest_counts(data_dir: str | None) -> dict[str, Any] | None:
+    from histlib.data.manifest import load_manifest
+
+    root = runs.project_path(data_dir) if data_dir else None
+    if root is None or not (root / "manifest.csv").is_file():
+        return None
+    m = load_manifest(root)
+    per_split = m.groupby("split")["source"].nunique().to_dict() if "source" in m else {}
+    return {"name": root.name, "sources": int(m["source"].nunique()) if "source" in m else None,
+            "patches": len(m), "classes": int(m["class"].nunique()), "per_split": per_split}
+
+
+def _run_configs(root: Path, stage: str) -> list[tuple[Path, dict[str, Any]]]:
+    out = []
+    for cfg in sorted(root.glob(f"*/{stage}/*/config.json")):
+        try:
+            out.append((cfg.parent, runs.read_json(cfg)))
+        except (OSError, ValueError):  # a damaged config costs this note one caveat, not the page
+            continue
+    return out
+
+
+def _data_caveats(root: Path) -> list[str]:
+    dirs = dict.fromkeys(c.get("data_dir") for stage in ("base_gan", "finetune") for _, c in _run_configs(root, stage))
+    dirs.update(dict.fromkeys(c.get("real_dir") for _, c in _run_configs(root, "classify")))
+    counts = [c for c in (_manifest_counts(d) for d in dirs if d) if c]
+    if not counts:
+        return []
+    total = sum(c["sources"] or 0 for c in counts)
+    parts = ", ".join(f"{_esc(c['name'])}: {c['sources']} images of {c['classes']} classes cut into "
+                      f"{c['patches']} patches" for c in counts)
+    out = [f"{total} source images in all ({parts})."]
+    for c in counts:
+        test = c["per_split"].get("test")
+        if test is not None and test < 2 * c["classes"]:
+            out.append(f"{_esc(c['name'])}'s test split holds {test} source image(s) for {c['classes']} classes: "
+                       "every test number rests on that many independent images, whatever the patch count.")
+    return out
+
+
+def _gan_caveats(root: Path, info: dict[str, Any]) -> list[str]:
+    from histlib.gan.config import PROFILES as GAN_PROFILES
+    from histlib.study import VARIANTS
+
+    out = []
+    paper_kimg = GAN_PROFILES["paper"]["train"]["kimg"]
+    for stage, what in (("base_gan", "base GAN"), ("finetune", "fine-tuned GANs")):
+        kimg = sorted({float(c["kimg"]) for _, c in _run_configs(root, stage) if c.get("kimg") is not None})
+        if kimg:
+            shown = " / ".join(f"{k:g}" for k in kimg)
+            out.append(f"The {what} trained {shown} kimg at {_run_configs(root, stage)[0][1].get('resolution')} px "
+                       f"(the publication's profile: up to {paper_kimg:,.0f} kimg at "
+                       f"{GAN_PROFILES['paper']['train']['resolution']} px).")
+    variants = sorted({p.name for p, _ in _run_configs(root, "finetune")})
+    missing = [v for v in ("scratch",) if v not in variants]
+    if variants and missing:
+        out.append("No <code>scratch</code> variant was trained: the tables' <i>non-pretrained</i> row is empty, "
+                   f"so nothing here compares pretraining with its absence (variants: {_esc(', '.join(variants))}).")
+    elif variants and len(variants) < len(VARIANTS):
+        out.append(f"{len(variants)} of the publication's {len(VARIANTS)} GAN variants were trained "
+                   f"({_esc(', '.join(variants))}).")
+    return out
+
+
+def _classifier_caveats(root: Path) -> list[str]:
+    cfgs = _run_configs(root, "classify")
+    if not cfgs:
+        return []
+    epochs = sorted({c.get("epochs") for _, c in cfgs if c.get("epochs") is not None})
+    pretrained = []
+    for run, _ in cfgs:
+        m = runs.read_json(run / "metrics.json") if (run / "metrics.json").is_file() else {}
+        if "pretrained" in m:
+            pretrained.append(bool(m["pretrained"]))
+    start = ("from scratch (no ImageNet weights on this machine)" if pretrained and not any(pretrained) else
+             "from ImageNet weights" if pretrained and all(pretrained) else
+             f"from ImageNet weights in {sum(pretrained)} of {len(pretrained)} runs" if pretrained else "")
+    models = sorted({str(c.get("model")) for _, c in cfgs if c.get("model")})
+    seeds = sorted({c.get("seed") for _, c in cfgs if c.get("seed") is not None})
+    return [f"Classifiers ({_esc(', '.join(models))}) trained {start} for {' / '.join(map(str, epochs))} epoch(s), "
+            f"{len(seeds)} seed(s) each{': no spread over seeds' if len(seeds) < 2 else ''}."]
+
+
+def about_html(root: Path, info: dict[str, Any]) -> str:
+    """The page's first box: what the profile's results mean, then the caveats read from the run folders (data
+    sizes, GAN budgets, missing variants, classifier starts and epochs)."""
+    from histlib.config import PROFILE_ABOUT
+
+    profile = info.get("profile")
+    about = PROFILE_ABOUT.get(profile or "")
+    caveats = _data_caveats(root) + _gan_caveats(root, info) + _classifier_caveats(root)
+    if not about and not caveats:
+        return ""
+    head = f"<p><b>What this is.</b> {_esc(about)}</p>" if about else ""
+    items = "".join(f"<li>{c}</li>" for c in caveats)
+    cls = "about demo" if profile == "demo" else "about"
+    return f"<div class='{cls}'>{head}{'<ul>' + items + '</ul>' if items else ''}</div>"
