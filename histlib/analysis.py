@@ -29,17 +29,16 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
-from histlib import runs
+from histlib import classify_sets, runs
 
 # Execution order of the stages (the same names as the study runner's; repeated here so that the analysis never
 # imports the runner).
 STAGE_ORDER = ("data", "base_gan", "finetune", "generate", "classify", "analysis")
 RESULT_STAGES = ("base_gan", "finetune", "generate", "classify")  # stages that write run directories
-CLASSIFY_RUN = re.compile(r"^(?P<train_set>real|synthetic|real\+synthetic)(?:__(?P<variant>[^_].*?))?"
-                          r"__(?P<model>[^_].*?)__seed(?P<seed>\d+)$")
+CLASSIFY_RUN = classify_sets.RUN_NAME  # <train_set>[__<variant>]__<model>__seed<k>, train_set incl. real@<fraction>
 GAN_METRICS = ("fid", "precision", "recall", "density", "coverage")
 CLASSIFICATION_METRICS = ("accuracy", "balanced_accuracy")
-TRAIN_SET_ORDER = ("real", "synthetic", "real+synthetic")
+TRAIN_SET_ORDER = classify_sets.TRAIN_SETS
 ID_COLUMNS = ("stage", "dataset", "run")
 _SKIP_DIRS = {"notebooks", "analysis"}  # folders of results/<study>/ that are not datasets
 
@@ -413,7 +412,7 @@ def classifier_runs(df: pd.DataFrame) -> pd.DataFrame:
     })
     for col in ("test_accuracy", "test_balanced_accuracy", "n_train_real", "n_train_synthetic"):
         out[col] = pd.to_numeric(part[col], errors="coerce") if col in part else np.nan
-    out.loc[out["train_set"] == "real", "variant"] = ""
+    out.loc[~out["train_set"].map(classify_sets.needs_synthetic), "variant"] = ""
     return out.reset_index(drop=True)
 
 
@@ -440,20 +439,22 @@ def best_frozen_variant(runs_df: pd.DataFrame, train_set: str) -> str | None:
 def _row_label(kind: str, train_set: str, runs: pd.DataFrame, variant: str) -> str:
     n_real = int(_mean(runs["n_train_real"])) if runs["n_train_real"].notna().any() else 0
     n_syn = int(_mean(runs["n_train_synthetic"])) if runs["n_train_synthetic"].notna().any() else 0
+    stain = " + stain augmentation" if classify_sets.uses_stain(train_set) else ""
     if kind == "real":
-        return f"{n_real} real"
+        return f"{n_real} real{stain}"
     what = {"scratch": "non-pretrained", "pretrained": "pretrained"}.get(kind, f"freezing {variant}")
     generated = f"{n_syn} generated with {what}"
-    return f"{n_real} real + {generated}" if train_set == "real+synthetic" else generated
+    return (f"{n_real} real + {generated}" if classify_sets.uses_real(train_set) else generated) + stain
 
 
 def paper_table(df: pd.DataFrame, dataset: str, train_set: str | None = None) -> pd.DataFrame:
     """The publication's Table 1/2 for one target dataset.
 
-    Rows: ``N real``, ``N generated with non-pretrained`` (variant ``scratch``), ``N generated with pretrained``,
-    ``N generated with freezing <best>`` (the frozen variant with the highest *validation* accuracy,
-    :func:`best_frozen_variant`); for a ``real+synthetic`` training set the generated rows read ``N real + N
-    generated …``. Columns: per classifier, ``Acc`` and ``Bal. Acc`` in %, the mean over seeds. The numbers come
+    Rows: ``N real``, ``N real + stain augmentation`` (the ``real+stain`` yardstick, when trained), ``N generated
+    with non-pretrained`` (variant ``scratch``), ``N generated with pretrained``, ``N generated with freezing <best>``
+    (the frozen variant with the highest *validation* accuracy, :func:`best_frozen_variant`); for a training set
+    with real images the generated rows read ``N real + N generated …``, with stain augmentation ``… + stain
+    augmentation``. Columns: per classifier, ``Acc`` and ``Bal. Acc`` in %, the mean over seeds. The numbers come
     from the test split when every run has one (``attrs['evaluated_on'] == 'test'``), else from validation.
 
     Args:
@@ -475,7 +476,8 @@ def paper_table(df: pd.DataFrame, dataset: str, train_set: str | None = None) ->
     split = evaluated_on(runs_df)
     best = best_frozen_variant(runs_df, train_set) if train_set else None
     models = list(dict.fromkeys(runs_df["model"]))
-    wanted = [("real", "real", "")]
+    # the yardsticks first: real images alone, then with classic stain augmentation
+    wanted = [("real", "real", ""), ("real", "real+stain", "")]
     if train_set:
         wanted += [("scratch", train_set, "scratch"), ("pretrained", train_set, "pretrained")]
         if best:
@@ -760,8 +762,8 @@ def paper_tables(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
     runs_df = classifier_runs(df)
     out = {}
     for ds in dict.fromkeys(runs_df["dataset"]):
-        sets = [ts for ts in ("synthetic", "real+synthetic") if ts in set(runs_df.loc[runs_df["dataset"] == ds,
-                                                                                   "train_set"])]
+        present = set(runs_df.loc[runs_df["dataset"] == ds, "train_set"])
+        sets = [ts for ts in TRAIN_SET_ORDER if classify_sets.needs_synthetic(ts) and ts in present]
         for ts in sets or [None]:
             table = paper_table(df, ds, ts)
             if not table.empty:

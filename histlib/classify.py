@@ -7,11 +7,14 @@ matrix on the validation split; flat keys) and ``checkpoints/best.pt`` (best epo
 accuracy). ``run_classifiers`` repeats that over train sets × models × seeds in independent run directories and
 skips runs whose config matches a finished one.
 
-Training sets (``ClassifyConfig.train_set``):
-    ``real``            ``real_per_class`` images per class drawn from the real set's train split (None: all).
+Training sets (``ClassifyConfig.train_set``, names in ``histlib.classify_sets``):
+    ``real``            ``real_per_class`` images per class drawn from the real set's train split (None: all), or
+                        a nested fraction ``real_fraction`` of its groups (the real-data learning curve).
     ``synthetic``       ``synthetic_per_class`` images per class drawn from a generated ImageFolder.
     ``real+synthetic``  both of the above, concatenated.
-Validation is always the real set's ``val_split``. Augmentation follows the paper only: rot90, horizontal and
+    ``real+stain``, ``real+synthetic+stain``: the same images with classic H&E stain augmentation (HED jitter of
+                        strength ``stain_strength``, ``histlib.data.stain_augment``) before the paper's augmentation.
+Validation is always the real set's ``val_split``. Augmentation follows the paper: rot90, horizontal and
 vertical flips, brightness/contrast/saturation factors in [0.8, 1.2]; ImageNet normalisation.
 
 ImageNet weights are used when they can be found without waiting on a network that is not there: a local file
@@ -43,7 +46,19 @@ import pandas as pd
 import torch
 from torch import nn
 
+from histlib.classify_sets import (  # noqa: F401  (TRAIN_SETS and run_name re-exported: this stage's public names)
+    TRAIN_SETS,
+    check_fraction,
+    check_train_set,
+    needs_synthetic,
+    nested_fraction,
+    run_name,
+    train_set_label,
+    uses_real,
+    uses_stain,
+)
 from histlib.config import check_types, from_dict
+from histlib.data.stain_augment import DEFAULT_STAIN_STRENGTH, HEDJitter
 from histlib.progress import iterate
 from histlib.progress import mode as progress_mode
 from histlib.runs import Run, atomic_torch_save, config_hash, read_json
@@ -51,7 +66,6 @@ from histlib.runtime import resolve_device
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-TRAIN_SETS = ("real", "synthetic", "real+synthetic")
 PAPER_MODELS = ("resnet34", "densenet169", "efficientnet_b2")
 COLOR_FACTORS = (0.8, 1.2)  # brightness, contrast and saturation factor range of the paper's augmentation
 
@@ -62,14 +76,19 @@ class ClassifyConfig:
 
     Attributes:
         model: a timm model name (paper: ``resnet34``, ``densenet169``, ``efficientnet_b2``).
-        train_set: ``'real'``, ``'synthetic'`` or ``'real+synthetic'``.
+        train_set: one of ``histlib.classify_sets.TRAIN_SETS``: ``'real'``, ``'synthetic'``, ``'real+synthetic'``,
+            ``'real+stain'``, ``'real+synthetic+stain'``.
         real_dir: prepared real dataset (``manifest.csv`` with train/val splits); always needed for validation.
         synthetic_dir: generated ImageFolder ``<dir>/<class>/*.png``; ``{seed}`` in the path is replaced by the
             seed, and a folder of generated sets ``set0, set1, …`` resolves to ``set<seed>``, so each seed trains on
             its own freshly generated set (as in the paper).
         real_per_class: real training images per class (None: all of the train split).
         synthetic_per_class: synthetic images per class (None: all of the generated set).
-        subset_seed: seed of the per-class draws (None: ``seed``).
+        subset_seed: seed of the per-class draws and of the fraction's group order (None: ``seed``).
+        real_fraction: fraction of the real train split's groups kept for ``train_set='real'`` (1: all), drawn per
+            class and nested (``histlib.classify_sets.nested_fraction``): the real-data learning curve.
+        stain_strength: strength ``sigma`` of the HED jitter of the ``+stain`` training sets (Tellez et al. 2019:
+            0.05 light, 0.2 strong; ``histlib.data.stain_augment``); unused by the other sets.
         train_split, val_split: split names in the real set's manifest.
         image_size: network input size in pixels (images are resized to it).
         epochs: training epochs (upper bound with early stopping).
@@ -106,6 +125,8 @@ class ClassifyConfig:
     real_per_class: int | None = None
     synthetic_per_class: int | None = None
     subset_seed: int | None = None
+    real_fraction: float = 1.0
+    stain_strength: float = DEFAULT_STAIN_STRENGTH
     train_split: str = "train"
     val_split: str = "val"
     image_size: int = 224
@@ -133,8 +154,13 @@ class ClassifyConfig:
 
     def __post_init__(self):
         check_types(self)
-        if self.train_set not in TRAIN_SETS:
-            raise ValueError(f"ClassifyConfig.train_set={self.train_set!r}: expected one of {list(TRAIN_SETS)}")
+        check_train_set(self.train_set)
+        check_fraction(self.real_fraction, "ClassifyConfig.real_fraction")
+        if self.real_fraction < 1 and (self.train_set != "real" or self.real_per_class is not None):
+            raise ValueError(f"ClassifyConfig.real_fraction={self.real_fraction}: a fraction of the real train split "
+                             f"is for train_set 'real' without real_per_class (got train_set={self.train_set!r}, "
+                             f"real_per_class={self.real_per_class})")
+        HEDJitter(self.stain_strength)  # checks the strength
         if self.optimizer not in ("adamw", "sgd"):
             raise ValueError(f"ClassifyConfig.optimizer={self.optimizer!r}: expected 'adamw' or 'sgd'")
         for name in ("pretrained", "amp", "channels_last"):
@@ -177,17 +203,21 @@ class RandomRot90:
         return "RandomRot90()"
 
 
-def train_transform(image_size: int):
+def train_transform(image_size: int, stain_strength: float | None = None):
     """The paper's classifier augmentation: PIL RGB → normalised float tensor ``[3, S, S]``.
 
     Resize (antialiased) to ``image_size``, random rot90, horizontal and vertical flips, brightness, contrast and
-    saturation factors drawn uniformly from [0.8, 1.2] (random order, no hue), ImageNet normalisation.
+    saturation factors drawn uniformly from [0.8, 1.2] (random order, no hue), ImageNet normalisation. With
+    ``stain_strength`` (the ``+stain`` training sets), HED jitter of that strength comes right after the resize, on
+    the 8-bit image, before the paper's augmentation.
     """
     from torchvision.transforms import v2
 
+    stain = [] if stain_strength is None else [HEDJitter(stain_strength)]
     return v2.Compose([
         v2.ToImage(),  # uint8 [3, H, W]
         v2.Resize((image_size, image_size), antialias=True),
+        *stain,
         RandomRot90(),
         v2.RandomHorizontalFlip(p=0.5),
         v2.RandomVerticalFlip(p=0.5),
@@ -307,21 +337,24 @@ def build_train_set(cfg: ClassifyConfig, transform=None) -> tuple[TrainSet, dict
     from histlib.data.dataset import ImageDataset
 
     if transform is None:
-        transform = train_transform(cfg.image_size)
+        transform = train_transform(cfg.image_size, cfg.stain_strength if uses_stain(cfg.train_set) else None)
     if cfg.real_dir is None:
         raise ValueError("ClassifyConfig.real_dir is not set: the real dataset is needed for its classes and "
-                         "validation split (and its train split for train_set 'real' / 'real+synthetic')")
+                         "validation split (and its train split for the training sets with real images)")
     real_dir = Path(cfg.real_dir)
     classes = _class_names(real_dir)
     seed = cfg.seed if cfg.subset_seed is None else cfg.subset_seed
     parts = []
     folders: dict[str, str] = {"real_dir": str(real_dir)}
-    if cfg.train_set in ("real", "real+synthetic"):
+    if uses_real(cfg.train_set):
         real = ImageDataset(real_dir, split=cfg.train_split, transform=transform, classes=classes)
-        idx = _draw_per_class(real.labels, classes, cfg.real_per_class, np.random.default_rng([seed, 0]),
-                              f"{real_dir} (split {cfg.train_split!r}, real_per_class)")
+        if cfg.real_fraction < 1:
+            idx = nested_fraction(real.labels, real.manifest["group"].to_numpy(), cfg.real_fraction, seed)
+        else:
+            idx = _draw_per_class(real.labels, classes, cfg.real_per_class, np.random.default_rng([seed, 0]),
+                                  f"{real_dir} (split {cfg.train_split!r}, real_per_class)")
         parts.append(("real", real, idx))
-    if cfg.train_set in ("synthetic", "real+synthetic"):
+    if needs_synthetic(cfg.train_set):
         synth_dir = synthetic_dir_for(cfg)
         if synth_dir is None:
             raise ValueError(f"ClassifyConfig.synthetic_dir is not set but train_set={cfg.train_set!r} needs a "
@@ -338,7 +371,9 @@ def build_train_set(cfg: ClassifyConfig, transform=None) -> tuple[TrainSet, dict
         parts.append(("synthetic", synth, idx))
         folders["synthetic_dir"] = str(synth_dir)
     ds = TrainSet(parts, classes)
-    report: dict[str, Any] = {"classes": classes, "n_train": len(ds), **folders}
+    report: dict[str, Any] = {"classes": classes, "n_train": len(ds), **folders,
+                              "real_fraction": cfg.real_fraction,
+                              "stain_strength": cfg.stain_strength if uses_stain(cfg.train_set) else None}
     for source in ("real", "synthetic"):
         counts = ds.class_counts(source)
         report[f"n_train_{source}"] = int(sum(counts.values()))
@@ -740,6 +775,7 @@ def train_classifier(cfg: ClassifyConfig, run_dir: str | os.PathLike, progress: 
 
     train_ds, report = build_train_set(cfg)
     classes = report["classes"]
+    label = train_set_label(cfg.train_set, cfg.real_fraction)
     val_ds = build_val_set(cfg, classes)
     model, winfo = create_classifier(cfg.model, len(classes), cfg.pretrained, cfg.weights_file)
     model = model.to(device)
@@ -815,7 +851,7 @@ def train_classifier(cfg: ClassifyConfig, run_dir: str | os.PathLike, progress: 
             "best": improved, "epoch_time_s": train_time, "train_img_per_s": seen / max(train_time, 1e-9),
         })
         if progress and progress_mode() == "plain":  # one line per epoch in exported reports
-            print(f"{cfg.model} {cfg.train_set}{f' ({cfg.variant})' if cfg.variant else ''} seed {cfg.seed}: epoch "
+            print(f"{cfg.model} {label}{f' ({cfg.variant})' if cfg.variant else ''} seed {cfg.seed}: epoch "
                   f"{epoch}/{cfg.epochs}, train loss {loss_sum / max(seen, 1):.3f}, val balanced accuracy "
                   f"{m['balanced_accuracy']:.3f}{' (best)' if improved else ''}", flush=True)
         if cfg.early_stopping_patience and stale_epochs >= cfg.early_stopping_patience:
@@ -831,7 +867,7 @@ def train_classifier(cfg: ClassifyConfig, run_dir: str | os.PathLike, progress: 
     m = classification_metrics(y_true, y_pred, classes)
     held_out = evaluate_held_out(cfg, best_model, classes, device, amp, channels_last)
     metrics = {
-        "model": cfg.model, "train_set": cfg.train_set, "seed": cfg.seed, "variant": cfg.variant,
+        "model": cfg.model, "train_set": label, "seed": cfg.seed, "variant": cfg.variant,
         "pretrained": winfo["pretrained"], "weights_source": winfo["weights_source"],
         "accuracy": m["accuracy"], "balanced_accuracy": m["balanced_accuracy"], "val_loss": val_loss,
         "recall": m["recall"], "confusion_matrix": m["confusion_matrix"], "classes": classes,
@@ -889,16 +925,9 @@ def evaluate_held_out(cfg: ClassifyConfig, model: nn.Module, classes: list[str],
     return out
 
 
-def run_name(train_set: str, model: str, seed: int, variant: str | None = None) -> str:
-    """``<train_set>__<model>__seed<k>``, or ``<train_set>__<variant>__<model>__seed<k>`` for a training set with
-    images generated by GAN variant ``variant``: the run directory name of one classifier run."""
-    if variant and train_set != "real":
-        return f"{train_set}__{variant}__{model}__seed{seed}"
-    return f"{train_set}__{model}__seed{seed}"
-
-
 def run_classifiers(train_sets: list[str], models: list[str], seeds: list[int] | int, base_cfg: ClassifyConfig,
-                    out_root: str | os.PathLike, progress: bool = True) -> pd.DataFrame:
+                    out_root: str | os.PathLike, progress: bool = True,
+                    real_fractions: list[float] | tuple[float, ...] = (1.0,)) -> pd.DataFrame:
     """Trains every (train set, model) once per seed, each in ``<out_root>/<run_name(...)>/`` (the variant of
     ``base_cfg.variant`` is part of the name of synthetic runs).
 
@@ -912,23 +941,27 @@ def run_classifiers(train_sets: list[str], models: list[str], seeds: list[int] |
         base_cfg: every other setting.
         out_root: parent folder of the run directories.
         progress: show progress bars.
+        real_fractions: for ``train_set='real'``, the fractions of the real train split to train on (the
+            real-data learning curve, nested by group; 1.0 is the full ``real`` run, which always runs).
 
     Returns:
-        One row per run: ``train_set, model, seed, pretrained, accuracy, balanced_accuracy, n_train, best_epoch,
-        train_time_s, skipped, run_dir``.
+        One row per run: ``train_set`` (``real@<f>`` for a fraction), ``model, seed, pretrained, accuracy,
+        balanced_accuracy, n_train, best_epoch, train_time_s, skipped, run_dir``.
     """
     seeds = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
+    fractions = sorted({1.0, *(check_fraction(f, "real_fractions") for f in real_fractions)})
     rows = []
-    for ts in train_sets:
+    for ts, frac in [(s, f) for s in train_sets for f in (fractions if s == "real" else [1.0])]:
         for model in models:
             for seed in seeds:
-                cfg = dataclasses.replace(base_cfg, train_set=ts, model=model, seed=int(seed))
-                path = Path(out_root) / run_name(ts, model, int(seed), base_cfg.variant)
+                cfg = dataclasses.replace(base_cfg, train_set=ts, model=model, seed=int(seed), real_fraction=frac)
+                path = Path(out_root) / run_name(ts, model, int(seed), base_cfg.variant, frac)
                 run = Run(path)
                 skipped = run.is_finished(cfg)
                 metrics = run.read_metrics() if skipped else train_classifier(cfg, path, progress=progress)
                 rows.append({
-                    "train_set": ts, "variant": base_cfg.variant if ts != "real" else None, "model": model,
+                    "train_set": train_set_label(ts, frac),
+                    "variant": base_cfg.variant if needs_synthetic(ts) else None, "model": model,
                     "seed": int(seed), "pretrained": metrics.get("pretrained"),
                     "accuracy": metrics["accuracy"], "balanced_accuracy": metrics["balanced_accuracy"],
                     "test_accuracy": metrics.get("test_accuracy"),

@@ -21,9 +21,11 @@ Study YAML (see ``studies/demo.yaml``)::
     finetune: {variants: [scratch, pretrained, freeze_d1]}
     classify: {synthetic_from: all, TRAIN_SETS: [real, synthetic], MODELS: [resnet34], SEEDS: [0], EPOCHS: 2}
 
-Classification: the ``real`` training set is trained once per target (step ``05_classify__<target>__real``), every
-other training set once per GAN variant named by ``classify.synthetic_from`` (a variant, a list, or ``all``; step
-``05_classify__<target>__<variant>``), on that variant's generated images.
+Classification: the training sets without generated images (``real``, ``real+stain``) are trained once per target
+(step ``05_classify__<target>__real``, which also trains the real-data learning curve when ``classify.REAL_FRACTIONS``
+lists fractions of the real train split, e.g. ``[0.25, 0.5, 0.75, 1.0]``), every other training set once per GAN
+variant named by ``classify.synthetic_from`` (a variant, a list, or ``all``; step ``05_classify__<target>__<variant>``),
+on that variant's generated images.
 
 A target may override the finetune/generate/classify settings for itself (``targets[i].classify`` etc.).
 Each stage's mapping is passed to its notebook as papermill parameters on top of the paths the runner computes;
@@ -42,7 +44,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from histlib import runs
+from histlib import classify_sets, runs
 from histlib.config import nearest
 from histlib.progress import MODE_VARIABLE as PROGRESS_VARIABLE
 
@@ -378,18 +380,29 @@ def _classify_steps(study: Study, target: dict[str, Any], real_dir: str, deps_da
     root = study.out_dir
     cls = {**study.settings["classify"], **target.get("classify", {})}
     train_sets = list(cls.get("TRAIN_SETS", ["real"]))
-    real_sets = [ts for ts in train_sets if ts == "real"]
-    synth_sets = [ts for ts in train_sets if ts != "real"]
+    for ts in train_sets:
+        _require(ts in classify_sets.TRAIN_SETS, study.path, f"target {t!r}: classify.TRAIN_SETS: unknown training "
+                 f"set {ts!r}; expected some of {list(classify_sets.TRAIN_SETS)}")
+    fracs = cls.get("REAL_FRACTIONS", [])
+    _require(isinstance(fracs, list) and all(not isinstance(f, bool) and isinstance(f, (int, float)) and 0 < f <= 1
+                                             for f in fracs), study.path,
+             f"target {t!r}: classify.REAL_FRACTIONS={fracs!r}: expected a list of fractions of the real train split "
+             f"in (0, 1], e.g. {list(classify_sets.DEFAULT_REAL_FRACTIONS)}")
+    real_sets = [ts for ts in train_sets if not classify_sets.needs_synthetic(ts)]
+    synth_sets = [ts for ts in train_sets if classify_sets.needs_synthetic(ts)]
     variants = synthetic_variants(study, target)
     _require(not synth_sets or variants, study.path,
              f"target {t!r}: classify.TRAIN_SETS {synth_sets} need generated images: set classify.synthetic_from "
              "to a variant, a list of variants or 'all'")
+    # the learning curve's fractions concern the real step only (REAL_FRACTIONS: the real-data learning curve)
     common = {"REAL_DIR": real_dir, "RUN_ROOT": (root / t / "classify").as_posix(),
-              **{k: v for k, v in _upper(cls).items() if k != "TRAIN_SETS"}}
+              **{k: v for k, v in _upper(cls).items() if k not in ("TRAIN_SETS", "REAL_FRACTIONS")}}
     steps = []
     if real_sets:
+        fractions = {"REAL_FRACTIONS": cls["REAL_FRACTIONS"]} if "REAL_FRACTIONS" in cls and "real" in real_sets \
+            else {}
         steps.append(Step("classify", t, f"05_classify__{t}__real", STAGES["classify"],
-                          {**common, "TRAIN_SETS": real_sets}, list(deps_data)))
+                          {**common, "TRAIN_SETS": real_sets, **fractions}, list(deps_data)))
     for variant in variants if synth_sets else []:
         images = root / t / "generate" / variant / "images"
         # several generated sets (NUM_SETS > 1) live in images/set<k>/: classifier seed k reads set k
@@ -495,8 +508,10 @@ def _step_outputs(step: Step) -> list[tuple[str, Path]]:
     if step.params.get("RUN_ROOT"):
         root = runs.project_path(step.params["RUN_ROOT"])
         variant = step.params.get("VARIANT")
-        prefixes = tuple(f"{ts}__{variant}__" if variant and ts != "real" else f"{ts}__"
-                         for ts in step.params.get("TRAIN_SETS") or ["real"])
+        labels = [classify_sets.train_set_label(ts, f) for ts in step.params.get("TRAIN_SETS") or ["real"]
+                  for f in ([1.0, *step.params.get("REAL_FRACTIONS", [])] if ts == "real" else [1.0])]
+        prefixes = tuple(f"{label}__{variant}__" if variant and classify_sets.needs_synthetic(label) else f"{label}__"
+                         for label in labels)
         if root.is_dir():
             out += [(f"run_root/{p.name}", p) for p in sorted(root.iterdir()) if p.name.startswith(prefixes)]
     return out

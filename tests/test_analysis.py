@@ -299,3 +299,47 @@ def test_gan_metrics_beside_classifiers_and_rank_correlation(answer):
     assert fid["spearman_rho"].iloc[0] == pytest.approx(-0.8) and fid["n_variants"].iloc[0] == 4
     assert analysis.fidelity_warnings(answer) == {("lung", "scratch"): ["class 'a' is mostly drawn as 'b'"]}
     assert analysis.fidelity_table(df).loc[("lung", "pretrained"), "agreement"] == pytest.approx(70.0)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Yardsticks: classic stain augmentation and the real-data learning curve
+
+# (label, variant) -> per-seed test images right of 40, n_train_real; real@<f> runs are the learning curve
+YARDSTICKS = {
+    ("real@0.25", ""): ([20, 21, 22], 97), ("real@0.5", ""): ([26, 27, 28], 194),
+    ("real@0.75", ""): ([29, 30, 31], 292), ("real+stain", ""): ([32, 33, 34], 389),
+    ("real+synthetic+stain", "freeze_d1"): ([36, 37, 38], 389),
+    ("real+synthetic+stain", "pretrained"): ([24, 25, 26], 389),
+}
+
+
+@pytest.fixture
+def yardsticks(answer) -> Path:
+    y = np.repeat([0, 1], 20)
+    for (label, variant), (n_right, n_real) in YARDSTICKS.items():
+        for seed, right in enumerate(n_right):
+            pred = y.copy()
+            pred[right:] = 1 - pred[right:]
+            name = f"{label}__{variant}__resnet34__seed{seed}" if variant else f"{label}__resnet34__seed{seed}"
+            runs.Run(answer / "lung" / "classify" / name).write_metrics({
+                "accuracy": right / 40, "balanced_accuracy": right / 40, "variant": variant or None,
+                "n_train_real": n_real, "n_train_synthetic": 900 if variant else 0, "test_accuracy": right / 40,
+                "test_balanced_accuracy": right / 40, "test_y_true": y.tolist(), "test_y_pred": pred.tolist()})
+    return answer
+
+
+def test_stain_rows_in_table_1_2_and_against_real(yardsticks):
+    df = analysis.collect_metrics(yardsticks)
+    tables = analysis.paper_tables(df)
+    assert set(tables) == {"lung (synthetic)", "lung (real+synthetic+stain)"}
+    stained = tables["lung (real+synthetic+stain)"]
+    assert list(stained.index) == ["389 real", "389 real + stain augmentation",
+                                   "389 real + 900 generated with pretrained + stain augmentation",
+                                   "389 real + 900 generated with freezing freeze_d1 + stain augmentation"]
+    assert stained.loc["389 real + stain augmentation", ("resnet34", "Acc")] == pytest.approx(100 * 33 / 40)
+    assert "389 real + stain augmentation" in tables["lung (synthetic)"].index
+    d = analysis.paired_differences(df, n_boot=200)
+    got = d[d["metric"] == "accuracy"].set_index(["train_set", "variant"])["difference"]
+    assert got[("real+stain", "")] == pytest.approx(100 * 2 / 40)
+    assert got[("real+synthetic+stain", "freeze_d1")] == pytest.approx(100 * 6 / 40)
+    assert got[("real@0.25", "")] == pytest.approx(-100 * 10 / 40)  # the curve's points differ from real too

@@ -85,6 +85,53 @@ def test_train_set_per_class_counts(folders, kind, real_n, synth_n, expect_real,
     assert x.shape == (3, 32, 32) and x.dtype == torch.float32 and y == ds.labels[-1]
 
 
+@pytest.mark.parametrize("kind, stained", [("real", False), ("real+stain", True), ("real+synthetic+stain", True)])
+def test_stain_sets_add_hed_jitter_to_every_image(folders, kind, stained):
+    from histlib.data.stain_augment import HEDJitter
+
+    real, synth = folders
+    cfg = ClassifyConfig(train_set=kind, real_dir=str(real), synthetic_dir=str(synth), image_size=32,
+                         stain_strength=0.2)
+    ds, report = build_train_set(cfg)
+    jitters = [t for _, part, _ in ds._parts for t in part.transform.transforms if isinstance(t, HEDJitter)]
+    assert len(jitters) == (len(ds._parts) if stained else 0) and all(t.strength == 0.2 for t in jitters)
+    assert report["stain_strength"] == (0.2 if stained else None)
+    assert (report["n_train_synthetic"] > 0) == kind.startswith("real+synthetic")
+    assert report["n_train_real"] == 36  # the real train split, with or without stain augmentation
+    with pytest.raises(ValueError, match="stain jitter strength"):
+        ClassifyConfig(train_set=kind, stain_strength=1.5)
+
+
+def test_real_fraction_draws_nested_groups(folders, tmp_path):
+    import shutil
+
+    real, _ = folders
+    # two images per group: groups must stay whole
+    root = tmp_path / "grouped"
+    shutil.copytree(real, root)
+    m = pd.read_csv(root / "manifest.csv")
+    m["group"] = [f"{c}{int(p.split('/')[1][:3]) // 2}" for c, p in zip(m["class"], m["path"])]
+    m.to_csv(root / "manifest.csv", index=False)
+    paths = {}
+    for f in (0.25, 0.5, 1.0):
+        ds, report = build_train_set(ClassifyConfig(real_dir=str(root), image_size=32, real_fraction=f, seed=1))
+        paths[f] = set(ds.paths)
+        assert report["real_fraction"] == f
+        train = m[m["split"] == "train"]
+        kept = train[train["path"].isin({p.relative_to(root).as_posix() for p in ds.paths})]
+        assert set(train[train["group"].isin(kept["group"])]["path"]) == set(kept["path"])  # whole groups only
+        # train groups per class: a 6, b 5, c 8; ceil(fraction * groups) of each are kept
+        assert kept.groupby("class")["group"].nunique().to_dict() == {
+            c: int(np.ceil(f * n)) for c, n in {"a": 6, "b": 5, "c": 8}.items()}
+    assert paths[0.25] < paths[0.5] < paths[1.0]
+    with pytest.raises(ValueError, match="real_fraction.*train_set 'real'"):
+        ClassifyConfig(train_set="real+stain", real_fraction=0.5)
+    with pytest.raises(ValueError, match="real_fraction.*real_per_class"):
+        ClassifyConfig(real_fraction=0.5, real_per_class=3)
+    with pytest.raises(ValueError, match=r"expected one of \[.*'real\+synthetic\+stain'\]"):
+        ClassifyConfig(train_set="real+gan")
+
+
 def test_train_set_draw_is_seeded(folders):
     real, synth = folders
     cfg = ClassifyConfig(train_set="real+synthetic", real_dir=str(real), synthetic_dir=str(synth),
@@ -439,3 +486,18 @@ def test_test_split_and_extra_sets_are_evaluated_once_on_the_chosen_checkpoint(f
     summary = classify.summarize_runs(df)
     assert {"test_accuracy_mean", "accuracy_mean"} <= set(summary.columns)
     assert classify.run_name("real", TINY, 1, "freeze_d1") == f"real__{TINY}__seed1"  # real runs carry no variant
+
+
+def test_learning_curve_runs_are_named_by_fraction(folders, tmp_path, monkeypatch):
+    real, _ = folders
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty_hf_cache"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))
+    cfg = ClassifyConfig(model=TINY, real_dir=str(real), image_size=32, epochs=1, batch_size=8, max_steps=1,
+                         device="cpu", pretrained=False, test_split=None)
+    df = run_classifiers(["real"], [TINY], [0], cfg, tmp_path, progress=False, real_fractions=[0.5, 1.0])
+    assert list(df["train_set"]) == ["real@0.5", "real"]
+    m = json.loads((tmp_path / f"real@0.5__{TINY}__seed0" / "metrics.json").read_text())
+    assert m["train_set"] == "real@0.5" and m["real_fraction"] == 0.5
+    assert m["n_train_real"] == sum(int(np.ceil(n / 2)) for n in (12, 9, 15))  # one image per group here
+    assert json.loads((tmp_path / f"real__{TINY}__seed0" / "metrics.json").read_text())["n_train_real"] == 36

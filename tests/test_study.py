@@ -1,5 +1,6 @@
 """The study runner: plans, validation, hashing, resumable execution with papermill."""
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -117,6 +118,41 @@ def test_classifiers_per_variant_real_trained_once(tmp_path):
         assert f"/generate/{v}/images" in st.params["SYNTH_DIR"] and f"04_generate__sample_target__{v}" in st.depends
     analysis = next(st for st in study.plan(s) if st.stage == "analysis")
     assert {st.name for st in steps} <= set(analysis.depends)
+
+
+def test_stain_sets_and_learning_curve_go_to_the_right_steps(tmp_path):
+    text = (ROOT / "studies" / "demo.yaml").read_text()
+    old = "TRAIN_SETS: [real, synthetic, real+synthetic]"
+    assert old in text
+    text = text.replace(old, "TRAIN_SETS: [real, real+stain, synthetic, real+synthetic+stain]\n"
+                             "  REAL_FRACTIONS: [0.5, 1.0]")
+    s = study.load_study(_write(tmp_path / "s.yaml", text))
+    steps = [st for st in study.plan(s) if st.stage == "classify"]
+    real = steps[0]
+    assert real.params["TRAIN_SETS"] == ["real", "real+stain"] and real.params["REAL_FRACTIONS"] == [0.5, 1.0]
+    for st in steps[1:]:
+        assert st.params["TRAIN_SETS"] == ["synthetic", "real+synthetic+stain"] and "REAL_FRACTIONS" not in st.params
+    # the real step owns its fraction runs (moved aside with it when its settings change)
+    run_root = tmp_path / "classify"
+    for name in ("real__m__seed0", "real@0.5__m__seed0", "real+stain__m__seed0", "synthetic__pretrained__m__seed0"):
+        (run_root / name).mkdir(parents=True)
+    real = dataclasses.replace(real, params={**real.params, "RUN_ROOT": str(run_root)})
+    assert sorted(n for n, _ in study._step_outputs(real)) == [
+        "run_root/real+stain__m__seed0", "run_root/real@0.5__m__seed0", "run_root/real__m__seed0"]
+    # without REAL_FRACTIONS the real step's parameters are what they were
+    plain = study.load_study(_write(tmp_path / "p.yaml", (ROOT / "studies" / "demo.yaml").read_text()))
+    assert "REAL_FRACTIONS" not in next(st for st in study.plan(plain) if st.stage == "classify").params
+
+
+@pytest.mark.parametrize("line, match", [
+    ("TRAIN_SETS: [real, real+gan]", r"unknown training set 'real\+gan'.*'real\+stain'"),
+    ("REAL_FRACTIONS: [0.5, 1.5]", r"REAL_FRACTIONS=\[0.5, 1.5\].*\(0, 1\]"),
+])
+def test_bad_training_sets_and_fractions_are_refused_at_plan_time(tmp_path, line, match):
+    text = (ROOT / "studies" / "demo.yaml").read_text().replace("TRAIN_SETS: [real, synthetic, real+synthetic]", line)
+    s = study.load_study(_write(tmp_path / "s.yaml", text))
+    with pytest.raises(study.StudyError, match=match):
+        study.plan(s)
 
 
 @pytest.mark.parametrize("value, match", [("freeze_g3", "freeze_g3"), ("[pretrained, scratch]", "scratch")])
