@@ -70,8 +70,10 @@ def work(stage: str, params: dict[str, Any]) -> tuple[tuple, float | None, str]:
         amount = float(per_class) * int(sets) if isinstance(per_class, (int, float)) else None
         return (stage, profile), amount, "image per class"
     if stage == "classify":
-        n_runs = len(params.get("MODELS") or [1]) * len(params.get("SEEDS") or [0]) * len(params.get("TRAIN_SETS")
-                                                                                          or ["real"])
+        sets = list(params.get("TRAIN_SETS") or ["real"])
+        # the learning curve's fractions (< 1) are extra real runs, smaller ones: counted as whole runs (an upper bound)
+        sets += [f for f in params.get("REAL_FRACTIONS") or [] if "real" in sets and f < 1]
+        n_runs = len(params.get("MODELS") or [1]) * len(params.get("SEEDS") or [0]) * len(sets)
         epochs = params.get("EPOCHS") or 1
         models = tuple(sorted(params.get("MODELS") or []))
         return (stage, params.get("IMAGE_SIZE"), models), float(n_runs * epochs), "classifier epoch (runs × epochs)"
