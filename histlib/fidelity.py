@@ -148,6 +148,17 @@ class FidelityClassifier:
             out.append(self.model(x).argmax(1).cpu())
         return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.int64)
 
+    @torch.no_grad()
+    def probabilities(self, images: torch.Tensor, batch_size: int = 256) -> np.ndarray:
+        """Class probabilities ``[N, K]`` (softmax, the classifier's class order) of uint8 images ``[N, 3, H, W]``."""
+        if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"images: expected uint8 [N, 3, H, W], got {images.dtype} {tuple(images.shape)}")
+        out = []
+        for i in range(0, len(images), batch_size):
+            x = self.transform(images[i:i + batch_size]).to(self.device)  # [B, 3, S, S] normalised
+            out.append(torch.softmax(self.model(x).float(), 1).cpu())
+        return torch.cat(out).numpy() if out else np.zeros((0, len(self.classes)), dtype=np.float32)
+
 
 def agreement(asked: Sequence[int] | np.ndarray, seen: Sequence[int] | np.ndarray, classes: Sequence[str],
               classifier: FidelityClassifier | None = None) -> dict[str, Any]:

@@ -86,6 +86,12 @@ class GenerateConfig:
             split labels the generated images.
         fidelity_cache: parent folder of the cached fidelity classifiers (None: ``.fidelity/`` two levels above
             the run directory, i.e. ``results/<study>/<dataset>/.fidelity/``).
+        selection: keep the best samples of each class (:mod:`histlib.selection`): ``'none'`` (every draw),
+            ``'realism'`` (realism score of Kynkäänniemi et al. 2019) or ``'fidelity'`` (probability of the class
+            asked for).
+        oversample: with a selection, images drawn per image kept (``ceil(oversample × n)`` per class).
+        amount: images per class as a multiple of the real train split, ``round(amount × N_train / classes)``
+            (:func:`histlib.selection.amount_per_class`); replaces ``images_per_class`` when set.
         profile: ``'demo'``, ``'reduced'`` or ``'paper'`` (only the defaults differ).
     """
 
@@ -109,6 +115,9 @@ class GenerateConfig:
     num_workers: int = 0
     fidelity: bool = True
     fidelity_cache: str | None = None
+    selection: str = "none"
+    oversample: float = 2.0
+    amount: float | None = None
     profile: str = "demo"
 
     @classmethod
@@ -132,6 +141,19 @@ class GenerateConfig:
             (self.image_format in IMAGE_FORMATS, "image_format", f"one of {sorted(IMAGE_FORMATS)}"),
             (self.noise_mode in NOISE_MODES, "noise_mode", f"one of {NOISE_MODES}"),
             (self.k_pr >= 1 and self.k_dc >= 1, "k_pr", "k_pr and k_dc >= 1"),
+        ]
+        for ok, name, expected in checks:
+            if not ok:
+                raise ValueError(f"GenerateConfig.{name}={getattr(self, name)!r}: expected {expected}")
+        from histlib.selection import SELECTIONS
+
+        checks = [
+            (self.selection in SELECTIONS, "selection", f"one of {SELECTIONS}"),
+            (isinstance(self.oversample, (int, float)) and math.isfinite(self.oversample) and self.oversample >= 1,
+             "oversample", "a number >= 1 (images drawn per image kept)"),
+            (self.amount is None or (isinstance(self.amount, (int, float)) and math.isfinite(self.amount)
+                                     and self.amount > 0), "amount",
+             "None or a positive number (generated images per class relative to the real train split)"),
         ]
         for ok, name, expected in checks:
             if not ok:
@@ -687,21 +709,31 @@ def gan_metrics(
     fake, g_ds = folder_features(generated_dir, ext, desc="generated features", **kw)  # [N, D]
     real, r_ds = folder_features(real_dir, ext, split=real_split, resolution=image_resolution(generated_dir),
                                  desc="real features", **kw)  # [M, D]
-    out: dict[str, Any] = {f"{label}/{k}": v for k, v in _set_metrics(real, fake, k_pr, k_dc, device).items()}
-    if per_class:
-        for i, cls in enumerate(g_ds.classes):
-            if cls not in r_ds.classes:
-                continue
-            r_sel = torch.from_numpy(r_ds.labels == r_ds.classes.index(cls))
-            f_sel = torch.from_numpy(g_ds.labels == i)
-            for key, v in _set_metrics(real[r_sel], fake[f_sel], k_pr, k_dc, device).items():
-                out[f"{label}/per_class/{cls}/{key}"] = v
-    if label == "random-test":
-        out[f"{label}/note"] = "untrained network: checks the pipeline, says nothing about image quality"
+    out = feature_metrics(real, r_ds, fake, g_ds.labels, g_ds.classes, label, k_pr=k_pr, k_dc=k_dc,
+                          per_class=per_class, device=device)
     if verbose:
         shown = {m: out.get(f"{label}/{m}") for m in ("fid", "precision", "recall", "density", "coverage")}
         print(f"{label}: " + ", ".join(f"{m}={v:.4g}" if isinstance(v, float) else f"{m}={v}"
                                        for m, v in shown.items()))
+    return out
+
+
+def feature_metrics(real: torch.Tensor, real_ds, fake: torch.Tensor, fake_labels: np.ndarray,
+                    fake_classes: Sequence[str], label: str, *, k_pr: int = 3, k_dc: int = 5, per_class: bool = True,
+                    device: str | torch.device | None = None) -> dict[str, Any]:
+    """The keys of :func:`gan_metrics` from features: ``real [M, D]`` with its dataset (``labels``, ``classes``),
+    ``fake [N, D]`` with its labels indexing ``fake_classes``; ``label`` names the extractor."""
+    out: dict[str, Any] = {f"{label}/{k}": v for k, v in _set_metrics(real, fake, k_pr, k_dc, device).items()}
+    if per_class:
+        for i, cls in enumerate(fake_classes):
+            if cls not in real_ds.classes:
+                continue
+            r_sel = torch.from_numpy(real_ds.labels == real_ds.classes.index(cls))
+            f_sel = torch.from_numpy(np.asarray(fake_labels) == i)
+            for key, v in _set_metrics(real[r_sel], fake[f_sel], k_pr, k_dc, device).items():
+                out[f"{label}/per_class/{cls}/{key}"] = v
+    if label == "random-test":
+        out[f"{label}/note"] = "untrained network: checks the pipeline, says nothing about image quality"
     return out
 
 
@@ -724,14 +756,27 @@ def per_class_table(metrics: Mapping[str, Any]) -> pd.DataFrame:
 
 
 def run_generation(cfg: GenerateConfig, run_dir: str | os.PathLike, progress: bool = True) -> dict[str, Any]:
-    """Writes ``config.json``, ``env.json`` and ``images/`` (see :func:`generate_images`) of a generate run."""
+    """Writes ``config.json``, ``env.json`` and ``images/`` (see :func:`generate_images`) of a generate run.
+
+    ``cfg.amount`` sets the images per class from the real train split; with ``cfg.selection`` the run draws a pool
+    and keeps the best images of each class (:func:`histlib.selection.generate_selected`).
+    """
+    from histlib import selection
+
     cfg = dataclasses.replace(cfg).validate()
-    load_generator(cfg.checkpoint)  # a missing or unreadable checkpoint stops here, before the run folder exists
+    _, info = load_generator(cfg.checkpoint)  # a missing or unreadable checkpoint stops here, before the run folder
+    if cfg.amount is not None:
+        if cfg.dataset_dir is None:
+            raise ValueError(f"amount={cfg.amount}: needs dataset_dir (the real train split it is relative to)")
+        cfg.images_per_class = selection.amount_per_class(cfg.dataset_dir, cfg.amount)
     run = runs.Run(runs.project_path(run_dir))
     run.write_config(cfg)
     run.metrics_path.unlink(missing_ok=True)  # metrics.json marks a finished stage: written last
     dev = resolve_device(cfg.device)
     run.write_env(device=str(dev))
+    if cfg.selection != "none":
+        counts = _plan_counts(list(info["classes"]), cfg.images_per_class, cfg.classes)
+        return selection.generate_selected(cfg, run.path, counts, dev, progress=progress)
     return generate_images(cfg.checkpoint, run.images, cfg.images_per_class, truncation_psi=cfg.truncation_psi,
                            seed=cfg.seed, batch_size=cfg.batch_size, device=dev, classes=cfg.classes,
                            image_format=cfg.image_format, num_sets=cfg.num_sets, noise_mode=cfg.noise_mode,
@@ -802,13 +847,16 @@ def skip_reason(cfg: GenerateConfig) -> str:
 def write_generation_metrics(run_dir: str | os.PathLike, report: Mapping[str, Any],
                              metrics: Mapping[str, Any] | None = None, audit: pd.DataFrame | None = None,
                              cfg: GenerateConfig | None = None, skipped_reason: str | None = None,
-                             fidelity: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                             fidelity: Mapping[str, Any] | None = None,
+                             unselected: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Writes ``metrics.json`` (flat keys) of a generate run and ``memorisation.csv`` when an audit is given.
 
     Keys: ``n_images``, ``num_sets``, ``images_per_class/<class>``, ``seconds``, ``images_per_s``,
     ``truncation_psi``, ``seed``, ``checkpoint``, ``memorisation/<extractor>/…`` and the GAN metrics
     ``<extractor>/…``; without GAN metrics, ``metrics_skipped`` says why (``skipped_reason``, else derived from
-    ``cfg``); the class fidelity ``fidelity/…`` (:func:`histlib.fidelity.metrics_keys`) when measured.
+    ``cfg``); the class fidelity ``fidelity/…`` (:func:`histlib.fidelity.metrics_keys`) when measured;
+    ``selection/…`` (method, oversampling, pool size, scores) and the unselected set's ``unselected/…``
+    (:func:`histlib.selection.unselected_metrics`) for a selected set.
     """
     run = runs.Run(runs.project_path(run_dir))
     s = report["settings"]
@@ -818,7 +866,10 @@ def write_generation_metrics(run_dir: str | os.PathLike, report: Mapping[str, An
         "checkpoint": s["checkpoint"], "checkpoint_kimg": (s.get("cur_nimg") or 0) / 1000,
         "resolution": report.get("resolution"), "seconds": report["seconds"], "images_per_s": report["images_per_s"],
         "images_reused": bool(report.get("reused", False)),
+        "selection": report.get("selection") or {"method": "none"},
     }
+    if cfg is not None and cfg.amount is not None:
+        out["amount"] = cfg.amount
     if audit is not None:
         summary = summarize_audit(audit)
         label = summary.pop("extractor") or "features"
@@ -829,6 +880,7 @@ def write_generation_metrics(run_dir: str | os.PathLike, report: Mapping[str, An
         from histlib.fidelity import metrics_keys
 
         out.update(metrics_keys(fidelity))
+    out.update(unselected or {})
     if metrics:
         out.update(metrics)
     else:
@@ -861,6 +913,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--num-sets", type=int, default=None, help="independent sets (default: the profile's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--truncation-psi", type=float, default=1.0)
+    parser.add_argument("--selection", default="none", choices=("none", "realism", "fidelity"),
+                        help="keep the best images of each class by this score (needs --dataset-dir)")
+    parser.add_argument("--oversample", type=float, default=2.0, help="with --selection: images drawn per image kept")
+    parser.add_argument("--amount", type=float, default=None,
+                        help="images per class as a multiple of the real train split (replaces --images-per-class)")
     parser.add_argument("--extractor", default="auto", help="GAN-metric features (see GenerateConfig.extractor)")
     parser.add_argument("--no-metrics", action="store_true", help="no GAN metrics")
     parser.add_argument("--no-fidelity", action="store_true", help="no class fidelity")
@@ -876,7 +933,8 @@ def main(args) -> int:
         args.profile, checkpoint=args.checkpoint, dataset_dir=args.dataset_dir, images_per_class=args.images_per_class,
         num_sets=args.num_sets, seed=args.seed, truncation_psi=args.truncation_psi, extractor=args.extractor,
         metrics=not args.no_metrics and args.dataset_dir is not None,
-        fidelity=not args.no_fidelity and args.dataset_dir is not None, device=args.device)
+        fidelity=not args.no_fidelity and args.dataset_dir is not None, device=args.device,
+        selection=args.selection, oversample=args.oversample, amount=args.amount)
     progress = not args.no_progress
     report = run_generation(cfg, args.run_dir, progress=progress)
     fid = class_fidelity(cfg, report, progress=progress)
@@ -885,7 +943,10 @@ def main(args) -> int:
     if extractor is not None:
         metrics = gan_metrics(report["set_dirs"][0], cfg.dataset_dir, extractor, real_split=cfg.real_split,
                               k_pr=cfg.k_pr, k_dc=cfg.k_dc, device=cfg.device)
-    out = write_generation_metrics(args.run_dir, report, metrics, cfg=cfg, fidelity=fid)
+    from histlib.selection import unselected_metrics
+
+    unselected = unselected_metrics(cfg, report, extractor)
+    out = write_generation_metrics(args.run_dir, report, metrics, cfg=cfg, fidelity=fid, unselected=unselected)
     print(f"{report['n_images']} images in {runs.display_path(report['out_dir'])} "
           f"({report['images_per_s']} img/s{', reused' if report.get('reused') else ''})")
     if fid:

@@ -184,15 +184,15 @@ def load_study(path: str | os.PathLike, results_root: str | os.PathLike = "resul
 
 
 # Lower-case keys configure the runner; every other key of a stage mapping is an UPPER_CASE notebook parameter.
-RUNNER_KEYS = {"data": set(), "base_gan": {"checkpoint"}, "finetune": {"variants"}, "generate": set(),
-               "classify": {"synthetic_from"}, "analysis": set()}
+RUNNER_KEYS = {"data": set(), "base_gan": {"checkpoint"}, "finetune": {"variants"},
+               "generate": {"selections", "amounts"}, "classify": {"synthetic_from"}, "analysis": set()}
 DATASET_SECTIONS = {"prepare": "data", "finetune": "finetune", "generate": "generate", "classify": "classify"}
 # Types of the notebook parameters whose default is None (None itself is always accepted: the profile's value).
 NONE_DEFAULT_TYPES: dict[str, tuple[type, ...]] = {
     "STAIN": (str,), "SPLIT_FROM": (str,), "SPLIT_RENAME": (dict,), "SLIDES": (bool,), "ANNOTATIONS": (str,),
     "RESIZE": (int,), "KIMG": (int, float), "RESOLUTION": (int,), "BATCH": (int,), "RESUME_FROM": (str,),
     "METRICS_EVERY_KIMG": (int, float), "IMAGES_PER_CLASS": (int, dict), "NUM_SETS": (int,), "SYNTH_DIR": (str,),
-    "VARIANT": (str,), "REAL_PER_CLASS": (int,), "SYNTH_PER_CLASS": (int,),
+    "VARIANT": (str,), "REAL_PER_CLASS": (int,), "SYNTH_PER_CLASS": (int,), "AMOUNT": (int, float),
 }
 _TYPE_WORDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "a list",
                dict: "a mapping"}
@@ -333,19 +333,22 @@ def plan(study: Study) -> list[Step]:
                 finetune_steps[(t, variant)] = step.name
                 add(step)
         gen_steps: dict[str, str] = {}
+        gen = {**study.settings["generate"], **target.get("generate", {})}
+        sets = generated_sets(study, target)
         if "generate" in study.stages:
             for variant in study.settings["finetune"].get("variants", ["pretrained"]):
-                params = {**profile, "DATASET_DIR": dataset_dir(target),
-                          "CHECKPOINT": (root / t / "finetune" / variant / "checkpoints" / "latest.pt").as_posix(),
-                          "RUN_DIR": (root / t / "generate" / variant).as_posix(),
-                          **_upper(study.settings["generate"]), **_upper(target.get("generate", {}))}
-                deps = deps_data + ([finetune_steps[(t, variant)]] if (t, variant) in finetune_steps else [])
-                step = Step("generate", t, f"04_generate__{t}__{variant}", STAGES["generate"], params, deps)
-                gen_steps[variant] = step.name
-                add(step)
+                for label, extra in sets:
+                    name = set_label(variant, label)
+                    params = {**profile, "DATASET_DIR": dataset_dir(target),
+                              "CHECKPOINT": (root / t / "finetune" / variant / "checkpoints" / "latest.pt").as_posix(),
+                              "RUN_DIR": (root / t / "generate" / name).as_posix(), **_upper(gen), **extra}
+                    deps = deps_data + ([finetune_steps[(t, variant)]] if (t, variant) in finetune_steps else [])
+                    step = Step("generate", t, f"04_generate__{t}__{name}", STAGES["generate"], params, deps)
+                    gen_steps[name] = step.name
+                    add(step)
         if "classify" in study.stages:
-            gen = {**study.settings["generate"], **target.get("generate", {})}
-            for step in _classify_steps(study, target, dataset_dir(target), deps_data, gen_steps, gen):
+            labels = [set_label(v, label) for v in synthetic_variants(study, target) for label, _ in sets]
+            for step in _classify_steps(study, target, dataset_dir(target), deps_data, gen_steps, gen, labels):
                 add(step)
     if "analysis" in study.stages:
         params = {"STUDY_DIR": root.as_posix(), **_upper(study.settings["analysis"])}
@@ -373,9 +376,56 @@ def synthetic_variants(study: Study, target: dict[str, Any]) -> list[str]:
     return list(dict.fromkeys(wanted))
 
 
+def set_label(variant: str, label: str) -> str:
+    """The name of a generated set in run folders and tables: the variant, then its selection and amount."""
+    return f"{variant}-{label}" if label else variant
+
+
+def generated_sets(study: Study, target: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """``[(label, notebook parameters)]`` of the generated sets of each variant: one per (selection, amount) of
+    ``generate.selections`` × ``generate.amounts`` (each optional). The label reads ``realism``, ``2x`` or
+    ``realism-2x``; the set without selection and amount has the empty label (the variant's plain name), and
+    neither parameter is passed for it, so a study without these axes plans the same steps as before.
+
+    Raises:
+        StudyError: an unknown selection, an amount that is not a positive number, a repeated value, or the axis
+            given beside the notebook parameter it sets (``selections`` with ``SELECTION``).
+    """
+    gen = {**study.settings["generate"], **target.get("generate", {})}
+    where = f"targets[{study.targets.index(target)}].generate" if {"selections", "amounts"} & set(
+        target.get("generate", {})) else "generate"
+    from histlib.selection import SELECTIONS  # imports no torch
+
+    selections = gen.get("selections")
+    amounts = gen.get("amounts")
+    for axis, param, values in (("selections", "SELECTION", selections), ("amounts", "AMOUNT", amounts)):
+        if values is None:
+            continue
+        _require(param not in gen, study.path, f"{where}: give either {axis} (one set each) or {param} (every set), "
+                                               "not both")
+        _require(isinstance(values, list) and values and len(set(map(str, values))) == len(values), study.path,
+                 f"{where}.{axis}={values!r}: expected a non-empty list without repeats")
+    for v in selections or []:
+        _require(v in SELECTIONS, study.path, f"{where}.selections: {v!r} is not one of {list(SELECTIONS)}")
+    for v in amounts or []:
+        _require(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0, study.path,
+                 f"{where}.amounts: {v!r} is not a positive number (generated images per class relative to the "
+                 "real train split)")
+    out = []
+    for sel in selections or [None]:
+        for amount in amounts or [None]:
+            parts = [p for p in ((sel if sel not in (None, "none") else ""),
+                                 (f"{amount:g}x" if amount is not None else "")) if p]
+            extra = {**({"SELECTION": sel} if sel not in (None, "none") else {}),
+                     **({"AMOUNT": amount} if amount is not None else {})}
+            out.append(("-".join(parts), extra))
+    return out
+
+
 def _classify_steps(study: Study, target: dict[str, Any], real_dir: str, deps_data: list[str],
-                    gen_steps: dict[str, str], gen: dict[str, Any]) -> list[Step]:
-    """One classify step for the real training set (trained once) and one per synthetic variant."""
+                    gen_steps: dict[str, str], gen: dict[str, Any], labels: list[str]) -> list[Step]:
+    """One classify step for the real training set (trained once) and one per generated set (variant, selection
+    and amount: ``labels``)."""
     t = target["name"]
     root = study.out_dir
     cls = {**study.settings["classify"], **target.get("classify", {})}
@@ -390,7 +440,7 @@ def _classify_steps(study: Study, target: dict[str, Any], real_dir: str, deps_da
              f"in (0, 1], e.g. {list(classify_sets.DEFAULT_REAL_FRACTIONS)}")
     real_sets = [ts for ts in train_sets if not classify_sets.needs_synthetic(ts)]
     synth_sets = [ts for ts in train_sets if classify_sets.needs_synthetic(ts)]
-    variants = synthetic_variants(study, target)
+    variants = labels
     _require(not synth_sets or variants, study.path,
              f"target {t!r}: classify.TRAIN_SETS {synth_sets} need generated images: set classify.synthetic_from "
              "to a variant, a list of variants or 'all'")

@@ -4,6 +4,7 @@ Public API (DESIGN.md §5) — feature arrays ``[N, D]``, numpy or torch:
 
 - ``frechet_distance(real, fake)``, ``frechet_distance_from_stats(mu1, s1, mu2, s2)``, ``feature_statistics(x)``
 - ``precision_recall(real, fake, k=3)``, ``density_coverage(real, fake, k=5)``, ``compute_prdc(real, fake, k, k_dc)``
+- ``realism_score(real, fake, k=3)`` (per generated sample, Kynkäänniemi et al. 2019 §5), ``real_radii``
 - ``compute_metrics`` / ``per_class_metrics`` (summary table), ``get_extractor`` (feature extractors),
   ``extract_features`` / ``FeatureCache``, ``GanMetricsHook`` / ``EarlyStopping`` (training hooks).
 
@@ -25,6 +26,8 @@ _EXPORTS = {
     "compute_prdc": "prdc",
     "prdc_per_sample": "prdc",
     "PRDCPerSample": "prdc",
+    "realism_score": "realism",
+    "real_radii": "realism",
     "compute_metrics": "summary",
     "per_class_metrics": "summary",
     "table_to_dict": "summary",
