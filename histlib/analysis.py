@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
-from histlib import classify_sets, runs
+from histlib import classify_sets, learning_curve, runs
 
 # Execution order of the stages (the same names as the study runner's; repeated here so that the analysis never
 # imports the runner).
@@ -393,6 +393,9 @@ def gan_table(df: pd.DataFrame, stage: str = "generate") -> pd.DataFrame:
 # The study's answer: the paper's Tables 1-2, every variant, differences to real, GAN metrics beside classifiers
 
 PAPER_ROWS = ("real", "scratch", "pretrained", "frozen")
+WORTH = "worth in real images"  # Table 1/2 column beside a learning curve (histlib.learning_curve)
+WORTH_NOTE = (f"'{WORTH}': the extra real images the real-data learning curve needs to reach the row's accuracy, "
+              f"interpolated between its points; '{learning_curve.BEYOND}' above the full real set's accuracy.")
 FIDELITY_METRICS = ("agreement", "balanced_agreement")
 
 
@@ -482,6 +485,8 @@ def paper_table(df: pd.DataFrame, dataset: str, train_set: str | None = None) ->
         wanted += [("scratch", train_set, "scratch"), ("pretrained", train_set, "pretrained")]
         if best:
             wanted.append(("frozen", train_set, best))
+    curve = learning_curve.learning_curve(df)
+    curve = curve if (curve["dataset"] == dataset).any() else None  # a worth column only beside a learning curve
     rows, index, n_seeds = [], [], {}
     for kind, ts, variant in wanted:
         part = runs_df[(runs_df["train_set"] == ts) & (runs_df["variant"] == variant)]
@@ -494,12 +499,16 @@ def paper_table(df: pd.DataFrame, dataset: str, train_set: str | None = None) ->
             row[(model, "Acc")] = 100 * _mean(m[f"{split}_accuracy"])
             row[(model, "Bal. Acc")] = 100 * _mean(m[f"{split}_balanced_accuracy"])
             n_seeds[(label, model)] = int(m[f"{split}_accuracy"].notna().sum())
+            if curve is not None and ts != "real":
+                row[(model, WORTH)] = learning_curve.extra_real_images(curve, dataset, model, row[(model, "Acc")],
+                                                                       _mean(m["n_train_real"]))
         rows.append(row)
         index.append(label)
     table = pd.DataFrame(rows, index=pd.Index(index, name="training set"))
     table.columns = pd.MultiIndex.from_tuples(table.columns, names=["classifier", "metric"])
     table.attrs.update(evaluated_on=split, best_frozen=best, train_set=train_set, dataset=dataset,
-                       n_seeds={f"{k[0]} / {k[1]}": v for k, v in n_seeds.items()})
+                       n_seeds={f"{k[0]} / {k[1]}": v for k, v in n_seeds.items()},
+                       worth_note=WORTH_NOTE if curve is not None else "")
     return table
 
 
@@ -778,7 +787,8 @@ def _caption(table: pd.DataFrame) -> str:
     seeds = sorted(set((a.get("n_seeds") or {}).values()))
     best = a.get("best_frozen")
     return (f"{a.get('dataset')}: accuracy and balanced accuracy in %, mean of {'/'.join(map(str, seeds)) or '?'} "
-            f"run(s), on {where}." + (f" Best frozen variant, chosen on validation: {best}." if best else ""))
+            f"run(s), on {where}." + (f" Best frozen variant, chosen on validation: {best}." if best else "")
+            + (f" {a['worth_note']}" if a.get("worth_note") else ""))
 
 
 def paper_tables_view(df: pd.DataFrame) -> HTML:

@@ -20,7 +20,7 @@ from typing import Any
 
 import pandas as pd
 
-from histlib import analysis, runs
+from histlib import analysis, learning_curve, runs
 
 STYLE = """
 body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;
@@ -118,6 +118,17 @@ def _variants_html(root: Path, df: pd.DataFrame) -> str:
     return "".join(parts) or "<p class='muted'>No GAN has been trained in this study yet.</p>"
 
 
+def _learning_curve_html(root: Path) -> str:
+    """The real-data learning curve's figure, when the analysis step (06) wrote one."""
+    png = root / "analysis" / learning_curve.PNG_NAME
+    if not png.is_file():
+        return ""
+    return ("<h3>The real-data learning curve</h3><p>Accuracy of classifiers trained on nested fractions of the real "
+            "train split; dashed lines: the other rows of Table 1/2, whose crossing with the curve is what they are "
+            "worth in real images.</p>"
+            f"<figure><img src='{_esc(_rel(png, root))}' alt='the real-data learning curve'></figure>")
+
+
 def build_index(study_dir: str | os.PathLike) -> Path:
     """Writes ``<study_dir>/index.html`` from ``study.json``, the step states and the run folders' contract files.
 
@@ -160,6 +171,7 @@ def build_index(study_dir: str | os.PathLike) -> Path:
                "are included, see <i>n</i>.</p>") if unfinished and tables is not None else ""
     body += ["<h2>The answer: Table 1/2 per target</h2>", partial,
              tables.html if tables is not None else "<p class='muted'>No classifier has finished yet.</p>",
+             _learning_curve_html(root),
              "<h2>GAN variants: generated beside real</h2>", _variants_html(root, df),
              "<h2>Steps</h2>", _steps_html(steps, root),
              "<h2>Tables</h2>",
