@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import math
+import os
 import types
 import typing
+from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -125,3 +128,97 @@ def apply_profile(cls: type[T], profile: str, profile_values: dict[str, Any], ov
     kept = {k: v for k, v in overrides.items()
             if v is not None or (k not in profile_values and fields[k].default is None)}
     return cls(**{**profile_values, "profile": profile, **kept})
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# YAML files (studies)
+
+MAX_YAML_NODES = 100_000  # a study has a few hundred; nine levels of nine-fold aliases have 387 million
+
+
+def read_yaml(path: str | os.PathLike) -> Any:
+    """Reads a YAML file with ``yaml.safe_load``'s types, refusing what would make it a different or huge document.
+
+    Refused, each with one error naming the file: bytes that are not UTF-8, a key given twice in one mapping (YAML
+    would keep the last silently; ``<<`` merge keys may still be overridden), aliases that expand to more than
+    :data:`MAX_YAML_NODES` nodes or contain themselves (an "alias bomb" takes hours and gigabytes to expand), and
+    nesting too deep to read.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: any of the above, or not valid YAML.
+    """
+    import yaml
+
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); save it as UTF-8") from None
+    loader = _strict_loader()(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        size = _expanded_size(node, {}, set())
+        if size > MAX_YAML_NODES:
+            raise ValueError(f"{path}: its aliases expand to more than {MAX_YAML_NODES:,} values; write the values "
+                             "out instead of nesting anchors")
+        return loader.construct_document(node)
+    except DuplicateKeyError as e:
+        raise ValueError(f"{path}: {e}") from None
+    except yaml.YAMLError as e:
+        where = " ".join(str(e).replace('"<unicode string>", ', "").split())
+        raise ValueError(f"{path}: not valid YAML ({where})") from None
+    except RecursionError:
+        raise ValueError(f"{path}: nested too deeply to read (or an alias inside itself)") from None
+    finally:
+        loader.dispose()
+
+
+def _expanded_size(node: Any, memo: dict[int, int], active: set[int]) -> int:
+    """Values in the document under ``node`` once every alias is expanded, counted without expanding: an aliased
+    node is one object in the composed graph, counted from ``memo`` at each use."""
+    key = id(node)
+    if key in memo:
+        return memo[key]
+    if key in active:
+        raise RecursionError  # an alias inside the node it names: expanding it never ends
+    active.add(key)
+    total = 1
+    for item in node.value if isinstance(node.value, list) else []:
+        for child in item if isinstance(item, tuple) else (item,):  # mapping items are (key, value) pairs
+            total += _expanded_size(child, memo, active)
+        if total > MAX_YAML_NODES:  # the answer is already "too large"
+            break
+    active.discard(key)
+    memo[key] = total
+    return total
+
+
+class DuplicateKeyError(ValueError):
+    """A YAML mapping names one key twice."""
+
+
+@functools.cache
+def _strict_loader() -> type:
+    import yaml
+
+    class StrictLoader(yaml.SafeLoader):
+        """``safe_load``'s types; a key given twice in one mapping is an error (YAML keeps the last silently)."""
+
+        def construct_mapping(self, node, deep=False):
+            if isinstance(node, yaml.MappingNode):
+                seen = set()
+                for key_node, _ in node.value:
+                    if key_node.tag == "tag:yaml.org,2002:merge":  # '<<: *defaults' may be overridden on purpose
+                        continue
+                    key = self.construct_object(key_node, deep=True)
+                    if isinstance(key, typing.Hashable):
+                        if key in seen:
+                            raise DuplicateKeyError(f"key {key!r} given twice in one mapping (line "
+                                                    f"{key_node.start_mark.line + 1}); YAML would keep the last")
+                        seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    return StrictLoader

@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from histlib import classify_sets, runs
-from histlib.config import nearest
+from histlib.config import nearest, read_yaml
 from histlib.progress import MODE_VARIABLE as PROGRESS_VARIABLE
 
 # stage -> notebook file, in execution order
@@ -128,15 +128,13 @@ def load_study(path: str | os.PathLike, results_root: str | os.PathLike = "resul
     Raises:
         StudyError: naming the file and the field when the study is malformed.
     """
-    import yaml
-
     path = Path(path)
     if not path.is_file():
         raise StudyError(f"{path}: study file not found")
     try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise StudyError(f"{path}: not valid YAML ({e})") from None
+        doc = read_yaml(path)  # not UTF-8, duplicate keys, alias bombs: one error naming the file
+    except ValueError as e:
+        raise StudyError(str(e)) from None
     _require(isinstance(doc, dict), path, "expected a mapping at the top level")
     known = {"name", "profile", "stages", "base", "targets", "description", "resources", *STAGES}
     unknown = sorted(set(doc) - known)

@@ -72,6 +72,12 @@ def _hostile_names(w):
     _images(w / "newline_class", classes=("a", "b\nc"))
     partial = _images(w / "partial_groups")  # MANIFEST.tsv gives a patient to only some images
     (partial / "MANIFEST.tsv").write_text("relpath\tpatient\na/0.png\tp1\nb/0.png\tp2\n")
+    bomb = ["name: s", "base: {name: b}", "classify:", "  SEEDS:", "    - &a0 [1, 2, 3, 4, 5, 6, 7, 8, 9]"]
+    bomb += [f"    - &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 10)]  # 9 ** 10 values expanded
+    (w / "bomb.yaml").write_text("\n".join(bomb) + "\n")
+    (w / "recursive.yaml").write_text("name: s\nbase: &b {name: b, x: [*b]}\n")
+    (w / "twice.yaml").write_text("name: s\nbase: {name: b}\nprepare: {PATCH: 32}\nprepare: {PATCH: 64}\n")
+    (w / "latin1.yaml").write_bytes("name: s\ndescription: caf\xe9\nbase: {name: b}\n".encode("latin-1"))
     (w / "classify_evil.json").write_text(json.dumps({"real_dir": str(w / "evil_manifest"), "image_size": 32}))
 
 
@@ -105,6 +111,10 @@ CASES = [
     ("classify --config {w}/classify.json --run-dir {w}/c3 --set epoch=2", ["epoch", "did you mean 'epochs'"]),
     ("study run {w}/study.yaml", ["base.prepare", "'patch'", "did you mean 'PATCH'"]),
     ("study plan {w}/missing.yaml", ["missing.yaml", "not found"]),
+    ("study plan {w}/bomb.yaml", ["bomb.yaml", "aliases expand to more than"]),
+    ("study plan {w}/recursive.yaml", ["recursive.yaml", "alias inside itself"]),
+    ("study plan {w}/twice.yaml", ["twice.yaml", "key 'prepare' given twice", "line 4"]),
+    ("study plan {w}/latin1.yaml", ["latin1.yaml", "not UTF-8"]),
     # names read from files never become write paths (class names of checkpoints, manifests, folders)
     ("generate --checkpoint {w}/evil.pt --run-dir {w}/g3", ["evil.pt", "class name", "path separator"]),
     ("merge --source {w}/evil_manifest --name x --source {w}/prepared --name y --out {w}/m2",
