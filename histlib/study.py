@@ -47,6 +47,7 @@ from typing import Any
 from histlib import classify_sets, runs
 from histlib.config import nearest, read_yaml
 from histlib.progress import MODE_VARIABLE as PROGRESS_VARIABLE
+from histlib.study_checks import check_values
 
 # stage -> notebook file, in execution order
 STAGES: dict[str, str] = {
@@ -648,7 +649,8 @@ def execute_step(study: Study, step: Step, *, log_output: bool = False, kernel_n
 def run_study(path: str | os.PathLike, *, force: bool = False, only: Iterable[str] | None = None,
               dry_run: bool = False, results_root: str | os.PathLike = "results",
               log_output: bool = False, executor: str = "sequential", jobs: int = 1,
-              cluster: str | None = None, probe: bool = True) -> list[dict[str, Any]]:
+              cluster: str | None = None, probe: bool = True,
+              allow_missing_sources: bool = False) -> list[dict[str, Any]]:
     """Runs a study; returns one summary row per step (also written to ``results/<study>/study.json``).
 
     A step that fails is recorded as ``failed`` (its partial report kept) and only the steps that depend on it are
@@ -669,6 +671,8 @@ def run_study(path: str | os.PathLike, *, force: bool = False, only: Iterable[st
         cluster: submitit cluster for ``executor='slurm'`` (default: SLURM).
         probe: with ``dry_run``, time a few seconds of each stage's work that this machine has not measured before
             (:mod:`histlib.estimate`).
+        allow_missing_sources: with ``dry_run``, a data step's source that does not exist yet is a warning, not an
+            error (to plan a study before its data is downloaded).
     """
     from histlib.executors import ExecutorError, check_executor
     from histlib.progress import progress
@@ -686,6 +690,9 @@ def run_study(path: str | os.PathLike, *, force: bool = False, only: Iterable[st
         raise StudyError(f"--only: unknown stage(s) {sorted(bad)}; expected some of {list(STAGES)}")
     selected = [s for s in steps if not only or s.stage in only]
     validate(selected, study)
+    strict = not (dry_run and allow_missing_sources)
+    for warning in check_values(study, selected, steps, sources_must_exist=strict):  # before anything runs
+        print(f"warning: {warning}", file=sys.stderr)
     rows = [{"step": s.name, "stage": s.stage, "dataset": s.dataset, "hash": s.hash, "status": "pending"}
             for s in selected]
     for conflict in prepared_conflicts(study, selected):
@@ -854,6 +861,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p_plan.add_argument("--no-probe", action="store_true",
                         help="estimate times only from earlier runs on this machine (no few-second probes)")
     p_run.add_argument("--force", action="store_true", help="re-run steps even if finished with the same hash")
+    p_plan.add_argument("--allow-missing-sources", action="store_true",
+                        help="a dataset source that does not exist yet is a warning (plan before downloading)")
     p_run.add_argument("--log-output", action="store_true", help="stream notebook output to the terminal")
     p_run.add_argument("--executor", default="sequential",
                        help="sequential (default) | local (steps in parallel on this machine) | slurm (submitit jobs)")
@@ -878,7 +887,8 @@ def main(args: argparse.Namespace) -> int:
                          dry_run=args.action == "plan", results_root=args.results,
                          log_output=getattr(args, "log_output", False),
                          executor=getattr(args, "executor", "sequential"), jobs=getattr(args, "jobs", 1),
-                         cluster=getattr(args, "cluster", None), probe=not getattr(args, "no_probe", False))
+                         cluster=getattr(args, "cluster", None), probe=not getattr(args, "no_probe", False),
+                         allow_missing_sources=getattr(args, "allow_missing_sources", False))
     except StudyError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

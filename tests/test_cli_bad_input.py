@@ -51,7 +51,33 @@ def world(tmp_path_factory):
     (w / "a_file").write_text("x")
     (w / "study.yaml").write_text("name: s\nbase: {name: b, prepare: {patch: 64}}\n")
     _hostile_names(w)
+    _bad_values(w)
     return w
+
+
+# study values that only their step's config refuses: `study plan` builds every step's config and checks it
+STUDY_EDITS = {
+    "st_kimg": ("finetune:\n  variants: [pretrained, freeze_d1]\n  KIMG: 3",
+                "finetune:\n  variants: [pretrained]\n  KIMG: -3"),
+    "st_epochs": ("  EPOCHS: 2", "  EPOCHS: 0"),
+    "st_valfrac": ("VAL_FRACTION: 0.25, GROUP_BY: source, SEED: 0}", "VAL_FRACTION: 1.5, GROUP_BY: source, SEED: 0}"),
+    "st_res33": ("base_gan: {RESOLUTION: 32,", "base_gan: {RESOLUTION: 33,"),
+    "st_res64": ("  KIMG: 3\n  RESOLUTION: 32", "  KIMG: 3\n  RESOLUTION: 64"),
+    "st_models": ("MODELS: [resnet34]", "MODELS: [resnet9999]"),
+    "st_nosource": ("    source: data/sample/kather2016\n", ""),
+    "st_gone": ("source: data/sample/kather2016", "source: data/sample/no_such_folder"),
+    "st_ckpt": ("base_gan: {RESOLUTION: 32, SEED: 0, KIMG: 8}", "base_gan: {checkpoint: {w}/passwd}"),
+}
+
+
+def _bad_values(w):
+    from histlib.runs import project_root
+
+    demo = (project_root() / "studies" / "demo.yaml").read_text()
+    (w / "passwd").write_text("root:x:0:0:root:/root:/bin/bash\n")  # a file that is not a checkpoint
+    for name, (old, new) in STUDY_EDITS.items():
+        assert old in demo, name
+        (w / f"{name}.yaml").write_text(demo.replace(old, new.replace("{w}", str(w))))
 
 
 def _hostile_names(w):
@@ -115,6 +141,15 @@ CASES = [
     ("study plan {w}/recursive.yaml", ["recursive.yaml", "alias inside itself"]),
     ("study plan {w}/twice.yaml", ["twice.yaml", "key 'prepare' given twice", "line 4"]),
     ("study plan {w}/latin1.yaml", ["latin1.yaml", "not UTF-8"]),
+    ("study plan {w}/st_kimg.yaml", ["st_kimg.yaml", "03_finetune__sample_target__pretrained", "kimg=-3"]),
+    ("study plan {w}/st_epochs.yaml", ["05_classify__sample_target__real", "ClassifyConfig.epochs=0"]),
+    ("study plan {w}/st_valfrac.yaml", ["01_data_prep__sample_base", "val_fraction=1.5"]),
+    ("study plan {w}/st_res33.yaml", ["02_base_gan__sample_base", "resolution=33", "a power of two"]),
+    ("study plan {w}/st_res64.yaml", ["03_finetune", "resolution 64 px", "is 32 px", "RESOLUTION: 32"]),
+    ("study plan {w}/st_models.yaml", ["05_classify", "['resnet9999'] not timm model name"]),
+    ("study plan {w}/st_nosource.yaml", ["01_data_prep__sample_target", "no 'source' to prepare"]),
+    ("study plan {w}/st_gone.yaml", ["data/sample/no_such_folder: not found", "--allow-missing-sources"]),
+    ("study plan {w}/st_ckpt.yaml", ["base_gan.checkpoint", "passwd: cannot read checkpoint"]),
     # names read from files never become write paths (class names of checkpoints, manifests, folders)
     ("generate --checkpoint {w}/evil.pt --run-dir {w}/g3", ["evil.pt", "class name", "path separator"]),
     ("merge --source {w}/evil_manifest --name x --source {w}/prepared --name y --out {w}/m2",

@@ -176,6 +176,7 @@ def _toy_project(tmp_path: Path) -> Path:
     ]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     (tmp_path / "notebooks").mkdir()
+    (tmp_path / "src").mkdir()  # the source must exist when the plan is checked
     nbformat.write(nb, str(tmp_path / "notebooks" / "01_data_prep.ipynb"))
     _write(tmp_path / "studies" / "toy.yaml",
            "name: toy\nstages: [data]\nbase: {name: a, source: src, prepare: {PATCH: 4}}\n")

@@ -1,0 +1,170 @@
+"""Every value of a study checked at plan time: each step's config is built as its notebook builds it, and checked.
+
+``study plan`` and ``study run`` call :func:`check_values` before any step runs, so a value that its stage would
+refuse (``finetune.KIMG: -3``, ``classify.EPOCHS: 0``, ``prepare.VAL_FRACTION: 1.5``, ``RESOLUTION: 33``,
+``MODELS: [resnet9999]``), a fine-tune resolution unlike its base's, a dataset without a source to prepare, a
+source that does not exist or a ``base_gan.checkpoint`` that is not a GAN checkpoint stops the study with one line
+naming the study file and the step, instead of failing when that step runs, after earlier steps have spent their
+time. The builders mirror the config cells of ``notebooks/0*.ipynb`` (which stay as they are, so step hashes do not
+change); a notebook parameter the study does not set takes the default of the notebook's parameters cell.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from histlib import runs
+
+
+def _params(step) -> dict[str, Any]:
+    """The step's parameters over its notebook's defaults: what the notebook's config cell will see."""
+    from histlib.study import _stage_parameters
+
+    return {**(_stage_parameters(step.stage) or {}), **step.params}
+
+
+def _prepare_config(p: dict[str, Any]):
+    from histlib.data.prepare import PrepareConfig, check_config
+
+    cfg = PrepareConfig(source=p["SOURCE_DIR"], out=p["OUT_DIR"], patch=p["PATCH"], stride=p["STRIDE"],
+                        stain=p["STAIN"], val_fraction=p["VAL_FRACTION"], test_fraction=p["TEST_FRACTION"],
+                        split_from=p["SPLIT_FROM"], split_rename=p["SPLIT_RENAME"], slides=p["SLIDES"],
+                        group_by=p["GROUP_BY"], seed=p["SEED"], annotations=p["ANNOTATIONS"],
+                        min_fraction=p["MIN_FRACTION"], resize=p["RESIZE"], image_format=p["IMAGE_FORMAT"],
+                        workers=p["WORKERS"]).resolve_paths()
+    check_config(cfg)
+    return cfg
+
+
+def _train_config(p: dict[str, Any], stage: str):
+    from histlib.gan.config import TrainConfig
+
+    common = dict(data_dir=p["DATASET_DIR"], kimg=p["KIMG"], resolution=p["RESOLUTION"], seed=p["SEED"],
+                  resume_from=p["RESUME_FROM"], freeze_d=p["FREEZE_D"], freeze_g=p["FREEZE_G"], **p["OVERRIDES"])
+    if stage == "base_gan":
+        cfg = TrainConfig.from_profile(p["PROFILE"], batch_size=p["BATCH"], metrics_every_kimg=p["METRICS_EVERY_KIMG"],
+                                       **common)
+    else:
+        cfg = TrainConfig.from_profile(p["PROFILE"], stage="finetune", **common)
+    return cfg.validate()
+
+
+def _generate_config(p: dict[str, Any]):
+    from histlib.generate import GenerateConfig
+
+    return GenerateConfig.from_profile(p["PROFILE"], checkpoint=p["CHECKPOINT"], dataset_dir=p["DATASET_DIR"],
+                                       images_per_class=p["IMAGES_PER_CLASS"], num_sets=p["NUM_SETS"],
+                                       truncation_psi=p["TRUNCATION_PSI"], seed=p["SEED"], extractor=p["EXTRACTOR"],
+                                       metrics=p["METRICS"], fidelity=p["FIDELITY"])
+
+
+def _classify_config(p: dict[str, Any]):
+    import timm
+
+    from histlib.classify import TRAIN_SETS, ClassifyConfig
+    from histlib.config import from_dict
+
+    cfg = from_dict(ClassifyConfig, p["CONFIG_OVERRIDES"], real_dir=str(runs.project_path(p["REAL_DIR"])),
+                    synthetic_dir=str(runs.project_path(p["SYNTH_DIR"])) if p["SYNTH_DIR"] else None,
+                    real_per_class=p["REAL_PER_CLASS"], synthetic_per_class=p["SYNTH_PER_CLASS"],
+                    image_size=p["IMAGE_SIZE"], epochs=p["EPOCHS"], batch_size=p["BATCH"], lr=p["LR"],
+                    balanced_sampling=p["BALANCED"], pretrained=p["PRETRAINED"], variant=p["VARIANT"],
+                    extra_test_sets=p["EXTRA_TEST_SETS"])
+    unknown = [m for m in p["MODELS"] if not isinstance(m, str) or not timm.is_model(m.partition(".")[0])]
+    if unknown:
+        raise ValueError(f"MODELS: {unknown} not timm model name(s) (see timm.list_models(), e.g. 'resnet34')")
+    bad_sets = [ts for ts in p["TRAIN_SETS"] if ts not in TRAIN_SETS]
+    if bad_sets:
+        raise ValueError(f"TRAIN_SETS: {bad_sets} unknown; expected some of {list(TRAIN_SETS)}")
+    return cfg
+
+
+def base_resolution(checkpoint: str | Path) -> int:
+    """The resolution of a GAN checkpoint (refused with one error when the file is not one)."""
+    from histlib.gan.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(runs.project_path(checkpoint))
+    try:
+        return int(ckpt["network_kwargs"]["G"]["img_resolution"])
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(f"{ckpt['path']}: a GAN checkpoint without network_kwargs.G.img_resolution") from None
+
+
+def check_values(study, steps: list, all_steps: list | None = None, sources_must_exist: bool = True) -> list[str]:
+    """Builds the config of every step in ``steps`` and runs its checks; see the module docstring.
+
+    Args:
+        study: the loaded study.
+        steps: the steps that will run (``--only`` may leave some out).
+        all_steps: every step of the plan (the base GAN's step gives the base resolution); default ``steps``.
+        sources_must_exist: a data step's source that does not exist (and the step is not finished) is an error;
+            False (``study plan --allow-missing-sources``): a warning, to plan a study before its data is there.
+
+    Returns:
+        Warnings (sources not found, when they need not exist).
+
+    Raises:
+        StudyError: one line naming the study file, the step and the value.
+    """
+    from histlib.study import StudyError, is_done
+
+    all_steps = steps if all_steps is None else all_steps
+    base = _base_resolution(study, all_steps)
+    warnings = []
+    for step in steps:
+        try:
+            p = _params(step)
+            if step.stage == "data":
+                missing = _check_source(step, p, is_done(study, step))
+                if missing and sources_must_exist:
+                    raise ValueError(missing)
+                warnings += [f"{study.path}: step {step.name}: {missing}; it must be there when the step runs"] \
+                    if missing else []
+                _prepare_config(p)
+            elif step.stage in ("base_gan", "finetune"):
+                cfg = _train_config(p, step.stage)
+                if step.stage == "finetune" and cfg.resume_from and base and cfg.resolution != base[0]:
+                    raise ValueError(f"resolution {cfg.resolution} px, but the base GAN ({base[1]}) is {base[0]} px; "
+                                     f"set finetune.RESOLUTION: {base[0]}")
+            elif step.stage == "generate":
+                _generate_config(p)
+            elif step.stage == "classify":
+                _classify_config(p)
+        except StudyError:
+            raise
+        except KeyError:
+            continue  # a notebook without the parameters its stage's config cell uses (a stand-in): nothing to build
+        except (ValueError, TypeError, OSError) as e:
+            raise StudyError(f"{study.path}: step {step.name}: {' '.join(str(e).split())}") from None
+    return warnings
+
+
+def _check_source(step, p: dict[str, Any], done: bool) -> str | None:
+    """Refuses a dataset without a source; returns what is wrong with a source path that does not exist."""
+    if "SOURCE_DIR" not in step.params:
+        raise ValueError(f"dataset {step.dataset!r} has no 'source' to prepare (a raw <class>/<image> folder or "
+                         "slides); set source:, or prepared: with 'data' left out of stages")
+    if not done and not runs.project_path(p["SOURCE_DIR"]).exists():
+        return (f"source {p['SOURCE_DIR']}: not found (relative paths are from the project root; "
+                "study plan --allow-missing-sources plans before the data is there)")
+    return None
+
+
+def _base_resolution(study, steps: list) -> tuple[int, str] | None:
+    """``(resolution, what)`` of the base the fine-tuned variants start from, or None when there is none."""
+    from histlib.study import StudyError
+
+    reuse = study.settings["base_gan"].get("checkpoint")
+    if reuse:
+        try:
+            return base_resolution(reuse), str(reuse)
+        except (ValueError, OSError) as e:
+            raise StudyError(f"{study.path}: base_gan.checkpoint: {' '.join(str(e).split())}") from None
+    base_step = next((s for s in steps if s.stage == "base_gan"), None)
+    if base_step is None:
+        return None
+    try:
+        return int(_train_config(_params(base_step), "base_gan").resolution), base_step.name
+    except (KeyError, ValueError, TypeError):
+        return None  # reported with the base step itself
