@@ -11,6 +11,7 @@ change); a notebook parameter the study does not set takes the default of the no
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -56,13 +57,15 @@ def _generate_config(p: dict[str, Any]):
     return GenerateConfig.from_profile(p["PROFILE"], checkpoint=p["CHECKPOINT"], dataset_dir=p["DATASET_DIR"],
                                        images_per_class=p["IMAGES_PER_CLASS"], num_sets=p["NUM_SETS"],
                                        truncation_psi=p["TRUNCATION_PSI"], seed=p["SEED"], extractor=p["EXTRACTOR"],
-                                       metrics=p["METRICS"], fidelity=p["FIDELITY"])
+                                       metrics=p["METRICS"], fidelity=p["FIDELITY"], selection=p["SELECTION"],
+                                       oversample=p["OVERSAMPLE"], amount=p["AMOUNT"])
 
 
 def _classify_config(p: dict[str, Any]):
     import timm
 
-    from histlib.classify import TRAIN_SETS, ClassifyConfig
+    from histlib.classify import ClassifyConfig
+    from histlib.classify_sets import TRAIN_SETS
     from histlib.config import from_dict
 
     cfg = from_dict(ClassifyConfig, p["CONFIG_OVERRIDES"], real_dir=str(runs.project_path(p["REAL_DIR"])),
@@ -70,7 +73,9 @@ def _classify_config(p: dict[str, Any]):
                     real_per_class=p["REAL_PER_CLASS"], synthetic_per_class=p["SYNTH_PER_CLASS"],
                     image_size=p["IMAGE_SIZE"], epochs=p["EPOCHS"], batch_size=p["BATCH"], lr=p["LR"],
                     balanced_sampling=p["BALANCED"], pretrained=p["PRETRAINED"], variant=p["VARIANT"],
-                    extra_test_sets=p["EXTRA_TEST_SETS"])
+                    extra_test_sets=p["EXTRA_TEST_SETS"], stain_strength=p["STAIN_STRENGTH"])
+    for fraction in p["REAL_FRACTIONS"]:  # each a run of the learning curve
+        dataclasses.replace(cfg, real_fraction=fraction)
     unknown = [m for m in p["MODELS"] if not isinstance(m, str) or not timm.is_model(m.partition(".")[0])]
     if unknown:
         raise ValueError(f"MODELS: {unknown} not timm model name(s) (see timm.list_models(), e.g. 'resnet34')")
