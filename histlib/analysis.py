@@ -395,7 +395,8 @@ def gan_table(df: pd.DataFrame, stage: str = "generate") -> pd.DataFrame:
 PAPER_ROWS = ("real", "scratch", "pretrained", "frozen")
 WORTH = "worth in real images"  # Table 1/2 column beside a learning curve (histlib.learning_curve)
 WORTH_NOTE = (f"'{WORTH}': the extra real images the real-data learning curve needs to reach the row's accuracy, "
-              f"interpolated between its points; '{learning_curve.BEYOND}' above the full real set's accuracy.")
+              f"interpolated between its points; '{learning_curve.BEYOND}' above the full real set's accuracy, "
+              f"'{learning_curve.BELOW}' under the smallest fraction's.")
 FIDELITY_METRICS = ("agreement", "balanced_agreement")
 
 
