@@ -41,6 +41,8 @@ from histlib.config import nearest
 EXECUTORS = ("sequential", "local", "slurm")
 SUBMITIT_CLUSTERS = ("slurm", "local", "debug")
 RESOURCE_KEYS = {"gpus": (int,), "cpus": (int,), "mem_gb": (int, float), "time_min": (int, float)}
+# set by the scheduler in a step's resources: how many steps can run at this moment (the step included)
+AT_ONCE_KEY = "_steps_at_once"
 # what a stage needs when the study file says nothing: the GAN and classifier stages want a GPU where there is one
 DEFAULT_GPUS = {"data": 0, "base_gan": 1, "finetune": 1, "generate": 1, "classify": 1, "analysis": 0}
 
@@ -139,7 +141,8 @@ class LocalBackend:
     def __init__(self, jobs: int, study_file: str, results_root: str, log_dir: Path):
         self.jobs, self.study_file, self.results_root, self.log_dir = jobs, study_file, results_root, log_dir
         self.free_gpus = list(range(_gpu_count()))
-        self.threads = max(1, (os.cpu_count() or 1) // jobs)
+        self.cores = os.cpu_count() or 1
+        self.threads = max(1, self.cores // jobs)
 
     def _gpus_wanted(self, res: dict[str, Any]) -> int:
         # on a machine without GPUs every step runs on the CPU; more GPUs than the machine has: all of them
@@ -155,7 +158,10 @@ class LocalBackend:
         if want:
             gpus, self.free_gpus = self.free_gpus[:want], self.free_gpus[want:]
             env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpus))
-        threads = str(res.get("cpus") or self.threads)
+        # the cores are shared by the steps that can run now, not always by ``jobs``: a step that runs alone (the
+        # base GAN, which everything waits for) gets them all
+        at_once = min(self.jobs, max(1, int(res.get(AT_ONCE_KEY) or self.jobs)))
+        threads = str(res.get("cpus") or max(1, self.cores // at_once))
         env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, OMP_WAIT_POLICY="PASSIVE")
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_dir / f"{step.name}.log", "w")  # noqa: SIM115 - closed in poll()
@@ -268,6 +274,9 @@ def schedule(steps: list, rows: list[dict[str, Any]], *, is_done: Callable[[Any]
 
     while queue or running:
         changed = False
+        ready = sum(all(by_name.get(d, {}).get("status", "finished") == "finished"
+                        or by_name.get(d, {}).get("status", "").startswith("skipped") for d in st.depends)
+                    and not is_done(st) for st, _ in queue)
         for step, row in list(queue):
             deps = [by_name.get(d, {}).get("status", "finished") for d in step.depends]
             if any(s in ("failed", "blocked") for s in deps):
@@ -281,9 +290,10 @@ def schedule(steps: list, rows: list[dict[str, Any]], *, is_done: Callable[[Any]
                     queue.remove((step, row))
                     changed = True
                     continue
-                res = stage_resources(resources, step.stage)
+                res = {**stage_resources(resources, step.stage), AT_ONCE_KEY: ready + len(running)}
                 if backend.can_start(res, len(running)):
                     running.append(backend.start(step, res))
+                    ready -= 1
                     row["status"] = "running"
                     queue.remove((step, row))
                     changed = True

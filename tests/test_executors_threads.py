@@ -1,0 +1,50 @@
+"""The local executor shares the cores among the steps that can run now, not always among ``jobs``."""
+
+from types import SimpleNamespace
+
+from histlib import executors
+
+
+def test_a_step_that_runs_alone_gets_every_core_and_parallel_steps_share_them(tmp_path):
+    seen = {}
+
+    class Backend:
+        jobs = 2
+
+        def can_start(self, res, running):
+            return running < self.jobs
+
+        def start(self, step, res):
+            seen[step.name] = res[executors.AT_ONCE_KEY]
+            return SimpleNamespace(step=step, started=0.0, polls=0)
+
+        def poll(self, job):
+            job.polls += 1
+            return job.polls > 1, None
+
+    def step(name, *deps):
+        return SimpleNamespace(name=name, stage="finetune", depends=list(deps))
+
+    steps = [step("base"), step("ft1", "base"), step("ft2", "base"), step("ft3", "base"), step("last", "ft1")]
+    rows = [{"step": s.name, "status": "pending"} for s in steps]
+    executors.schedule(steps, rows, is_done=lambda st: False, backend=Backend(), resources={}, on_change=lambda: None,
+                       poll_s=0.0, status_every_s=1e9, out=open(tmp_path / "log", "w"))
+    assert seen["base"] == 1  # nothing else can run beside it
+    assert seen["ft1"] == seen["ft2"] == 3  # three fine-tunes ready at once (two run: the backend caps at jobs)
+    assert [r["status"] for r in rows] == ["finished"] * 5
+
+
+def test_local_backend_threads_follow_the_steps_at_once(tmp_path, monkeypatch):
+    envs = []
+
+    class Proc:
+        def __init__(self, cmd, **kw):
+            envs.append(kw["env"])
+
+    backend = executors.LocalBackend(4, "studies/demo.yaml", "results", tmp_path)
+    monkeypatch.setattr(executors.subprocess, "Popen", Proc)
+    backend.cores = 8
+    step = SimpleNamespace(name="s")
+    for at_once, cpus in ((1, None), (2, None), (9, None), (2, 3)):
+        backend.start(step, {"gpus": 0, executors.AT_ONCE_KEY: at_once, **({"cpus": cpus} if cpus else {})})
+    assert [e["OMP_NUM_THREADS"] for e in envs] == ["8", "4", "2", "3"]  # at most `jobs` share; cpus wins
