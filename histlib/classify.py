@@ -948,8 +948,16 @@ def run_classifiers(train_sets: list[str], models: list[str], seeds: list[int] |
         One row per run: ``train_set`` (``real@<f>`` for a fraction), ``model, seed, pretrained, accuracy,
         balanced_accuracy, n_train, best_epoch, train_time_s, skipped, run_dir``.
     """
+    from histlib.progress import readable_warnings
+
     seeds = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
     fractions = sorted({1.0, *(check_fraction(f, "real_fractions") for f in real_fractions)})
+    with readable_warnings():
+        return pd.DataFrame(_run_all(train_sets, models, seeds, base_cfg, out_root, progress, fractions))
+
+
+def _run_all(train_sets: list[str], models: list[str], seeds: list[int], base_cfg: ClassifyConfig,
+             out_root: str | os.PathLike, progress: bool, fractions: list[float]) -> list[dict[str, Any]]:
     rows = []
     for ts, frac in [(s, f) for s in train_sets for f in (fractions if s == "real" else [1.0])]:
         for model in models:
@@ -969,7 +977,7 @@ def run_classifiers(train_sets: list[str], models: list[str], seeds: list[int] |
                     "n_train": metrics.get("n_train"), "best_epoch": metrics.get("best_epoch"),
                     "train_time_s": metrics.get("train_time_s"), "skipped": skipped, "run_dir": str(path),
                 })
-    return pd.DataFrame(rows)
+    return rows
 
 
 def summarize_runs(results: pd.DataFrame) -> pd.DataFrame:

@@ -59,18 +59,19 @@ def plot_learning_curves(runs: RunsLike, figsize: tuple[float, float] | None = N
         c = colors(i % 10)
         axes[0].plot(ep, [s["train_loss"] for s in stats], color=c, label=f"{d.name} train")
         axes[0].plot(ep, [s["val_loss"] for s in stats], color=c, ls="--", label=f"{d.name} val")
-        axes[1].plot(ep, [s["val_accuracy"] for s in stats], color=c, marker="o", ms=3, label=d.name)
-        axes[2].plot(ep, [s["val_balanced_accuracy"] for s in stats], color=c, marker="o", ms=3, label=d.name)
+        axes[1].plot(ep, [100 * s["val_accuracy"] for s in stats], color=c, marker="o", ms=3, label=d.name)
+        axes[2].plot(ep, [100 * s["val_balanced_accuracy"] for s in stats], color=c, marker="o", ms=3, label=d.name)
         best = [s for s in stats if s.get("best")]
         if best:
-            axes[2].plot(best[-1]["epoch"], best[-1]["val_balanced_accuracy"], marker="*", ms=12, color=c)
-    for ax, title in zip(axes, ("cross-entropy loss", "validation accuracy", "validation balanced accuracy (★ best)")):
+            axes[2].plot(best[-1]["epoch"], 100 * best[-1]["val_balanced_accuracy"], marker="*", ms=12, color=c)
+    for ax, title in zip(axes, ("cross-entropy loss", "validation accuracy (%)",
+                                "validation balanced accuracy (%, ★ best)")):
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-    axes[1].set_ylim(0, 1.02)
-    axes[2].set_ylim(0, 1.02)
+    axes[1].set_ylim(0, 102)
+    axes[2].set_ylim(0, 102)
     axes[0].legend(fontsize=7)
     axes[2].legend(fontsize=7, loc="lower right")
     plt.close(fig)
@@ -123,7 +124,7 @@ def plot_confusion_matrix(run_or_metrics: str | os.PathLike | dict[str, Any], no
     ax.set_ylabel("true")
     if title is None:
         bal = metrics.get("balanced_accuracy")
-        title = f"{name}  bal. acc {bal:.3f}" if bal is not None else name
+        title = f"{name}  bal. acc {100 * bal:.1f} %" if bal is not None else name
     ax.set_title(title, fontsize=9)
     return fig
 

@@ -41,7 +41,7 @@ from histlib.config import nearest
 EXECUTORS = ("sequential", "local", "slurm")
 SUBMITIT_CLUSTERS = ("slurm", "local", "debug")
 RESOURCE_KEYS = {"gpus": (int,), "cpus": (int,), "mem_gb": (int, float), "time_min": (int, float)}
-# set by the scheduler in a step's resources: how many steps can run at this moment (the step included)
+# set by the scheduler in a step's resources: how many steps of its stage can run at this moment (it included)
 AT_ONCE_KEY = "_steps_at_once"
 # what a stage needs when the study file says nothing: the GAN and classifier stages want a GPU where there is one
 DEFAULT_GPUS = {"data": 0, "base_gan": 1, "finetune": 1, "generate": 1, "classify": 1, "analysis": 0}
@@ -274,9 +274,16 @@ def schedule(steps: list, rows: list[dict[str, Any]], *, is_done: Callable[[Any]
 
     while queue or running:
         changed = False
-        ready = sum(all(by_name.get(d, {}).get("status", "finished") == "finished"
-                        or by_name.get(d, {}).get("status", "").startswith("skipped") for d in st.depends)
-                    and not is_done(st) for st, _ in queue)
+        # siblings: steps of one stage that can run now (and run) share the cores; a step of another stage beside
+        # them (a short classifier beside the base GAN) oversubscribes briefly rather than halving the long one
+        ready: dict[str, int] = {}
+        for st, _ in queue:
+            if all(by_name.get(d, {}).get("status", "finished") == "finished"
+                   or by_name.get(d, {}).get("status", "").startswith("skipped") for d in st.depends) \
+                    and not is_done(st):
+                ready[st.stage] = ready.get(st.stage, 0) + 1
+        for job in running:
+            ready[job.step.stage] = ready.get(job.step.stage, 0) + 1
         for step, row in list(queue):
             deps = [by_name.get(d, {}).get("status", "finished") for d in step.depends]
             if any(s in ("failed", "blocked") for s in deps):
@@ -290,10 +297,9 @@ def schedule(steps: list, rows: list[dict[str, Any]], *, is_done: Callable[[Any]
                     queue.remove((step, row))
                     changed = True
                     continue
-                res = {**stage_resources(resources, step.stage), AT_ONCE_KEY: ready + len(running)}
+                res = {**stage_resources(resources, step.stage), AT_ONCE_KEY: ready.get(step.stage, 1)}
                 if backend.can_start(res, len(running)):
                     running.append(backend.start(step, res))
-                    ready -= 1
                     row["status"] = "running"
                     queue.remove((step, row))
                     changed = True

@@ -29,6 +29,7 @@ import dataclasses
 import math
 import os
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -669,6 +670,19 @@ def _set_metrics(real: torch.Tensor, fake: torch.Tensor, k_pr: int, k_dc: int, d
     return {k: int(v) if k.startswith("n_") else (None if math.isnan(v) else v) for k, v in out.items()}
 
 
+def _pass_on(caught: list[warnings.WarningMessage], verbose: bool) -> None:
+    """Warnings caught while computing metrics: printed as notes (no source path of this machine in a report, the
+    per-class repeats counted) when ``verbose``, else warned again."""
+    if not verbose:
+        for w in caught:
+            warnings.warn(w.message, w.category, stacklevel=3)
+        return
+    first = str(caught[0].message) if caught else ""
+    if first:
+        more = f" (and {len(caught) - 1} more like it, per class)" if len(caught) > 1 else ""
+        print(f"note: {first}{more}")
+
+
 def gan_metrics(
     generated_dir: str | os.PathLike,
     real_dir: str | os.PathLike,
@@ -709,8 +723,11 @@ def gan_metrics(
     fake, g_ds = folder_features(generated_dir, ext, desc="generated features", **kw)  # [N, D]
     real, r_ds = folder_features(real_dir, ext, split=real_split, resolution=image_resolution(generated_dir),
                                  desc="real features", **kw)  # [M, D]
-    out = feature_metrics(real, r_ds, fake, g_ds.labels, g_ds.classes, label, k_pr=k_pr, k_dc=k_dc,
-                          per_class=per_class, device=device)
+    with warnings.catch_warnings(record=True) as caught:  # sample-size warnings, once each, as plain notes
+        warnings.simplefilter("always")
+        out = feature_metrics(real, r_ds, fake, g_ds.labels, g_ds.classes, label, k_pr=k_pr, k_dc=k_dc,
+                              per_class=per_class, device=device)
+    _pass_on(caught, verbose)
     if verbose:
         shown = {m: out.get(f"{label}/{m}") for m in ("fid", "precision", "recall", "density", "coverage")}
         print(f"{label}: " + ", ".join(f"{m}={v:.4g}" if isinstance(v, float) else f"{m}={v}"
@@ -748,7 +765,7 @@ def per_class_table(metrics: Mapping[str, Any]) -> pd.DataFrame:
         return pd.DataFrame()
     table = pd.DataFrame.from_dict(rows, orient="index")
     table.index = pd.MultiIndex.from_tuples(table.index, names=["extractor", "class"])
-    return table
+    return _significant(table)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -863,7 +880,7 @@ def write_generation_metrics(run_dir: str | os.PathLike, report: Mapping[str, An
     out: dict[str, Any] = {
         "n_images": report["n_images"], "num_sets": s["num_sets"], "images_per_class": s["images_per_class"],
         "seed": s["seed"], "truncation_psi": s["truncation_psi"], "noise_mode": s["noise_mode"],
-        "checkpoint": s["checkpoint"], "checkpoint_kimg": (s.get("cur_nimg") or 0) / 1000,
+        "checkpoint": runs.display_path(s["checkpoint"]), "checkpoint_kimg": (s.get("cur_nimg") or 0) / 1000,
         "resolution": report.get("resolution"), "seconds": report["seconds"], "images_per_s": report["images_per_s"],
         "images_reused": bool(report.get("reused", False)),
         "selection": report.get("selection") or {"method": "none"},
@@ -896,7 +913,22 @@ def metrics_table(metrics: Mapping[str, Any]) -> pd.DataFrame:
         parts = key.split("/")
         if len(parts) == 2 and parts[0] not in ("images_per_class",):
             rows.setdefault(parts[0], {})[parts[1]] = v
-    return pd.DataFrame.from_dict(rows, orient="index")
+    return _significant(pd.DataFrame.from_dict(rows, orient="index"))
+
+
+def _significant(table: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
+    """GAN metrics at ``digits`` significant digits (more would be noise at these sample sizes), image counts
+    (``n_*``) as integers and first."""
+    if table.empty:
+        return table
+    counts = [c for c in table.columns if str(c).startswith("n_")]
+    out = table[counts + [c for c in table.columns if c not in counts]].copy()
+    for c in out.columns:
+        if c in counts:
+            out[c] = out[c].astype("Int64")
+        elif pd.api.types.is_float_dtype(out[c]):  # object dtype: shown as written, not padded to 6 decimals
+            out[c] = out[c].map(lambda v: v if pd.isna(v) or v == 0 else float(f"{v:.{digits}g}")).astype(object)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------------

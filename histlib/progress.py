@@ -9,9 +9,12 @@ and the last reported values. ``HISTLIB_PROGRESS=off`` prints nothing.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
+import warnings
+from collections.abc import Iterator
 from typing import Any
 
 MODE_VARIABLE = "HISTLIB_PROGRESS"
@@ -133,3 +136,15 @@ def iterate(iterable, desc: str = "", total: int | None = None, disable: bool = 
     from tqdm.auto import tqdm
 
     return tqdm(iterable, desc=desc, total=total, **tqdm_kwargs)
+
+
+@contextlib.contextmanager
+def readable_warnings() -> Iterator[None]:
+    """Inside the block, warnings print as ``UserWarning: message`` on stderr, without the source file and line of
+    this machine's copy of histlib (an exported report travels; the message is what its reader needs)."""
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        print(f"{category.__name__}: {message}", file=file or sys.stderr, flush=True)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield

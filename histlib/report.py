@@ -188,20 +188,31 @@ def build_index(study_dir: str | os.PathLike) -> Path:
 
 
 def _show(v: Any, start: Path | None) -> Any:
+    if isinstance(v, bool) or v is None:
+        return str(v)
     if isinstance(v, float):
-        return "—" if v != v else float(f"{v:.4g}")
-    if isinstance(v, str) and ("/" in v or os.sep in v) and (Path(v).is_absolute()):
+        return "—" if v != v else f"{v:.4g}"
+    if isinstance(v, os.PathLike) or (isinstance(v, str) and ("/" in v or os.sep in v) and Path(v).is_absolute()):
         return runs.display_path(v, start)
-    if isinstance(v, (list, tuple)) and len(v) > 8:
-        return f"[{', '.join(map(str, v[:8]))}, … ({len(v)} items)]"
+    if isinstance(v, (list, tuple)) and len(v) > LIST_ITEMS:
+        return f"[{', '.join(str(_show(x, start)) for x in v[:LIST_ITEMS])}, … ({len(v)} items)]"
+    if isinstance(v, (list, tuple)):
+        return f"[{', '.join(str(_show(x, start)) for x in v)}]"
     if isinstance(v, dict):
         return ", ".join(f"{k}: {_show(x, start)}" for k, x in v.items()) or "{}"
-    return v
+    return str(v)
 
 
-def summary_table(values: Any, start: str | os.PathLike | None = None, name: str = "value") -> pd.DataFrame:
-    """A two-column view of a config dataclass or a dict: numbers with 4 significant digits, paths relative to the
-    project (or ``start``), long lists shortened, nested dicts on one line."""
+LIST_ITEMS = 40  # longer lists (file lists, per-image values) are shortened; class lists and counts are not
+
+
+def summary_table(values: Any, start: str | os.PathLike | None = None, name: str = "value"):
+    """A two-column view of a config dataclass or a dict, for display: numbers with 4 significant digits, paths
+    relative to the project (or ``start``), lists of more than 40 items shortened, nested dicts on one line.
+
+    Returns a pandas ``Styler``: every cell shown in full (a DataFrame's HTML cuts long cells at 50 characters);
+    ``.data`` is the table.
+    """
     import dataclasses
 
     if dataclasses.is_dataclass(values) and not isinstance(values, type):
@@ -210,7 +221,7 @@ def summary_table(values: Any, start: str | os.PathLike | None = None, name: str
     rows = {str(k): _show(v, base) for k, v in dict(values).items()}
     frame = pd.Series(rows, name=name, dtype=object).to_frame()
     frame.index.name = "field" if name == "value" else None
-    return frame
+    return frame.style.set_properties(**{"text-align": "left"})
 
 
 config_table = summary_table
@@ -317,3 +328,35 @@ def about_html(root: Path, info: dict[str, Any]) -> str:
     items = "".join(f"<li>{c}</li>" for c in caveats)
     cls = "about demo" if profile == "demo" else "about"
     return f"<div class='{cls}'>{head}{'<ul>' + items + '</ul>' if items else ''}</div>"
+
+
+def _is_accuracy(column: str) -> bool:
+    return "accuracy" in column and not column.endswith(("_n", "n_seeds"))
+
+
+def percent_table(df: pd.DataFrame, digits: int = 4, caption: str | None = None):
+    """A results table for display: accuracies (0–1) in % with one decimal, other numbers at ``digits``
+    significant digits, paths relative to the project, empty cells as "—"; standard deviations of fewer than two
+    seeds are "—" and the caption says why.
+
+    Returns a pandas ``Styler`` (``.data`` holds the converted table).
+    """
+    shown = df.copy()
+    notes = [caption] if caption else []
+    n_col = next((c for c in ("n_seeds", "n") if c in shown), None)
+    one_seed = shown[n_col] < 2 if n_col is not None else pd.Series(False, index=shown.index)
+    for c in shown.columns:
+        col = shown[c]
+        if _is_accuracy(str(c)) and (pd.api.types.is_numeric_dtype(col) or col.isna().all()):
+            shown[c] = col.map(lambda v: "—" if v is None or pd.isna(v) else f"{100 * v:.1f}")
+            shown = shown.rename(columns={c: f"{c} (%)"})
+        elif pd.api.types.is_float_dtype(col):
+            shown[c] = col.map(lambda v: "—" if pd.isna(v) else f"{v:.{digits}g}")
+        elif not pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col):
+            shown[c] = col.map(lambda v: "—" if v is None or (isinstance(v, float) and v != v) else _show(v, None))
+    if any(str(c).endswith("_std") for c in df.columns) and bool(one_seed.any()):
+        notes.append("std —: one seed, so no spread to show")
+    if "run_dir" in shown:
+        shown = shown.rename(columns={"run_dir": "run folder"})
+    styler = shown.style.hide(axis="index") if isinstance(shown.index, pd.RangeIndex) else shown.style
+    return styler.set_caption(" · ".join(notes)) if notes else styler

@@ -516,12 +516,21 @@ def is_done(study: Study, step: Step) -> bool:
     return info.get("status") == "finished" and info.get("hash") == step.hash and html.is_file()
 
 
-def export_html(ipynb: Path, html: Path, title: str | None = None) -> Path:
+# Exported reports: tables in the output areas wrap and shrink instead of hiding behind a scroll bar, and the page
+# starts with a link back to the study's index
+REPORT_STYLE = """<style>
+.jp-OutputArea-output table{font-size:12px;max-width:100%} .jp-OutputArea-output td,.jp-OutputArea-output th{
+padding:2px 6px;white-space:normal;overflow-wrap:anywhere} .jp-OutputArea-output{overflow-x:auto}
+.histlib-nav{font-family:system-ui,sans-serif;margin:.6em 1em;font-size:14px}
+</style>"""
+
+
+def export_html(ipynb: Path, html: Path, title: str | None = None, index: Path | None = None) -> Path:
     """Exports an executed notebook to a standalone HTML report that reads offline (written atomically).
 
     nbconvert's template loads MathJax and require.js from a CDN: both are left out (the reports hold no LaTeX and
     no widgets), so a page never asks the network for anything. The page title is ``title`` (default: the file
-    name), not "Notebook".
+    name), not "Notebook"; with ``index``, the page starts with a relative link back to it.
     """
     import re
 
@@ -538,6 +547,12 @@ def export_html(ipynb: Path, html: Path, title: str | None = None) -> Path:
                                       jupyter_widgets_base_url="", mermaid_js_url="")
     body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": title or html.stem}})
     body = re.sub(r'<script[^>]*\ssrc=""[^>]*>\s*</script>', "", body)
+    nav = ""
+    if index is not None:
+        link = Path(os.path.relpath(index, html.parent)).as_posix()
+        nav = f"<nav class='histlib-nav'><a href='{link}'>← study index</a></nav>"
+    body = body.replace("</head>", REPORT_STYLE + "</head>", 1)
+    body = re.sub(r"(<body[^>]*>)", lambda m: m.group(1) + nav, body, count=1)
     return runs.atomic_write_text(html, body)
 
 
@@ -628,7 +643,8 @@ def execute_step(study: Study, step: Step, *, log_output: bool = False, kernel_n
             failed = out_dir / f"{step.name}.failed.ipynb"
             os.replace(tmp, failed)
             try:
-                export_html(failed, failed.with_suffix(".html"), f"{step_title(study, step)} (failed)")
+                export_html(failed, failed.with_suffix(".html"), f"{step_title(study, step)} (failed)",
+                            index=out_dir.parent / "index.html")
             except Exception:  # the failure itself is what the user needs to see; the HTML is a convenience
                 pass
         raise
@@ -638,7 +654,7 @@ def execute_step(study: Study, step: Step, *, log_output: bool = False, kernel_n
         else:
             os.environ[PROGRESS_VARIABLE] = previous
     os.replace(tmp, final)
-    html = export_html(final, final.with_suffix(".html"), step_title(study, step))
+    html = export_html(final, final.with_suffix(".html"), step_title(study, step), index=out_dir.parent / "index.html")
     for stale in (out_dir / f"{step.name}.failed.ipynb", out_dir / f"{step.name}.failed.html"):
         stale.unlink(missing_ok=True)
     runs.write_json(_state_path(study, step), {"status": "finished", "hash": step.hash, "params": step.params,
@@ -725,8 +741,9 @@ def run_study(path: str | os.PathLike, *, force: bool = False, only: Iterable[st
                 bar.write(f"{step.name}: FAILED after {row['seconds']} s ({row['error']}); report: "
                           f"{runs.display_path(study.out_dir / 'notebooks' / (step.name + '.failed.html'))}")
             else:
-                row.update(status="finished", seconds=round(time.time() - t0, 1), html=runs.display_path(html))
-                bar.write(f"{step.name}: finished in {row['seconds']} s -> {row['html']}")
+                row.update(status="finished", seconds=round(time.time() - t0, 1),
+                           html=runs.display_path(html, runs.project_path(study.out_dir)))
+                bar.write(f"{step.name}: finished in {row['seconds']} s -> {runs.display_path(html)}")
         bar.update(1)
         _write_study_json(study, path, rows)
     bar.close()

@@ -22,16 +22,18 @@ def test_a_step_that_runs_alone_gets_every_core_and_parallel_steps_share_them(tm
             job.polls += 1
             return job.polls > 1, None
 
-    def step(name, *deps):
-        return SimpleNamespace(name=name, stage="finetune", depends=list(deps))
+    def step(name, stage, *deps):
+        return SimpleNamespace(name=name, stage=stage, depends=list(deps))
 
-    steps = [step("base"), step("ft1", "base"), step("ft2", "base"), step("ft3", "base"), step("last", "ft1")]
+    steps = [step("data", "data"), step("base", "base_gan", "data"), step("real", "classify", "data"),
+             step("ft1", "finetune", "base"), step("ft2", "finetune", "base"), step("ft3", "finetune", "base"),
+             step("last", "classify", "ft1")]
     rows = [{"step": s.name, "status": "pending"} for s in steps]
     executors.schedule(steps, rows, is_done=lambda st: False, backend=Backend(), resources={}, on_change=lambda: None,
                        poll_s=0.0, status_every_s=1e9, out=open(tmp_path / "log", "w"))
-    assert seen["base"] == 1  # nothing else can run beside it
+    assert seen["base"] == 1 and seen["real"] == 1  # another stage beside it does not halve the base GAN
     assert seen["ft1"] == seen["ft2"] == 3  # three fine-tunes ready at once (two run: the backend caps at jobs)
-    assert [r["status"] for r in rows] == ["finished"] * 5
+    assert [r["status"] for r in rows] == ["finished"] * 7
 
 
 def test_local_backend_threads_follow_the_steps_at_once(tmp_path, monkeypatch):

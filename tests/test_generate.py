@@ -235,6 +235,11 @@ def test_gan_metrics_are_labelled_and_sane(real_and_generated, tmp_path):
     assert m["random-test/per_class/tumor/n_fake"] == 5
     table = generate.per_class_table(m)
     assert list(table.index.get_level_values("class")) == CLASSES
+    # shown at 3 significant digits (the sets are a few images), with the image counts first and whole
+    overall = generate.metrics_table(m)
+    assert list(overall.columns[:2]) == ["n_real", "n_fake"] and overall.loc["random-test", "n_fake"] == 13
+    assert overall.loc["random-test", "fid"] == float(f"{m['random-test/fid']:.3g}")
+    assert "0.000000" not in overall.to_html() and len(str(overall.loc["random-test", "fid"])) <= 8
     # a set compared with itself: FD 0, every sample inside the other set's balls
     same = generate.gan_metrics(real, real, "random-test", real_split=None, k_pr=2, k_dc=2, per_class=False,
                                 verbose=False)

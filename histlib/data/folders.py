@@ -17,7 +17,7 @@ import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
 from histlib.data.manifest import IMAGE_EXTENSIONS
-from histlib.runs import check_name
+from histlib.runs import check_name, display_path
 
 # Files that commonly sit beside the images and are expected, so they are skipped without a warning.
 KNOWN_SIDE_FILES = ("MANIFEST.tsv", "SOURCES.md", "ATTRIBUTION.md", "README.md", "manifest.csv", "prepare.json",
@@ -87,7 +87,7 @@ class FolderReport:
 
     def __str__(self) -> str:
         d = self.to_dict()
-        lines = [f"{d['root']}: {d['n_images']} images in {d['n_classes']} classes"]
+        lines = [f"{display_path(d['root'])}: {d['n_images']} images in {d['n_classes']} classes"]
         lines += [f"  {c}: {n}" for c, n in d["counts"].items()]
         if d["n_converted"]:
             lines.append(f"  converted to 8-bit RGB: {d['converted']}")
@@ -143,7 +143,7 @@ def validate_folder(root: str | os.PathLike, patch: int | None = None, check_pix
         DatasetValidationError: no class folders, empty class folders, unreadable/corrupt images or images smaller
             than ``patch``; the message names every offending file.
     """
-    from tqdm.auto import tqdm
+    from histlib.progress import iterate
 
     root = Path(root)
     if not root.is_dir():
@@ -176,7 +176,7 @@ def validate_folder(root: str | os.PathLike, patch: int | None = None, check_pix
 
     images: list[ImageRecord] = []
     converted: dict[str, int] = {}
-    for f, cls in tqdm(candidates, desc=f"validate {root.name}", disable=not progress or len(candidates) < 200,
+    for f, cls in iterate(candidates, desc=f"validate {root.name}", disable=not progress or len(candidates) < 200,
                        unit="img"):
         rel = f.relative_to(root).as_posix()
         try:

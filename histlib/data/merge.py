@@ -76,7 +76,7 @@ def merge_datasets(cfg: MergeConfig, force: bool = False, progress: bool = True)
         A report (also in ``merge.json``): ``status``, ``n_images``, ``classes``, ``counts`` ({class: {split: n}}),
         ``per_source`` ({name: {n_images, classes}}), ``classes_not_in_all`` (classes missing from some input).
     """
-    from tqdm.auto import tqdm
+    from histlib.progress import iterate
 
     if len(cfg.sources) < 2:
         raise ValueError(f"sources={cfg.sources}: expected at least two datasets to merge")
@@ -120,7 +120,7 @@ def merge_datasets(cfg: MergeConfig, force: bool = False, progress: bool = True)
 
     t0 = time.time()
     with atomic_dir(out) as tmp:
-        for src, dst in tqdm(zip(merged["_src"], merged["path"]), total=len(merged), desc="merge", unit="img",
+        for src, dst in iterate(zip(merged["_src"], merged["path"]), total=len(merged), desc="merge", unit="img",
                              disable=not progress):
             if not src.is_file():
                 raise FileNotFoundError(f"{src}: listed in the manifest but missing")

@@ -49,7 +49,7 @@ from histlib.data.splits import (  # noqa: F401  (SPLIT_NAMES, runs_path: re-exp
 )
 from histlib.data.tiling import patch_name, patch_stem, tile_positions
 from histlib.data.wsi import WSI_EXTENSIONS
-from histlib.runs import atomic_dir, atomic_write_text, config_hash, project_root, read_json, write_json
+from histlib.runs import atomic_dir, atomic_write_text, config_hash, display_path, project_root, read_json, write_json
 
 PREPARE_JSON = "prepare.json"
 IMAGE_FORMATS = {"png": "png", "jpg": "jpg", "jpeg": "jpg"}
@@ -359,7 +359,7 @@ def _check_groups_listed(cfg: PrepareConfig, source: Path, sources: pd.Series, m
 
 
 def _prepare_folder(cfg: PrepareConfig, source: Path, tmp: Path, progress: bool) -> tuple[list[dict], dict]:
-    from tqdm.auto import tqdm
+    from histlib.progress import progress as progress_bar
 
     # headers only up front (sizes, modes, unreadable files); truncated pixel data is caught, naming the file,
     # while tiling, and the temporary folder is then removed
@@ -376,7 +376,7 @@ def _prepare_folder(cfg: PrepareConfig, source: Path, tmp: Path, progress: bool)
     n_ok = n_failed = 0
     failed_sources: list[str] = []
     bad_files: list[str] = []
-    bar = tqdm(total=len(jobs), desc=f"prepare {source.name}", unit="img", disable=not progress)
+    bar = progress_bar(total=len(jobs), desc=f"prepare {source.name}", unit="img", disable=not progress)
     if cfg.workers > 0:
         from concurrent.futures import ProcessPoolExecutor
 
@@ -450,9 +450,8 @@ def _region_index(geom, x: int, y: int, patch: int) -> int:
 
 
 def _prepare_slides(cfg: PrepareConfig, source: Path, tmp: Path, progress: bool) -> tuple[list[dict], dict]:
-    from tqdm.auto import tqdm
-
     from histlib.data.wsi import iter_wsi_patches, read_geojson
+    from histlib.progress import iterate
 
     if cfg.patch is None:
         raise ValueError(f"{source}: slides must be tiled; set patch (e.g. 224)")
@@ -468,7 +467,7 @@ def _prepare_slides(cfg: PrepareConfig, source: Path, tmp: Path, progress: bool)
         rel = slide.name if source.is_file() else slide.relative_to(source).as_posix()
         geoms = read_geojson(_slide_annotations(slide, cfg.annotations, source))
         n = 0
-        for p, img in tqdm(iter_wsi_patches(slide, geoms, cfg.patch, cfg.stride, cfg.min_fraction),
+        for p, img in iterate(iter_wsi_patches(slide, geoms, cfg.patch, cfg.stride, cfg.min_fraction),
                            desc=f"prepare {slide.name}", unit="patch", disable=not progress):
             a = np.asarray(img)  # [patch, patch, 3]
             if norm is not None:
@@ -546,7 +545,8 @@ def validate_source(cfg: PrepareConfig, progress: bool = True):
 
 def format_report(report: dict) -> str:
     """A short text summary of a ``prepare_dataset`` report."""
-    lines = [f"{report['out']}: {report['status']}, {report['n_images']} images, {len(report['classes'])} classes, "
+    lines = [f"{display_path(report['out'])}: {report['status']}, {report['n_images']} images, "
+             f"{len(report['classes'])} classes, "
              f"{report['n_groups']} groups (config hash {report['config_hash']})"]
     for cls, c in report["counts"].items():
         lines.append(f"  {cls}: " + ", ".join(f"{s} {n}" for s, n in c.items()))

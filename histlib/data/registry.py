@@ -318,11 +318,11 @@ def _human_bytes(n: int) -> str:
 
 
 def _digest(path: Path, algorithm: str, chunk: int, progress: bool) -> str:
-    from tqdm.auto import tqdm
+    from histlib.progress import progress as progress_bar
 
     h = hashlib.new(algorithm)
     size = path.stat().st_size
-    with open(path, "rb") as f, tqdm(total=size, unit="B", unit_scale=True, unit_divisor=1024,
+    with open(path, "rb") as f, progress_bar(total=size, unit="B", unit_scale=True, unit_divisor=1024,
                                      desc=f"verify {path.name}", disable=not progress, leave=False) as bar:
         while block := f.read(chunk):
             h.update(block)
@@ -380,7 +380,7 @@ class _Incomplete(ConnectionError):
 
 def _fetch_into_part(url: str, part: Path, size: int | None, *, progress: bool, chunk: int, timeout: float) -> None:
     """Downloads ``url`` into ``part``, continuing from its current length with a Range request."""
-    from tqdm.auto import tqdm
+    from histlib.progress import progress as progress_bar
 
     start = part.stat().st_size if part.exists() else 0
     if size is not None and start > size:  # longer than the file can be: start over
@@ -412,8 +412,9 @@ def _fetch_into_part(url: str, part: Path, size: int | None, *, progress: bool, 
         if total is None:
             length = resp.headers.get("Content-Length")
             total = start + int(length) if length and length.isdigit() else size
-        with open(part, mode) as out, tqdm(total=total, initial=start, unit="B", unit_scale=True, unit_divisor=1024,
-                                          desc=part.name[: -len(".part")], disable=not progress) as bar:
+        with open(part, mode) as out, progress_bar(total=total, initial=start, unit="B", unit_scale=True,
+                                                   unit_divisor=1024, desc=part.name[: -len(".part")],
+                                                   disable=not progress) as bar:
             while block := resp.read(chunk):
                 out.write(block)
                 bar.update(len(block))
@@ -517,14 +518,14 @@ def _extract_members(members: list[tuple[str, str, Any]], open_member, root: Pat
                      progress: bool) -> None:
     """Writes an archive's members (``(name, kind, member)``) as regular files and folders under ``root``: every
     name and kind is checked before anything is written, and links, devices and FIFOs are refused outright."""
-    from tqdm.auto import tqdm
+    from histlib.progress import iterate
 
     for name, kind, _ in members:
         _safe_member(name, archive)
         if kind not in ("file", "dir"):
             raise ValueError(f"{archive}: member {name!r} is a {kind}; dataset archives need only regular files and "
                              "folders, refusing to extract")
-    for name, kind, member in tqdm(members, desc=f"extract {archive.name}", unit="file", disable=not progress):
+    for name, kind, member in iterate(members, desc=f"extract {archive.name}", unit="file", disable=not progress):
         target = _member_target(root, name, archive)
         if kind == "dir":
             target.mkdir(parents=True, exist_ok=True)

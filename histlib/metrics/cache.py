@@ -137,9 +137,8 @@ def extract_features(root: str | os.PathLike, extractor: FeatureExtractor, *, sp
     Returns:
         ``(features float32 [N, D], labels int64 [N], classes)``.
     """
-    from tqdm.auto import tqdm
-
     from histlib.data.dataset import ImageDataset, to_uint8_tensor
+    from histlib.progress import iterate
 
     ds = ImageDataset(root, split=split, transform=to_uint8_tensor, classes=list(classes) if classes else None)
     idx = subset_indices(ds.labels, max_per_class, max_items, seed)
@@ -155,7 +154,7 @@ def extract_features(root: str | os.PathLike, extractor: FeatureExtractor, *, sp
                                          collate_fn=_collate)
     feats = np.empty((len(idx), extractor.dim), dtype=np.float32)
     pos = 0
-    for images, _ in tqdm(loader, desc=f"{extractor.name} features {Path(root).name}", disable=not progress,
+    for images, _ in iterate(loader, desc=f"{extractor.name} features {Path(root).name}", disable=not progress,
                           unit="batch"):
         # Images of different sizes cannot share a tensor: run each run of equal sizes as one batch.
         start = 0

@@ -128,7 +128,7 @@ def _candidates(spec: WeightsSpec) -> list[Path]:
 
 def _download(spec: WeightsSpec, dest: Path) -> list[str]:
     """Tries each URL; returns the list of failures (empty when ``dest`` now holds verified weights)."""
-    from tqdm.auto import tqdm
+    from histlib.progress import progress as progress_bar
 
     errors = []
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -138,7 +138,7 @@ def _download(spec: WeightsSpec, dest: Path) -> list[str]:
             h = hashlib.sha256()
             with urllib.request.urlopen(url, timeout=30) as r, open(tmp, "wb") as f:
                 total = int(r.headers.get("Content-Length") or 0) or None
-                with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {spec.filename}") as bar:
+                with progress_bar(total=total, unit="B", unit_scale=True, desc=f"download {spec.filename}") as bar:
                     while block := r.read(1 << 20):
                         f.write(block)
                         h.update(block)
