@@ -140,11 +140,15 @@ def iterate(iterable, desc: str = "", total: int | None = None, disable: bool = 
 
 @contextlib.contextmanager
 def readable_warnings() -> Iterator[None]:
-    """Inside the block, warnings print as ``UserWarning: message`` on stderr, without the source file and line of
-    this machine's copy of histlib (an exported report travels; the message is what its reader needs)."""
-    def show(message, category, filename, lineno, file=None, line=None) -> None:
-        print(f"{category.__name__}: {message}", file=file or sys.stderr, flush=True)
+    """Inside the block, warnings are shown as ``UserWarning: message``, without the source file and line of this
+    machine's copy of histlib (an exported report travels; the message is what its reader needs). They stay
+    warnings: filters and recorders (``pytest.warns``) see them as before."""
+    def fmt(message, category, filename, lineno, line=None) -> str:
+        return f"{category.__name__}: {message}\n"
 
-    with warnings.catch_warnings():
-        warnings.showwarning = show
+    previous = warnings.formatwarning
+    warnings.formatwarning = fmt
+    try:
         yield
+    finally:
+        warnings.formatwarning = previous
