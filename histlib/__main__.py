@@ -79,6 +79,7 @@ _ERRNO_HINTS = {
     errno.EACCES: "permission denied: choose another folder or fix its permissions",
     errno.EPERM: "permission denied: choose another folder or fix its permissions",
     errno.ENOSPC: "the disk is full: free space or choose another folder",
+    errno.EDQUOT: "the disk quota is used up: free space or choose another folder",
 }
 
 
@@ -86,6 +87,8 @@ def error_text(e: BaseException) -> str:
     """One line for a user: the message, with the file and what to do for operating-system errors."""
     if isinstance(e, OSError) and e.errno in _ERRNO_HINTS and e.filename is not None:
         return f"{e.filename}: {e.strerror} ({_ERRNO_HINTS[e.errno]})"
+    if isinstance(e, OSError) and e.errno in _ERRNO_HINTS and e.strerror:  # a failed write names no file
+        return f"{e.strerror} ({_ERRNO_HINTS[e.errno]})"
     text = str(e) or type(e).__name__
     return " ".join(text.split()) if "\n" in text and len(text) < 400 else text
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import hashlib
 import json
 import math
@@ -56,6 +57,33 @@ def _umask() -> int:
     return mask
 
 
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full(where: str | os.PathLike) -> OSError:
+    """The error for a full disk (or an exhausted quota) while writing ``where``: names it and its free space."""
+    probe = Path(where)
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        free = f"{shutil.disk_usage(probe).free / 2**20:,.1f} MiB free there"
+    except OSError:
+        free = "free space unknown"
+    return OSError(errno.ENOSPC, f"no space left on the device while writing ({free})", str(where))
+
+
+@contextlib.contextmanager
+def naming_full_disk(where: str | os.PathLike) -> Iterator[None]:
+    """Turns a full-disk error raised inside the block (which names no file when a write fails) into
+    :func:`disk_full` naming ``where``; nested, the outermost ``where`` (the folder being made) is the one named."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno in DISK_FULL:
+            raise disk_full(where) from None
+        raise
+
+
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike) -> Iterator[str]:
     """Yields a temporary file name beside ``path``; the file is renamed to ``path`` only if the block finishes.
@@ -68,7 +96,8 @@ def atomic_file(path: str | os.PathLike) -> Iterator[str]:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        yield tmp
+        with naming_full_disk(path):
+            yield tmp
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
@@ -111,8 +140,20 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save`` through a temporary file + rename, so a checkpoint is either complete or absent."""
     import torch
 
-    with atomic_file(path) as tmp:
-        torch.save(obj, tmp)
+    # through a Python file object: a full disk then raises OSError(ENOSPC) (torch.save to a path raises an
+    # uninformative RuntimeError such as 'basic_ios::clear' or 'unexpected pos')
+    with atomic_file(path) as tmp, open(tmp, "wb") as f:
+        try:
+            torch.save(obj, f)
+        except RuntimeError as e:  # torch's zip writer may mask our OSError with its own error while closing
+            context = e.__context__
+            while context is not None and not isinstance(context, OSError):
+                context = context.__context__
+            if context is None:
+                raise
+            raise context from None
+        f.flush()
+        os.fsync(f.fileno())
     return Path(path)
 
 
@@ -128,7 +169,8 @@ def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".partial"))
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it owner-only; the finished folder gets the usual permissions
     try:
-        yield tmp
+        with naming_full_disk(final):  # name the folder being made, not a temporary file inside it
+            yield tmp
         if final.exists():
             old = final.with_name(f".{final.name}.old-{os.getpid()}")
             os.replace(final, old)
@@ -145,7 +187,7 @@ def append_jsonl(path: str | os.PathLike, record: Mapping[str, Any]) -> None:
     """Appends one JSON line (one record per training tick) and flushes it to disk."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as f:
+    with naming_full_disk(path), open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps(_jsonable(record)) + "\n")
         f.flush()
 

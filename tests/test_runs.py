@@ -140,3 +140,43 @@ def test_check_name_keeps_ordinary_names():
     assert runs.check_names(["ADI", "tumor stroma", "Ü-ß", "BACK-1"], "f") == ["ADI", "tumor stroma", "Ü-ß", "BACK-1"]
     with pytest.raises(ValueError, match="f: class names 'ADI': expected a list"):
         runs.check_names("ADI", "f")
+
+
+class _FullDisk:
+    """A file object whose writes fail with ENOSPC once ``room`` bytes are written (a disk that fills up)."""
+
+    def __init__(self, path, room):
+        self.f, self.room = open(path, "wb"), room
+
+    def write(self, data):
+        if self.room < len(data):
+            raise OSError(28, "No space left on device")
+        self.room -= len(data)
+        return self.f.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+
+def test_a_full_disk_names_the_file_and_keeps_the_old_one(tmp_path, monkeypatch):
+    import torch
+
+    path = tmp_path / "ck" / "latest.pt"
+    runs.atomic_torch_save({"x": torch.zeros(10)}, path)
+    old = path.read_bytes()
+    monkeypatch.setattr(runs, "open", lambda p, mode="r", **kw: _FullDisk(p, 4096), raising=False)
+    with pytest.raises(OSError) as e:
+        runs.atomic_torch_save({"x": torch.zeros(100_000)}, path)  # torch.save to a path: 'basic_ios::clear'
+    assert e.value.errno == 28 and e.value.filename == str(path) and "MiB free there" in e.value.strerror
+    assert path.read_bytes() == old and sorted(p.name for p in path.parent.iterdir()) == ["latest.pt"]
+    with pytest.raises(OSError, match="no space left") as e:
+        with runs.atomic_dir(tmp_path / "made") as tmp:
+            runs.atomic_write_bytes(tmp / "a.bin", b"x" * 10_000)
+    assert e.value.filename == str(tmp_path / "made")  # the folder being made, not a temporary file in it
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]

@@ -239,6 +239,10 @@ def _save(a: np.ndarray, path: Path, resize: int | None, fmt: str) -> None:
         img.save(path, format="JPEG", quality=95)
 
 
+class UnreadableImage(OSError):
+    """A source image that cannot be decoded (listed with the others in one error)."""
+
+
 @dataclass
 class _Job:
     src: str  # absolute path of the source image
@@ -255,7 +259,7 @@ def _process_image(job: _Job, cfg: PrepareConfig, norm) -> tuple[list[dict], int
         with Image.open(job.src) as im:
             a = np.asarray(to_rgb8(im))  # [H, W, 3] uint8
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise OSError(f"{job.src}: cannot read image ({type(e).__name__}: {e})") from None
+        raise UnreadableImage(f"{job.src}: cannot read image ({type(e).__name__}: {e})") from None
     ok = failed = 0
     if norm is not None:
         a, success = _normalize(norm, a)
@@ -282,7 +286,7 @@ def _process_star(args):
     """``_process_image`` that returns a bad file's error instead of raising, so one run reports every bad file."""
     try:
         return _process_image(*args), None
-    except OSError as e:
+    except UnreadableImage as e:  # a write error (a full disk) is not the image's fault: it stops the run
         return ([], 0, 0), str(e)
 
 
@@ -397,7 +401,7 @@ def _prepare_folder(cfg: PrepareConfig, source: Path, tmp: Path, progress: bool)
     finally:
         if pool is not None:  # on an error, drop the queued images; the caller then removes the temporary folder
             pool.shutdown(wait=True, cancel_futures=True)
-    bar.close()
+        bar.close()  # ends the bar's line, so an error is printed on a line of its own
     if bad_files:
         more = f"\n  ... and {len(bad_files) - MAX_LISTED} more" if len(bad_files) > MAX_LISTED else ""
         raise DatasetValidationError(f"{source}: {len(bad_files)} image(s) cannot be decoded:\n  "
