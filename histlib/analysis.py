@@ -380,13 +380,13 @@ def gan_table(df: pd.DataFrame, stage: str = "generate") -> pd.DataFrame:
             vals = {c.split("/")[1]: r[c] for c in cols if pd.notna(r.get(c))}
             if not vals:
                 continue
-            n_fake = r.get(f"{extractor}/n_fake")
-            rows.append({"dataset": r["dataset"], "variant": r["run"], "extractor": extractor, **vals,
-                         **({"n_fake": n_fake} if pd.notna(n_fake) else {})})
+            counts = {n: int(r[f"{extractor}/{n}"]) for n in ("n_real", "n_fake")
+                      if pd.notna(r.get(f"{extractor}/{n}"))}
+            rows.append({"dataset": r["dataset"], "variant": r["run"], "extractor": extractor, **vals, **counts})
     if not rows:
         return pd.DataFrame()
     table = pd.DataFrame(rows).set_index(["dataset", "variant", "extractor"])
-    return table[[c for c in (*GAN_METRICS, "n_fake") if c in table.columns]]
+    return table[[c for c in ("n_real", "n_fake", *GAN_METRICS) if c in table.columns]]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -1058,8 +1058,9 @@ def plot_training_curves(stats: pd.DataFrame, keys: Sequence[str] = ("loss_g", "
     for ax, key in zip(axes[0], keys):
         for (st, ds, run), g in stats.groupby(["stage", "dataset", "run"], sort=False):
             xs = g[x] if x is not None else np.arange(len(g))
-            ax.plot(xs, g[key], marker=".", ms=3, label=f"{ds}/{run}" if stage else f"{st}: {ds}/{run}")
-        ax.set_title(key)
+            ys = 100 * g[key] if "accuracy" in key else g[key]  # accuracies in %, as in every table
+            ax.plot(xs, ys, marker=".", ms=3, label=f"{ds}/{run}" if stage else f"{st}: {ds}/{run}")
+        ax.set_title(f"{key} (%)" if "accuracy" in key else key)
         ax.set_xlabel(x or "record")
     axes[0][-1].legend(fontsize=7, loc="best")
     fig.tight_layout()

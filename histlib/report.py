@@ -334,21 +334,28 @@ def _is_accuracy(column: str) -> bool:
     return "accuracy" in column and not column.endswith(("_n", "n_seeds"))
 
 
-def percent_table(df: pd.DataFrame, digits: int = 4, caption: str | None = None):
+def percent_table(df: pd.DataFrame, digits: int = 4, caption: str | None = None, percent: bool = True):
     """A results table for display: accuracies (0–1) in % with one decimal, other numbers at ``digits``
     significant digits, paths relative to the project, empty cells as "—"; standard deviations of fewer than two
     seeds are "—" and the caption says why.
 
+    Args:
+        df: the table (accuracy columns on 0–1).
+        digits: significant digits of the other numbers.
+        caption: shown above the table.
+        percent: False when the accuracies are already in % (they are then shown at one decimal, not scaled).
+
     Returns a pandas ``Styler`` (``.data`` holds the converted table).
     """
     shown = df.copy()
+    scale = 100 if percent else 1
     notes = [caption] if caption else []
     n_col = next((c for c in ("n_seeds", "n") if c in shown), None)
     one_seed = shown[n_col] < 2 if n_col is not None else pd.Series(False, index=shown.index)
     for c in shown.columns:
         col = shown[c]
         if _is_accuracy(str(c)) and (pd.api.types.is_numeric_dtype(col) or col.isna().all()):
-            shown[c] = col.map(lambda v: "—" if v is None or pd.isna(v) else f"{100 * v:.1f}")
+            shown[c] = col.map(lambda v: "—" if v is None or pd.isna(v) else f"{scale * v:.1f}")
             shown = shown.rename(columns={c: f"{c} (%)"})
         elif pd.api.types.is_float_dtype(col):
             shown[c] = col.map(lambda v: "—" if pd.isna(v) else f"{v:.{digits}g}")
@@ -360,3 +367,45 @@ def percent_table(df: pd.DataFrame, digits: int = 4, caption: str | None = None)
         shown = shown.rename(columns={"run_dir": "run folder"})
     styler = shown.style.hide(axis="index") if isinstance(shown.index, pd.RangeIndex) else shown.style
     return styler.set_caption(" · ".join(notes)) if notes else styler
+
+
+def significant_table(df: pd.DataFrame, digits: int = 3, caption: str | None = None):
+    """Numbers at ``digits`` significant digits (GAN metrics from a few hundred images carry no more), counts
+    (``n…`` columns) whole, accuracies already in % at one decimal, "—" where nothing was measured."""
+    shown = df.copy()
+    for c in shown.columns:
+        if str(c).split("/")[-1].startswith("n_") or str(c) in ("n", "n_variants"):
+            shown[c] = shown[c].astype("Int64")
+    return percent_table(shown, digits=digits, caption=caption, percent=False)
+
+
+def rank_correlation_table(corr: pd.DataFrame, minimum: int = 3):
+    """Spearman's ρ per (GAN metric, classifier), with the reason where there is none: fewer than ``minimum``
+    variants with both numbers cannot rank anything."""
+    if corr is None or corr.empty:
+        return pd.DataFrame({"note": ["no GAN metrics beside classifier results yet"]})
+    few = corr["n_variants"] < minimum
+    caption = None
+    if few.all():
+        caption = (f"ρ —: a rank correlation needs at least {minimum} GAN variants with both numbers; this study has "
+                   f"{int(corr['n_variants'].max())} (add variants to finetune.variants to read this table)")
+    elif few.any():
+        caption = f"ρ —: fewer than {minimum} variants with both numbers"
+    return significant_table(corr, digits=3, caption=caption)
+
+
+def warnings_table(warnings_by_key: dict) -> pd.DataFrame:
+    """``{(dataset, variant): [warning, …]}`` (e.g. :func:`histlib.analysis.fidelity_warnings`) as one row per
+    warning, or one row saying there is none."""
+    rows = [{"dataset": key[0], "variant": key[1], "warning": w} if isinstance(key, tuple) and len(key) == 2
+            else {"dataset": str(key), "variant": "", "warning": w}
+            for key, items in (warnings_by_key or {}).items() for w in items]
+    if not rows:
+        return pd.DataFrame({"warning": ["none: every variant draws each class as asked (or was not checked)"]})
+    return pd.DataFrame(rows)
+
+
+def paths_table(paths: list, start: str | os.PathLike | None = None) -> pd.DataFrame:
+    """Files written, relative to the project (or ``start``), one per row."""
+    base = Path(start) if start is not None else None
+    return pd.DataFrame({"file": [runs.display_path(p, runs.project_path(base) if base else None) for p in paths]})

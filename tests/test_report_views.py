@@ -55,3 +55,25 @@ def test_readable_warnings_leave_out_the_source_file():
             warnings.warn("weights missing", UserWarning, stacklevel=1)
     assert text == "UserWarning: weights missing\n"
     assert source in warnings.formatwarning("weights missing", UserWarning, source, 744)  # restored after the block
+
+
+def test_rank_correlations_say_why_there_are_none_and_gan_metrics_keep_three_digits():
+    corr = pd.DataFrame([{"dataset": "t", "gan_metric": "x/fid", "classifier": "synthetic test_accuracy",
+                          "spearman_rho": float("nan"), "n_variants": 2}])
+    view = report.rank_correlation_table(corr)
+    assert view.data["spearman_rho"].iloc[0] == "—" and "at least 3 GAN variants" in view.caption
+    assert "this study has 2" in view.caption
+    three = corr.assign(spearman_rho=0.5, n_variants=3)
+    assert report.rank_correlation_table(three).caption is None
+    gan = pd.DataFrame({"n_real": [72], "n_fake": [192.0], "fid": [48.151558], "precision": [0.760417]})
+    data = report.significant_table(gan).data
+    assert list(data.iloc[0]) == [72, 192, "48.2", "0.76"]
+
+
+def test_warnings_and_written_files_as_tables():
+    table = report.warnings_table({("t", "pretrained"): ["class 'a' is mostly drawn as 'b'"]})
+    assert list(table.columns) == ["dataset", "variant", "warning"] and table.iloc[0]["variant"] == "pretrained"
+    assert "none" in report.warnings_table({}).iloc[0]["warning"]
+    root = runs.project_root() / "results" / "demo"
+    files = report.paths_table([root / "analysis" / "gan.csv"], "results/demo")
+    assert list(files["file"]) == ["analysis/gan.csv"]
