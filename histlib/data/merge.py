@@ -25,7 +25,7 @@ import pandas as pd
 
 from histlib.data.manifest import MANIFEST_COLUMNS, MANIFEST_NAME, load_manifest
 from histlib.data.splits import check_no_straddle, group_split
-from histlib.runs import atomic_dir, atomic_write_text, check_name, config_hash, read_json, write_json
+from histlib.runs import atomic_dir, atomic_write_text, check_name, config_hash, display_path, read_json, write_json
 
 MERGE_JSON = "merge.json"
 
@@ -90,7 +90,7 @@ def merge_datasets(cfg: MergeConfig, force: bool = False, progress: bool = True)
         if (out / MERGE_JSON).is_file():
             meta = read_json(out / MERGE_JSON)
             if not force and meta.get("config_hash") == h and (out / MANIFEST_NAME).is_file():
-                print(f"{out}: already merged (config hash {h}); nothing to do")
+                print(f"{display_path(out)}: already merged (config hash {h}); nothing to do")
                 return {**meta["report"], "status": "already merged"}
         elif out.is_file() or any(out.iterdir()):
             raise FileExistsError(f"out={out}: exists and is not a merged dataset (no {MERGE_JSON}); "

@@ -608,7 +608,7 @@ def prepare_dataset(cfg: PrepareConfig, force: bool = False, progress: bool = Tr
             if not force and meta.get("config_hash") == h and (out / MANIFEST_NAME).is_file():
                 report = {**meta["report"], "status": "already prepared", "config": meta["config"],
                           "config_hash": h}
-                print(f"{out}: already prepared (config hash {h}); nothing to do")
+                print(f"{display_path(out)}: already prepared (config hash {h}); nothing to do")
                 return report
         elif out.is_file() or any(out.iterdir()):
             raise FileExistsError(f"out={out}: exists and is not a prepared dataset (no {PREPARE_JSON}); "
