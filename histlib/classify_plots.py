@@ -78,22 +78,33 @@ def plot_learning_curves(runs: RunsLike, figsize: tuple[float, float] | None = N
     return fig
 
 
-def confusion_from_metrics(metrics: dict[str, Any]) -> tuple[np.ndarray, list[str]]:
-    """``(matrix [K, K], classes)`` from a flat ``metrics.json`` dict (rows: true class, columns: predicted)."""
-    if "confusion_matrix" not in metrics or "classes" not in metrics:
-        raise ValueError("metrics: needs 'confusion_matrix' and 'classes' (a classifier metrics.json)")
-    return np.asarray(metrics["confusion_matrix"], dtype=np.int64), list(metrics["classes"])
+def confusion_from_metrics(metrics: dict[str, Any], prefix: str = "") -> tuple[np.ndarray, list[str]]:
+    """``(matrix [K, K], classes)`` from a flat ``metrics.json`` dict (rows: true class, columns: predicted);
+    ``prefix='test_'`` for the held-out test split's."""
+    key = f"{prefix}confusion_matrix"
+    if key not in metrics or "classes" not in metrics:
+        raise ValueError(f"metrics: needs {key!r} and 'classes' (a classifier metrics.json)")
+    return np.asarray(metrics[key], dtype=np.int64), list(metrics["classes"])
+
+
+def _split_prefix(metrics: dict[str, Any], split: str) -> str:
+    if split not in ("auto", "test", "val"):
+        raise ValueError(f"split={split!r}: expected 'auto' (test when measured, else validation), 'test' or 'val'")
+    if split == "test" and "test_confusion_matrix" not in metrics:
+        raise ValueError("split='test': this run has no test split (prepare --test-fraction)")
+    return "test_" if split != "val" and "test_confusion_matrix" in metrics else ""
 
 
 def plot_confusion_matrix(run_or_metrics: str | os.PathLike | dict[str, Any], normalize: bool = True, ax=None,
-                          title: str | None = None):
-    """A seaborn heatmap of one run's validation confusion matrix.
+                          title: str | None = None, split: str = "auto"):
+    """A seaborn heatmap of one run's confusion matrix, on the held-out test split when it was measured.
 
     Args:
         run_or_metrics: a run directory (reads its ``metrics.json``) or a metrics dict.
         normalize: show each row as fractions of the true class (its recall on the diagonal); counts otherwise.
         ax: draw into this axes instead of a new figure.
-        title: axes title (default: the run directory name and its balanced accuracy).
+        title: axes title (default: the run directory name, the split and its balanced accuracy there).
+        split: ``'auto'`` (test when measured, else validation, which chose the checkpoint), ``'test'`` or ``'val'``.
 
     Returns:
         The ``Figure`` holding the heatmap.
@@ -105,7 +116,8 @@ def plot_confusion_matrix(run_or_metrics: str | os.PathLike | dict[str, Any], no
         metrics, name = run_or_metrics, ""
     else:
         metrics, name = read_json(Path(run_or_metrics) / "metrics.json"), Path(run_or_metrics).name
-    cm, classes = confusion_from_metrics(metrics)
+    prefix = _split_prefix(metrics, split)
+    cm, classes = confusion_from_metrics(metrics, prefix)
     if ax is None:
         k = len(classes)
         fig, ax = plt.subplots(figsize=(1.0 + 0.7 * k, 0.6 + 0.6 * k), constrained_layout=True)
@@ -123,19 +135,21 @@ def plot_confusion_matrix(run_or_metrics: str | os.PathLike | dict[str, Any], no
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     if title is None:
-        bal = metrics.get("balanced_accuracy")
-        title = f"{name}  bal. acc {100 * bal:.1f} %" if bal is not None else name
+        bal = metrics.get(f"{prefix}balanced_accuracy")
+        where = "test" if prefix else "validation"
+        title = f"{name}\n{where}: bal. acc {100 * bal:.1f} %" if bal is not None else f"{name} ({where})"
     ax.set_title(title, fontsize=9)
     return fig
 
 
-def plot_confusion_matrices(runs: RunsLike, normalize: bool = True, ncols: int = 3):
-    """One confusion-matrix heatmap per run, in a grid.
+def plot_confusion_matrices(runs: RunsLike, normalize: bool = True, ncols: int = 3, split: str = "auto"):
+    """One confusion-matrix heatmap per run, in a grid (test split when measured; each title says which split).
 
     Args:
         runs: run directories or the ``run_classifiers`` table.
         normalize: row-normalised fractions (True) or counts.
         ncols: panels per row.
+        split: ``'auto'``, ``'test'`` or ``'val'`` (see :func:`plot_confusion_matrix`).
     """
     import matplotlib.pyplot as plt
 
@@ -149,7 +163,7 @@ def plot_confusion_matrices(runs: RunsLike, normalize: bool = True, ncols: int =
     fig, axes = plt.subplots(nrows, ncols, figsize=(side * ncols, side * nrows), constrained_layout=True,
                              squeeze=False)
     for ax, d in zip(axes.flat, dirs):
-        plot_confusion_matrix(d, normalize=normalize, ax=ax)
+        plot_confusion_matrix(d, normalize=normalize, ax=ax, split=split)
     for ax in list(axes.flat)[len(dirs):]:
         ax.set_visible(False)
     plt.close(fig)
