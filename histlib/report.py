@@ -33,6 +33,8 @@ text-align:right} th{background:#f3f3f3} td:first-child,th:first-child{text-alig
 .grids{display:flex;gap:1em;flex-wrap:wrap;align-items:flex-start} .grids figure{margin:0}
 .grids img{image-rendering:pixelated;border:1px solid #ccc;max-width:560px}
 figcaption{font-size:.85em;color:#555} .muted{color:#666;font-size:.9em}
+.classgrid td,.classgrid th{padding:2px 4px;vertical-align:middle} .gridrow{overflow:hidden}
+.gridrow img{image-rendering:pixelated;border:0;max-width:none} caption{text-align:left;font-size:.85em;color:#555}
 .about{border:1px solid #99a;background:#f4f6fb;padding:.4em 1em;margin:1em 0} .about.demo{border:2px solid #c80;
 background:#fff8e6}
 """
@@ -86,36 +88,9 @@ def _steps_html(rows: list[dict[str, Any]], root: Path) -> str:
 
 
 def _variants_html(root: Path, df: pd.DataFrame) -> str:
-    parts = []
-    gen = df[df["stage"] == "generate"] if len(df) else df
-    for ds_dir in sorted(p for p in root.iterdir() if (p / "finetune").is_dir()):
-        parts.append(f"<h3>{_esc(ds_dir.name)}</h3>")
-        for run in sorted(p for p in (ds_dir / "finetune").iterdir() if p.is_dir() and not p.name.startswith(".")):
-            images = run / "images"
-            figs = []
-            for name, caption in (("reals.png", "real images"), ("grid-latest.png", "generated (G_ema, last)")):
-                if (images / name).is_file():
-                    figs.append(f"<figure><img src='{_esc(_rel(images / name, root))}' alt='{caption}'>"
-                                f"<figcaption>{caption}; one row per class</figcaption></figure>")
-            row = gen[(gen["dataset"] == ds_dir.name) & (gen["run"] == run.name)] if len(gen) else gen
-            lines = []
-            if len(row):
-                m = row.iloc[0]
-                if pd.notna(m.get("fidelity/agreement", float("nan"))):
-                    lines.append(f"class fidelity: {100 * m['fidelity/agreement']:.1f} % of generated images seen as "
-                                 f"the class asked for (chance {100 * m.get('fidelity/chance', float('nan')):.1f} %)")
-                metric_cols = [c for c in row.columns if c.endswith(("/fid", "/precision", "/recall", "/coverage"))
-                               and "/per_class/" not in c and pd.notna(m.get(c))]
-                if metric_cols:
-                    lines.append("GAN metrics: " + ", ".join(f"{c} = {m[c]:.4g}" for c in metric_cols))
-                elif isinstance(m.get("metrics_skipped"), str):
-                    lines.append(f"GAN metrics skipped: {_esc(m['metrics_skipped'])}")
-            ft = analysis._finetune_json(run) or {}
-            init = (ft.get("class_init") or {}).get("method")
-            head = f"<h4>{_esc(run.name)}</h4>" + (f"<p class='muted'>new classes: {_esc(init)}</p>" if init else "")
-            parts.append(head + f"<div class='grids'>{''.join(figs) or '<p class=muted>no images yet</p>'}</div>"
-                         + "".join(f"<p>{line}</p>" for line in lines))
-    return "".join(parts) or "<p class='muted'>No GAN has been trained in this study yet.</p>"
+    from histlib.report_gan import variants_html
+
+    return variants_html(root, df)
 
 
 def _learning_curve_html(root: Path) -> str:
@@ -256,7 +231,8 @@ def _run_configs(root: Path, stage: str) -> list[tuple[Path, dict[str, Any]]]:
 def _data_caveats(root: Path) -> list[str]:
     dirs = dict.fromkeys(c.get("data_dir") for stage in ("base_gan", "finetune") for _, c in _run_configs(root, stage))
     dirs.update(dict.fromkeys(c.get("real_dir") for _, c in _run_configs(root, "classify")))
-    counts = [c for c in (_manifest_counts(d) for d in dirs if d) if c]
+    unique = dict.fromkeys(runs.project_path(d).resolve() for d in dirs if d)  # one dataset, however it is written
+    counts = [c for c in (_manifest_counts(str(d)) for d in unique) if c]
     if not counts:
         return []
     total = sum(c["sources"] or 0 for c in counts)

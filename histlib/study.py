@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import os
 import shutil
 import sys
@@ -467,10 +468,20 @@ def _notebook_path(notebook: str) -> Path:
 
 
 def notebook_parameters(notebook: str | os.PathLike) -> dict[str, Any]:
-    """The names and defaults of a notebook's ``parameters`` cell (papermill's inspection)."""
+    """The names and defaults of a notebook's ``parameters`` cell (papermill's inspection).
+
+    Inspected once per file version: a study checks each stage's parameters for every place they are set and every
+    step, which cost seconds per invocation (and per step process under a parallel executor)."""
+    path = Path(notebook).resolve()
+    stat = path.stat()
+    return dict(_inspect(str(path), stat.st_mtime_ns, stat.st_size))
+
+
+@functools.lru_cache(maxsize=32)
+def _inspect(path: str, mtime_ns: int, size: int) -> dict[str, Any]:
     import papermill
 
-    return papermill.inspect_notebook(str(notebook))
+    return papermill.inspect_notebook(path)
 
 
 def hash_steps(steps: list[Step]) -> None:
