@@ -164,23 +164,24 @@ def score_runs(specs: list[str], data: str, res: int, cfg=None, cache_root=None)
 
     Returns ``{"extractor", "fidelity_val_balanced_accuracy", "labels": {label: {"runs": [...], "summary":
     [{kimg, n, <metric>_mean, <metric>_std, ...}]}}}``; a kimg point enters a label's summary only where every run
-    of the label reached it.
+    of the label reached it (a side still training is scored on the points it has saved).
     """
     import numpy as np
 
     groups: dict[str, list[Path]] = {}
     for spec in specs:
         label, sep, folder = spec.partition("=")
-        if not sep or not (Path(folder) / "run.json").is_file():
-            raise SystemExit(f"--score-runs {spec!r}: expected LABEL=DIR with DIR/run.json (a finished side)")
+        if not sep or not any(Path(folder).glob("samples-*kimg.pt")):
+            raise SystemExit(f"--score-runs {spec!r}: expected LABEL=DIR with DIR/samples-*kimg.pt (a side's samples)")
         groups.setdefault(label, []).append(Path(folder))
     name, val_bacc, score_folder = _scorer(data, res, cfg, cache_root)
     out = {"extractor": name, "fidelity_val_balanced_accuracy": val_bacc, "labels": {}}
     for label, folders in groups.items():
         runs = []
         for folder in folders:
-            run = json.loads((folder / "run.json").read_text())
-            runs.append({"dir": folder.as_posix(), "overrides": run.get("overrides"),
+            # a side still training has no run.json yet: its evaluation points so far are scored
+            run = json.loads((folder / "run.json").read_text()) if (folder / "run.json").is_file() else {}
+            runs.append({"dir": folder.as_posix(), "finished": bool(run), "overrides": run.get("overrides"),
                          "cond_lambda": run.get("cond_lambda"), "points": score_folder(folder)})
         kimgs = sorted(set.intersection(*(set(p["kimg"] for p in r["points"]) for r in runs)))
         summary = []

@@ -77,5 +77,8 @@ def test_score_tells_the_side_with_swapped_classes(tmp_path, learn):
     assert good[-1]["agreement_mean"] > 0.9 > 0.1 > swapped[-1]["agreement_mean"]
     assert good[-1]["fid_runs"][0] == good[-1]["fid_runs"][1] and good[-1]["fid_std"] == 0.0
     assert swapped[-1]["fid_std"] is None  # one run: no spread
+    (out / "ours" / "run.json").unlink()  # still training: its saved points are scored
+    partial = learn.score_runs([f"p={out / 'ours'}"], str(data), 16, cfg=cfg, cache_root=tmp_path / "cache")
+    assert partial["labels"]["p"]["runs"][0]["finished"] is False and len(partial["labels"]["p"]["summary"]) == 2
     with pytest.raises(SystemExit, match="LABEL=DIR"):
         learn.score_runs([f"x={tmp_path}"], str(data), 16, cfg=cfg, cache_root=tmp_path / "cache")
