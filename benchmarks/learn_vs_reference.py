@@ -5,12 +5,17 @@ histlib's loader at ``--res``), at the same architecture (checked as in ``vs_ref
 R1 / path-length schedule, EMA (with ramp-up) and augmentation probability (fixed; ``--p 0`` by default, which is
 where ADA stayed in our 40 kimg base runs on this data). Ours trains as configured by the profile (D2D-CE on); the
 reference with its own conditioning (projection discriminator). At each ``--eval-kimg`` point ``G_ema`` draws
-``--per-class`` images per class with fixed latents.
+``--per-class`` images per class with fixed latents and seeded *random* synthesis noise, as in training and as the
+generate stage writes a set (the constant noise map gives images the generator was never trained to draw: with it,
+recall fell to 0.00 where random noise gave 0.49 on one lung3 generator, docs/results.md "One definition of the GAN
+metrics").
 
-Scoring, the same for both, with one fixed feature extractor (Inception weights are not on every machine): the
-dataset's class-fidelity classifier (``histlib.fidelity``, trained once on its train split and cached), whose
-pre-logit features give FID, precision, recall, density and coverage per class against the real train images
-(``histlib.metrics.per_class_metrics``), and whose predictions give class agreement. A grid of both sides' last
+Scoring, the same for both and the same as the generate stage's (docs/results.md, "One definition of the GAN
+metrics"), with one fixed feature extractor (Inception weights are not on every machine): the dataset's
+class-fidelity classifier (``histlib.fidelity``, trained once on its train split and cached), whose pre-logit
+features give FID, precision / recall (k = 3), density / coverage (k = 5), pooled over classes (``all``) and per
+class, against the real train images at ``--res`` (``histlib.metrics.per_class_metrics``; ``n_real`` / ``n_fake``
+printed beside), and whose predictions give class agreement. A grid of both sides' last
 samples is written beside the JSON.
 
 Usage (from the project root)::
@@ -101,8 +106,13 @@ def child(side: str, args) -> int:
         while nimg < point * 1000:
             iteration()
             nimg += args.batch
-        imgs = torch.cat([sample(z[i:i + 256], c[i:i + 256]) for i in range(0, len(z), 256)])
-        imgs = to_uint8(imgs)
+        chunks = []
+        for i in range(0, len(z), 256):
+            # the same noise at every evaluation point, drawn from its own stream (training's RNG untouched)
+            with torch.random.fork_rng():
+                torch.manual_seed(4321 + i)
+                chunks.append(sample(z[i:i + 256], c[i:i + 256], noise_mode="random"))
+        imgs = to_uint8(torch.cat(chunks))
         torch.save({"images": imgs, "labels": c, "classes": classes}, out / f"samples-{point:g}kimg.pt")
         log.append({"kimg": point, "seconds": round(time.time() - t0, 1)})
         print(json.dumps(log[-1]), flush=True)
@@ -275,14 +285,15 @@ def main() -> int:
     grid(args, Path(args.out) / "grid.png")
     print(f"\nfeatures: {res['extractor']}; fidelity classifier val balanced accuracy "
           f"{res['fidelity_val_balanced_accuracy']:.3f}")
-    print(f"{'side':<10} {'kimg':>5} {'agree':>6} {'FID':>7} {'P':>6} {'R':>6} {'D':>6} {'C':>6}   per-class R")
+    print(f"{'side':<10} {'kimg':>5} {'agree':>6} {'FID':>7} {'P':>6} {'R':>6} {'D':>6} {'C':>6} {'n_real':>6} "
+          f"{'n_fake':>6}   per-class R")
     for side, r in res["sides"].items():
         for pt in r["points"]:
             allrow = next(t for t in pt["table"] if t["class"] == "all")
             per = " ".join(f"{t['recall']:.2f}" for t in pt["table"] if t["class"] != "all")
             print(f"{side:<10} {pt['kimg']:>5g} {pt['agreement']:>6.3f} {allrow['fid']:>7.2f} "
                   f"{allrow['precision']:>6.3f} {allrow['recall']:>6.3f} {allrow['density']:>6.3f} "
-                  f"{allrow['coverage']:>6.3f}   {per}")
+                  f"{allrow['coverage']:>6.3f} {allrow['n_real']:>6} {allrow['n_fake']:>6}   {per}")
     print(f"grid (rows: classes; left 8 ours, right 8 reference): {Path(args.out) / 'grid.png'}")
     return 0
 

@@ -122,8 +122,8 @@ def _ours(a: dict, batch: int, num_classes: int, device: str, impl: str, data=No
         state.step += 1
 
     @torch.no_grad()
-    def sample(z, c):  # int labels
-        return state.G_ema(z, c, noise_mode="const")
+    def sample(z, c, noise_mode="const"):  # int labels
+        return state.G_ema(z, c, noise_mode=noise_mode)
 
     counts = {"G": _count(state.G, ("mapping.embed",)),
               "D": _count(state.D, ("out.", "embed.", "proxies.", "projection."))}
@@ -201,8 +201,8 @@ def _reference(a: dict, batch: int, num_classes: int, device: str, impl: str, re
         step[0] += 1
 
     @torch.no_grad()
-    def sample(z, c):  # int labels
-        return G_ema(z, one_hot(c, num_classes).float().to(dev), noise_mode="const")
+    def sample(z, c, noise_mode="const"):  # int labels
+        return G_ema(z, one_hot(c, num_classes).float().to(dev), noise_mode=noise_mode)
 
     counts = {"G": _count(G, ("mapping.embed",)), "D": _count(D, ("mapping.", "b4.out."))}
     return iteration, counts, sample

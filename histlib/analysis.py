@@ -365,10 +365,10 @@ def gan_table(df: pd.DataFrame, stage: str = "generate") -> pd.DataFrame:
             computed them).
 
     Returns:
-        Index ``(dataset, variant, extractor)``, columns the metrics present (``fid``, ``precision`` …) and
-        ``n_fake`` when recorded. Empty when no run of ``stage`` has GAN metrics. Extractors labelled
-        ``random-test`` are features of an untrained network: fine for plumbing checks, meaningless as quality
-        numbers.
+        Index ``(dataset, variant, extractor)``, columns the metrics present (``fid``, ``precision`` …) and the
+        sample sizes ``n_real`` / ``n_fake`` when recorded. Empty when no run of ``stage`` has GAN metrics.
+        Extractors labelled ``random-test`` are features of an untrained network: fine for plumbing checks,
+        meaningless as quality numbers.
     """
     if df is None or len(df) == 0 or "stage" not in df:
         return pd.DataFrame()

@@ -229,11 +229,12 @@ def verdict(result: Mapping[str, Any]) -> list[str]:
 @torch.no_grad()
 def generator_fidelity(G: torch.nn.Module, classes: Sequence[str], classifier: FidelityClassifier,
                        per_class: int = 100, seed: int = 0, truncation_psi: float = 1.0,
-                       batch_size: int = 128) -> dict[str, Any]:
+                       batch_size: int = 128, noise_mode: str = "random") -> dict[str, Any]:
     """Class fidelity of a generator, sampled in memory (``per_class`` images per class, fixed latents).
 
-    The generator's classes are matched to the classifier's by name; a generator class the classifier does not
-    know is left out.
+    The synthesis noise is random, as in training and in a generated set, drawn from its own seeded stream (the
+    same images every call; the global RNG is left alone). The generator's classes are matched to the
+    classifier's by name; a generator class the classifier does not know is left out.
     """
     device = next(G.parameters()).device
     names = [c for c in classes if c in classifier.classes]
@@ -251,7 +252,9 @@ def generator_fidelity(G: torch.nn.Module, classes: Sequence[str], classifier: F
                 m = min(batch_size, per_class - start)
                 z = torch.randn([m, G.z_dim], generator=gen).to(device)
                 c = torch.full((m,), k, dtype=torch.int64, device=device)
-                img = to_uint8(G(z, c, truncation_psi=truncation_psi, noise_mode="const")).cpu()
+                with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                    torch.manual_seed(int(seed) * 1_000_003 + k * 10_007 + start)
+                    img = to_uint8(G(z, c, truncation_psi=truncation_psi, noise_mode=noise_mode)).cpu()
                 seen.append(classifier.predict(img))
                 asked.append(np.full(m, classifier.classes.index(name)))
     finally:

@@ -711,9 +711,11 @@ def gan_metrics(
         device: where features and distances are computed.
 
     Returns:
-        Flat keys ``<extractor>/<metric>`` and ``<extractor>/per_class/<class>/<metric>`` with metric in
-        ``fid, precision, recall, density, coverage, n_real, n_fake`` (the extractor's name, e.g.
-        ``inception-v3-fid`` or ``random-test``, is part of every key).
+        Flat keys ``<extractor>/<metric>`` (all classes pooled) and ``<extractor>/per_class/<class>/<metric>`` with
+        metric in ``fid, precision, recall, density, coverage, n_real, n_fake``, and ``<extractor>/k_pr``,
+        ``<extractor>/k_dc``, ``<extractor>/real_split`` (the extractor's name, e.g. ``inception-v3-fid`` or
+        ``random-test``, is part of every key). This is the project's one definition of these metrics
+        (docs/results.md, "One definition of the GAN metrics").
     """
     if extractor is None:
         return {}
@@ -728,6 +730,7 @@ def gan_metrics(
         out = feature_metrics(real, r_ds, fake, g_ds.labels, g_ds.classes, label, k_pr=k_pr, k_dc=k_dc,
                               per_class=per_class, device=device)
     _pass_on(caught, verbose)
+    out[f"{label}/real_split"] = real_split or "all"
     if verbose:
         shown = {m: out.get(f"{label}/{m}") for m in ("fid", "precision", "recall", "density", "coverage")}
         print(f"{label}: " + ", ".join(f"{m}={v:.4g}" if isinstance(v, float) else f"{m}={v}"
@@ -741,6 +744,7 @@ def feature_metrics(real: torch.Tensor, real_ds, fake: torch.Tensor, fake_labels
     """The keys of :func:`gan_metrics` from features: ``real [M, D]`` with its dataset (``labels``, ``classes``),
     ``fake [N, D]`` with its labels indexing ``fake_classes``; ``label`` names the extractor."""
     out: dict[str, Any] = {f"{label}/{k}": v for k, v in _set_metrics(real, fake, k_pr, k_dc, device).items()}
+    out.update({f"{label}/k_pr": int(k_pr), f"{label}/k_dc": int(k_dc)})
     if per_class:
         for i, cls in enumerate(fake_classes):
             if cls not in real_ds.classes:

@@ -120,7 +120,7 @@ def subset_indices(labels: np.ndarray, max_per_class: int | None, max_items: int
 def extract_features(root: str | os.PathLike, extractor: FeatureExtractor, *, split: str | None = None,
                      classes: Sequence[str] | None = None, max_per_class: int | None = None,
                      max_items: int | None = None, seed: int = 0, batch_size: int = 64, num_workers: int = 0,
-                     cache: FeatureCache | None = None, progress: bool = True
+                     cache: FeatureCache | None = None, progress: bool = True, resolution: int | None = None
                      ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Features of the images of a prepared dataset or an ImageFolder ``root/<class>/<image>``.
 
@@ -133,6 +133,8 @@ def extract_features(root: str | os.PathLike, extractor: FeatureExtractor, *, sp
         batch_size, num_workers: image loading.
         cache: a ``FeatureCache`` to read from and write to (None: no cache).
         progress: show a tqdm bar.
+        resolution: resize every image to ``resolution × resolution`` first (None: as stored); real images compared
+            with a generator's are resized to its resolution, the size at which the generator learned them.
 
     Returns:
         ``(features float32 [N, D], labels int64 [N], classes)``.
@@ -140,12 +142,14 @@ def extract_features(root: str | os.PathLike, extractor: FeatureExtractor, *, sp
     from histlib.data.dataset import ImageDataset, to_uint8_tensor
     from histlib.progress import iterate
 
-    ds = ImageDataset(root, split=split, transform=to_uint8_tensor, classes=list(classes) if classes else None)
+    ds = ImageDataset(root, split=split, transform=to_uint8_tensor, classes=list(classes) if classes else None,
+                      resolution=resolution)
     idx = subset_indices(ds.labels, max_per_class, max_items, seed)
     key = None
     if cache is not None:
+        sized = {"resolution": resolution} if resolution is not None else {}  # earlier cache entries keep their key
         key = cache.key(dataset_fingerprint(root), extractor.cache_key, split=split, classes=ds.classes,
-                        max_per_class=max_per_class, max_items=max_items, seed=seed)
+                        max_per_class=max_per_class, max_items=max_items, seed=seed, **sized)
         hit = cache.load(key)
         if hit is not None:
             return hit

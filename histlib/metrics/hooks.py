@@ -92,9 +92,11 @@ class GanMetricsHook:
     @classmethod
     def from_dataset(cls, root: str | os.PathLike, *, fid_extractor: str | FeatureExtractor = "inception",
                      prdc_extractor: str | FeatureExtractor | None = "vgg16", split: str | None = None,
-                     max_real: int | None = 10000, cache=None, device=None, **kwargs: Any) -> GanMetricsHook:
+                     max_real: int | None = 10000, cache=None, device=None, resolution: int | None = None,
+                     **kwargs: Any) -> GanMetricsHook:
         """Builds the hook from a prepared dataset: the real subset (``max_real`` images, seeded) is extracted
-        once (through ``cache``, a ``FeatureCache``, when given)."""
+        once (through ``cache``, a ``FeatureCache``, when given), resized to ``resolution`` (the generator's: as
+        the generate stage compares them; None keeps the stored size)."""
         from .cache import extract_features
 
         fid_x = get_extractor(fid_extractor, device=device) if isinstance(fid_extractor, str) else fid_extractor
@@ -102,11 +104,11 @@ class GanMetricsHook:
             get_extractor(prdc_extractor, device=device) if isinstance(prdc_extractor, str) else prdc_extractor)
         seed = int(kwargs.get("seed", 0))
         real_fid, labels, classes = extract_features(root, fid_x, split=split, max_items=max_real, seed=seed,
-                                                     cache=cache)
+                                                     cache=cache, resolution=resolution)
         real_prdc = None
         if prdc_x is not fid_x:
             real_prdc, labels2, _ = extract_features(root, prdc_x, split=split, max_items=max_real, seed=seed,
-                                                     cache=cache)
+                                                     cache=cache, resolution=resolution)
             assert np.array_equal(labels, labels2)
         return cls(fid_x, real_fid, labels, classes, prdc_extractor=prdc_x, real_prdc=real_prdc, device=device,
                    **kwargs)
