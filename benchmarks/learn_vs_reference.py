@@ -106,14 +106,18 @@ def child(side: str, args) -> int:
         while nimg < point * 1000:
             iteration()
             nimg += args.batch
-        chunks = []
-        for i in range(0, len(z), 256):
-            # the same noise at every evaluation point, drawn from its own stream (training's RNG untouched)
-            with torch.random.fork_rng():
-                torch.manual_seed(4321 + i)
-                chunks.append(sample(z[i:i + 256], c[i:i + 256], noise_mode="random"))
-        imgs = to_uint8(torch.cat(chunks))
-        torch.save({"images": imgs, "labels": c, "classes": classes}, out / f"samples-{point:g}kimg.pt")
+        for mode, folder in (("random", out), ("const", out / "const")):
+            # also the constant noise map (how both sides were scored before), in OUT/<side>/const, to be scored
+            # with --score-runs LABEL=OUT/<side>/const
+            chunks = []
+            for i in range(0, len(z), 256):
+                # the same noise at every evaluation point, drawn from its own stream (training's RNG untouched)
+                with torch.random.fork_rng():
+                    torch.manual_seed(4321 + i)
+                    chunks.append(sample(z[i:i + 256], c[i:i + 256], noise_mode=mode))
+            folder.mkdir(exist_ok=True)
+            torch.save({"images": to_uint8(torch.cat(chunks)), "labels": c, "classes": classes},
+                       folder / f"samples-{point:g}kimg.pt")
         log.append({"kimg": point, "seconds": round(time.time() - t0, 1)})
         print(json.dumps(log[-1]), flush=True)
     (out / "run.json").write_text(json.dumps({"side": side, "params": counts, "arch": a, "log": log,
