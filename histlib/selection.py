@@ -142,14 +142,15 @@ def score_pool(pool_dir: str | os.PathLike, selection: str, selector: str | os.P
     """
     import torch
 
-    from histlib import generate
+    from histlib import audit
     from histlib.metrics import realism_score
+    from histlib.runtime import resolve_device
 
     if selection == "realism":
-        ext = generate.get_feature_extractor(f"domain:{selector}", device=device)
-        fake, g_ds = generate.folder_features(pool_dir, ext, num_workers=num_workers)  # [N, D]
-        real, r_ds = generate.folder_features(real_dir, ext, split=real_split, num_workers=num_workers,
-                                              resolution=generate.image_resolution(pool_dir))  # [M, D]
+        ext = audit.get_feature_extractor(f"domain:{selector}", device=device)
+        fake, g_ds = audit.folder_features(pool_dir, ext, num_workers=num_workers)  # [N, D]
+        real, r_ds = audit.folder_features(real_dir, ext, split=real_split, num_workers=num_workers,
+                                           resolution=audit.image_resolution(pool_dir))  # [M, D]
         scores = np.full(len(g_ds), np.nan)
         for i, cls in enumerate(g_ds.classes):
             if cls not in r_ds.classes:
@@ -160,8 +161,8 @@ def score_pool(pool_dir: str | os.PathLike, selection: str, selector: str | os.P
     elif selection == "fidelity":
         from histlib.fidelity import FidelityClassifier
 
-        clf = FidelityClassifier(selector, device=generate.resolve_device(device or "auto"))
-        g_ds = generate._image_dataset(pool_dir, None, None)
+        clf = FidelityClassifier(selector, device=resolve_device(device or "auto"))
+        g_ds = audit._image_dataset(pool_dir, None, None)
         unknown = sorted(set(g_ds.classes) - set(clf.classes))
         if unknown:
             raise ValueError(f"{pool_dir}: classes {unknown} are unknown to the selection classifier {clf.classes}")
@@ -318,22 +319,22 @@ def unselected_metrics(cfg, report: Mapping[str, Any], extractor: Any = None,
     set's; ``{}`` when the run made no selection."""
     import torch
 
-    from histlib import generate
+    from histlib import audit, generate
 
     if "pool_dir" not in report:
         return {}
     scores = read_scores(Path(report["out_dir"]).parent)
     out: dict[str, Any] = {}
     if extractor is not None:
-        ext = generate.get_feature_extractor(extractor, device=cfg.device)
+        ext = audit.get_feature_extractor(extractor, device=cfg.device)
         kw = dict(num_workers=cfg.num_workers, progress=progress)
-        fake, g_ds = generate.folder_features(report["pool_set_dirs"][0], ext, desc="pool features", **kw)
-        real, r_ds = generate.folder_features(cfg.dataset_dir, ext, split=cfg.real_split, desc="real features",
-                                              resolution=generate.image_resolution(report["pool_set_dirs"][0]), **kw)
+        fake, g_ds = audit.folder_features(report["pool_set_dirs"][0], ext, desc="pool features", **kw)
+        real, r_ds = audit.folder_features(cfg.dataset_dir, ext, split=cfg.real_split, desc="real features",
+                                           resolution=audit.image_resolution(report["pool_set_dirs"][0]), **kw)
         first = draw_index(g_ds.paths) < np.array([report["settings"]["images_per_class"][g_ds.classes[i]]
                                                    for i in g_ds.labels])
         metrics = generate.feature_metrics(real, r_ds, fake[torch.from_numpy(first)], g_ds.labels[first],
-                                           g_ds.classes, generate.extractor_label(ext), k_pr=cfg.k_pr, k_dc=cfg.k_dc,
+                                           g_ds.classes, audit.extractor_label(ext), k_pr=cfg.k_pr, k_dc=cfg.k_dc,
                                            device=cfg.device)
         out.update({f"unselected/{k}": v for k, v in metrics.items()})
     if cfg.fidelity and cfg.dataset_dir is not None:
