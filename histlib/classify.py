@@ -562,9 +562,6 @@ def train_classifier(cfg: ClassifyConfig, run_dir: str | os.PathLike, progress: 
         ``recall/<class>``, ``confusion_matrix``, ``pretrained``, counts, timings).
     """
     t_begin = time.perf_counter()
-    run = Run(run_dir)
-    for stale in (run.metrics_path, run.stats_path):
-        stale.unlink(missing_ok=True)
     device = resolve_device(cfg.device, "ClassifyConfig.device")
     amp = _resolve_flag(cfg.amp, device, "amp")
     channels_last = _resolve_flag(cfg.channels_last, device, "channels_last")
@@ -577,6 +574,9 @@ def train_classifier(cfg: ClassifyConfig, run_dir: str | os.PathLike, progress: 
     label = train_set_label(cfg.train_set, cfg.real_fraction)
     val_ds = build_val_set(cfg, classes)
     model, winfo = create_classifier(cfg.model, len(classes), cfg.pretrained, cfg.weights_file)
+    run = Run(run_dir)  # made once the data and the model are known to be usable: bad input leaves no folder
+    for stale in (run.metrics_path, run.stats_path):
+        stale.unlink(missing_ok=True)
     model = model.to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -824,9 +824,9 @@ def _parse_overrides(items: list[str]) -> dict[str, Any]:
 
 def main(args: argparse.Namespace) -> int:
     cfg = from_dict(ClassifyConfig, read_json(args.config), **_parse_overrides(args.set))
-    run = Run(args.run_dir)
-    if run.is_finished(cfg) and not args.force:
-        metrics = run.read_metrics()
+    done = Path(args.run_dir).is_dir() and Run(args.run_dir).is_finished(cfg)  # Run() makes the folder
+    if done and not args.force:
+        metrics = Run(args.run_dir).read_metrics()
         print(f"{args.run_dir}: finished run with the same config, skipped (use --force to retrain)")
     else:
         metrics = train_classifier(cfg, args.run_dir, progress=not args.no_progress)

@@ -96,6 +96,20 @@ def _hostile_names(w):
         text[1] = text[1].replace(",a,", f",{cls},", 1)
         (w / name / "manifest.csv").write_text("\n".join(text) + "\n")
     _images(w / "newline_class", classes=("a", "b\nc"))
+    import os
+    import shutil
+
+    shutil.copytree(w / "prepared", w / "dup_rows")
+    rows = (w / "dup_rows" / "manifest.csv").read_text().splitlines()
+    (w / "dup_rows" / "manifest.csv").write_text("\n".join(rows + rows[1:2]) + "\n")  # one image listed twice
+    shutil.copytree(w / "prepared", w / "latin1_manifest")
+    text = (w / "latin1_manifest" / "manifest.csv").read_text().replace(",a,", ",caf\xe9,", 1)
+    (w / "latin1_manifest" / "manifest.csv").write_bytes(text.encode("latin-1"))
+    _images(w / "linked")
+    os.symlink(w / "raw" / "a" / "0.png", w / "linked" / "a" / "out.png")  # a link out of the folder
+    _images(w / "badname")
+    os.rename(w / "badname" / "a" / "0.png", os.fsdecode(bytes(w / "badname" / "a") + b"/caf\xe9.png"))
+    (w / "classify_noval.json").write_text(json.dumps({"real_dir": str(w / "raw"), "image_size": 32}))
     partial = _images(w / "partial_groups")  # MANIFEST.tsv gives a patient to only some images
     (partial / "MANIFEST.tsv").write_text("relpath\tpatient\na/0.png\tp1\nb/0.png\tp2\n")
     bomb = ["name: s", "base: {name: b}", "classify:", "  SEEDS:", "    - &a0 [1, 2, 3, 4, 5, 6, 7, 8, 9]"]
@@ -141,6 +155,14 @@ CASES = [
     ("study plan {w}/recursive.yaml", ["recursive.yaml", "alias inside itself"]),
     ("study plan {w}/twice.yaml", ["twice.yaml", "key 'prepare' given twice", "line 4"]),
     ("study plan {w}/latin1.yaml", ["latin1.yaml", "not UTF-8"]),
+    # the smaller items
+    ("metrics --real {w}/raw --fake {w}/raw --max-per-class 0", ["--max-per-class 0", "a positive integer"]),
+    ("metrics --real {w}/raw --fake {w}/raw --max-per-class -1", ["--max-per-class -1", "a positive integer"]),
+    ("classify --config {w}/classify_noval.json --run-dir {w}/c5", ["no rows with split='val'"]),
+    ("metrics --real {w}/dup_rows --fake {w}/raw", ["dup_rows/manifest.csv", "1 image(s) listed more than once"]),
+    ("metrics --real {w}/latin1_manifest --fake {w}/raw", ["latin1_manifest/manifest.csv", "not UTF-8"]),
+    ("metrics --real {w}/linked --fake {w}/raw", ["linked", "'a/out.png' leads outside the dataset folder"]),
+    ("prepare --source {w}/badname --out {w}/o11", ["caf\\xe9.png", "not UTF-8; rename it"]),
     ("study plan {w}/st_kimg.yaml", ["st_kimg.yaml", "03_finetune__sample_target__pretrained", "kimg=-3"]),
     ("study plan {w}/st_epochs.yaml", ["05_classify__sample_target__real", "ClassifyConfig.epochs=0"]),
     ("study plan {w}/st_valfrac.yaml", ["01_data_prep__sample_base", "val_fraction=1.5"]),

@@ -167,6 +167,11 @@ def validate_folder(root: str | os.PathLike, patch: int | None = None, check_pix
             if not f.is_file() or any(part.startswith(".") for part in f.relative_to(root).parts):
                 continue
             if f.suffix.lower() in IMAGE_EXTENSIONS:
+                try:
+                    str(f.relative_to(root)).encode("utf-8")  # the manifest is UTF-8 text
+                except UnicodeEncodeError:
+                    problems.append(f"{os.fsencode(f)!r}: the file name is not UTF-8; rename it")
+                    continue
                 candidates.append((f, cdir.name))
                 n_images += 1
             else:

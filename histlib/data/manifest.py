@@ -35,31 +35,53 @@ def _scan_image_folder(root: Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS))
 
 
-def check_manifest_paths(df: pd.DataFrame, root: Path, manifest: Path) -> None:
+def check_manifest_paths(df: pd.DataFrame, root: Path, manifest: Path, numbered: bool = True) -> None:
     """A manifest names images inside its own folder only: relative paths without ``..``, image extensions, no
-    link leading out. Raises ``ValueError`` naming every offending row (line numbers as in the file)."""
+    link leading out. Raises ``ValueError`` naming every offending row (line numbers as in the file; with
+    ``numbered=False``, for the rows of a scanned folder, the paths alone)."""
     bad = []
     base = root.resolve()
     inside: dict[Path, bool] = {}  # parent folder -> resolves inside the dataset (a few folders, resolved once)
     for i, p in enumerate(df["path"]):
-        line = i + 2  # the header is line 1
+        line = f"line {i + 2}" if numbered else "file"  # the header is line 1
         pure = Path(p)
         if not p or pure.is_absolute() or ".." in pure.parts or p.startswith(("/", "\\")) or ":" in pure.parts[0]:
-            bad.append(f"line {line}: {p!r} is not a path inside the dataset folder")
+            bad.append(f"{line}: {p!r} is not a path inside the dataset folder")
             continue
         if pure.suffix.lower() not in IMAGE_EXTENSIONS:
-            bad.append(f"line {line}: {p!r} is not an image ({', '.join(IMAGE_EXTENSIONS)})")
+            bad.append(f"{line}: {p!r} is not an image ({', '.join(IMAGE_EXTENSIONS)})")
             continue
         parent = pure.parent
         if parent not in inside:
             inside[parent] = (root / parent).resolve().is_relative_to(base)
         full = root / pure
         if not inside[parent] or (os.path.islink(full) and not full.resolve().is_relative_to(base)):
-            bad.append(f"line {line}: {p!r} leads outside the dataset folder (through a link)")
+            bad.append(f"{line}: {p!r} leads outside the dataset folder (through a link)")
     if bad:
         more = f" ... and {len(bad) - 10} more" if len(bad) > 10 else ""
-        raise ValueError(f"{manifest}: {len(bad)} row(s) name files a dataset may not use: " + "; ".join(bad[:10])
-                         + more)
+        what = "row(s) name files" if numbered else "file(s) are files"
+        raise ValueError(f"{manifest}: {len(bad)} {what} a dataset may not use: " + "; ".join(bad[:10]) + more)
+
+
+def _read_manifest_csv(manifest: Path) -> pd.DataFrame:
+    """The table of ``manifest.csv``: UTF-8, the contract's columns, each image listed once (a row given twice would
+    count the image twice in training and in every metric)."""
+    try:
+        df = pd.read_csv(manifest, dtype=str, keep_default_na=False, encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{manifest}: not UTF-8 text (byte {e.start}: {e.reason}); save it as UTF-8") from None
+    except pd.errors.ParserError as e:
+        raise ValueError(f"{manifest}: not a readable CSV table ({' '.join(str(e).split())})") from None
+    missing = [c for c in MANIFEST_COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"{manifest}: missing column(s) {missing}; expected {list(MANIFEST_COLUMNS)}")
+    df = df[list(MANIFEST_COLUMNS)]
+    dup = df["path"].duplicated(keep=False)
+    if dup.any():
+        lines = [f"line {i + 2}: {p!r}" for i, p in zip(df.index[dup], df["path"][dup])][:10]
+        raise ValueError(f"{manifest}: {int(df['path'][dup].nunique())} image(s) listed more than once "
+                         f"({'; '.join(lines)}); list each image once")
+    return df
 
 
 def load_manifest(root: str | os.PathLike) -> pd.DataFrame:
@@ -80,16 +102,13 @@ def load_manifest(root: str | os.PathLike) -> pd.DataFrame:
         raise FileNotFoundError(f"{root}: dataset folder not found")
     manifest = root / MANIFEST_NAME
     if manifest.is_file():
-        df = pd.read_csv(manifest, dtype=str, keep_default_na=False)
-        missing = [c for c in MANIFEST_COLUMNS if c not in df.columns]
-        if missing:
-            raise ValueError(f"{manifest}: missing column(s) {missing}; expected {list(MANIFEST_COLUMNS)}")
-        df = df[list(MANIFEST_COLUMNS)]
+        df = _read_manifest_csv(manifest)
         for c in df["class"].unique():
             check_name(c, manifest)  # class names become folder names of generated and merged sets
         check_manifest_paths(df, root, manifest)
     else:
         df = _scan_image_folder(root)
+        check_manifest_paths(df, root, root, numbered=False)  # a link in a plain folder may lead out, too
     if len(df) == 0:
         raise ValueError(f"{root}: no images found (expected {MANIFEST_NAME} or <class>/<image> folders "
                          f"with extensions {', '.join(IMAGE_EXTENSIONS)})")

@@ -354,6 +354,16 @@ def _group_column(source: Path, column: str) -> dict[str, str]:
                      f"{source / 'MANIFEST.tsv'}")
 
 
+def _warn_replacing(out: Path, meta: dict, cfg: PrepareConfig) -> None:
+    """Says that a dataset prepared with other settings is about to be replaced, and which settings differ."""
+    old = meta.get("config") or {}
+    new = dataclasses.asdict(cfg)
+    changed = [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in new.items() if k not in _NOT_HASHED and old.get(k) != v]
+    what = "; ".join(changed) or "the source's location or the settings hash"
+    warnings.warn(f"prepare {out}: replacing a dataset prepared with other settings ({what}); runs trained on the "
+                  "old one no longer match it", stacklevel=3)
+
+
 def _check_groups_listed(cfg: PrepareConfig, source: Path, sources: pd.Series, mapping: dict[str, str]) -> None:
     missing = sorted(set(sources) - set(mapping))
     if missing and not cfg.allow_missing_group:
@@ -610,6 +620,7 @@ def prepare_dataset(cfg: PrepareConfig, force: bool = False, progress: bool = Tr
                           "config_hash": h}
                 print(f"{display_path(out)}: already prepared (config hash {h}); nothing to do")
                 return report
+            _warn_replacing(out, meta, cfg)
         elif out.is_file() or any(out.iterdir()):
             raise FileExistsError(f"out={out}: exists and is not a prepared dataset (no {PREPARE_JSON}); "
                                   f"refusing to replace it")

@@ -41,7 +41,7 @@ import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from histlib.runs import atomic_dir, write_json
+from histlib.runs import atomic_dir, read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -507,6 +507,18 @@ def fetch_file(file: DatasetFile, to: str | os.PathLike, *, progress: bool = Tru
 # Extraction
 
 
+def _read_marker(dest: Path) -> dict:
+    """The marker of an extracted folder; a damaged one is one error naming it (and what to do)."""
+    marker = dest / MARKER
+    try:
+        info = read_json(marker)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{marker}: damaged extraction marker ({e}); delete {dest} to extract again") from None
+    if not isinstance(info, dict):
+        raise ValueError(f"{marker}: damaged extraction marker (not a JSON object); delete {dest} to extract again")
+    return info
+
+
 def _safe_member(name: str, archive: Path) -> PurePosixPath:
     path = PurePosixPath(name.replace("\\", "/"))
     if path.is_absolute() or ".." in path.parts or re.match(r"^[A-Za-z]:", name):
@@ -520,11 +532,15 @@ def _extract_members(members: list[tuple[str, str, Any]], open_member, root: Pat
     name and kind is checked before anything is written, and links, devices and FIFOs are refused outright."""
     from histlib.progress import iterate
 
+    seen: set[tuple[str, ...]] = set()
     for name, kind, _ in members:
-        _safe_member(name, archive)
+        parts = _safe_member(name, archive).parts
         if kind not in ("file", "dir"):
             raise ValueError(f"{archive}: member {name!r} is a {kind}; dataset archives need only regular files and "
                              "folders, refusing to extract")
+        if kind == "file" and parts in seen:  # which copy is meant is unknown: tar would keep the last silently
+            raise ValueError(f"{archive}: member {name!r} appears more than once; refusing to extract")
+        seen.add(parts)
     for name, kind, member in iterate(members, desc=f"extract {archive.name}", unit="file", disable=not progress):
         target = _member_target(root, name, archive)
         if kind == "dir":
@@ -587,7 +603,7 @@ def extract_archive(archive: str | os.PathLike, dest: str | os.PathLike, *, dige
         if not marker.exists():
             raise FileExistsError(f"{dest}: exists and was not extracted by histlib; move it away or choose "
                                   f"another --to folder")
-        info = json.loads(marker.read_text(encoding="utf-8"))
+        info = _read_marker(dest)
         if info.get("archive") == archive.name and (digest is None or info.get("digest") == digest):
             log.info("%s: already extracted", dest)
             return dest
@@ -660,7 +676,7 @@ def download(name_or_entry: str | DatasetEntry, to: str | os.PathLike, *, progre
         dest = to / file.target_dir
         if extract and file.is_archive and expected is not None and (dest / MARKER).exists():
             # extracted before from a verified archive with this digest: the archive itself may have been deleted
-            info = json.loads((dest / MARKER).read_text(encoding="utf-8"))
+            info = _read_marker(dest)
             if info.get("archive") == file.filename and info.get("digest") == expected[1]:
                 log.info("%s: already downloaded, verified and extracted", dest)
                 results.append(dest)

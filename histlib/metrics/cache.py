@@ -101,6 +101,9 @@ def _collate(batch):
 
 def subset_indices(labels: np.ndarray, max_per_class: int | None, max_items: int | None, seed: int) -> np.ndarray:
     """A fixed (seeded) subset: at most ``max_per_class`` per class, then at most ``max_items`` overall; sorted."""
+    for name, value in (("max_per_class", max_per_class), ("max_items", max_items)):
+        if value is not None and (not isinstance(value, (int, np.integer)) or value < 1):
+            raise ValueError(f"{name}={value!r}: expected a positive integer or None (every image)")
     idx = np.arange(labels.shape[0])
     rng = np.random.default_rng(seed)
     if max_per_class is not None:

@@ -45,6 +45,8 @@ def _cheap_checks(args: argparse.Namespace) -> str | None:
 
     if args.k < 1 or args.k_dc < 1:
         return f"--k {args.k} / --k-dc {args.k_dc}: expected positive integers"
+    if args.max_per_class is not None and args.max_per_class < 1:
+        return f"--max-per-class {args.max_per_class}: expected a positive integer (leave it out for every image)"
     if args.json and Path(args.json).is_dir():
         return f"--json {args.json}: is a folder; give a file name"
     counts = {}

@@ -16,6 +16,7 @@ All distances are computed blockwise by ``histlib.metrics.distances`` (exact res
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -87,6 +88,8 @@ def prdc_per_sample(real, fake, k: int = 3, k_dc: int | None = None, *, device: 
     rs, fs = _d.prepare([r, f], dev, gemm)
     real_radii = _d.Radii(rs, {k, k_dc}, budget)
     fake_radii = _d.Radii(fs, {k}, budget)
+    _warn_zero_radii(real_radii, "real", min(k, k_dc))
+    _warn_zero_radii(fake_radii, "fake", k)
     cs = _d.cross_stats(rs, fs, real_radii, fake_radii, budget, real_ks={k, k_dc}, fake_ks={k}, count_ks={k_dc})
     return PRDCPerSample(
         k_pr=int(k), k_dc=int(k_dc),
@@ -95,6 +98,17 @@ def prdc_per_sample(real, fake, k: int = 3, k_dc: int | None = None, *, device: 
         real_ball_counts=cs.real_ball_count[k_dc].numpy(),
         borderline_pairs=cs.borderline_pairs,
     )
+
+
+def _warn_zero_radii(radii, which: str, k: int, share: float = 0.1) -> None:
+    """Warns when many k-NN balls have radius 0 (k+1 identical features, e.g. constant images): nothing is strictly
+    inside such a ball, so the four numbers read 0 although the sets may be identical."""
+    zero = int((radii.upper(k) <= 0).sum())
+    if zero >= share * radii.x.n:
+        warnings.warn(f"{zero} of {radii.x.n} {which} features have k-NN radius 0 (k={k}: at least {k + 1} identical "
+                      "features, e.g. constant or duplicated images); nothing is strictly inside such a ball, so "
+                      "precision/recall/density/coverage are near 0 whatever the other set holds; check the images",
+                      stacklevel=3)
 
 
 def compute_prdc(real, fake, k: int = 3, k_dc: int | None = None, *, device=None, memory_budget=None,

@@ -97,7 +97,8 @@ def test_changed_config_rebuilds_and_force(make_image_folder, tmp_path):
     src = make_image_folder({"a": 2}, size=(64, 64))
     out = tmp_path / "prep"
     assert prepare_dataset(PrepareConfig(str(src), str(out), patch=32), progress=False)["n_images"] == 8
-    rep = prepare_dataset(PrepareConfig(str(src), str(out), patch=32, stride=16), progress=False)
+    with pytest.warns(UserWarning, match=r"replacing a dataset prepared with other settings \(stride: None -> 16\)"):
+        rep = prepare_dataset(PrepareConfig(str(src), str(out), patch=32, stride=16), progress=False)
     assert rep["status"] == "prepared" and rep["n_images"] == 18 and len(list((out / "a").iterdir())) == 18
     assert prepare_dataset(PrepareConfig(str(src), str(out), patch=32, stride=16), force=True,
                            progress=False)["status"] == "prepared"

@@ -337,6 +337,35 @@ def test_damaged_tar_is_one_clear_error(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def _tar(archive, members):
+    with tarfile.open(archive, "w") as tf:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return archive
+
+
+def test_duplicate_members_damaged_marker_and_a_linked_target(tmp_path):
+    dup = _tar(tmp_path / "dup.tar", [("set/a.txt", b"one"), ("set/a.txt", b"two")])
+    with pytest.raises(ValueError, match=r"dup.tar: member 'set/a.txt' appears more than once") as e:
+        extract_archive(dup, tmp_path / "out", progress=False)
+    assert ".partial" not in str(e.value) and not (tmp_path / "out").exists()
+
+    good = _tar(tmp_path / "set.tar", [("set/a.txt", b"one")])
+    out = extract_archive(good, tmp_path / "out", digest="d1", progress=False)
+    (out / ".histlib-extracted.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"out/.histlib-extracted.json: damaged extraction marker .*delete .*out"):
+        extract_archive(good, out, digest="d1", progress=False)
+
+    elsewhere = extract_archive(good, tmp_path / "elsewhere", digest="d1", progress=False)
+    (tmp_path / "linked").symlink_to(elsewhere, target_is_directory=True)
+    extract_archive(good, tmp_path / "linked", digest="d2", progress=False)  # another digest: extracted again
+    assert (tmp_path / "linked" / "a.txt").read_bytes() == b"one" and not (tmp_path / "linked").is_symlink()
+    assert not [p.name for p in tmp_path.iterdir() if ".old-" in p.name]  # no '.linked.old-PID' link left
+    assert (elsewhere / "a.txt").is_file()  # what the link pointed to is not touched
+
+
 def test_foreign_folder_is_not_overwritten(http_server, tmp_path):
     entry = _entry(http_server, _make_zip())
     (tmp_path / "toy-set").mkdir()

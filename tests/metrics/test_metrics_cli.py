@@ -133,3 +133,18 @@ def test_feature_cache_never_serves_a_dataset_rewritten_in_place(make_image_fold
     fresh, _, _ = extract_features(out, ex, cache=None, progress=False)
     np.testing.assert_array_equal(f16, fresh)
     assert not np.array_equal(f16, f32)
+
+
+def test_constant_image_sets_warn_that_the_k_nn_numbers_are_degenerate():
+    from histlib.metrics.prdc import compute_prdc
+
+    same = np.ones((20, 8), dtype=np.float32)  # identical features: every k-NN ball has radius 0
+    with pytest.warns(UserWarning, match=r"20 of 20 real features have k-NN radius 0"):
+        m = compute_prdc(same, same, 3, 5)
+    assert m["precision"] == 0.0  # the reference definition (strict '<'); hence the warning
+    rng = np.random.default_rng(0)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        compute_prdc(rng.standard_normal((30, 8)), rng.standard_normal((30, 8)), 3, 5)
