@@ -110,6 +110,11 @@ def _hostile_names(w):
     _images(w / "badname")
     os.rename(w / "badname" / "a" / "0.png", os.fsdecode(bytes(w / "badname" / "a") + b"/caf\xe9.png"))
     (w / "classify_noval.json").write_text(json.dumps({"real_dir": str(w / "raw"), "image_size": 32}))
+    latin = _images(w / "latin1_groups")
+    (latin / "MANIFEST.tsv").write_bytes("relpath\tpatient\na/0.png\tJos\xe9\n".encode("latin-1"))
+    twice = _images(w / "twice_groups")
+    listing = [f"{c}/{i}.png\tp{c}{i % 2}" for c in "ab" for i in range(6)] + ["a/0.png\tp9"]
+    (twice / "MANIFEST.tsv").write_text("relpath\tpatient\n" + "\n".join(listing) + "\n")
     partial = _images(w / "partial_groups")  # MANIFEST.tsv gives a patient to only some images
     (partial / "MANIFEST.tsv").write_text("relpath\tpatient\na/0.png\tp1\nb/0.png\tp2\n")
     bomb = ["name: s", "base: {name: b}", "classify:", "  SEEDS:", "    - &a0 [1, 2, 3, 4, 5, 6, 7, 8, 9]"]
@@ -163,6 +168,10 @@ CASES = [
     ("metrics --real {w}/latin1_manifest --fake {w}/raw", ["latin1_manifest/manifest.csv", "not UTF-8"]),
     ("metrics --real {w}/linked --fake {w}/raw", ["linked", "'a/out.png' leads outside the dataset folder"]),
     ("prepare --source {w}/badname --out {w}/o11", ["caf\\xe9.png", "not UTF-8; rename it"]),
+    ("prepare --source {w}/latin1_groups --out {w}/o12 --group-by patient",
+     ["latin1_groups/MANIFEST.tsv", "not UTF-8"]),
+    ("prepare --source {w}/twice_groups --out {w}/o13 --group-by patient",
+     ["twice_groups/MANIFEST.tsv: 'a/0.png' is listed twice with different 'patient' ('pa0' and 'p9')"]),
     ("study plan {w}/st_kimg.yaml", ["st_kimg.yaml", "03_finetune__sample_target__pretrained", "kimg=-3"]),
     ("study plan {w}/st_epochs.yaml", ["05_classify__sample_target__real", "ClassifyConfig.epochs=0"]),
     ("study plan {w}/st_valfrac.yaml", ["01_data_prep__sample_base", "val_fraction=1.5"]),

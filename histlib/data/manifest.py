@@ -8,6 +8,7 @@ split and is its own group.
 
 from __future__ import annotations
 
+import csv
 import os
 from pathlib import Path
 
@@ -61,6 +62,30 @@ def check_manifest_paths(df: pd.DataFrame, root: Path, manifest: Path, numbered:
         more = f" ... and {len(bad) - 10} more" if len(bad) > 10 else ""
         what = "row(s) name files" if numbered else "file(s) are files"
         raise ValueError(f"{manifest}: {len(bad)} {what} a dataset may not use: " + "; ".join(bad[:10]) + more)
+
+
+def read_table_rows(path: Path, delimiter: str) -> list[dict[str, str]]:
+    """The rows of a UTF-8 CSV/TSV side table (``MANIFEST.tsv``, a split file); errors name the file."""
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            return list(csv.DictReader(fh, delimiter=delimiter))
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); save it as UTF-8") from None
+    except csv.Error as e:
+        raise ValueError(f"{path}: not a readable table ({e})") from None
+
+
+def table_mapping(rows: list[dict[str, str]], key: str, column: str, path: Path) -> dict[str, str]:
+    """``{row[key]: row[column]}`` for rows with a value; a key given twice with different values is refused."""
+    out: dict[str, str] = {}
+    for r in rows:
+        k, v = r.get(key), r.get(column)
+        if not v:
+            continue
+        if k in out and out[k] != v:
+            raise ValueError(f"{path}: {k!r} is listed twice with different {column!r} ({out[k]!r} and {v!r})")
+        out[k] = v
+    return out
 
 
 def _read_manifest_csv(manifest: Path) -> pd.DataFrame:

@@ -23,7 +23,6 @@ independent images), or the name of a column of ``SOURCE/MANIFEST.tsv`` (``relpa
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import os
 import shutil
@@ -37,7 +36,7 @@ import pandas as pd
 from PIL import Image
 
 from histlib.data.folders import DatasetValidationError, FolderReport, list_class_folders, validate_folder
-from histlib.data.manifest import MANIFEST_COLUMNS, MANIFEST_NAME, to_rgb8
+from histlib.data.manifest import MANIFEST_COLUMNS, MANIFEST_NAME, read_table_rows, table_mapping, to_rgb8
 from histlib.data.splits import (  # noqa: F401  (SPLIT_NAMES, runs_path: re-exported, part of this module's API)
     _SPLIT_FOLDER_NAMES,
     SPLIT_NAMES,
@@ -346,10 +345,9 @@ def _group_column(source: Path, column: str) -> dict[str, str]:
     for name, sep, key in (("MANIFEST.tsv", "\t", "relpath"), (MANIFEST_NAME, ",", "path")):
         f = source / name
         if f.is_file():
-            with open(f, newline="", encoding="utf-8") as fh:
-                rows = list(csv.DictReader(fh, delimiter=sep))
+            rows = read_table_rows(f, sep)
             if rows and column in rows[0] and key in rows[0]:
-                return {r[key]: r[column] for r in rows if r[column]}
+                return table_mapping(rows, key, column, f)
     raise ValueError(f"group_by={column!r}: expected 'source', 'region', 'patch' or a column of "
                      f"{source / 'MANIFEST.tsv'}")
 

@@ -9,11 +9,11 @@ the demo's *target* set. ``python -m histlib build-sample --from DIR`` rebuilds 
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import shutil
 from pathlib import Path
 
+from histlib.data.manifest import read_table_rows
 from histlib.runs import atomic_dir, atomic_write_text, check_name, file_sha256, project_path
 
 SAMPLE_DIR = "data/sample"
@@ -58,8 +58,7 @@ overlapping 64 px patches (the "base" set) and `kather2016` likewise (the "targe
 def _read_manifest_tsv(path: Path) -> list[dict[str, str]]:
     """The rows of a sample set's ``MANIFEST.tsv``; each ``relpath`` must be ``<class>/<file>`` with safe names,
     since files are copied to it."""
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f, delimiter="\t"))
+    rows = read_table_rows(path, "\t")
     for r in rows:
         parts = str(r.get("relpath") or "").split("/")
         if len(parts) != 2 or (r.get("class") is not None and r["class"] != parts[0]):

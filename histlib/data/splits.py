@@ -8,7 +8,6 @@ a group never straddles splits. Within that constraint the split is stratified b
 
 from __future__ import annotations
 
-import csv
 import warnings
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -129,13 +128,14 @@ def _split_folder(rel: str, names: set[str]) -> str | None:
 
 
 def _read_split_table(path: Path, key_col: str, column: str) -> dict[str, str]:
+    from histlib.data.manifest import read_table_rows, table_mapping
+
     sep = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
-    with open(path, newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh, delimiter=sep))
+    rows = read_table_rows(path, sep)
     if not rows or key_col not in rows[0] or column not in rows[0]:
         found = list(rows[0]) if rows else []
         raise ValueError(f"{path}: expected columns {key_col!r} and {column!r} for the predefined split, found {found}")
-    return {r[key_col]: r[column] for r in rows}
+    return table_mapping(rows, key_col, column, path)
 
 
 def predefined_splits(cfg: Any, source: Path, sources: list[str]) -> dict[str, str]:

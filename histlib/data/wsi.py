@@ -63,7 +63,7 @@ def read_geojson(path: str | os.PathLike) -> dict:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: annotation file not found") from None
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: not valid GeoJSON ({e})") from None
     if isinstance(data, dict) and data.get("type") == "FeatureCollection":
         features = data.get("features", [])
