@@ -671,7 +671,7 @@ def train_classifier(cfg: ClassifyConfig, run_dir: str | os.PathLike, progress: 
         "accuracy": m["accuracy"], "balanced_accuracy": m["balanced_accuracy"], "val_loss": val_loss,
         "recall": m["recall"], "confusion_matrix": m["confusion_matrix"], "classes": classes,
         "n_val": int(len(y_true)), "val_per_class": val_ds.class_counts(),
-        "val_y_true": y_true.tolist(), "val_y_pred": y_pred.tolist(), **held_out,
+        "val_y_true": y_true.tolist(), "val_y_pred": y_pred.tolist(), **group_ids("val_", val_ds), **held_out,
         **{k: v for k, v in report.items() if k != "classes"},
         "best_epoch": best_epoch, "epochs_run": epochs_run, "steps": step, "stopped_early": stopped_early,
         "train_time_s": train_time_s, "total_time_s": time.perf_counter() - t_begin,
@@ -691,11 +691,20 @@ def _held_out_loader(root: Path, split: str | None, classes: list[str], cfg: Cla
                                        pin_memory=device.type == "cuda")
 
 
-def _prefixed(prefix: str, y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> dict[str, Any]:
+def group_ids(prefix: str, dataset) -> dict[str, Any]:
+    """``{prefix}groups``: each evaluated image's group (the manifest's ``group`` column: source image, slide,
+    cluster …) as an integer code in order of first appearance, beside the predictions in the same order, and
+    ``{prefix}n_groups``; the analysis resamples these groups, not single patches, for its intervals."""
+    codes, uniques = pd.factorize(dataset.manifest["group"].astype(str), sort=False)
+    return {f"{prefix}groups": codes.tolist(), f"{prefix}n_groups": int(len(uniques))}
+
+
+def _prefixed(prefix: str, y_true: np.ndarray, y_pred: np.ndarray, classes: list[str], dataset) -> dict[str, Any]:
     m = classification_metrics(y_true, y_pred, classes)
     return {f"{prefix}accuracy": m["accuracy"], f"{prefix}balanced_accuracy": m["balanced_accuracy"],
             f"{prefix}recall": m["recall"], f"{prefix}confusion_matrix": m["confusion_matrix"],
-            f"{prefix}n": int(len(y_true)), f"{prefix}y_true": y_true.tolist(), f"{prefix}y_pred": y_pred.tolist()}
+            f"{prefix}n": int(len(y_true)), f"{prefix}y_true": y_true.tolist(), f"{prefix}y_pred": y_pred.tolist(),
+            **group_ids(prefix, dataset)}
 
 
 def evaluate_held_out(cfg: ClassifyConfig, model: nn.Module, classes: list[str], device: torch.device,
@@ -709,7 +718,7 @@ def evaluate_held_out(cfg: ClassifyConfig, model: nn.Module, classes: list[str],
     if cfg.test_split and cfg.test_split in set(load_manifest(Path(cfg.real_dir))["split"]):
         loader = _held_out_loader(Path(cfg.real_dir), cfg.test_split, classes, cfg, device)
         y_true, y_pred, _ = predict(model, loader, device, amp, channels_last)
-        out.update(_prefixed("test_", y_true, y_pred, classes))
+        out.update(_prefixed("test_", y_true, y_pred, classes, loader.dataset))
         out["test_split"] = cfg.test_split
     for name, folder in cfg.extra_test_sets.items():
         from histlib.runs import project_path
@@ -720,7 +729,7 @@ def evaluate_held_out(cfg: ClassifyConfig, model: nn.Module, classes: list[str],
         except (ValueError, FileNotFoundError) as e:
             raise ValueError(f"ClassifyConfig.extra_test_sets[{name!r}]: {e}") from None
         y_true, y_pred, _ = predict(model, loader, device, amp, channels_last)
-        out.update(_prefixed(f"extra/{name}/", y_true, y_pred, classes))
+        out.update(_prefixed(f"extra/{name}/", y_true, y_pred, classes, loader.dataset))
     return out
 
 

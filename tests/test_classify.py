@@ -466,6 +466,7 @@ def test_test_split_and_extra_sets_are_evaluated_once_on_the_chosen_checkpoint(f
     shutil.copytree(real, held)
     m = pd.read_csv(held / "manifest.csv")
     m.loc[m.groupby("class").tail(3).index, "split"] = "test"  # 3 test images per class, never seen in training
+    m.loc[m["split"] == "test", "group"] = "slide_" + m["class"]  # the test images of a class share a group
     m.to_csv(held / "manifest.csv", index=False)
     extra = _write_folder(tmp_path / "external", {"a": 3, "c": 4}, manifest_splits={}, seed=5)  # a subset of classes
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -483,6 +484,11 @@ def test_test_split_and_extra_sets_are_evaluated_once_on_the_chosen_checkpoint(f
     assert sum(map(sum, metrics["test_confusion_matrix"])) == 9
     assert metrics["extra/external/n"] == 7 and set(metrics["extra/external/y_true"]) == {0, 2}
     assert "accuracy" in metrics and "val_y_pred" in metrics  # val kept apart from test
+    # each evaluated image's group (the manifest's), in prediction order, for the analysis's group bootstrap
+    test_rows = m[m["split"] == "test"]
+    assert pd.Series(metrics["test_groups"]).factorize()[0].tolist() == test_rows["group"].factorize()[0].tolist()
+    assert metrics["test_n_groups"] == 3 and len(metrics["val_groups"]) == metrics["n_val"]
+    assert len(metrics["extra/external/groups"]) == 7
     summary = classify.summarize_runs(df)
     assert {"test_accuracy_mean", "accuracy_mean"} <= set(summary.columns)
     assert classify.run_name("real", TINY, 1, "freeze_d1") == f"real__{TINY}__seed1"  # real runs carry no variant
