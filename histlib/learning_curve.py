@@ -128,9 +128,9 @@ def plot_learning_curve(df: pd.DataFrame, curve: pd.DataFrame | None = None):
                             textcoords="offset points", xytext=(4, -10))
         models = list(dict.fromkeys(part["model"]))
         shown: set[str] = set()  # a row of two tables (real + stain) is drawn once
-        for table in analysis.paper_tables(df).values():
-            if table.attrs.get("dataset") != ds:
-                continue
+        for table in analysis.answer.paper_tables(analysis.answer.scored_table(df, n_boot=0)).values():
+            if table.attrs.get("dataset") != ds or table.attrs.get("evaluated_on") != part["evaluated_on"].iloc[0]:
+                continue  # other datasets, and Table 1/2 on another set than the curve's
             for label in table.index[1:]:
                 for model in models:
                     value = table.loc[label, (model, "Acc")] if (model, "Acc") in table.columns else math.nan

@@ -144,7 +144,7 @@ def build_index(study_dir: str | os.PathLike) -> Path:
     partial = (f"<p class='warn'>Partial: {len(unfinished)} classify step(s) not finished "
                f"({_esc(', '.join(unfinished[:6]))}{', …' if len(unfinished) > 6 else ''}); the seeds that finished "
                "are included, see <i>n</i>.</p>") if unfinished and tables is not None else ""
-    body += ["<h2>The answer: Table 1/2 per target</h2>", partial,
+    body += ["<h2>The answer: Table 1/2 per target and held-out set</h2>", partial,
              tables.html if tables is not None else "<p class='muted'>No classifier has finished yet.</p>",
              _learning_curve_html(root),
              "<h2>GAN variants: generated beside real</h2>", _variants_html(root, df),

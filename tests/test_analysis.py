@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import math
+import re
+from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from histlib import analysis, runs
@@ -241,7 +244,8 @@ GAN = {"scratch": (80.0, 0.50), "pretrained": (60.0, 0.70), "freeze_d1": (40.0, 
 @pytest.fixture
 def answer(tmp_path) -> Path:
     root = tmp_path / "results" / "ans"
-    y = np.repeat([0, 1], 20)  # 40 test images, two classes
+    y = np.repeat([0, 1], 20)  # 40 test images, two classes, 20 groups (source images) of 2 patches
+    groups = (np.arange(40) // 2).tolist()
     for (ts, variant), (vals, n_right) in ANSWER.items():
         for seed, (val, right) in enumerate(zip(vals, n_right)):
             pred = y.copy()
@@ -252,7 +256,7 @@ def answer(tmp_path) -> Path:
                 "n_train_real": 389 if ts == "real" else 0, "n_train_synthetic": 900 if ts != "real" else 0,
                 "test_accuracy": right / 40, "test_balanced_accuracy": float(np.mean([(pred[y == k] == k).mean()
                                                                                       for k in (0, 1)])),
-                "test_y_true": y.tolist(), "test_y_pred": pred.tolist()})
+                "test_y_true": y.tolist(), "test_y_pred": pred.tolist(), "test_groups": groups, "test_n": 40})
     for variant, (fid, agreement) in GAN.items():
         runs.Run(root / "lung" / "generate" / variant).write_metrics({
             "inception-v3-fid/fid": fid, "fidelity/agreement": agreement, "fidelity/balanced_agreement": agreement,
@@ -280,7 +284,8 @@ def test_paired_differences_against_real(answer):
     df = analysis.collect_metrics(answer)
     d = analysis.paired_differences(df, n_boot=500)
     row = d[(d["variant"] == "freeze_g2") & (d["metric"] == "accuracy")].iloc[0]
-    assert row["evaluated_on"] == "test" and row["n_images"] == 40
+    assert row["evaluated_on"] == "test" and row["n_images"] == 40 and row["n_groups"] == 20
+    assert (row["n_seeds"], row["n_seeds_real"], row["interval_note"]) == (3, 3, "")
     assert row["difference"] == pytest.approx(100 * (35 - 31) / 40)
     assert row["ci_low"] <= row["difference"] <= row["ci_high"] and row["seeds_same_sign"] == "3/3"
     worse = d[(d["variant"] == "scratch") & (d["metric"] == "accuracy")].iloc[0]
@@ -343,3 +348,110 @@ def test_stain_rows_in_table_1_2_and_against_real(yardsticks):
     assert got[("real+stain", "")] == pytest.approx(100 * 2 / 40)
     assert got[("real+synthetic+stain", "freeze_d1")] == pytest.approx(100 * 6 / 40)
     assert got[("real@0.25", "")] == pytest.approx(-100 * 10 / 40)  # the curve's points differ from real too
+class _Tables(HTMLParser):
+    """Every ``<table>`` of a page as lists of cell texts, with the ``<h3>`` heading above it."""
+
+    def __init__(self):
+        super().__init__()
+        self.tables, self.heading, self.text, self.row = {}, "", None, None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "table":
+            self.tables[self.heading] = []
+        elif tag == "tr":
+            self.row = []
+        elif tag in ("td", "th", "h3"):
+            self.text = ""
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self.row is not None:
+            self.row.append(self.text.strip())
+        elif tag == "h3":
+            self.heading = self.text.strip()
+        elif tag == "tr" and self.tables:
+            self.tables[list(self.tables)[-1]].append(self.row)
+
+    def handle_data(self, data):
+        if self.text is not None:
+            self.text += data
+
+
+def _add_external_only_dataset(root: Path, tmp_path: Path) -> None:
+    """``colon``: no test split, scored on an external set only; 16 external images in 8 groups (too few for an
+    interval), recorded by the runs of seed 0 only — seed 1's come from the external set's manifest."""
+    external = tmp_path / "external"
+    external.mkdir()
+    (external / "manifest.csv").write_text("path,class,split,group,source\n" + "".join(
+        f"{c}/{i}.png,{c},train,slide{i // 2},s{i}\n" for i, c in ((i, "ab"[i >= 8]) for i in range(16))))
+    y = np.repeat([0, 1], 8)
+    for ts, variant, right in (("real", "", (12, 13)), ("synthetic", "pretrained", (14, 15))):
+        for seed, r in enumerate(right):
+            pred = y.copy()
+            pred[r:] = 1 - pred[r:]
+            run = runs.Run(root / "colon" / "classify" / (f"{ts}__{variant}__resnet34__seed{seed}" if variant
+                                                           else f"{ts}__resnet34__seed{seed}"))
+            run.write_metrics({"accuracy": 0.5 + 0.1 * seed, "balanced_accuracy": 0.5, "variant": variant or None,
+                               "n_train_real": 50 if ts == "real" else 0,
+                               "n_train_synthetic": 0 if ts == "real" else 60,
+                               "extra/external/accuracy": r / 16, "extra/external/balanced_accuracy": r / 16,
+                               "extra/external/n": 16, "extra/external/y_true": y.tolist(),
+                               "extra/external/y_pred": pred.tolist(),
+                               **({"extra/external/groups": (np.arange(16) // 2).tolist()} if seed == 0 else {})})
+            runs.write_json(run.path / "config.json", {"train_set": ts, "extra_test_sets": {"external": str(external)}})
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    table = pd.read_csv(path)
+    text = [c for c in table.columns if not pd.api.types.is_numeric_dtype(table[c])]
+    table[text] = table[text].fillna("")
+    return table
+
+
+def test_index_page_and_exported_tables_give_the_same_answer(answer, tmp_path):
+    from histlib import report
+
+    _add_external_only_dataset(answer, tmp_path)
+    df = analysis.collect_metrics(answer)
+    written = analysis.write_study_tables(answer, df)
+    assert {p.name for p in written} >= {"classification.csv", "classification_paper.csv", "runs.csv",
+                                        "differences_to_real.csv"}
+    page = report.build_index(answer).read_text()
+    tables = _Tables()
+    tables.feed(page)
+    # a table per target on the sets it was scored on: lung's test split, colon's external set (colon has no test
+    # split: its validation numbers are not the answer)
+    assert set(tables.tables) == {"lung", "colon"}
+    assert "colon, scored on the external test set external (nothing was tuned on it): 16 images in 8 groups" in page
+    paper = _read_csv(answer / "analysis" / "classification_paper.csv")
+    assert list(paper.columns[:3]) == ["dataset", "scored_on", "train_set"]  # one header row
+    assert len(paper) == 4 + 2 and set(paper["variant"]) == {"", "scratch", "pretrained", "freeze_d1"}
+    for r in paper.itertuples():
+        rows = {row[0]: row[1:] for row in tables.tables[r.dataset][2:]}
+        acc, bal, seeds, d_acc, _ = rows[r.training_set]
+        assert (acc, bal, seeds) == (f"{float(r.accuracy):.1f}", f"{float(r.balanced_accuracy):.1f}", str(r.n_seeds))
+        if r.train_set != "real" and r.interval_note == "":
+            assert [float(x) for x in re.findall(r"[-+]\d+\.\d", d_acc)] == pytest.approx(
+                [float(r.diff_accuracy), float(r.diff_accuracy_low), float(r.diff_accuracy_high)], abs=0.051)
+    lung = paper[(paper["dataset"] == "lung") & (paper["variant"] == "freeze_d1")].iloc[0]
+    assert lung["accuracy"] == pytest.approx(100 * 29 / 40) and lung["best_frozen"]
+    assert lung["n_groups"] == 20
+    colon = paper[(paper["dataset"] == "colon") & (paper["train_set"] == "synthetic")].iloc[0]
+    assert colon["accuracy"] == pytest.approx(100 * 14.5 / 16)
+    assert colon["n_groups"] == 8  # seed 0's recorded groups agree with seed 1's, read from the manifest
+    assert colon["interval_note"] == "too few groups for an interval"
+    assert "too few groups for an interval" in page
+    # one sentence per target: the row chosen on validation against real, with its interval and what it rests on
+    assert re.search(r"lung \(test\): the best row on validation, 900 generated with freezing freeze_d1 \(resnet34\), "
+                     r"differs from real by -5\.0 \[-\d+\.\d, [-+]\d+\.\d\] points .* 40 images in 20 groups, 3 \+ 3 "
+                     r"seeds", page)
+    # every variant, on the scored sets, in classification.csv; one line per run in runs.csv
+    full = _read_csv(answer / "analysis" / "classification.csv")
+    g2 = full[(full["variant"] == "freeze_g2")].iloc[0]
+    assert g2["scored_on"] == "test" and g2["accuracy"] == pytest.approx(100 * 35 / 40) and not g2["paper_row"]
+    per_run = _read_csv(answer / "analysis" / "runs.csv")
+    assert len(per_run) == 15 + 4 and per_run.columns[0] == "dataset"
+    one = per_run[(per_run["variant"] == "freeze_g2") & (per_run["seed"] == 2)].iloc[0]
+    assert one["test_accuracy"] == pytest.approx(100 * 36 / 40) and one["split"] == "test"
+    assert one["config"] == "lung/classify/synthetic__freeze_g2__resnet34__seed2/config.json"
+    variants = (answer / "analysis" / "variants.csv").read_text().splitlines()
+    assert variants[0].startswith("dataset,train_set,variant,") and not variants[1].startswith(",")

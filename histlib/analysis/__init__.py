@@ -30,6 +30,8 @@ import numpy as np
 import pandas as pd
 
 from histlib import classify_sets, learning_curve, runs
+from histlib.analysis import answer, intervals  # noqa: F401 (analysis.intervals for users of the package)
+from histlib.analysis.answer import runs_table, scored_table  # noqa: F401 (notebook 06 and the index page)
 
 # Execution order of the stages (the same names as the study runner's; repeated here so that the analysis never
 # imports the runner).
@@ -393,10 +395,7 @@ def gan_table(df: pd.DataFrame, stage: str = "generate") -> pd.DataFrame:
 # The study's answer: the paper's Tables 1-2, every variant, differences to real, GAN metrics beside classifiers
 
 PAPER_ROWS = ("real", "scratch", "pretrained", "frozen")
-WORTH = "worth in real images"  # Table 1/2 column beside a learning curve (histlib.learning_curve)
-WORTH_NOTE = (f"'{WORTH}': the extra real images the real-data learning curve needs to reach the row's accuracy, "
-              f"interpolated between its points; '{learning_curve.BEYOND}' above the full real set's accuracy, "
-              f"'{learning_curve.BELOW}' under the smallest fraction's.")
+WORTH, WORTH_NOTE = answer.WORTH, answer.WORTH_NOTE  # Table 1/2 column beside a learning curve
 FIDELITY_METRICS = ("agreement", "balanced_agreement")
 
 
@@ -440,77 +439,34 @@ def best_frozen_variant(runs_df: pd.DataFrame, train_set: str) -> str | None:
     return str(means.idxmax())
 
 
-def _row_label(kind: str, train_set: str, runs: pd.DataFrame, variant: str) -> str:
-    n_real = int(_mean(runs["n_train_real"])) if runs["n_train_real"].notna().any() else 0
-    n_syn = int(_mean(runs["n_train_synthetic"])) if runs["n_train_synthetic"].notna().any() else 0
-    stain = " + stain augmentation" if classify_sets.uses_stain(train_set) else ""
-    if kind == "real":
-        return f"{n_real} real{stain}"
-    what = {"scratch": "non-pretrained", "pretrained": "pretrained"}.get(kind, f"freezing {variant}")
-    generated = f"{n_syn} generated with {what}"
-    return (f"{n_real} real + {generated}" if classify_sets.uses_real(train_set) else generated) + stain
-
-
-def paper_table(df: pd.DataFrame, dataset: str, train_set: str | None = None) -> pd.DataFrame:
-    """The publication's Table 1/2 for one target dataset.
+def paper_table(df: pd.DataFrame, dataset: str, train_set: str | None = None,
+                scored_on: str | None = None) -> pd.DataFrame:
+    """The publication's Table 1/2 for one target dataset, as numbers (the index page shows the same rows).
 
     Rows: ``N real``, ``N real + stain augmentation`` (the ``real+stain`` yardstick, when trained), ``N generated
     with non-pretrained`` (variant ``scratch``), ``N generated with pretrained``, ``N generated with freezing <best>``
-    (the frozen variant with the highest *validation* accuracy, :func:`best_frozen_variant`); for a training set
-    with real images the generated rows read ``N real + N generated …``, with stain augmentation ``… + stain
-    augmentation``. Columns: per classifier, ``Acc`` and ``Bal. Acc`` in %, the mean over seeds. The numbers come
-    from the test split when every run has one (``attrs['evaluated_on'] == 'test'``), else from validation.
+    (the ``freeze_*`` variant with the highest *validation* accuracy), any other variant, selection or amount; for a
+    training set with real images the generated rows read ``N real + N generated …``, with stain augmentation ``… +
+    stain augmentation`` (:mod:`histlib.analysis.answer`).
 
     Args:
         df: :func:`collect_metrics` output.
         dataset: the target dataset.
-        train_set: the generated rows' training set (default: ``synthetic`` if present, else ``real+synthetic``).
+        train_set: the training set of the generated rows (default: the first one the dataset has).
+        scored_on: ``'test'``, ``'extra/<name>'`` or ``'val'`` (default: the dataset's first held-out set).
 
     Returns:
-        Numbers (%); ``attrs``: ``evaluated_on``, ``best_frozen``, ``train_set``, ``n_seeds`` (per row and model).
-        Empty when the dataset has no classifier run.
+        Columns ``(classifier, Acc | Bal. Acc)`` in % (mean over seeds), and ``worth in real images`` beside a
+        learning curve; ``attrs``: ``evaluated_on`` (the scored set), ``best_frozen``, ``train_set``, ``dataset``,
+        ``n_seeds``, ``worth_note``, ``caption``. Empty when the dataset has no classifier run.
     """
-    runs_df = classifier_runs(df)
-    runs_df = runs_df[runs_df["dataset"] == dataset]
-    if len(runs_df) == 0:
-        return pd.DataFrame()
-    if train_set is None:
-        sets = set(runs_df["train_set"])
-        train_set = "synthetic" if "synthetic" in sets else ("real+synthetic" if "real+synthetic" in sets else None)
-    split = evaluated_on(runs_df)
-    best = best_frozen_variant(runs_df, train_set) if train_set else None
-    models = list(dict.fromkeys(runs_df["model"]))
-    # the yardsticks first: real images alone, then with classic stain augmentation
-    wanted = [("real", "real", ""), ("real", "real+stain", "")]
-    if train_set:
-        wanted += [("scratch", train_set, "scratch"), ("pretrained", train_set, "pretrained")]
-        if best:
-            wanted.append(("frozen", train_set, best))
-    curve = learning_curve.learning_curve(df)
-    curve = curve if (curve["dataset"] == dataset).any() else None  # a worth column only beside a learning curve
-    rows, index, n_seeds = [], [], {}
-    for kind, ts, variant in wanted:
-        part = runs_df[(runs_df["train_set"] == ts) & (runs_df["variant"] == variant)]
-        if len(part) == 0:
-            continue
-        label = _row_label(kind, ts, part, variant)
-        row = {}
-        for model in models:
-            m = part[part["model"] == model]
-            row[(model, "Acc")] = 100 * _mean(m[f"{split}_accuracy"])
-            row[(model, "Bal. Acc")] = 100 * _mean(m[f"{split}_balanced_accuracy"])
-            n_seeds[(label, model)] = int(m[f"{split}_accuracy"].notna().sum())
-            if curve is not None and ts != "real":
-                row[(model, WORTH)] = learning_curve.extra_real_images(curve, dataset, model, row[(model, "Acc")],
-                                                                       _mean(m["n_train_real"]))
-        rows.append(row)
-        index.append(label)
-    table = pd.DataFrame(rows, index=pd.Index(index, name="training set"))
-    table.columns = pd.MultiIndex.from_tuples(table.columns, names=["classifier", "metric"])
-    table.attrs.update(evaluated_on=split, best_frozen=best, train_set=train_set, dataset=dataset,
-                       n_seeds={f"{k[0]} / {k[1]}": v for k, v in n_seeds.items()},
-                       worth_note=WORTH_NOTE if curve is not None else "")
-    return table
+    table = answer.scored_table(df, n_boot=0)
+    for _, part in answer.table_groups(table):
+        gan = [t for t in dict.fromkeys(part["train_set"]) if classify_sets.needs_synthetic(t)]
+        if part["dataset"].iloc[0] == dataset and (train_set is None or train_set in gan) and (
+                scored_on is None or part["scored_on"].iloc[0] == scored_on):
+            return answer.numbers_table(part)
+    return pd.DataFrame()
 
 
 def variant_table(df: pd.DataFrame, dataset: str | None = None) -> pd.DataFrame:
@@ -546,107 +502,23 @@ def variant_table(df: pd.DataFrame, dataset: str | None = None) -> pd.DataFrame:
     return table
 
 
-def _correct_matrix(part: pd.DataFrame, split: str) -> tuple[np.ndarray, np.ndarray] | None:
-    """``(correct [seeds, N] bool, y_true [N])`` of a group of runs evaluated on the same images, by seed order."""
-    part = part.sort_values("seed")
-    ys = [np.asarray(v) for v in part[f"{split}_y_true"]]
-    ps = [np.asarray(v) for v in part[f"{split}_y_pred"]]
-    if not ys or any(y is None or len(y) != len(ys[0]) or not np.array_equal(y, ys[0]) for y in ys):
-        return None
-    return np.stack([p == ys[0] for p in ps]), ys[0]
+def paired_differences(df: pd.DataFrame, n_boot: int = 2000, ci: float = 0.95, seed: int = 0) -> pd.DataFrame:
+    """Each training-set row against ``real`` on the same images, per dataset, scored set and classifier.
 
-
-def _resampled_scores(correct: np.ndarray, y: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Seed-mean accuracy and balanced accuracy for each row of resampling ``weights [B, N]``: ``([B], [B])``."""
-    acc = (weights @ correct.T.astype(np.float64)).mean(axis=1) / weights.sum(axis=1)  # [B]
-    recalls = []
-    for k in np.unique(y):
-        wk = weights * (y == k)
-        denom = wk.sum(axis=1)
-        recalls.append(np.where(denom > 0, (wk @ correct.T.astype(np.float64)).mean(axis=1) / np.maximum(denom, 1),
-                                np.nan))
-    return acc, np.nanmean(np.stack(recalls), axis=0)
-
-
-def paired_differences(df: pd.DataFrame, n_boot: int = 2000, ci: float = 0.95, seed: int = 0,
-                       chunk: int = 200) -> pd.DataFrame:
-    """Each training set and variant against ``real`` on the same images, per dataset and classifier.
-
-    The difference of the seed-mean accuracy (and balanced accuracy) is bootstrapped over the evaluation images
-    (one resample of the images serves both rows, so the comparison is paired), on test when every run has it,
-    else on validation. ``seeds_same_sign`` counts the seeds whose own difference (seed k against real seed k)
-    has the sign of the mean difference.
+    The difference of the seed-mean accuracy (and balanced accuracy) with its group bootstrap interval: the split's
+    groups (source image, slide, cluster) are resampled, one draw for both rows (paired), and each row's seeds on
+    their own (:mod:`histlib.analysis.intervals`). ``seeds_same_sign`` counts the seeds whose own difference (seed
+    k against real seed k) has the sign of the mean difference.
 
     Returns:
-        Columns ``dataset, train_set, variant, model, evaluated_on, metric, difference, ci_low, ci_high, n_images,
-        seeds_same_sign`` (differences in percentage points). Empty without real runs or predictions.
+        :func:`histlib.analysis.answer.paired_differences_long` of :func:`histlib.analysis.answer.scored_table`
+        (differences in percentage points; ``evaluated_on`` repeats ``scored_on``). Empty without real runs or
+        predictions.
     """
-    full = collect_metrics_lists(df)
-    if full is None or len(full) == 0:
-        return pd.DataFrame()
-    rows = []
-    rng = np.random.default_rng(seed)
-    alpha = (1 - ci) / 2
-    for (ds, model), g in full.groupby(["dataset", "model"], sort=False):
-        split = evaluated_on(g)
-        if f"{split}_y_pred" not in g:
-            continue
-        real = g[g["train_set"] == "real"]
-        base = _correct_matrix(real, split) if len(real) else None
-        if base is None:
-            continue
-        c_real, y = base
-        n = len(y)
-        for (ts, variant), other in g[g["train_set"] != "real"].groupby(["train_set", "variant"], sort=False):
-            got = _correct_matrix(other, split)
-            if got is None or len(got[1]) != n or not np.array_equal(got[1], y):
-                continue
-            c_other = got[0]
-            point_acc = c_other.mean() - c_real.mean()
-            pa, pb = _resampled_scores(c_other, y, np.ones((1, n)))[1], _resampled_scores(c_real, y, np.ones((1, n)))[1]
-            point_bal = float(pa[0] - pb[0])
-            diffs_acc, diffs_bal = [], []
-            for start in range(0, n_boot, chunk):
-                b = min(chunk, n_boot - start)
-                w = rng.multinomial(n, np.full(n, 1.0 / n), size=b).astype(np.float64)  # [b, N]
-                a1, b1 = _resampled_scores(c_other, y, w)
-                a0, b0 = _resampled_scores(c_real, y, w)
-                diffs_acc.append(a1 - a0)
-                diffs_bal.append(b1 - b0)
-            k = min(len(c_other), len(c_real))
-            per_seed_acc = c_other[:k].mean(axis=1) - c_real[:k].mean(axis=1)
-            for metric, point, diffs, per_seed in (
-                    ("accuracy", point_acc, np.concatenate(diffs_acc), per_seed_acc),
-                    ("balanced_accuracy", point_bal, np.concatenate(diffs_bal), None)):
-                lo, hi = np.nanquantile(diffs, [alpha, 1 - alpha])
-                if per_seed is None:
-                    per_seed = np.array([_resampled_scores(c_other[i:i + 1], y, np.ones((1, n)))[1][0]
-                                         - _resampled_scores(c_real[i:i + 1], y, np.ones((1, n)))[1][0]
-                                         for i in range(k)])
-                same = int((np.sign(per_seed) == np.sign(point)).sum()) if point != 0 else 0
-                rows.append({"dataset": ds, "train_set": ts, "variant": variant, "model": model,
-                             "evaluated_on": split, "metric": metric, "difference": 100 * float(point),
-                             "ci_low": 100 * float(lo), "ci_high": 100 * float(hi), "n_images": n,
-                             "seeds_same_sign": f"{same}/{k}"})
-    return pd.DataFrame(rows)
-
-
-def collect_metrics_lists(df: pd.DataFrame) -> pd.DataFrame | None:
-    """Classifier runs of ``df`` with their prediction lists (``val_y_true`` … ``test_y_pred``) read back from each
-    run's ``metrics.json`` (``df`` holds scalars only)."""
-    part = _classify_rows(df)
-    if len(part) == 0 or "path" not in part or "study_dir" not in df.attrs:
-        return None
-    root = Path(df.attrs["study_dir"])
-    runs_df = classifier_runs(df)
-    lists = {k: [] for k in ("val_y_true", "val_y_pred", "test_y_true", "test_y_pred")}
-    for rel in part["path"]:
-        m = runs.read_json(root / rel / "metrics.json")
-        for k in lists:
-            lists[k].append(m.get(k))
-    for k, v in lists.items():
-        runs_df[k] = v
-    return runs_df
+    out = answer.paired_differences_long(answer.scored_table(df, n_boot=n_boot, ci=ci, seed=seed))
+    if len(out):
+        out.insert(out.columns.get_loc("scored_on") + 1, "evaluated_on", out["scored_on"])
+    return out
 
 
 def fidelity_table(df: pd.DataFrame) -> pd.DataFrame:
@@ -767,45 +639,23 @@ class HTML:
         return self.text
 
 
-def paper_tables(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """:func:`paper_table` of every target dataset with classifier runs, ``{dataset: table}``."""
-    runs_df = classifier_runs(df)
-    out = {}
-    for ds in dict.fromkeys(runs_df["dataset"]):
-        present = set(runs_df.loc[runs_df["dataset"] == ds, "train_set"])
-        sets = [ts for ts in TRAIN_SET_ORDER if classify_sets.needs_synthetic(ts) and ts in present]
-        for ts in sets or [None]:
-            table = paper_table(df, ds, ts)
-            if not table.empty:
-                out[ds if len(sets) <= 1 else f"{ds} ({ts})"] = table
-    return out
+def paper_tables(df: pd.DataFrame, table: pd.DataFrame | None = None) -> dict[str, pd.DataFrame]:
+    """Every Table 1/2 as numbers, ``{'<dataset>[ (<training set>)][ · <scored set>]': table}``
+    (:func:`histlib.analysis.answer.paper_tables`); ``table``: a :func:`scored_table` already computed."""
+    return answer.paper_tables(answer.scored_table(df) if table is None else table)
 
 
 def _caption(table: pd.DataFrame) -> str:
-    a = table.attrs
-    where = ("the held-out test split (nothing was tuned on it)" if a.get("evaluated_on") == "test"
-             else "the validation split that also chose each run's epoch (no test split in this dataset)")
-    seeds = sorted(set((a.get("n_seeds") or {}).values()))
-    best = a.get("best_frozen")
-    return (f"{a.get('dataset')}: accuracy and balanced accuracy in %, mean of {'/'.join(map(str, seeds)) or '?'} "
-            f"run(s), on {where}." + (f" Best frozen variant, chosen on validation: {best}." if best else "")
-            + (f" {a['worth_note']}" if a.get("worth_note") else ""))
+    """The caption of a :func:`paper_table`: the scored set, its images and groups, the statistics, the chosen
+    variant and the worth column's meaning."""
+    return table.attrs.get("caption", "")
 
 
-def paper_tables_view(df: pd.DataFrame) -> HTML:
-    """Every target's Table 1/2 with a caption saying the split, the number of runs and the chosen variant."""
-    import html as html_mod
-
-    tables = paper_tables(df)
-    if not tables:
-        return HTML("<p>No classifier runs in this study yet.</p>", "No classifier runs in this study yet.")
-    parts, text = [], []
-    for name, table in tables.items():
-        shown = table.round(1).astype(object).where(table.notna(), "—")
-        parts.append(f"<h4>{html_mod.escape(name)}</h4><p>{html_mod.escape(_caption(table))}</p>"
-                     + shown.to_html(border=0))
-        text.append(f"{name}\n{_caption(table)}\n{shown.to_string()}")
-    return HTML("".join(parts), "\n\n".join(text))
+def paper_tables_view(df: pd.DataFrame, table: pd.DataFrame | None = None) -> HTML:
+    """Every Table 1/2 with its one-sentence answer and a caption saying the scored set, its images and groups, the
+    seeds and the chosen variant (the index page shows the same). ``table``: a :func:`scored_table` already
+    computed from ``df``."""
+    return HTML(*answer.paper_tables_html(answer.scored_table(df) if table is None else table))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -894,21 +744,32 @@ def transfer_tensors(run_dir: str | os.PathLike, statuses: Sequence[str] = ("ski
 # Writing
 
 
-def to_markdown(table: pd.DataFrame, floatfmt: str = ".4g") -> str:
-    """A GitHub-flavoured Markdown table (index included; multi-level headers joined with ``' / '``)."""
-    if table.empty:
-        return "(no rows)\n"
+def one_header(table: pd.DataFrame) -> pd.DataFrame:
+    """The table with its index as columns and one header row (multi-level headers joined with ``' / '``), as every
+    exported CSV and Markdown table is written."""
     flat = table.reset_index() if any(n is not None for n in table.index.names) else table.copy()
 
     def name(c: Any) -> str:
         return " / ".join(str(x) for x in c if str(x)) if isinstance(c, tuple) else str(c)
 
+    flat.columns = [name(c) for c in flat.columns]
+    return flat
+
+
+def to_markdown(table: pd.DataFrame, floatfmt: str = ".4g") -> str:
+    """A GitHub-flavoured Markdown table (index included; multi-level headers joined with ``' / '``)."""
+    if table.empty:
+        return "(no rows)\n"
+    flat = one_header(table)
+
     def cell(v: Any) -> str:
+        if v is pd.NA or v is None:
+            return ""
         if isinstance(v, float):
             return "" if math.isnan(v) else format(v, floatfmt)
         return str(v).replace("|", "\\|")
 
-    header = [name(c) for c in flat.columns]
+    header = list(flat.columns)
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for row in flat.itertuples(index=False):
         lines.append("| " + " | ".join(cell(v) for v in row) + " |")
@@ -920,8 +781,10 @@ def analysis_dir(study_dir: str | os.PathLike) -> Path:
     return runs.project_path(study_dir) / "analysis"
 
 
-def write_tables(tables: Mapping[str, pd.DataFrame], out_dir: str | os.PathLike) -> list[Path]:
-    """Writes each table as ``<name>.csv`` and ``<name>.md`` under ``out_dir`` (atomically, via ``histlib.runs``).
+def write_tables(tables: Mapping[str, pd.DataFrame], out_dir: str | os.PathLike,
+                 csv_only: Iterable[str] = ()) -> list[Path]:
+    """Writes each table as ``<name>.csv`` and ``<name>.md`` under ``out_dir`` (atomically, via ``histlib.runs``),
+    each with one header row (:func:`one_header`); the tables named in ``csv_only`` as CSV only.
 
     Empty tables are skipped. Returns the written paths.
     """
@@ -933,9 +796,34 @@ def write_tables(tables: Mapping[str, pd.DataFrame], out_dir: str | os.PathLike)
         name = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name)).strip("_.")
         if not name:
             raise ValueError("write_tables: a table name must contain letters or digits")
-        written.append(runs.atomic_write_text(out / f"{name}.csv", table.to_csv()))
-        written.append(runs.atomic_write_text(out / f"{name}.md", to_markdown(table)))
+        written.append(runs.atomic_write_text(out / f"{name}.csv", one_header(table).to_csv(index=False)))
+        if name not in set(csv_only):
+            written.append(runs.atomic_write_text(out / f"{name}.md", to_markdown(table)))
     return written
+
+
+def study_tables(df: pd.DataFrame, table: pd.DataFrame | None = None) -> dict[str, pd.DataFrame]:
+    """Every table notebook 06 exports, by file name. ``classification`` (every training set and variant) and
+    ``classification_paper`` (Table 1/2's rows) are :func:`histlib.analysis.answer.scored_table`, the frame the
+    index page shows: the held-out sets' numbers per variant, the best frozen variant chosen on validation, with
+    the paired group intervals against real; ``runs`` has one line per classifier run."""
+    table = answer.scored_table(df) if table is None else table
+    full = variant_table(df)
+    gan_vs_cls = gan_vs_classifier(df)
+    return {"classification": table, "classification_paper": table[table["paper_row"]] if len(table) else table,
+            "learning_curve": learning_curve.learning_curve(df),
+            "differences_to_real": answer.paired_differences_long(table), "runs": answer.runs_table(df),
+            "variants": full, "gan": gan_table(df), "gan_vs_classifier": gan_vs_cls,
+            "rank_correlations": rank_correlations(gan_vs_cls), "fidelity": fidelity_table(df)}
+
+
+def write_study_tables(study_dir: str | os.PathLike, df: pd.DataFrame | None = None,
+                       table: pd.DataFrame | None = None) -> list[Path]:
+    """Writes :func:`study_tables` and the stage status to ``<study_dir>/analysis/`` (``runs`` as CSV only).
+    ``df``, ``table``: :func:`collect_metrics` and :func:`scored_table` of the study when already computed."""
+    df = collect_metrics(study_dir) if df is None else df
+    tables = {**study_tables(df, table), "status": stage_status(study_dir, df)}
+    return write_tables(tables, analysis_dir(study_dir), csv_only=("runs",))
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -1,0 +1,569 @@
+"""The study's answer, one frame behind every place that shows it: the index page, notebook 06 and the exported
+tables under ``results/<study>/analysis/``.
+
+:func:`scored_table` is that frame: one row per dataset, **scored set**, training-set row and classifier, with
+the mean over seeds on the scored set and the paired difference to ``real`` with its group bootstrap interval
+(:mod:`histlib.analysis.intervals`). The scored sets are the ones nothing was tuned on — the real set's test split
+and every ``EXTRA_TEST_SETS`` entry (``extra/<name>``) — and the validation split only when a dataset has neither.
+A training-set row is any combination of :data:`ROW_KEYS` found in the classifier runs (``train_set``, the GAN
+``variant``, the synthetic set's ``selection`` and ``amount`` label, each read from the run's ``metrics.json``),
+so new training sets appear without changes here. ``paper_row`` marks the publication's Table 1/2 rows: every
+training set without a GAN variant, and per GAN training set ``scratch``, ``pretrained``, any variant that is not a
+``freeze_*`` one, and the ``freeze_*`` variant with the highest mean **validation** accuracy (so the test numbers
+are untouched by the choice).
+"""
+
+from __future__ import annotations
+
+import html as html_mod
+import math
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from histlib import classify_sets, learning_curve, runs
+from histlib.analysis import intervals
+
+ROW_KEYS = ("train_set", "variant", "selection", "amount")
+REAL_ROW = ("real", "", "", "")  # what every other row is compared with
+_EXTRA = re.compile(r"^extra/(?P<name>[^/]+)/accuracy$")
+_AMOUNT = re.compile(r"^\d+(?:\.\d+)?x$")  # '2x': generated images per class relative to the real train split
+WORTH = "worth in real images"
+
+
+def _text(v: Any) -> str:
+    return "" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)
+
+
+def _prefix(scored_on: str) -> str:
+    """Key prefix of a scored set in ``metrics.json``: ``val_``, ``test_`` or ``extra/<name>/``."""
+    return {"val": "val_", "test": "test_"}.get(scored_on, f"{scored_on}/")
+
+
+def _scalar_keys(scored_on: str) -> dict[str, str]:
+    if scored_on == "val":
+        return {"accuracy": "accuracy", "balanced_accuracy": "balanced_accuracy", "n_images": "n_val",
+                "n_groups": "val_n_groups"}
+    p = _prefix(scored_on)
+    return {"accuracy": f"{p}accuracy", "balanced_accuracy": f"{p}balanced_accuracy", "n_images": f"{p}n",
+            "n_groups": f"{p}n_groups"}
+
+
+def describe_scored_set(scored_on: str) -> str:
+    """Words for a scored set: ``'the test split'``, ``'the external set <name>'``, ``'the validation split'``."""
+    if scored_on == "test":
+        return "the test split (nothing was tuned on it)"
+    if scored_on.startswith("extra/"):
+        return f"the external test set {scored_on.split('/', 1)[1]} (nothing was tuned on it)"
+    return "the validation split, which also chose each run's epoch (no held-out set for this dataset)"
+
+
+def split_variant(label: str) -> tuple[str, str, str]:
+    """A generated set's label → ``(variant, selection, amount)``: ``'freeze_d1-realism-2x'`` →
+    ``('freeze_d1', 'realism', '2x')`` (the study names a set ``<variant>[-<selection>][-<amount>x]``; variant
+    names hold no ``-``)."""
+    variant, *rest = str(label).split("-")
+    amount = next((p for p in rest if _AMOUNT.match(p)), "")
+    return variant, "-".join(p for p in rest if p != amount), amount
+
+
+def classifier_run_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """The classifier runs of :func:`histlib.analysis.collect_metrics` with the row keys filled in (``''`` where a
+    run has none; ``selection`` and ``amount`` from the generated set's label when ``metrics.json`` lacks them) and
+    ``seed`` as an integer."""
+    from histlib.analysis import _classify_rows
+
+    part = _classify_rows(df).copy()
+    if len(part) == 0:
+        return part
+    for k in ROW_KEYS:
+        part[k] = part[k].map(_text) if k in part else ""
+    part.loc[~part["train_set"].map(classify_sets.needs_synthetic), "variant"] = ""
+    parsed = [split_variant(v) for v in part["variant"]]
+    for i, k in enumerate(("variant", "selection", "amount")):
+        part[k] = [p[i] if not own or k == "variant" else own for p, own in zip(parsed, part[k])]
+    part["seed"] = pd.to_numeric(part["seed"], errors="coerce")
+    return part.reset_index(drop=True)
+
+
+def scored_sets(runs_df: pd.DataFrame) -> list[str]:
+    """The held-out sets the runs were scored on (``test``, ``extra/<name>`` …), or ``['val']`` when none."""
+    found = ["test"] if "test_accuracy" in runs_df and runs_df["test_accuracy"].notna().any() else []
+    for col in runs_df.columns:
+        m = _EXTRA.match(str(col))
+        if m and runs_df[col].notna().any():
+            found.append(f"extra/{m['name']}")
+    return found or ["val"]
+
+
+def _best_frozen(part: pd.DataFrame) -> str | None:
+    frozen = part[part["variant"].str.startswith("freeze_")]
+    if len(frozen) == 0:
+        return None
+    means = frozen.groupby("variant")["accuracy"].mean()  # validation accuracy: the choice never sees test
+    return str(means.idxmax()) if means.notna().any() else None
+
+
+def _row_order(key: tuple) -> tuple:
+    """Real first, then the other sets without generated images (the yardsticks, then the learning curve's
+    fractions), then the generated sets in the order of ``classify_sets.TRAIN_SETS``; per set scratch, pretrained,
+    other variants, frozen."""
+    train_set, variant, selection, amount = key
+    sets = classify_sets.TRAIN_SETS
+    rank = sets.index(train_set) if train_set in sets else len(sets)
+    kind = (0 if variant == "" else 1 if variant == "scratch" else 2 if variant == "pretrained"
+            else 4 if variant.startswith("freeze_") else 3)
+    return (key != REAL_ROW, classify_sets.needs_synthetic(train_set), -classify_sets.label_fraction(train_set),
+            rank, train_set, selection, amount, kind, variant)
+
+
+def row_label(key: tuple, part: pd.DataFrame) -> str:
+    """``'389 real'``, ``'389 real + stain augmentation'``, ``'900 generated with freezing freeze_d1'``,
+    ``'389 real + 900 generated with pretrained'``; a learning-curve fraction ``'97 real (25 % of the train
+    split)'``; the selection and amount labels are appended."""
+    train_set, variant, selection, amount = key
+
+    def count(col: str) -> int:
+        v = _col(part, col).dropna()
+        return int(round(v.mean())) if len(v) else 0
+
+    n_real, n_syn = count("n_train_real"), count("n_train_synthetic")
+    stain = " + stain augmentation" if classify_sets.uses_stain(train_set) else ""
+    fraction = classify_sets.label_fraction(train_set)
+    if not classify_sets.needs_synthetic(train_set):
+        label = f"{n_real} real{stain}" + (f" ({100 * fraction:g} % of the train split)" if fraction < 1 else "")
+    else:
+        what = {"scratch": "non-pretrained", "pretrained": "pretrained"}.get(
+            variant, f"freezing {variant}" if variant.startswith("freeze_") else variant)
+        generated = f"{n_syn} generated with {what}"
+        label = (f"{n_real} real + {generated}" if classify_sets.uses_real(train_set) else generated) + stain
+    return label + (f", selected by {selection}" if selection else "") + (f", {amount}" if amount else "")
+
+
+def _paper_rows(runs_df: pd.DataFrame) -> set[tuple]:
+    """The row keys of Table 1/2 (module docstring)."""
+    keep = set()
+    for (ts, sel, amt), part in runs_df.groupby(["train_set", "selection", "amount"], sort=False):
+        if classify_sets.label_fraction(ts) < 1:
+            continue  # the learning curve's points: its own figure and the worth column, not rows of Table 1/2
+        best = _best_frozen(part)
+        for variant in dict.fromkeys(part["variant"]):
+            if not variant.startswith("freeze_") or variant == best:
+                keep.add((ts, variant, sel, amt))
+    return keep
+
+
+class _Predictions:
+    """Per-run prediction lists of a scored set, read back from ``metrics.json`` once per run (``df`` holds
+    scalars only); group ids come from the run's own record, else from its prepared dataset's manifest."""
+
+    def __init__(self, root: Path):
+        self.root, self.cache = root, {}
+
+    def get(self, rel: str, scored_on: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None] | None:
+        if rel not in self.cache:
+            path = self.root / rel / "metrics.json"  # absent when the frame was built elsewhere: no predictions
+            self.cache[rel] = runs.read_json(path) if path.is_file() else {}
+        m = self.cache[rel]
+        p = _prefix(scored_on)
+        y, pred = m.get(f"{p}y_true"), m.get(f"{p}y_pred")
+        if y is None or pred is None:
+            return None
+        groups = m.get(f"{p}groups")
+        if groups is None:
+            groups = groups_from_manifest(self.root / rel, scored_on, len(y))
+        if groups is not None:  # codes in order of first appearance: recorded codes and manifest names compare
+            groups = pd.factorize(pd.Series(groups).astype(str))[0]
+        return np.asarray(y), np.asarray(pred), groups
+
+
+def groups_from_manifest(run_dir: Path, scored_on: str, n: int) -> list[str] | None:
+    """Group ids of a run that did not record them (older runs): the ``group`` column of the prepared dataset its
+    ``config.json`` names, in the order the classifier read the images. None when that dataset is not here or
+    no longer has ``n`` images in the split."""
+    from histlib.data.manifest import load_manifest
+
+    cfg_file = run_dir / "config.json"
+    if not cfg_file.is_file():
+        return None
+    cfg = runs.read_json(cfg_file)
+    if scored_on.startswith("extra/"):
+        folder, split = (cfg.get("extra_test_sets") or {}).get(scored_on.split("/", 1)[1]), None
+    else:
+        folder, split = cfg.get("real_dir"), cfg.get("val_split" if scored_on == "val" else "test_split")
+    try:
+        manifest = load_manifest(runs.project_path(folder)) if folder else None
+    except (OSError, ValueError):
+        return None
+    if manifest is None:
+        return None
+    rows = manifest if split is None else manifest[manifest["split"] == split]
+    return rows["group"].astype(str).tolist() if len(rows) == n else None
+
+
+def _correct(preds: list[tuple], runs_part: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, Any] | str:
+    """``(correct [S, N], y, groups)`` of one row's runs, or why there is none."""
+    if not preds or any(p is None for p in preds):
+        return "no per-image predictions recorded"
+    y = preds[0][0]
+    known = [g for _, _, g in preds if g is not None]  # seeds of one row share the images: one record suffices
+    groups = known[0] if known else None
+    if any(len(yi) != len(y) or not np.array_equal(yi, y) for yi, _, _ in preds) or any(
+            not np.array_equal(g, groups) for g in known):
+        return "the seeds were scored on different images"
+    return np.stack([p == y for _, p, _ in preds]), y, groups
+
+
+def _differences(real: tuple, other: tuple, n_boot: int, ci: float, seed: int) -> dict[str, Any]:
+    """The columns ``diff_*``, ``n_groups``, ``seeds_same_sign`` and ``interval_note`` of one row."""
+    out: dict[str, Any] = {}
+    if isinstance(real, str) or isinstance(other, str):
+        out["interval_note"] = real if isinstance(real, str) else other
+        return out
+    (c_real, y, groups), (c_other, y_other, groups_other) = real, other
+    groups = groups if groups is not None else groups_other  # one side's record serves both: the same split
+    if len(y) != len(y_other) or not np.array_equal(y, y_other) or (
+            groups_other is not None and not np.array_equal(groups, groups_other)):
+        out["interval_note"] = "not scored on the same images as real"
+        return out
+    for metric in intervals.METRICS:
+        r = intervals.paired_group_interval(c_other, c_real, y, groups, metric=metric, n_resamples=n_boot, ci=ci,
+                                            seed=seed)
+        out.update({f"diff_{metric}": 100 * r.difference, f"diff_{metric}_low": 100 * r.low,
+                    f"diff_{metric}_high": 100 * r.high, "n_seeds_real": r.n_seeds_b, "interval_note": r.note})
+    k = min(len(c_other), len(c_real))
+    per_seed = c_other[:k].mean(1) - c_real[:k].mean(1)
+    point = out["diff_accuracy"] / 100
+    out["seeds_same_sign"] = f"{int((np.sign(per_seed) == np.sign(point)).sum()) if point else 0}/{k}"
+    return out
+
+
+def _col(part: pd.DataFrame, name: str) -> pd.Series:
+    """Column ``name`` as numbers (NaN where absent)."""
+    return pd.to_numeric(part[name], errors="coerce") if name in part else pd.Series(math.nan, index=part.index)
+
+
+def _score_cells(part: pd.DataFrame, scored_on: str) -> dict[str, Any]:
+    keys = _scalar_keys(scored_on)
+    cell: dict[str, Any] = {}
+    for metric in intervals.METRICS:
+        v = 100 * _col(part, keys[metric]).dropna()
+        cell[metric] = float(v.mean()) if len(v) else math.nan
+        cell[f"{metric}_std"] = float(v.std(ddof=1)) if len(v) > 1 else math.nan
+        cell["n_seeds"] = int(len(v))
+    cell["val_accuracy"] = 100 * float(_col(part, "accuracy").mean())
+    n = _col(part, keys["n_images"]).dropna()
+    cell["n_images"] = int(n.iloc[0]) if len(n) else math.nan
+    for col in ("n_train_real", "n_train_synthetic"):
+        cell[col] = float(_col(part, col).mean())
+    return cell
+
+
+def _worth(out: pd.DataFrame, df: pd.DataFrame) -> list[Any]:
+    """Each row's worth in real images read off the real-data learning curve (``histlib.learning_curve``), where
+    the dataset has one on this scored set; NaN for ``real``, the curve's own points and elsewhere."""
+    curve = learning_curve.learning_curve(df)
+    values: list[Any] = []
+    for r in out.itertuples():
+        c = curve[(curve["dataset"] == r.dataset) & (curve["evaluated_on"] == r.scored_on)] if len(curve) else curve
+        key = (r.train_set, r.variant, r.selection, r.amount)
+        if len(c) == 0 or key == REAL_ROW or classify_sets.label_fraction(r.train_set) < 1:
+            values.append(math.nan)
+        else:
+            values.append(learning_curve.extra_real_images(c, r.dataset, r.model, r.accuracy, r.n_train_real))
+    return values
+
+
+def scored_table(df: pd.DataFrame, n_boot: int = 2000, ci: float = 0.95, seed: int = 0) -> pd.DataFrame:
+    """The study's answer as one long frame (module docstring).
+
+    Args:
+        df: :func:`histlib.analysis.collect_metrics` output (its ``attrs['study_dir']`` locates the runs'
+            prediction lists).
+        n_boot, ci, seed: bootstrap settings of the paired intervals; ``n_boot=0``: no differences to real.
+
+    Returns:
+        One row per ``dataset, scored_on, train_set, variant, selection, amount, model``; columns ``training_set``
+        (the row's label), ``paper_row``, ``best_frozen`` (the row is the variant chosen on validation),
+        ``accuracy``, ``balanced_accuracy`` (mean over seeds, %), their ``*_std``, ``n_seeds``, ``val_accuracy``
+        (the selection criterion), ``n_images``, ``n_groups``, ``n_train_real``, ``n_train_synthetic`` (means
+        over seeds), ``worth in real images`` (beside a learning curve: ``histlib.learning_curve``) and against
+        ``real``: ``diff_accuracy``,
+        ``diff_balanced_accuracy`` (percentage points) with ``*_low``/``*_high`` (the interval; NaN when there is
+        none), ``n_seeds_real``, ``seeds_same_sign`` and ``interval_note`` (why there is no interval). Empty
+        without classifier runs.
+    """
+    runs_df = classifier_run_rows(df)
+    if len(runs_df) == 0:
+        return pd.DataFrame()
+    root = Path(df.attrs.get("study_dir", "."))
+    preds = _Predictions(root)
+    rows, set_order = [], {}
+    for ds, d in runs_df.groupby("dataset", sort=False):
+        paper = _paper_rows(d)
+        best = {(k[0], k[2], k[3]) for k in paper if k[1].startswith("freeze_")}
+        for scored_on in scored_sets(d):
+            set_order.setdefault(scored_on, len(set_order))
+            for model, dm in d.groupby("model", sort=False):
+                rows.extend(_model_rows(ds, scored_on, model, dm, paper, best, preds, (n_boot, ci, seed)))
+    out = pd.DataFrame(rows)
+    if "interval_note" in out:
+        out["interval_note"] = out["interval_note"].fillna("")
+    for col in ("n_seeds", "n_images", "n_groups", "n_seeds_real"):
+        if col in out:  # counts stay integers in the exported CSV (empty where unknown)
+            out[col] = pd.to_numeric(out[col], errors="coerce").round().astype("Int64")
+    out[WORTH] = _worth(out, df)
+    datasets, models = list(dict.fromkeys(runs_df["dataset"])), list(dict.fromkeys(runs_df["model"]))
+    order = pd.DataFrame({"d": out["dataset"].map(datasets.index), "s": out["scored_on"].map(set_order),
+                          "r": [_row_order(k) for k in zip(*(out[c] for c in ROW_KEYS))],
+                          "m": out["model"].map(models.index)})
+    out = out.loc[sorted(out.index, key=lambda i: tuple(order.loc[i]))]
+    return out.reset_index(drop=True)
+
+
+def _model_rows(ds: str, scored_on: str, model: str, dm: pd.DataFrame, paper: set, best: set,
+                preds: _Predictions, boot: tuple) -> list[dict[str, Any]]:
+    """Rows of :func:`scored_table` for one dataset, scored set and classifier."""
+    keys = _scalar_keys(scored_on)
+    dm = dm[_col(dm, keys["accuracy"]).notna()].sort_values("seed")
+    real_part = dm[dm[list(ROW_KEYS)].apply(tuple, axis=1) == REAL_ROW]
+    real = _correct([preds.get(p, scored_on) for p in real_part["path"]], real_part) if len(real_part) else \
+        "no real row to compare with"
+    out = []
+    for key, part in dm.groupby(list(ROW_KEYS), sort=False):
+        row = {"dataset": ds, "scored_on": scored_on, **dict(zip(ROW_KEYS, key)), "model": model,
+               "training_set": row_label(key, part), "paper_row": key in paper,
+               "best_frozen": key[1].startswith("freeze_") and (key[0], key[2], key[3]) in best and key in paper,
+               **_score_cells(part, scored_on)}
+        this = real if key == REAL_ROW else _correct([preds.get(p, scored_on) for p in part["path"]], part)
+        if not isinstance(this, str):
+            row["n_images"] = len(this[1])
+            groups = this[2] if this[2] is not None or isinstance(real, str) else real[2]
+            if groups is not None:
+                row["n_groups"] = int(len(np.unique(np.asarray(groups).astype(str))))
+        if key != REAL_ROW and boot[0] > 0:
+            row.update(_differences(real, this, *boot))
+        out.append(row)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Views of the frame: Table 1/2 with its sentence, differences, runs
+
+
+def _num(v: Any, digits: int = 1) -> str:
+    return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
+
+
+def format_difference(row: Mapping[str, Any], metric: str) -> str:
+    """``'+4.0 [-1.2, 9.3]'``, ``'-5.0 (too few groups for an interval)'`` or ``'—'`` (the real row)."""
+    d = row.get(f"diff_{metric}", math.nan)
+    if d is None or (isinstance(d, float) and math.isnan(d)):
+        note = _text(row.get("interval_note"))
+        return f"— ({note})" if note else "—"
+    lo, hi = row.get(f"diff_{metric}_low", math.nan), row.get(f"diff_{metric}_high", math.nan)
+    if isinstance(lo, float) and math.isnan(lo):
+        return f"{d:+.1f} ({_text(row.get('interval_note')) or 'no interval'})"
+    return f"{d:+.1f} [{lo:+.1f}, {hi:+.1f}]"
+
+
+TABLE_COLUMNS = {"Acc": "accuracy", "Bal. Acc": "balanced_accuracy", "seeds": "n_seeds",
+                 "Δ Acc vs real [95 % CI]": "diff_accuracy", "Δ Bal. Acc vs real [95 % CI]": "diff_balanced_accuracy",
+                 WORTH: WORTH}
+WORTH_NOTE = (f"'{WORTH}': the extra real images the real-data learning curve needs to reach the row's accuracy, "
+              f"interpolated between its points; '{learning_curve.BEYOND}' above the full real set's accuracy, "
+              f"'{learning_curve.BELOW}' under the smallest fraction's.")
+
+
+def table_groups(table: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """Table 1/2's parts of :func:`scored_table`: per dataset, scored set and training set with generated images,
+    the rows without generated images (real and the yardsticks) and that set's GAN rows. Named ``<dataset>``,
+    ``<dataset> (<training set>)`` when a dataset has several such sets, ``… · <scored set>`` when it was scored on
+    several sets."""
+    out = []
+    if table.empty:
+        return out
+    paper = table[table["paper_row"]]
+    for ds, d in paper.groupby("dataset", sort=False):
+        gan_sets = list(dict.fromkeys(t for t in d["train_set"] if classify_sets.needs_synthetic(t)))
+        scored = list(dict.fromkeys(d["scored_on"]))
+        for scored_on in scored:
+            part = d[d["scored_on"] == scored_on]
+            plain = ~part["train_set"].map(classify_sets.needs_synthetic)
+            for ts in gan_sets or [None]:
+                name = ds + (f" ({ts})" if len(gan_sets) > 1 else "") + (f" · {scored_on}" if len(scored) > 1 else "")
+                out.append((name, part[plain | (part["train_set"] == ts)]))
+    return out
+
+
+def display_table(part: pd.DataFrame) -> pd.DataFrame:
+    """Text table of one :func:`table_groups` part: one line per training set, per classifier the columns of
+    :data:`TABLE_COLUMNS` (means with one decimal, the seeds, the differences to real with their intervals, the
+    worth in real images beside a learning curve)."""
+    cells: dict[str, dict[tuple[str, str], str]] = {}
+    worth = WORTH in part and part[WORTH].map(lambda v: isinstance(v, str) and v != "").any()
+    for _, r in part.iterrows():
+        line = cells.setdefault(r["training_set"], {})
+        for name, col in TABLE_COLUMNS.items():
+            if col.startswith("diff_"):
+                line[(r["model"], name)] = format_difference(r, col[5:])
+            elif col == "n_seeds":
+                line[(r["model"], name)] = str(int(r[col]))
+            elif col == WORTH:
+                if worth:
+                    line[(r["model"], name)] = r[WORTH] if isinstance(r[WORTH], str) and r[WORTH] else "—"
+            else:
+                line[(r["model"], name)] = _num(r[col])
+    out = pd.DataFrame.from_dict(cells, orient="index").fillna("—")
+    out.columns = pd.MultiIndex.from_tuples(out.columns, names=["classifier", ""])
+    out.index.name = "training set"
+    return out
+
+
+def numbers_table(part: pd.DataFrame) -> pd.DataFrame:
+    """Numbers of one :func:`table_groups` part: columns ``(classifier, Acc | Bal. Acc [| worth in real
+    images])`` in %, one line per training set; ``attrs``: ``dataset``, ``evaluated_on`` (the scored set),
+    ``train_set`` (the generated set), ``best_frozen``, ``n_seeds`` (``'<row> / <model>'`` → seeds),
+    ``worth_note`` and ``caption``."""
+    worth = WORTH in part and part[WORTH].map(lambda v: isinstance(v, str) and v != "").any()
+    models = list(dict.fromkeys(part["model"]))
+    metrics = {"Acc": "accuracy", "Bal. Acc": "balanced_accuracy", **({WORTH: WORTH} if worth else {})}
+    rows: dict[str, dict[tuple[str, str], Any]] = {}
+    for _, r in part.iterrows():
+        for name, col in metrics.items():
+            rows.setdefault(r["training_set"], {})[(r["model"], name)] = r[col]
+    wide = pd.DataFrame.from_dict(rows, orient="index")
+    wide = wide[[(m, k) for m in models for k in metrics if (m, k) in wide.columns]]
+    wide.columns = pd.MultiIndex.from_tuples(wide.columns, names=["classifier", "metric"])
+    wide.index.name = "training set"
+    best = sorted(dict.fromkeys(part.loc[part["best_frozen"], "variant"]))
+    gan_sets = [t for t in dict.fromkeys(part["train_set"]) if classify_sets.needs_synthetic(t)]
+    wide.attrs.update(dataset=part["dataset"].iloc[0], evaluated_on=part["scored_on"].iloc[0],
+                      train_set=gan_sets[0] if gan_sets else None,
+                      best_frozen=best[0] if len(best) == 1 else (best or None),
+                      n_seeds={f"{r.training_set} / {r.model}": int(r.n_seeds) for r in part.itertuples()},
+                      worth_note=WORTH_NOTE if worth else "", caption=caption(part))
+    return wide
+
+
+def _sizes(part: pd.DataFrame) -> str:
+    n = part["n_images"].dropna()
+    g = part["n_groups"].dropna() if "n_groups" in part else pd.Series(dtype=float)
+    images = f"{int(n.max())} images" if len(n) else "? images"
+    return images + (f" in {int(g.max())} groups" if len(g) else " (groups not recorded)")
+
+
+def caption(part: pd.DataFrame) -> str:
+    """What a Table 1/2 shows: dataset, scored set, its size, the statistics, the chosen frozen variant and, beside
+    a learning curve, what the worth column means."""
+    first = part.iloc[0]
+    best = sorted(dict.fromkeys(part.loc[part["best_frozen"], "variant"]))
+    worth = WORTH in part and part[WORTH].map(lambda v: isinstance(v, str) and v != "").any()
+    return (f"{first['dataset']}, scored on {describe_scored_set(first['scored_on'])}: {_sizes(part)}. Acc and "
+            "Bal. Acc: accuracy and balanced accuracy in %, mean over seeds (one run per seed). Δ: difference to "
+            f"real in points with its 95 % interval, resampling the groups (paired) and each row's seeds; no "
+            f"interval from fewer than {intervals.MIN_GROUPS} groups or {intervals.MIN_SEEDS} seeds."
+            + (f" Best frozen variant, chosen on validation: {', '.join(best)}." if best else "")
+            + (f" {WORTH_NOTE}" if worth else ""))
+
+
+def answer_sentence(part: pd.DataFrame) -> str:
+    """One sentence for a Table 1/2: the row with generated images (else any other row) that did best on
+    *validation*, against real, with its differences, intervals and what they rest on."""
+    first = part.iloc[0]
+    where = f"{first['dataset']} ({first['scored_on'].replace('extra/', 'external set ')})"
+    others = part[part[list(ROW_KEYS)].apply(tuple, axis=1) != REAL_ROW]
+    generated = others[others["train_set"].map(classify_sets.needs_synthetic)]
+    others = generated if len(generated) else others
+    if "diff_accuracy" not in part or others["diff_accuracy"].notna().sum() == 0:
+        return f"{where}: no training set can be compared with real yet."
+    r = others.loc[others.loc[others["diff_accuracy"].notna(), "val_accuracy"].idxmax()]
+
+    def diff(metric: str) -> str:
+        lo, hi = r[f"diff_{metric}_low"], r[f"diff_{metric}_high"]
+        return f"{r[f'diff_{metric}']:+.1f}" + ("" if pd.isna(lo) else f" [{lo:+.1f}, {hi:+.1f}]")
+
+    groups = f"{int(r['n_groups'])} groups" if pd.notna(r.get("n_groups")) else "groups not recorded"
+    rests = f"{int(r['n_images'])} images in {groups}, {int(r['n_seeds'])} + {int(r['n_seeds_real'])} seeds"
+    note = _text(r.get("interval_note"))
+    return (f"{where}: the best row on validation, {r['training_set']} ({r['model']}), differs from real by "
+            f"{diff('accuracy')} points of accuracy and {diff('balanced_accuracy')} of balanced accuracy "
+            f"({r['accuracy']:.1f} % vs {r['accuracy'] - r['diff_accuracy']:.1f} %; "
+            f"{f'{note}: ' if note else '95 % intervals from '}{rests}).")
+
+
+def paper_tables(table: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Every Table 1/2 of :func:`scored_table` as numbers (:func:`numbers_table`), by :func:`table_groups` name."""
+    return {name: numbers_table(part) for name, part in table_groups(table)}
+
+
+def paper_tables_html(table: pd.DataFrame) -> tuple[str, str]:
+    """HTML and plain text of every Table 1/2 with its sentence and caption (the index page and notebook 06)."""
+    groups = table_groups(table)
+    if not groups:
+        msg = "No classifier runs in this study yet."
+        return f"<p>{msg}</p>", msg
+    parts, text = [], []
+    for name, part in groups:
+        shown = display_table(part)
+        sentence, cap = answer_sentence(part), caption(part)
+        parts.append(f"<h3>{html_mod.escape(name)}</h3><p class='answer'><b>{html_mod.escape(sentence)}</b></p>"
+                     f"<p class='muted'>{html_mod.escape(cap)}</p>" + shown.to_html(border=0))
+        text.append(f"{name}\n{sentence}\n{cap}\n{shown.to_string()}")
+    return "".join(parts), "\n\n".join(text)
+
+
+def paired_differences_long(table: pd.DataFrame) -> pd.DataFrame:
+    """The differences to real of :func:`scored_table` one line per metric: ``dataset, scored_on, <row keys>,
+    model, metric, difference, ci_low, ci_high, n_images, n_groups, n_seeds, n_seeds_real, seeds_same_sign,
+    interval_note``."""
+    if table.empty or "diff_accuracy" not in table:
+        return pd.DataFrame()
+    part = table[table["diff_accuracy"].notna()]
+    rows = []
+    for _, r in part.iterrows():
+        for metric in intervals.METRICS:
+            rows.append({**{k: r[k] for k in ("dataset", "scored_on", *ROW_KEYS, "model", "training_set")},
+                         "metric": metric, "difference": r[f"diff_{metric}"], "ci_low": r[f"diff_{metric}_low"],
+                         "ci_high": r[f"diff_{metric}_high"], "n_images": r["n_images"],
+                         "n_groups": r.get("n_groups", math.nan), "n_seeds": r["n_seeds"],
+                         "n_seeds_real": r["n_seeds_real"], "seeds_same_sign": r["seeds_same_sign"],
+                         "interval_note": r["interval_note"]})
+    return pd.DataFrame(rows)
+
+
+def runs_table(df: pd.DataFrame) -> pd.DataFrame:
+    """One line per classifier run: ``dataset``, the row keys, ``model``, ``seed``, ``split`` (the scored sets the
+    study reports for it), every scored set's accuracy, balanced accuracy (%), images and groups, the training set
+    sizes, and ``config``: its ``config.json`` relative to the study's results folder."""
+    part = classifier_run_rows(df)
+    if len(part) == 0:
+        return pd.DataFrame()
+    rows, every_set = [], ["val"]
+    for ds, d in part.groupby("dataset", sort=False):
+        sets = scored_sets(d)
+        every = ["val", *(s for s in sets if s != "val")]
+        every_set += [s for s in every if s not in every_set]
+        for _, r in d.iterrows():
+            row = {"dataset": ds, **{k: r[k] for k in ROW_KEYS}, "model": r["model"], "seed": r["seed"],
+                   "split": " + ".join(sets)}
+            for scored_on in every:
+                keys = _scalar_keys(scored_on)
+                for name, col in keys.items():
+                    v = pd.to_numeric(pd.Series([r.get(col)]), errors="coerce").iloc[0]
+                    row[f"{scored_on}_{name}"] = 100 * v if name in intervals.METRICS else v
+            for col in ("n_train_real", "n_train_synthetic", "best_epoch"):
+                row[col] = r.get(col, math.nan)
+            row["config"] = f"{r['path']}/config.json"
+            rows.append(row)
+    out = pd.DataFrame(rows)
+    first = ["dataset", *ROW_KEYS, "model", "seed", "split"]
+    scores = [f"{s}_{k}" for s in every_set for k in ("accuracy", "balanced_accuracy", "n_images", "n_groups")]
+    out = out[first + scores + [c for c in out.columns if c not in first + scores]]
+    for col in ["seed", *(c for c in out.columns if c.endswith(("_n_images", "_n_groups")))]:
+        out[col] = pd.to_numeric(out[col], errors="coerce").round().astype("Int64")
+    return out
