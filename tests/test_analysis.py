@@ -455,3 +455,27 @@ def test_index_page_and_exported_tables_give_the_same_answer(answer, tmp_path):
     assert one["config"] == "lung/classify/synthetic__freeze_g2__resnet34__seed2/config.json"
     variants = (answer / "analysis" / "variants.csv").read_text().splitlines()
     assert variants[0].startswith("dataset,train_set,variant,") and not variants[1].startswith(",")
+
+
+def test_selected_and_amount_sets_are_rows_of_their_own(answer):
+    """A generated set named ``<variant>-<selection>-<amount>x`` (study axes generate.selections / amounts) is a row
+    keyed by variant, selection and amount; the best frozen variant is chosen on validation per selection and amount."""
+    y = np.repeat([0, 1], 20)
+    for variant, val, right in (("freeze_d1-realism-2x", 0.70, 30), ("freeze_g2-realism-2x", 0.80, 26)):
+        for seed in range(2):
+            pred = y.copy()
+            pred[right + seed:] = 1 - pred[right + seed:]
+            runs.Run(answer / "lung" / "classify" / f"synthetic__{variant}__resnet34__seed{seed}").write_metrics({
+                "accuracy": val, "balanced_accuracy": val, "variant": variant, "n_train_real": 0,
+                "n_train_synthetic": 1800, "test_accuracy": (right + seed) / 40,
+                "test_balanced_accuracy": (right + seed) / 40, "test_y_true": y.tolist(), "test_y_pred": pred.tolist(),
+                "test_groups": (np.arange(40) // 2).tolist()})
+    table = analysis.scored_table(analysis.collect_metrics(answer), n_boot=200)
+    key = ["train_set", "variant", "selection", "amount"]
+    chosen = table[table["paper_row"] & table["variant"].str.startswith("freeze_")].set_index(key)
+    assert set(chosen.index) == {("synthetic", "freeze_d1", "", ""), ("synthetic", "freeze_g2", "realism", "2x")}
+    row = chosen.loc[("synthetic", "freeze_g2", "realism", "2x")]
+    assert row["training_set"] == "1800 generated with freezing freeze_g2, selected by realism, 2x"
+    assert row["accuracy"] == pytest.approx(100 * 26.5 / 40) and row["best_frozen"]
+    assert row["diff_accuracy"] == pytest.approx(100 * (26.5 - 31) / 40) and row["n_groups"] == 20
+    assert not table.set_index(key).loc[("synthetic", "freeze_d1", "realism", "2x"), "paper_row"]
