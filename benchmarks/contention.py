@@ -73,7 +73,7 @@ def child(mode: str, ticks: int) -> dict:
     from train_gan import ITERS_PER_TICK, _synthetic_folder
 
     from histlib.gan.config import TrainConfig
-    from histlib.gan.loop import train_gan
+    from histlib.gan.launch import train_gan
 
     batch = 16
     with tempfile.TemporaryDirectory() as tmp:

@@ -81,8 +81,8 @@ def child(side: str, args) -> int:
     import torch
     from vs_reference import _arch, _ours, _reference
 
+    from histlib.data.dataset import to_uint8
     from histlib.gan.config import PROFILES
-    from histlib.gan.networks import to_uint8
 
     torch.manual_seed(args.seed)
     a = _arch(args.res, "cpu")

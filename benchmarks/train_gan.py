@@ -63,7 +63,7 @@ def run_one(device: str, res: int, impl: str, batch: int, ticks: int, profile: b
 
     from histlib import ops
     from histlib.gan.config import TrainConfig
-    from histlib.gan.loop import train_gan
+    from histlib.gan.launch import train_gan
 
     with tempfile.TemporaryDirectory() as tmp:
         data = _synthetic_folder(Path(tmp) / "data", res)

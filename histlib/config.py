@@ -1,7 +1,7 @@
 """Helpers shared by the stages' config dataclasses (one ``@dataclass`` per stage, plain types, ``config.json``).
 
 The dataclasses live beside the code that uses them (``histlib.data.prepare.PrepareConfig``,
-``histlib.train_gan.TrainConfig``, ``histlib.classify.ClassifyConfig``, ``histlib.generate.GenerateConfig``,
+``histlib.gan.config.TrainConfig``, ``histlib.classify.ClassifyConfig``, ``histlib.generate.GenerateConfig``,
 ``histlib.fidelity.FidelityConfig``). This module builds them from dicts (``from_dict``: unknown keys are one clear
 error naming the nearest field) and checks every field's type against its annotation (``check_types``), so a value
 of the wrong type (``kimg="three"``, ``epochs="two"``, ``image_size="32"``) is refused where it enters, naming the

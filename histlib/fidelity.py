@@ -34,7 +34,7 @@ import torch
 
 from histlib import runs
 from histlib.config import check_types
-from histlib.gan.networks import to_uint8
+from histlib.data.dataset import to_uint8
 
 DEFAULT_CACHE = "results/.fidelity"
 

@@ -1,7 +1,7 @@
 """Class-conditional sampling to an ImageFolder, a memorisation audit and GAN metrics of a generated set (notebook 04).
 
-``generate_images(checkpoint, out_dir, images_per_class)`` samples ``G_ema`` of a checkpoint written by
-``histlib.train_gan`` and writes ``<out_dir>/<class>/<seed>_<index>.png`` — the layout ``histlib.classify`` reads.
+``generate_images(checkpoint, out_dir, images_per_class)`` samples ``G_ema`` of a checkpoint written by ``train_gan``
+(:mod:`histlib.gan`) and writes ``<out_dir>/<class>/<seed>_<index>.png`` — the layout ``histlib.classify`` reads.
 Class names come from the checkpoint. The folder is built under a temporary name and renamed when complete
 (``histlib.runs.atomic_dir``), so an interrupted run leaves nothing behind, and a folder whose ``generate.json``
 records the same settings is reused instead of regenerated.
@@ -56,9 +56,9 @@ from histlib.audit import (  # the audit and feature reading live in histlib.aud
     summarize_audit,
 )
 from histlib.config import apply_profile, check_types
+from histlib.data.dataset import to_uint8
 from histlib.gan import checkpoint as gan_checkpoint
 from histlib.gan.config import PROFILES
-from histlib.gan.networks import to_uint8
 from histlib.progress import progress as progress_bar
 from histlib.runtime import resolve_device
 
@@ -75,7 +75,7 @@ class GenerateConfig:
     """Settings of one generation stage (notebook 04), written to ``config.json``.
 
     Attributes:
-        checkpoint: a ``histlib.train_gan`` checkpoint (or its run directory).
+        checkpoint: a GAN checkpoint (``histlib.gan.checkpoint``) or its run directory.
         dataset_dir: the prepared real dataset the GAN learned (reference for the audit and the metrics).
         images_per_class: images per class and set (int), or ``{class: count}`` for some classes.
         num_sets: independently generated sets (seeds ``seed``, ``seed + 1``, …).
@@ -305,7 +305,7 @@ def generate_images(
     """Samples ``G_ema`` of a checkpoint into an ImageFolder ``<out_dir>/<class>/<seed>_<index>.<ext>``.
 
     Args:
-        checkpoint: a ``histlib.train_gan`` checkpoint file or run directory.
+        checkpoint: a GAN checkpoint file (``histlib.gan.checkpoint``) or run directory.
         out_dir: the folder to create (replaced atomically when it exists with other settings).
         images_per_class: images per class and set, or ``{class: count}`` (only the named classes).
         truncation_psi: 1 = none; < 1 pulls samples toward their class mean.

@@ -27,8 +27,9 @@ def _images(root, classes=("a", "b"), n=6, size=32):
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """Raw and prepared images, a 16 px GAN checkpoint, config files, bad files of several kinds."""
-    from histlib import train_gan as tg
     from histlib.data.prepare import PrepareConfig, prepare_dataset
+    from histlib.gan.config import TrainConfig
+    from histlib.gan.launch import train_gan
 
     w = tmp_path_factory.mktemp("cli")
     raw = _images(w / "raw")
@@ -37,9 +38,9 @@ def world(tmp_path_factory):
     truncated = _images(w / "truncated")
     data = (truncated / "a" / "1.png").read_bytes()
     (truncated / "a" / "1.png").write_bytes(data[:len(data) // 2])
-    cfg = tg.TrainConfig.from_profile("demo", **TINY, data_dir=str(w / "prepared"), resolution=16, batch_size=8,
+    cfg = TrainConfig.from_profile("demo", **TINY, data_dir=str(w / "prepared"), resolution=16, batch_size=8,
                                       kimg=0.016, tick_kimg=0.016, progress=False, grid_columns=2)
-    tg.train_gan(cfg, w / "gan16")
+    train_gan(cfg, w / "gan16")
     (w / "gan.json").write_text(json.dumps({**TINY, "data_dir": str(w / "prepared"), "resolution": 32, "kimg": 0.016,
                                             "batch_size": 8, "progress": False,
                                             "resume_from": str(w / "gan16" / "checkpoints" / "latest.pt")}))

@@ -31,7 +31,7 @@ def _one_thread():
 def checkpoint(tmp_path_factory) -> Path:
     """A tiny untrained Generator saved in the trainer's checkpoint format (noise strengths set non-zero)."""
     from histlib import runs
-    from histlib.gan import checkpoint as train_gan
+    from histlib.gan import checkpoint as gan_checkpoint
     from histlib.gan import networks
 
     torch.manual_seed(0)
@@ -41,7 +41,7 @@ def checkpoint(tmp_path_factory) -> Path:
             if name.endswith("noise_strength"):
                 p.fill_(0.3)  # initialised to 0: make the noise matter so noise determinism is tested too
     path = tmp_path_factory.mktemp("ckpt") / "latest.pt"
-    runs.atomic_torch_save({"format": train_gan.CHECKPOINT_FORMAT, "G": G.state_dict(), "G_ema": G.state_dict(),
+    runs.atomic_torch_save({"format": gan_checkpoint.CHECKPOINT_FORMAT, "G": G.state_dict(), "G_ema": G.state_dict(),
                             "classes": CLASSES, "network_kwargs": {"G": G_KWARGS}, "cur_nimg": 2000,
                             "config": {}}, path)
     return path

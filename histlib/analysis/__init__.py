@@ -659,7 +659,7 @@ def paper_tables_view(df: pd.DataFrame, table: pd.DataFrame | None = None) -> HT
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Fine-tuning runs (finetune.json, written by histlib.train_gan)
+# Fine-tuning runs (finetune.json, written by histlib.gan.launch.train_gan)
 
 TRANSFER_STATUSES = ("loaded", "skipped", "reinitialised", "frozen")
 

@@ -17,6 +17,7 @@ _LAZY = {
     "to_rgb8": "manifest",
     "ImageDataset": "dataset",
     "to_uint8_tensor": "dataset",
+    "to_uint8": "dataset",
     "ClassBalancedSampler": "sampling",
     "infinite_balanced_indices": "sampling",
     "validate_folder": "folders",

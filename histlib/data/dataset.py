@@ -1,4 +1,5 @@
-"""A torch ``Dataset`` over prepared datasets (or plain ImageFolders), and a uint8 tensor transform.
+"""A torch ``Dataset`` over prepared datasets (or plain ImageFolders), and the conversions to uint8 pixels: of an
+image read from disk (:func:`to_uint8_tensor`) and of images in [-1, 1] such as a generator draws (:func:`to_uint8`).
 
 The manifest contract and the torch-free helpers live in ``histlib.data.manifest`` and are re-exported here.
 """
@@ -112,3 +113,11 @@ def to_uint8_tensor(img) -> torch.Tensor:
         if a.ndim == 2:
             a = np.stack([a] * 3, axis=-1)
     return torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)))  # [3, H, W]
+
+
+def to_uint8(img: torch.Tensor) -> torch.Tensor:
+    """Images ``[N, C, H, W]`` in [-1, 1] (a generator's output) → ``torch.uint8`` in [0, 255] (rounded, clamped).
+
+    The inverse of the scaling the GAN loop applies to :func:`to_uint8_tensor`'s pixels (``x / 127.5 - 1``).
+    """
+    return ((img.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)

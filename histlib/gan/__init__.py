@@ -2,12 +2,12 @@
 
 Read it in this order: :mod:`~histlib.gan.config` (settings and the profile table), :mod:`~histlib.gan.networks`
 (G and D, on :mod:`~histlib.gan.layers`), :mod:`~histlib.gan.losses` and :mod:`~histlib.gan.augment` (the maths),
-:mod:`~histlib.gan.phases` (one iteration as four phases), :mod:`~histlib.gan.state` (what a run holds) and
-:mod:`~histlib.gan.loop` (``train_gan``), then :mod:`~histlib.gan.transfer` (fine-tuning: loading, new classes,
-freezing), :mod:`~histlib.gan.checkpoint` (the one checkpoint format), :mod:`~histlib.gan.distributed` (data
-parallelism), :mod:`~histlib.gan.hooks` (metrics during training), :mod:`~histlib.gan.plots` and
-:mod:`~histlib.gan.cli`.
+:mod:`~histlib.gan.phases` (one iteration as four phases), :mod:`~histlib.gan.state` (what a run holds),
+:mod:`~histlib.gan.loop` (``train``: one process's training) and :mod:`~histlib.gan.launch` (``train_gan``, the public
+entry: one process or several), then :mod:`~histlib.gan.transfer` (fine-tuning: loading, new classes, freezing),
+:mod:`~histlib.gan.checkpoint` (the one checkpoint format), :mod:`~histlib.gan.distributed` (data parallelism),
+:mod:`~histlib.gan.hooks` (metrics during training), :mod:`~histlib.gan.plots` and :mod:`~histlib.gan.cli`.
 
 Importing the package imports nothing else (so ``histlib.gan.config`` stays light for the study runner); import
-from the modules, e.g. ``from histlib.gan.loop import train_gan`` (``histlib.train_gan`` gathers the usual names).
+from the modules, e.g. ``from histlib.gan.launch import train_gan``.
 """

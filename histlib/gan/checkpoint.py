@@ -24,7 +24,7 @@ from histlib import runs
 from histlib.gan.config import RESUME_MUTABLE_FIELDS, TrainConfig
 from histlib.gan.networks import Discriminator, Generator
 
-CHECKPOINT_FORMAT = "histlib.train_gan/1"
+CHECKPOINT_FORMAT = "histlib.train_gan/1"  # named before the stage became histlib.gan; kept so old checkpoints load
 
 
 def find_checkpoint(path: str | os.PathLike) -> Path:

@@ -7,12 +7,13 @@ import argparse
 from histlib import runs
 from histlib.config import from_dict
 from histlib.gan.config import TrainConfig
-from histlib.gan.loop import train_gan
+from histlib.gan.launch import train_gan
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """``python -m histlib train-gan --config CFG.json --run-dir DIR [--resume | --restart]``."""
-    parser.add_argument("--config", required=True, help="TrainConfig as JSON (fields of histlib.train_gan.TrainConfig)")
+    parser.add_argument("--config", required=True,
+                        help="TrainConfig as JSON (fields of histlib.gan.config.TrainConfig)")
     parser.add_argument("--run-dir", required=True, help="run directory (created)")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoints/latest.pt (required)")

@@ -1,22 +1,24 @@
-"""One ``train_gan`` call on several GPUs: the calling process starts the data-parallel workers itself.
+"""``train_gan``, the public entry of GAN training: it decides how many processes train and starts them.
 
 ``TrainConfig.processes`` says how many training processes one call uses: ``None`` (default) means one per CUDA
 device this process can see (``CUDA_VISIBLE_DEVICES``, which the study runner sets to the GPUs a step's
 ``resources`` ask for), and one on CPU; an integer asks for exactly that many (on CPU: gloo processes sharing the
-cores, which is how the tests run it). Under ``torchrun`` or inside an existing process group nothing is started:
-the launcher already made the processes.
+cores, which is how the tests run it). With one process, or under ``torchrun`` or inside an existing process group
+(the launcher already made the processes), the calling process trains itself: :func:`histlib.gan.loop.train`, the
+single-process body.
 
-The caller starts ``k`` worker processes (``python -m histlib.gan.launch``: fresh interpreters, so a script without
-an ``if __name__ == "__main__"`` guard and a notebook kernel work alike; rank ``r`` trains on ``cuda:r`` of the
-visible devices, or on CPU with its share of the threads), waits for them and returns rank 0's summary. Rank 0 runs
-the hooks and early stopping it is given (so they must pickle) and writes the run directory, exactly as a
-``torchrun`` launch does (:mod:`histlib.gan.distributed`). When a worker fails the others are stopped and its
-exception is raised again here (with the worker's traceback as its cause); stopping the caller (Ctrl-C,
-interrupting the notebook kernel) stops the workers.
+Otherwise the caller starts ``k`` worker processes (``python -m histlib.gan.launch``: fresh interpreters, so a script
+without an ``if __name__ == "__main__"`` guard and a notebook kernel work alike; rank ``r`` trains on ``cuda:r`` of
+the visible devices, or on CPU with its share of the threads), each of which runs :func:`histlib.gan.loop.train`,
+waits for them and returns rank 0's summary. Rank 0 runs the hooks and early stopping it is given (so they must
+pickle) and writes the run directory, exactly as a ``torchrun`` launch does (:mod:`histlib.gan.distributed`). When a
+worker fails the others are stopped and its exception is raised again here (with the worker's traceback as its
+cause); stopping the caller (Ctrl-C, interrupting the notebook kernel) stops the workers.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import pickle
 import socket
@@ -33,6 +35,7 @@ import torch
 import torch.distributed
 
 from histlib import runs
+from histlib.gan import loop
 from histlib.gan.config import TrainConfig
 
 
@@ -45,6 +48,38 @@ class WorkerTraceback(RuntimeError):
 
 
 _JOB, _SUMMARY = "job.pkl", "summary.pkl"
+
+
+def train_gan(cfg: TrainConfig, run_dir: str | os.PathLike, hooks: list[Callable] | None = None,
+              early_stopping: Any = None, resume: bool | str = "auto") -> dict[str, Any]:
+    """Trains (or fine-tunes) the conditional StyleGAN2 and returns a summary dict (also written to metrics.json).
+
+    Args:
+        cfg: the run's settings (``cfg.processes``: how many processes train, see the module's text).
+        run_dir: the run directory (created). Paths in ``cfg`` are resolved against the project root.
+        hooks: callables ``hook(G_ema, cur_nimg) -> dict[str, float]`` run on rank 0 every
+            ``cfg.metrics_every_kimg`` (every tick when it is None, for hooks with their own schedule) and at the
+            end; their results go into ``stats.jsonl`` and ``metrics.json``. A hook's ``state_dict()`` (if any)
+            is checkpointed.
+        early_stopping: an object with ``update(metrics: dict) -> bool`` (True = stop), fed the hooks' results;
+            when None and ``cfg.early_stop_patience`` is set, ``histlib.metrics.EarlyStopping`` is used. The
+            generator with the best value is kept as ``checkpoints/best.pt``.
+        resume: ``'auto'`` continues from ``checkpoints/latest.pt`` when it exists (its config must match apart
+            from ``RESUME_MUTABLE_FIELDS``), ``True`` requires it, ``False`` starts over.
+
+    Returns:
+        The final metrics: losses, kimg, img/s, augmentation p, wall time, hook results, paths.
+
+    Raises:
+        histlib.gan.loop.TrainingDiverged: a loss became NaN/Inf (the last good checkpoint is kept).
+        ValueError / FileNotFoundError: bad settings or inputs, naming the field or file.
+        TrainingProcessFailed: a worker process ended without an exception to pass on.
+    """
+    cfg = copy.deepcopy(cfg).validate()
+    world = processes_wanted(cfg)
+    if world > 1:
+        return spawn_training(cfg, run_dir, hooks, early_stopping, resume, world)
+    return loop.train(cfg, run_dir, hooks=hooks, early_stopping=early_stopping, resume=resume)
 
 
 def _in_launched_group() -> bool:
@@ -90,7 +125,7 @@ def _free_port() -> int:
 
 def spawn_training(cfg: TrainConfig, run_dir: str | os.PathLike, hooks: list[Callable] | None, early_stopping: Any,
                    resume: bool | str, world: int, poll_s: float = 0.2) -> dict[str, Any]:
-    """Runs ``train_gan`` in ``world`` worker processes and returns rank 0's summary."""
+    """Runs :func:`histlib.gan.loop.train` in ``world`` worker processes and returns rank 0's summary."""
     try:
         job = pickle.dumps({"cfg": cfg, "run_dir": str(run_dir), "hooks": hooks, "early_stopping": early_stopping,
                             "resume": resume})
@@ -160,10 +195,8 @@ def _worker_main(out_dir: str) -> int:
     """One training process: rank and world from the environment, the job from ``out_dir``."""
     rank = int(os.environ["RANK"])
     job = pickle.loads(Path(out_dir, _JOB).read_bytes())
-    from histlib.gan.loop import train_gan
-
     try:
-        summary = train_gan(job["cfg"], job["run_dir"], hooks=job["hooks"] if rank == 0 else None,
+        summary = loop.train(job["cfg"], job["run_dir"], hooks=job["hooks"] if rank == 0 else None,
                             early_stopping=job["early_stopping"] if rank == 0 else None, resume=job["resume"])
     except BaseException as exc:
         summary = f"{type(exc).__name__}: {exc}"
@@ -183,5 +216,5 @@ if __name__ == "__main__":
     code = _worker_main(sys.argv[1])
     sys.stdout.flush()
     sys.stderr.flush()
-    # the process group is gone (train_gan destroys it); leave without the backend's interpreter-exit teardown
+    # the process group is gone (loop.train destroys it); leave without the backend's interpreter-exit teardown
     os._exit(code)

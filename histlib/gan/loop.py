@@ -1,11 +1,11 @@
-"""Training and fine-tuning of the class-conditional StyleGAN2 with ADA and D2D-CE (notebooks 02 and 03).
+"""One process's part of a training or fine-tuning run of the class-conditional StyleGAN2 (notebooks 02 and 03).
 
-``train_gan(cfg, run_dir)`` runs on CPU or GPU (``cfg.device``), in one process or data-parallel in several (one
-per visible GPU by default, started by the call itself: :mod:`histlib.gan.launch`, ``cfg.processes``; or under
-``torchrun``), and writes the run directory of DESIGN.md §4: ``config.json``, ``env.json``, ``stats.jsonl`` (one
-line per tick), ``metrics.json``, ``images/`` (per-class grids of ``G_ema`` at each snapshot, fixed latents) and
-``checkpoints/`` (:mod:`histlib.gan.checkpoint`: ``latest.pt`` holds everything needed to resume, ``snapshot-*.pt``
-and ``best.pt`` the networks).
+:func:`train` is the single-process body: it trains on this process's device, alone or as one rank of a process
+group that already exists (made by the workers of :func:`histlib.gan.launch.train_gan`, the public entry, or by
+``torchrun``); it never starts processes itself. Rank 0 writes the run directory of DESIGN.md §4: ``config.json``,
+``env.json``, ``stats.jsonl`` (one line per tick), ``metrics.json``, ``images/`` (per-class grids of ``G_ema`` at
+each snapshot, fixed latents) and ``checkpoints/`` (:mod:`histlib.gan.checkpoint`: ``latest.pt`` holds everything
+needed to resume, ``snapshot-*.pt`` and ``best.pt`` the networks).
 
 The loop: build the state (:func:`histlib.gan.state.build_state`: networks, base checkpoint or resume, freezing,
 optimisers, augmentation), then per iteration the four phases of :mod:`histlib.gan.phases`, the EMA of G and ADA's
@@ -34,7 +34,7 @@ import torch.distributed
 
 from histlib import ops, runs
 from histlib.data.dataset import ImageDataset, to_uint8_tensor
-from histlib.gan import checkpoint, launch, plots, transfer
+from histlib.gan import checkpoint, plots, transfer
 from histlib.gan import hooks as hook_mod
 from histlib.gan.config import TrainConfig
 from histlib.gan.distributed import BatchStream, Dist, broadcast_object, gather_objects, setup_distributed
@@ -48,34 +48,21 @@ class TrainingDiverged(FloatingPointError):
     """A loss became NaN or infinite; the message names the loss and the image count."""
 
 
-def train_gan(cfg: TrainConfig, run_dir: str | os.PathLike, hooks: list[Callable] | None = None,
-              early_stopping: Any = None, resume: bool | str = "auto") -> dict[str, Any]:
-    """Trains (or fine-tunes) the conditional StyleGAN2 and returns a summary dict (also written to metrics.json).
+def train(cfg: TrainConfig, run_dir: str | os.PathLike, hooks: list[Callable] | None = None,
+          early_stopping: Any = None, resume: bool | str = "auto") -> dict[str, Any]:
+    """Trains in this process (one rank when a process group exists) and returns the run's summary.
 
-    Args:
-        cfg: the run's settings.
-        run_dir: the run directory (created). Paths in ``cfg`` are resolved against the project root.
-        hooks: callables ``hook(G_ema, cur_nimg) -> dict[str, float]`` run on rank 0 every
-            ``cfg.metrics_every_kimg`` (every tick when it is None, for hooks with their own schedule) and at the
-            end; their results go into ``stats.jsonl`` and ``metrics.json``. A hook's ``state_dict()`` (if any)
-            is checkpointed.
-        early_stopping: an object with ``update(metrics: dict) -> bool`` (True = stop), fed the hooks' results;
-            when None and ``cfg.early_stop_patience`` is set, ``histlib.metrics.EarlyStopping`` is used. The
-            generator with the best value is kept as ``checkpoints/best.pt``.
-        resume: ``'auto'`` continues from ``checkpoints/latest.pt`` when it exists (its config must match apart
-            from ``RESUME_MUTABLE_FIELDS``), ``True`` requires it, ``False`` starts over.
+    The arguments are those of :func:`histlib.gan.launch.train_gan`, which is the public entry (it decides how many
+    processes train and starts them); ``hooks`` and ``early_stopping`` are used on rank 0 only.
 
     Returns:
-        The final metrics: losses, kimg, img/s, augmentation p, wall time, hook results, paths.
+        The final metrics (also written to ``metrics.json`` by rank 0).
 
     Raises:
         TrainingDiverged: a loss became NaN/Inf (the last good checkpoint is kept).
         ValueError / FileNotFoundError: bad settings or inputs, naming the field or file.
     """
     cfg = copy.deepcopy(cfg).validate()
-    world = launch.processes_wanted(cfg)
-    if world > 1:
-        return launch.spawn_training(cfg, run_dir, hooks, early_stopping, resume, world)
     t_start = time.time()
     device = resolve_device(cfg.device, "TrainConfig.device")
     if device.type == "cuda":
@@ -92,7 +79,7 @@ def train_gan(cfg: TrainConfig, run_dir: str | os.PathLike, hooks: list[Callable
 
 @dataclass
 class _Session:
-    """What one call of :func:`train_gan` works with, besides the :class:`TrainState`."""
+    """What one call of :func:`train` works with, besides the :class:`TrainState`."""
 
     state: TrainState
     stream: BatchStream

@@ -19,7 +19,7 @@ Written from the papers:
   row's maximum negative similarity from the negatives; :func:`d2d_ce_loss` follows it by default.
   Defaults τ = 0.25, m_p = 0.98 as the authors' StyleGAN2 + D2D-CE configurations at 32 px.
 
-The functions return per-sample values (``[N]``) or scalars as documented; the training loop (``histlib.train_gan``)
+The functions return per-sample values (``[N]``) or scalars as documented; the training phases (``histlib.gan.phases``)
 combines them with their weights and lazy-regularisation intervals.
 """
 

@@ -571,8 +571,3 @@ class Discriminator(nn.Module):
     def extra_repr(self) -> str:
         return (f"num_classes={self.num_classes}, img_resolution={self.img_resolution}, embed_dim={self.embed_dim}, "
                 f"cond_projection={self.projection is not None}")
-
-
-def to_uint8(img: torch.Tensor) -> torch.Tensor:
-    """Generator output ``[N, C, H, W]`` in [-1, 1] → ``torch.uint8`` in [0, 255] (rounded, clamped)."""
-    return ((img.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)

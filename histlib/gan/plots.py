@@ -15,8 +15,8 @@ import torch
 from PIL import Image
 
 from histlib import runs
+from histlib.data.dataset import to_uint8
 from histlib.gan.augment import AugmentPipe
-from histlib.gan.networks import to_uint8
 
 
 def make_grid(images: torch.Tensor, rows: int, pad: int = 2) -> np.ndarray:

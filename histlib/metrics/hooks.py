@@ -32,14 +32,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from histlib.data.dataset import to_uint8
+
 from .features import FeatureExtractor, get_extractor
 from .summary import compute_metrics, per_class_metrics
 
 
 def default_generate(G: torch.nn.Module, z: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    """``G(z, c)`` with images in [-1, 1] → ``uint8 [N, 3, H, W]`` (:func:`histlib.gan.networks.to_uint8`)."""
-    from histlib.gan.networks import to_uint8  # the networks' module: only loaded where a generator already is
-
+    """``G(z, c)`` with images in [-1, 1] → ``uint8 [N, 3, H, W]`` (:func:`histlib.data.dataset.to_uint8`)."""
     return to_uint8(G(z, c))
 
 

@@ -15,6 +15,7 @@ from histlib.data.dataset import (
     load_manifest,
     split_summary,
     to_rgb8,
+    to_uint8,
     to_uint8_tensor,
 )
 
@@ -74,6 +75,14 @@ def test_resolution_and_uint8_transform(make_image_folder):
     raw = np.array(Image.open(ds.paths[0]).convert("RGB"))
     t = to_uint8_tensor(Image.open(ds.paths[0]))
     assert torch.equal(t, torch.from_numpy(raw).permute(2, 0, 1))
+
+
+def test_to_uint8_undoes_the_training_scaling_and_clamps():
+    """Generated images in [-1, 1] back to pixels: exact for every uint8 value scaled as the GAN loop scales reals."""
+    pixels = torch.arange(256, dtype=torch.uint8).reshape(1, 1, 16, 16).expand(2, 3, 16, 16)  # [N, C, H, W]
+    assert torch.equal(to_uint8(pixels.float() / 127.5 - 1), pixels)
+    assert to_uint8(torch.tensor([-1.5, -1.0, 0.0, 1.0, 3.0])).tolist() == [0, 0, 128, 255, 255]
+    assert to_uint8(torch.zeros(1, dtype=torch.float16)).dtype == torch.uint8
 
 
 def test_to_rgb8_modes():

@@ -1,4 +1,5 @@
-"""histlib.train_gan: run directory, exact resume, NaN stop, fine-tuning with freezing, hooks, CLI, plots."""
+"""GAN training (histlib.gan.launch.train_gan): run directory, exact resume, NaN stop, fine-tuning with freezing, hooks,
+CLI, plots."""
 
 import argparse
 import dataclasses
@@ -12,8 +13,13 @@ import torch
 from PIL import Image
 
 from histlib import runs
-from histlib import train_gan as tg
-from histlib.gan import losses
+from histlib.gan import cli, losses
+from histlib.gan.checkpoint import load_generator
+from histlib.gan.config import TrainConfig
+from histlib.gan.hooks import metrics_hooks
+from histlib.gan.launch import train_gan
+from histlib.gan.loop import TrainingDiverged
+from histlib.gan.plots import plot_augment, plot_class_grid, plot_losses
 
 matplotlib.use("Agg")
 
@@ -43,7 +49,7 @@ def tiny_cfg(data_dir, **overrides):
     base = dict(TINY, data_dir=str(data_dir), resolution=16, batch_size=8, kimg=0.032, tick_kimg=0.016,
                 snapshot_ticks=1, pl_interval=2, r1_interval=2, ada_interval=1, ada_kimg=0.2, grid_columns=3,
                 progress=False, ema_kimg=0.05)
-    return tg.TrainConfig.from_profile("demo", **{**base, **overrides})
+    return TrainConfig.from_profile("demo", **{**base, **overrides})
 
 
 def load(path):
@@ -76,25 +82,25 @@ TRAINING_STATE = ("G", "D", "G_ema", "opt_G", "opt_D", "pl_reg", "augment_pipe",
 
 def test_profiles_and_validation():
     for profile, res in (("demo", 32), ("reduced", 64), ("paper", 256)):
-        cfg = tg.TrainConfig.from_profile(profile)
+        cfg = TrainConfig.from_profile(profile)
         assert cfg.profile == profile and cfg.resolution == res
         cfg.validate()
-    paper = tg.TrainConfig.from_profile("paper")
+    paper = TrainConfig.from_profile("paper")
     assert paper.batch_size == 64 and paper.r1_gamma == 1.0 and paper.ema_kimg == 20 and paper.augment == "ada"
-    assert tg.TrainConfig.from_profile("demo", kimg=3).kimg == 3
+    assert TrainConfig.from_profile("demo", kimg=3).kimg == 3
     with pytest.raises(ValueError, match="unknown field"):
-        tg.TrainConfig.from_profile("demo", kimgs=3)
+        TrainConfig.from_profile("demo", kimgs=3)
     with pytest.raises(ValueError, match="profile"):
-        tg.TrainConfig.from_profile("huge")
+        TrainConfig.from_profile("huge")
     with pytest.raises(ValueError, match="augment"):
-        tg.TrainConfig(augment="strong").validate()
+        TrainConfig(augment="strong").validate()
     with pytest.raises(ValueError, match="resolution"):
-        tg.TrainConfig(resolution=48).validate()
+        TrainConfig(resolution=48).validate()
     # plain types only: survives a JSON round trip
-    cfg = tg.TrainConfig.from_profile("demo")
+    cfg = TrainConfig.from_profile("demo")
     from histlib.config import from_dict
 
-    assert from_dict(tg.TrainConfig, json.loads(json.dumps(dataclasses.asdict(cfg)))) == cfg
+    assert from_dict(TrainConfig, json.loads(json.dumps(dataclasses.asdict(cfg)))) == cfg
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -110,7 +116,7 @@ def test_run_directory_hooks_and_generator(toy, tmp_path):
         return {"toy_metric": cur_nimg / 1000}
 
     cfg = tiny_cfg(toy, metrics_every_kimg=0.016)
-    summary = tg.train_gan(cfg, tmp_path / "run", hooks=[hook])
+    summary = train_gan(cfg, tmp_path / "run", hooks=[hook])
     run = tmp_path / "run"
     assert calls == [16, 32]
     stats = runs.read_jsonl(run / "stats.jsonl")
@@ -137,7 +143,7 @@ def test_run_directory_hooks_and_generator(toy, tmp_path):
     ckpt = load(run / "checkpoints" / "latest.pt")
     assert set(TRAINING_STATE) <= set(ckpt) and ckpt["cur_nimg"] == 32 and ckpt["classes"] == ["blue", "red"]
     # the generator can be rebuilt from the checkpoint; labels change the output
-    G, info = tg.load_generator(run)
+    G, info = load_generator(run)
     assert info["classes"] == ["blue", "red"] and info["resolution"] == 16
     z = torch.randn(4, G.z_dim)
     a = G(z, torch.zeros(4, dtype=torch.long), noise_mode="const")
@@ -155,13 +161,13 @@ def test_exact_resume_bit_identical(toy, tmp_path):
     # at p = 0.3 so that the augmentations (and their random draws) are active from the first step.
     kw = dict(tick_kimg=0.024, augment_p=0.3)
     straight = tmp_path / "straight"
-    tg.train_gan(tiny_cfg(toy, kimg=0.072, **kw), straight)
+    train_gan(tiny_cfg(toy, kimg=0.072, **kw), straight)
     # stop after the first of three ticks, then resume in the same directory with the full length
     resumed = tmp_path / "resumed"
-    tg.train_gan(tiny_cfg(toy, kimg=0.024, **kw), resumed)
+    train_gan(tiny_cfg(toy, kimg=0.024, **kw), resumed)
     first = load(resumed / "checkpoints" / "latest.pt")
     assert first["cur_nimg"] == 24 and first["data"] == {"epoch": 1, "pos": 1}
-    tg.train_gan(tiny_cfg(toy, kimg=0.072, **kw), resumed, resume=True)
+    train_gan(tiny_cfg(toy, kimg=0.072, **kw), resumed, resume=True)
     a, b = load(straight / "checkpoints" / "latest.pt"), load(resumed / "checkpoints" / "latest.pt")
     assert a["cur_nimg"] == b["cur_nimg"] == 72
     for key in TRAINING_STATE:
@@ -174,7 +180,7 @@ def test_exact_resume_bit_identical(toy, tmp_path):
 def test_resume_after_a_crash_redoes_the_lost_ticks(toy, tmp_path):
     """A process killed between snapshots resumes from the last checkpoint and ends bit-identical."""
     straight = tmp_path / "straight"
-    tg.train_gan(tiny_cfg(toy, kimg=0.048, snapshot_ticks=2), straight)
+    train_gan(tiny_cfg(toy, kimg=0.048, snapshot_ticks=2), straight)
 
     class Crash(Exception):
         pass
@@ -186,10 +192,10 @@ def test_resume_after_a_crash_redoes_the_lost_ticks(toy, tmp_path):
 
     crashed = tmp_path / "crashed"
     with pytest.raises(Crash):
-        tg.train_gan(tiny_cfg(toy, kimg=0.048, snapshot_ticks=2, metrics_every_kimg=0.016), crashed,
+        train_gan(tiny_cfg(toy, kimg=0.048, snapshot_ticks=2, metrics_every_kimg=0.016), crashed,
                      hooks=[crash_at_tick_3])
     assert load(crashed / "checkpoints" / "latest.pt")["cur_nimg"] == 32
-    tg.train_gan(tiny_cfg(toy, kimg=0.048, snapshot_ticks=2, metrics_every_kimg=0.016), crashed, resume="auto")
+    train_gan(tiny_cfg(toy, kimg=0.048, snapshot_ticks=2, metrics_every_kimg=0.016), crashed, resume="auto")
     a, b = load(straight / "checkpoints" / "latest.pt"), load(crashed / "checkpoints" / "latest.pt")
     for key in ("G", "D", "G_ema", "opt_G", "opt_D", "ada", "pl_reg", "cur_nimg", "data", "latent_rng", "rng"):
         assert_same(a[key], b[key], key)
@@ -197,14 +203,14 @@ def test_resume_after_a_crash_redoes_the_lost_ticks(toy, tmp_path):
 
 
 def test_resume_rejects_a_different_config(toy, tmp_path):
-    tg.train_gan(tiny_cfg(toy, kimg=0.016), tmp_path / "run")
+    train_gan(tiny_cfg(toy, kimg=0.016), tmp_path / "run")
     with pytest.raises(ValueError, match="lr_g"):
-        tg.train_gan(tiny_cfg(toy, kimg=0.032, lr_g=0.01), tmp_path / "run")
+        train_gan(tiny_cfg(toy, kimg=0.032, lr_g=0.01), tmp_path / "run")
     with pytest.raises(FileNotFoundError, match="resume=True"):
-        tg.train_gan(tiny_cfg(toy), tmp_path / "other", resume=True)
+        train_gan(tiny_cfg(toy), tmp_path / "other", resume=True)
     # resume=False starts over in the same directory and clears the earlier run's outputs
     (tmp_path / "run" / "checkpoints" / "best.pt").write_bytes(b"stale")
-    tg.train_gan(tiny_cfg(toy, kimg=0.016, lr_g=0.01), tmp_path / "run", resume=False)
+    train_gan(tiny_cfg(toy, kimg=0.016, lr_g=0.01), tmp_path / "run", resume=False)
     assert not (tmp_path / "run" / "checkpoints" / "best.pt").exists()
     assert [r["tick"] for r in runs.read_jsonl(tmp_path / "run" / "stats.jsonl")] == [1]
     assert runs.read_json(tmp_path / "run" / "config.json")["lr_g"] == 0.01
@@ -225,8 +231,8 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(toy, tmp_path, monkeypatc
         return out * float("nan") if calls["n"] > 5 else out  # iterations 1-5 fine, the 6th diverges
 
     monkeypatch.setattr(losses, "g_nonsaturating_loss", poisoned)
-    with pytest.raises(tg.TrainingDiverged, match=r"G adversarial loss at 0\.048 kimg") as err:
-        tg.train_gan(tiny_cfg(toy, kimg=0.08), run)
+    with pytest.raises(TrainingDiverged, match=r"G adversarial loss at 0\.048 kimg") as err:
+        train_gan(tiny_cfg(toy, kimg=0.08), run)
     assert "latest.pt" in str(err.value)
     ckpt = load(run / "checkpoints" / "latest.pt")
     assert ckpt["cur_nimg"] == 32  # the tick-2 checkpoint; tick 3 never completed
@@ -240,11 +246,11 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(toy, tmp_path, monkeypatc
 
 def test_finetune_freezing_keeps_frozen_tensors(toy, tmp_path):
     base = tmp_path / "base"
-    tg.train_gan(tiny_cfg(toy, kimg=0.016), base)
+    train_gan(tiny_cfg(toy, kimg=0.016), base)
     target = make_colour_folder(tmp_path / "target", {"a": (20, 200, 20), "b": (200, 200, 20), "c": (90, 90, 90)},
                                 n=4)
     run = tmp_path / "ft"
-    summary = tg.train_gan(tiny_cfg(target, kimg=0.032, resume_from=str(base), freeze_d=1, freeze_g=2), run)
+    summary = train_gan(tiny_cfg(target, kimg=0.032, resume_from=str(base), freeze_d=1, freeze_g=2), run)
     b, f = load(base / "checkpoints" / "latest.pt"), load(run / "checkpoints" / "latest.pt")
     report = runs.read_json(run / "finetune.json")
     frozen_g, frozen_d = report["frozen"]["G"], report["frozen"]["D"]
@@ -274,21 +280,21 @@ def test_early_stopping_and_best_checkpoint(toy, tmp_path):
     """The paper's rule through the config: stop once FID has not improved for `early_stop_patience` evaluations."""
     values = iter([3.0, 2.0, 2.5, 2.6, 1.0, 1.0])
     cfg = tiny_cfg(toy, kimg=0.096, metrics_every_kimg=0.016, early_stop_patience=2, early_stop_metric="fid")
-    summary = tg.train_gan(cfg, tmp_path / "run", hooks=[lambda G_ema, n: {"fid": next(values)}])
+    summary = train_gan(cfg, tmp_path / "run", hooks=[lambda G_ema, n: {"fid": next(values)}])
     assert summary["stopped_early"] and summary["cur_nimg"] == 64  # 2.0 at tick 2, then 2 checks without a new best
     assert summary["best/fid"] == 2.0 and summary["best/cur_nimg"] == 32
     assert load(tmp_path / "run" / "checkpoints" / "best.pt")["cur_nimg"] == 32
     assert load(tmp_path / "run" / "checkpoints" / "latest.pt")["early_stopping"]["bad"] == 2
     # re-running the finished, early-stopped run (as a resumed study step does) does not train on
-    again = tg.train_gan(cfg, tmp_path / "run", hooks=[lambda G_ema, n: {"fid": 0.5}])
+    again = train_gan(cfg, tmp_path / "run", hooks=[lambda G_ema, n: {"fid": 0.5}])
     assert again["cur_nimg"] == 64 and again["stopped_early"]
 
 
 def test_metrics_hooks_from_config(toy, tmp_path):
-    assert tg.metrics_hooks(tiny_cfg(toy)) == []  # no metrics_every_kimg: no hook
+    assert metrics_hooks(tiny_cfg(toy)) == []  # no metrics_every_kimg: no hook
     cfg = tiny_cfg(toy, kimg=0.016, metrics_every_kimg=0.016)
-    hooks = tg.metrics_hooks(cfg, fid_extractor="random-test", prdc_extractor=None, num_fake=12, max_real=16)
-    summary = tg.train_gan(cfg, tmp_path / "run", hooks=hooks)
+    hooks = metrics_hooks(cfg, fid_extractor="random-test", prdc_extractor=None, num_fake=12, max_real=16)
+    summary = train_gan(cfg, tmp_path / "run", hooks=hooks)
     for name in ("fid", "precision", "recall", "density", "coverage"):
         assert np.isfinite(summary[f"metrics/{name}"]), name
 
@@ -297,19 +303,19 @@ def test_cli_and_plots(toy, tmp_path):
     cfg_path = tmp_path / "cfg.json"
     runs.write_json(cfg_path, tiny_cfg(toy, kimg=0.016))
     parser = argparse.ArgumentParser()
-    tg.add_arguments(parser)
+    cli.add_arguments(parser)
     run = tmp_path / "run"
-    assert tg.main(parser.parse_args(["--config", str(cfg_path), "--run-dir", str(run)])) == 0
+    assert cli.main(parser.parse_args(["--config", str(cfg_path), "--run-dir", str(run)])) == 0
     assert (run / "metrics.json").is_file()
     import matplotlib.figure
 
-    for fig in (tg.plot_losses(run), tg.plot_augment(run), tg.plot_class_grid(run), tg.plot_class_grid(run, "reals")):
+    for fig in (plot_losses(run), plot_augment(run), plot_class_grid(run), plot_class_grid(run, "reals")):
         assert isinstance(fig, matplotlib.figure.Figure)
     with pytest.raises(FileNotFoundError):
-        tg.plot_class_grid(run, "99")
+        plot_class_grid(run, "99")
     shutil.rmtree(run / "checkpoints")
     with pytest.raises(FileNotFoundError, match="checkpoint"):
-        tg.load_generator(run)
+        load_generator(run)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -324,8 +330,8 @@ def test_conditioning_is_learned_on_two_colours(tmp_path):
     # relabelling to undo; docs/results.md), while the default 'match' start is right at both weights
     cfg = tiny_cfg(data, kimg=4.0, tick_kimg=0.5, snapshot_ticks=100, batch_size=16, augment="none", lr_g=0.005,
                    lr_d=0.005, r1_gamma=0.01, pl_weight=0.0, style_mixing_prob=0.0, ema_kimg=0.2, cond_lambda=0.25)
-    tg.train_gan(cfg, tmp_path / "run")
-    G, _ = tg.load_generator(tmp_path / "run")
+    train_gan(cfg, tmp_path / "run")
+    G, _ = load_generator(tmp_path / "run")
     torch.manual_seed(0)
     z = torch.randn(64, G.z_dim)
     real = {0: np.array([40, 70, 200]) / 127.5 - 1, 1: np.array([220, 140, 30]) / 127.5 - 1}
@@ -340,10 +346,10 @@ def test_conditioning_is_learned_on_two_colours(tmp_path):
 def test_finetune_reinitialises_class_embeddings_by_name(toy, tmp_path):
     """Same class count, other class names: the class embeddings are re-drawn, not mapped onto unrelated classes."""
     base = tmp_path / "base"
-    tg.train_gan(tiny_cfg(toy, kimg=0.016), base)
+    train_gan(tiny_cfg(toy, kimg=0.016), base)
     renamed = make_colour_folder(tmp_path / "renamed", {"x0": (40, 60, 200), "x1": (210, 50, 40)}, n=4)
     run = tmp_path / "ft"
-    tg.train_gan(tiny_cfg(renamed, kimg=0.016, resume_from=str(base)), run)
+    train_gan(tiny_cfg(renamed, kimg=0.016, resume_from=str(base)), run)
     report = runs.read_json(run / "finetune.json")
     reinit = report["G"]["reinitialised"]
     assert any(n.endswith("embed.weight") for n in reinit)
@@ -356,8 +362,8 @@ def test_finetune_reinitialises_class_embeddings_by_name(toy, tmp_path):
 
 def test_g_side_conditional_weight(toy, tmp_path):
     """``cond_lambda_g=0``: D still learns its D2D-CE head on reals, G's loss has no D2D-CE pull."""
-    tg.train_gan(tiny_cfg(toy, kimg=0.016, cond_lambda_g=0.0), tmp_path / "off")
-    tg.train_gan(tiny_cfg(toy, kimg=0.016), tmp_path / "on")
+    train_gan(tiny_cfg(toy, kimg=0.016, cond_lambda_g=0.0), tmp_path / "off")
+    train_gan(tiny_cfg(toy, kimg=0.016), tmp_path / "on")
     ticks = {k: [json.loads(line) for line in (tmp_path / k / "stats.jsonl").read_text().splitlines()]
              for k in ("off", "on")}
     assert any("loss_d_d2d" in t for t in ticks["off"]) and not any("loss_g_d2d" in t for t in ticks["off"])
@@ -369,15 +375,15 @@ def test_g_side_conditional_weight(toy, tmp_path):
 def test_finetune_of_a_projection_base_keeps_the_head_and_refuses_another_d(toy, tmp_path):
     proj = {"D_kwargs": {"cond_projection": True}}
     base = tmp_path / "base"
-    tg.train_gan(tiny_cfg(toy, kimg=0.016, **proj), base)
+    train_gan(tiny_cfg(toy, kimg=0.016, **proj), base)
     renamed = make_colour_folder(tmp_path / "renamed", {"x0": (40, 60, 200), "x1": (210, 50, 40), "x2": (0, 0, 0)}, n=4)
     run = tmp_path / "ft"
-    tg.train_gan(tiny_cfg(renamed, kimg=0.016, resume_from=str(base), **proj), run)
+    train_gan(tiny_cfg(renamed, kimg=0.016, resume_from=str(base), **proj), run)
     report = runs.read_json(run / "finetune.json")
     assert "projection.cmap.weight" in report["D"]["reinitialised"]
     assert "projection.proj.weight" in report["D"]["loaded"]
     with pytest.raises(ValueError, match="D cond_projection True in the base vs False here"):
-        tg.train_gan(tiny_cfg(renamed, kimg=0.016, resume_from=str(base)), tmp_path / "plain")
+        train_gan(tiny_cfg(renamed, kimg=0.016, resume_from=str(base)), tmp_path / "plain")
     assert not (tmp_path / "plain").exists()
 
 
@@ -412,8 +418,8 @@ def colour_base(tmp_path_factory):
     # relabelling to undo; docs/results.md), while the default 'match' start is right at both weights
     cfg = tiny_cfg(data, kimg=4.0, tick_kimg=0.5, snapshot_ticks=100, batch_size=16, augment="none", lr_g=0.005,
                    lr_d=0.005, r1_gamma=0.01, pl_weight=0.0, style_mixing_prob=0.0, ema_kimg=0.2, cond_lambda=0.25)
-    tg.train_gan(cfg, root / "run")
-    G, info = tg.load_generator(root / "run")
+    train_gan(cfg, root / "run")
+    G, info = load_generator(root / "run")
     base_agreement, means = _class_colour_agreement(G, info["classes"], BASE_COLOURS)
     assert base_agreement == 1.0, f"the base GAN itself did not learn its colours: {means}"
     return root / "run", cfg
@@ -429,13 +435,13 @@ def test_finetune_keeps_each_class_between_different_class_sets(colour_base, tmp
     data = make_colour_folder(tmp_path / "target", TARGET_COLOURS, n=16)
     cfg = dataclasses.replace(base_cfg, data_dir=str(data), kimg=0.5, resume_from=str(base), class_init=class_init,
                               cond_lambda=cond_lambda)
-    tg.train_gan(cfg, tmp_path / "ft")
+    train_gan(cfg, tmp_path / "ft")
     report = runs.read_json(tmp_path / "ft" / "finetune.json")
     assert report["class_init"]["method"] == class_init
     if class_init == "match":
         assert report["class_init"]["matched_base_class"] == {"t_blue": "b_blue", "t_red": "b_red",
                                                               "t_green": "b_green"}
-    G, info = tg.load_generator(tmp_path / "ft")
+    G, info = load_generator(tmp_path / "ft")
     agreement, means = _class_colour_agreement(G, info["classes"], TARGET_COLOURS)
     assert agreement == 1.0, f"generated mean colours {means} for {info['classes']}"
     stats = [json.loads(line) for line in open(tmp_path / "ft" / "stats.jsonl")]

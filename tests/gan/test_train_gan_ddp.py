@@ -18,20 +18,22 @@ import torch
 from PIL import Image
 
 from histlib import runs
-from histlib import train_gan as tg
+from histlib.gan.config import TrainConfig
+from histlib.gan.launch import train_gan
 
 ROOT = Path(__file__).resolve().parents[1]
 
 CHILD = textwrap.dedent("""
     import json, os, sys
     import torch, torch.distributed as dist
-    from histlib import train_gan as tg
+    from histlib.gan.config import TrainConfig
+    from histlib.gan.launch import train_gan
     from histlib.config import from_dict
     out = sys.argv[1]
     rank = int(os.environ["RANK"])
-    cfg = from_dict(tg.TrainConfig, json.load(open(os.path.join(out, "cfg.json"))))
+    cfg = from_dict(TrainConfig, json.load(open(os.path.join(out, "cfg.json"))))
     dist.init_process_group("gloo")
-    summary = tg.train_gan(cfg, os.path.join(out, "ddp_run"))
+    summary = train_gan(cfg, os.path.join(out, "ddp_run"))
     with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
         json.dump({"augment_p": summary["augment_p"], "ada_rt": summary["ada_rt"], "cur_nimg": summary["cur_nimg"],
                    "world_size": summary["world_size"]}, f)
@@ -67,7 +69,7 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     # augmentation probability stays ~0 (ada_kimg is huge) while the ADA statistics are still all-reduced. The
     # minibatch-std groups are single samples, since groups cannot span processes. Latents, labels, style-mixing
     # cut-offs and path-length directions come from the shared global-batch stream.
-    cfg = tg.TrainConfig.from_profile(
+    cfg = TrainConfig.from_profile(
         "demo", data_dir=str(data), resolution=16, batch_size=8, kimg=0.032, tick_kimg=0.016, snapshot_ticks=1,
         pl_interval=2, r1_interval=2, ada_interval=1, ada_kimg=1e6, noise_mode="const", progress=False,
         G_kwargs=dict(z_dim=16, w_dim=16, mapping_layers=1, channel_base=128, channel_max=16),
@@ -93,7 +95,7 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert ranks[0] == ranks[1] and ranks[0]["world_size"] == 2 and ranks[0]["cur_nimg"] == 32
 
-    single = tg.train_gan(cfg, tmp_path / "single_run")
+    single = train_gan(cfg, tmp_path / "single_run")
     assert single["world_size"] == 1
     a = torch.load(tmp_path / "single_run" / "checkpoints" / "latest.pt", weights_only=True)
     b = torch.load(tmp_path / "ddp_run" / "checkpoints" / "latest.pt", weights_only=True)
@@ -128,9 +130,9 @@ def _compare_runs(single: Path, ddp: Path) -> None:
         assert [r[key] for r in sb] == pytest.approx([r[key] for r in sa], rel=1e-4, abs=1e-6), key
 
 
-def _tiny_cfg(data: Path, **kw) -> tg.TrainConfig:
+def _tiny_cfg(data: Path, **kw) -> TrainConfig:
     kw.setdefault("kimg", 0.032)
-    return tg.TrainConfig.from_profile(
+    return TrainConfig.from_profile(
         "demo", data_dir=str(data), resolution=16, batch_size=8, tick_kimg=0.016, snapshot_ticks=1,
         pl_interval=2, r1_interval=2, ada_interval=1, ada_kimg=1e6, noise_mode="const", progress=False,
         G_kwargs=dict(z_dim=16, w_dim=16, mapping_layers=1, channel_base=128, channel_max=16),
@@ -141,15 +143,15 @@ def test_processes_2_starts_its_own_workers_and_matches_one_process(tmp_path, mo
     """``TrainConfig.processes=2``: the call itself starts two gloo workers (what a study step given 2 GPUs does)."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     data = _toy(tmp_path / "data")
-    summary = tg.train_gan(_tiny_cfg(data, processes=2), tmp_path / "ddp")
+    summary = train_gan(_tiny_cfg(data, processes=2), tmp_path / "ddp")
     assert summary["world_size"] == 2 and summary["cur_nimg"] == 32
     assert json.loads((tmp_path / "ddp" / "env.json").read_text())["world_size"] == 2
     assert json.loads((tmp_path / "ddp" / "metrics.json").read_text())["cur_nimg"] == 32
-    single = tg.train_gan(_tiny_cfg(data, processes=1), tmp_path / "single")
+    single = train_gan(_tiny_cfg(data, processes=1), tmp_path / "single")
     assert single["world_size"] == 1
     _compare_runs(tmp_path / "single", tmp_path / "ddp")
     # resuming with another process count is allowed ('processes' is a resume-mutable field)
-    more = tg.train_gan(_tiny_cfg(data, processes=1, kimg=0.048), tmp_path / "ddp")
+    more = train_gan(_tiny_cfg(data, processes=1, kimg=0.048), tmp_path / "ddp")
     assert more["cur_nimg"] == 48
 
 
@@ -158,7 +160,7 @@ def test_a_worker_s_exception_is_raised_in_the_caller(tmp_path):
 
     cfg = _tiny_cfg(tmp_path / "missing", processes=2)
     with pytest.raises(FileNotFoundError, match="missing") as info:
-        tg.train_gan(cfg, tmp_path / "run")
+        train_gan(cfg, tmp_path / "run")
     assert isinstance(info.value.__cause__, launch.WorkerTraceback)
     assert "Traceback" in str(info.value.__cause__)
     assert not (tmp_path / "run").exists()
