@@ -1,4 +1,4 @@
-"""GAN training throughput: images/s of full training iterations of ``histlib.train_gan``.
+"""GAN training throughput: images/s of full training iterations of ``train_gan`` (histlib.gan.launch).
 
 One measured iteration is everything ``train_gan`` does per minibatch: G step (adversarial + D2D-CE), lazy
 path-length step every 4 iterations, D step (adversarial + D2D-CE, ADA on with p = 0.2, so the augmentations run),
