@@ -1,0 +1,145 @@
+"""Plots of a study's results (notebook 06): classification per training set, GAN metrics per variant, training
+curves. Re-exported by :mod:`histlib.analysis`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from histlib.analysis import (
+    CLASSIFICATION_METRICS,
+    GAN_METRICS,
+    TRAIN_SET_ORDER,
+    _classify_rows,
+    classifier_runs,
+    evaluated_on,
+    gan_table,
+)
+
+
+def _empty_figure(message: str):
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 1.2))
+    ax.axis("off")
+    ax.text(0.5, 0.5, message, ha="center", va="center")
+    plt.close(fig)  # out of pyplot's registry: the notebook displays the returned figure once
+    return fig
+
+
+def plot_classification(df: pd.DataFrame, metrics: Sequence[str] = CLASSIFICATION_METRICS):
+    """Bars of the mean over seeds per training set (with the GAN variant that made its synthetic images) × model,
+    one panel per dataset and metric, in %: dots are the seeds, error bars the standard deviation (only from two
+    seeds on), the dotted line is chance; test numbers when every run has them, else validation (in the title)."""
+    import matplotlib.pyplot as plt
+
+    runs_df = classifier_runs(df)
+    if len(runs_df) == 0:
+        return _empty_figure("no classification runs in this study yet")
+    datasets = list(dict.fromkeys(runs_df["dataset"]))
+    fig, axes = plt.subplots(len(datasets), len(metrics), figsize=(6 * len(metrics), 3.8 * len(datasets)),
+                             squeeze=False)
+    classes = _class_counts(df)
+    for i, dataset in enumerate(datasets):
+        d = runs_df[runs_df["dataset"] == dataset]
+        split = evaluated_on(d)
+        keys = list(dict.fromkeys(zip(d["train_set"], d["variant"], d["model"])))
+        for j, m in enumerate(metrics):
+            ax = axes[i][j]
+            col = f"{split}_{m}"
+            for x, (ts, variant, model) in enumerate(keys):
+                vals = 100 * d[(d["train_set"] == ts) & (d["variant"] == variant) & (d["model"] == model)][col].dropna()
+                ax.bar(x, vals.mean(), yerr=vals.std(ddof=1) if len(vals) > 1 else None, capsize=4,
+                       color=f"C{TRAIN_SET_ORDER.index(ts) if ts in TRAIN_SET_ORDER else 3}", alpha=0.75)
+                ax.scatter(np.full(len(vals), x), vals, color="k", s=12, zorder=3)
+                ax.text(x, 1, f"n={len(vals)}", ha="center", va="bottom", fontsize=7)
+            ax.set_xticks(range(len(keys)))
+            ax.set_xticklabels([f"{ts}\n{variant}\n{model}" if variant else f"{ts}\n{model}"
+                                for ts, variant, model in keys], fontsize=7)
+            if classes.get(dataset):
+                ax.axhline(100 / classes[dataset], color="grey", ls=":", lw=1,
+                           label=f"chance ({100 / classes[dataset]:.1f} %)")
+                ax.legend(fontsize=7, loc="lower right")
+            ax.set_ylim(0, 100)
+            ax.set_ylabel(f"{m.replace('_', ' ')} (%)")
+            ax.set_title(f"{dataset}: {m.replace('_', ' ')} on {split}")
+    fig.tight_layout()
+    plt.close(fig)  # out of pyplot's registry: the notebook displays the returned figure once
+    return fig
+
+
+def _class_counts(df: pd.DataFrame) -> dict[str, int]:
+    """Number of classes per dataset, from the classifier runs' recall keys."""
+    out = {}
+    part = _classify_rows(df)
+    for ds, g in part.groupby("dataset"):
+        cols = [c for c in g.columns if str(c).startswith("recall/") and g[c].notna().any()]
+        if cols:
+            out[ds] = len(cols)
+    return out
+
+
+def plot_gan_metrics(df: pd.DataFrame, stage: str = "generate"):
+    """One panel per GAN metric: a bar per variant, grouped by dataset (and extractor when there are several)."""
+    import matplotlib.pyplot as plt
+
+    table = gan_table(df, stage=stage)
+    if table.empty:
+        return _empty_figure(f"no GAN metrics ({stage} stage) in this study yet")
+    metrics = [m for m in GAN_METRICS if m in table.columns]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 3.6), squeeze=False)
+    t = table.reset_index()
+    t["label"] = t["dataset"] + "\n" + t["variant"]
+    labels = list(dict.fromkeys(t["label"]))
+    extractors = list(dict.fromkeys(t["extractor"]))
+    width = 0.8 / len(extractors)
+    for ax, m in zip(axes[0], metrics):
+        for k, extractor in enumerate(extractors):
+            vals = t[t["extractor"] == extractor].set_index("label")[m].reindex(labels).astype(float)
+            ax.bar(np.arange(len(labels)) + (k - (len(extractors) - 1) / 2) * width, vals, width=width,
+                   label=extractor, color=f"C{k}")
+        ax.set_xticks(np.arange(len(labels)))
+        ax.set_xticklabels(labels, fontsize=7, rotation=45, ha="right")
+        ax.set_title(m + (" (lower is better)" if m == "fid" else ""))
+    axes[0][-1].legend(fontsize=7, title="features")
+    if (t["extractor"] == "random-test").any():
+        fig.suptitle("'random-test' features come from an untrained network: plumbing check, not image quality",
+                     fontsize=9, color="C3")
+    fig.tight_layout()
+    plt.close(fig)  # out of pyplot's registry: the notebook displays the returned figure once
+    return fig
+
+
+def plot_training_curves(stats: pd.DataFrame, keys: Sequence[str] = ("loss_g", "loss_d"), x: str | None = None,
+                         stage: str | None = None):
+    """Curves from :func:`collect_stats`: one panel per key, one line per (dataset, run).
+
+    Args:
+        stats: long frame of ``stats.jsonl`` records.
+        keys: record keys to plot (absent keys are skipped).
+        x: x-axis column; default ``kimg`` when present, else ``epoch``, else the record index.
+        stage: restrict to one stage.
+    """
+    import matplotlib.pyplot as plt
+
+    if stage is not None and len(stats):
+        stats = stats[stats["stage"] == stage].dropna(axis=1, how="all")  # other stages' columns are all-NaN here
+    keys = [k for k in keys if k in stats.columns and stats[k].notna().any()]
+    if len(stats) == 0 or not keys:
+        return _empty_figure(f"no training statistics{f' for stage {stage}' if stage else ''} in this study yet")
+    if x is None:
+        x = next((c for c in ("kimg", "epoch") if c in stats.columns), None)
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.8 * len(keys), 3.4), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        for (st, ds, run), g in stats.groupby(["stage", "dataset", "run"], sort=False):
+            xs = g[x] if x is not None else np.arange(len(g))
+            ys = 100 * g[key] if "accuracy" in key else g[key]  # accuracies in %, as in every table
+            ax.plot(xs, ys, marker=".", ms=3, label=f"{ds}/{run}" if stage else f"{st}: {ds}/{run}")
+        ax.set_title(f"{key} (%)" if "accuracy" in key else key)
+        ax.set_xlabel(x or "record")
+    axes[0][-1].legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    plt.close(fig)  # out of pyplot's registry: the notebook displays the returned figure once
+    return fig
