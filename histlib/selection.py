@@ -19,8 +19,9 @@ networks trained on the same images still agree more than chance, so a selected 
 somewhat optimistic. The classifiers trained on the set (notebook 05) are the judge.
 
 What was dropped is kept for the report: ``<run>/selection.csv`` has one row per pool image (set, class, file, draw
-index, score, kept, and whether it is among the first ``n`` draws: the *unselected* set, what ``'none'`` keeps from
-the same seed), :func:`plot_kept_dropped` shows the best kept beside the worst dropped images of each class, and
+index, score, kept, and whether it is among the first ``n`` draws: the *unselected* set, the latents ``'none'`` draws
+for the same seed; only the synthesis noise of a class's last, partial batch differs, since noise is seeded per
+batch), :func:`plot_kept_dropped` shows the best kept beside the worst dropped images of each class, and
 :func:`unselected_metrics` measures the unselected set the same way as the kept one (keys ``unselected/…``).
 
 Amounts: :func:`amount_per_class` turns "``a`` × the real train split" into images per class, ``round(a × N_train /
@@ -314,9 +315,9 @@ def plot_kept_dropped(report: Mapping[str, Any], n_per_class: int = 6):
 def unselected_metrics(cfg, report: Mapping[str, Any], extractor: Any = None,
                        progress: bool = False) -> dict[str, Any]:
     """GAN metrics (first set, against the real ``cfg.real_split``) and class fidelity (all sets) of the
-    *unselected* set: the first ``n`` draws of each class of the pool, what ``selection='none'`` keeps from the
-    same seed. Keys ``unselected/<extractor>/<metric>`` and ``unselected/fidelity/…``, measured exactly as the kept
-    set's; ``{}`` when the run made no selection."""
+    *unselected* set: the first ``n`` draws of each class of the pool, the latents ``selection='none'`` draws for
+    the same seed (the noise of a class's last, partial batch aside). Keys ``unselected/<extractor>/<metric>`` and
+    ``unselected/fidelity/…``, measured exactly as the kept set's; ``{}`` when the run made no selection."""
     import torch
 
     from histlib import audit, generate
