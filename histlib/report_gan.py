@@ -115,10 +115,11 @@ def gan_metrics_html(m: pd.Series) -> str:
             f"first column).{note}</caption><tr><th>features</th>{head}</tr>{''.join(rows)}</table>")
 
 
-def class_match_table(run: Path) -> pd.DataFrame:
+def class_match_table(run: str | os.PathLike) -> pd.DataFrame:
     """Per target class: the base class it started from, their similarity in the base discriminator's embedding,
     the next most similar base class and the margin, and a flag when the match looks arbitrary. Empty when the
     classes were loaded as they were (same classes) or the variant was trained from scratch."""
+    run = runs.project_path(run)
     info = runs.read_json(run / "finetune.json") if (run / "finetune.json").is_file() else {}
     init = info.get("class_init") or {}
     sims, match = init.get("similarity"), init.get("match")
