@@ -1,5 +1,6 @@
 """The local executor shares the cores among the steps that can run now, not always among ``jobs``."""
 
+import os
 from types import SimpleNamespace
 
 from histlib import executors
@@ -50,3 +51,6 @@ def test_local_backend_threads_follow_the_steps_at_once(tmp_path, monkeypatch):
     for at_once, cpus in ((1, None), (2, None), (9, None), (2, 3)):
         backend.start(step, {"gpus": 0, executors.AT_ONCE_KEY: at_once, **({"cpus": cpus} if cpus else {})})
     assert [e["OMP_NUM_THREADS"] for e in envs] == ["8", "4", "2", "3"]  # at most `jobs` share; cpus wins
+    # a step alone keeps histlib's short spin (PASSIVE costs 1.6-1.8x alone); steps side by side sleep at once
+    assert [e.get("OMP_WAIT_POLICY") for e in envs][1:] == ["PASSIVE"] * 3
+    assert envs[0].get("OMP_WAIT_POLICY") == os.environ.get("OMP_WAIT_POLICY")
