@@ -58,16 +58,16 @@ def world(tmp_path_factory):
 
 # study values that only their step's config refuses: `study plan` builds every step's config and checks it
 STUDY_EDITS = {
-    "st_kimg": ("finetune:\n  variants: [pretrained, freeze_d1]\n  KIMG: 3",
+    "st_kimg": ("finetune:\n  variants: [pretrained, freeze_d1]\n  KIMG: 2",
                 "finetune:\n  variants: [pretrained]\n  KIMG: -3"),
     "st_epochs": ("  EPOCHS: 2", "  EPOCHS: 0"),
     "st_valfrac": ("VAL_FRACTION: 0.25, GROUP_BY: source, SEED: 0}", "VAL_FRACTION: 1.5, GROUP_BY: source, SEED: 0}"),
     "st_res33": ("base_gan: {RESOLUTION: 32,", "base_gan: {RESOLUTION: 33,"),
-    "st_res64": ("  KIMG: 3\n  RESOLUTION: 32", "  KIMG: 3\n  RESOLUTION: 64"),
+    "st_res64": ("  KIMG: 2\n  RESOLUTION: 32", "  KIMG: 2\n  RESOLUTION: 64"),
     "st_models": ("MODELS: [resnet34]", "MODELS: [resnet9999]"),
     "st_nosource": ("    source: data/sample/kather2016\n", ""),
     "st_gone": ("source: data/sample/kather2016", "source: data/sample/no_such_folder"),
-    "st_ckpt": ("base_gan: {RESOLUTION: 32, SEED: 0, KIMG: 8}", "base_gan: {checkpoint: {w}/passwd}"),
+    "st_ckpt": ("base_gan: {RESOLUTION: 32, SEED: 0, KIMG: 5}", "base_gan: {checkpoint: {w}/passwd}"),
 }
 
 

@@ -85,7 +85,7 @@ def test_hash_changes_propagate_downstream_only():
 
 def test_reused_base_checkpoint_is_hashed_by_content(tmp_path):
     ckpt = _write(tmp_path / "base.pt", "weights v1")
-    text = (ROOT / "studies" / "demo.yaml").read_text().replace("base_gan: {RESOLUTION: 32, SEED: 0, KIMG: 8}",
+    text = (ROOT / "studies" / "demo.yaml").read_text().replace("base_gan: {RESOLUTION: 32, SEED: 0, KIMG: 5}",
                                                                 f"base_gan: {{checkpoint: {ckpt}}}")
     s = study.load_study(_write(tmp_path / "s.yaml", text))
     steps = study.plan(s)
