@@ -161,7 +161,10 @@ class LocalBackend:
         # the cores are shared by the steps that can run now, not always by ``jobs``: a step that runs alone (the
         # base GAN, which everything waits for) gets them all
         at_once = min(self.jobs, max(1, int(res.get(AT_ONCE_KEY) or self.jobs)))
-        threads = str(res.get("cpus") or max(1, self.cores // at_once))
+        share = max(1, self.cores // at_once)
+        if (os.environ.get("OMP_NUM_THREADS") or "").isdigit():  # the user's own limit caps the share
+            share = min(share, max(1, int(os.environ["OMP_NUM_THREADS"])))
+        threads = str(res.get("cpus") or share)
         env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
         if at_once > 1:  # teams side by side must not spin on each other's cores; a step alone keeps histlib's
             env["OMP_WAIT_POLICY"] = "PASSIVE"  # short spin, 1.6-1.8x faster alone (docs/benchmarks.md)

@@ -46,6 +46,7 @@ def test_local_backend_threads_follow_the_steps_at_once(tmp_path, monkeypatch):
 
     backend = executors.LocalBackend(4, "studies/demo.yaml", "results", tmp_path)
     monkeypatch.setattr(executors.subprocess, "Popen", Proc)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     backend.cores = 8
     step = SimpleNamespace(name="s")
     for at_once, cpus in ((1, None), (2, None), (9, None), (2, 3)):
@@ -54,3 +55,6 @@ def test_local_backend_threads_follow_the_steps_at_once(tmp_path, monkeypatch):
     # a step alone keeps histlib's short spin (PASSIVE costs 1.6-1.8x alone); steps side by side sleep at once
     assert [e.get("OMP_WAIT_POLICY") for e in envs][1:] == ["PASSIVE"] * 3
     assert envs[0].get("OMP_WAIT_POLICY") == os.environ.get("OMP_WAIT_POLICY")
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user's limit caps each step's share
+    backend.start(step, {"gpus": 0, executors.AT_ONCE_KEY: 1})
+    assert envs[-1]["OMP_NUM_THREADS"] == "3"
