@@ -346,8 +346,12 @@ def step_estimate(step, steps: list, measured: dict[tuple, list[float]],
         return None, found[1]
     if step.stage == "analysis":
         return None, "nothing measured yet (reads metrics files only: seconds)"
-    why = "no probe without the profile's device on this machine" if step.stage in ("base_gan", "finetune",
-                                                                                       "generate") else "no probe"
+    if not probe:
+        why = "probes off (--no-probe)"
+    elif step.stage in ("base_gan", "finetune", "generate"):
+        why = "no probe without the profile's device on this machine"
+    else:
+        why = "no probe for this stage" if step.stage != "data" else "no source images to probe"
     return None, f"nothing measured on this machine yet; {why}"
 
 
