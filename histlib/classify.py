@@ -652,7 +652,7 @@ def train_classifier(cfg: ClassifyConfig, run_dir: str | os.PathLike, progress: 
         if progress and progress_mode() == "plain":  # one line per epoch in exported reports
             print(f"{cfg.model} {label}{f' ({cfg.variant})' if cfg.variant else ''} seed {cfg.seed}: epoch "
                   f"{epoch}/{cfg.epochs}, train loss {loss_sum / max(seen, 1):.3f}, val balanced accuracy "
-                  f"{m['balanced_accuracy']:.3f}{' (best)' if improved else ''}", flush=True)
+                  f"{100 * m['balanced_accuracy']:.1f} %{' (best)' if improved else ''}", flush=True)
         if cfg.early_stopping_patience and stale_epochs >= cfg.early_stopping_patience:
             stopped_early = True
             break

@@ -370,18 +370,19 @@ def rank_correlation_table(corr: pd.DataFrame, minimum: int = 3):
     return significant_table(corr, digits=3, caption=caption)
 
 
-def warnings_table(warnings_by_key: dict) -> pd.DataFrame:
+def warnings_table(warnings_by_key: dict):
     """``{(dataset, variant): [warning, …]}`` (e.g. :func:`histlib.analysis.fidelity_warnings`) as one row per
-    warning, or one row saying there is none."""
+    warning, or one row saying there is none (a ``Styler``; ``.data`` is the table)."""
     rows = [{"dataset": key[0], "variant": key[1], "warning": w} if isinstance(key, tuple) and len(key) == 2
             else {"dataset": str(key), "variant": "", "warning": w}
             for key, items in (warnings_by_key or {}).items() for w in items]
     if not rows:
-        return pd.DataFrame({"warning": ["none: every variant draws each class as asked (or was not checked)"]})
-    return pd.DataFrame(rows)
+        rows = [{"warning": "none: every variant draws each class as asked (or was not checked)"}]
+    return pd.DataFrame(rows).style.hide(axis="index")  # a Styler: each warning in full, not cut at 50 characters
 
 
-def paths_table(paths: list, start: str | os.PathLike | None = None) -> pd.DataFrame:
-    """Files written, relative to the project (or ``start``), one per row."""
+def paths_table(paths: list, start: str | os.PathLike | None = None):
+    """Files written, relative to the project (or ``start``), one per row, in full (a ``Styler``)."""
     base = Path(start) if start is not None else None
-    return pd.DataFrame({"file": [runs.display_path(p, runs.project_path(base) if base else None) for p in paths]})
+    files = [runs.display_path(p, runs.project_path(base) if base else None) for p in paths]
+    return pd.DataFrame({"file": files}).style.hide(axis="index")

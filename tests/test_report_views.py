@@ -71,9 +71,12 @@ def test_rank_correlations_say_why_there_are_none_and_gan_metrics_keep_three_dig
 
 
 def test_warnings_and_written_files_as_tables():
-    table = report.warnings_table({("t", "pretrained"): ["class 'a' is mostly drawn as 'b'"]})
-    assert list(table.columns) == ["dataset", "variant", "warning"] and table.iloc[0]["variant"] == "pretrained"
-    assert "none" in report.warnings_table({}).iloc[0]["warning"]
+    long = "class 'a_long_class_name' is mostly drawn as 'b_long_class_name' (agreement 0%, chance 12%)"
+    table = report.warnings_table({("t", "pretrained"): [long]})
+    assert list(table.data.columns) == ["dataset", "variant", "warning"]
+    assert table.data.iloc[0]["variant"] == "pretrained"
+    assert long in table.to_html()  # in full
+    assert "none" in report.warnings_table({}).data.iloc[0]["warning"]
     root = runs.project_root() / "results" / "demo"
     files = report.paths_table([root / "analysis" / "gan.csv"], "results/demo")
-    assert list(files["file"]) == ["analysis/gan.csv"]
+    assert list(files.data["file"]) == ["analysis/gan.csv"]
