@@ -307,7 +307,8 @@ def about_html(root: Path, info: dict[str, Any]) -> str:
 
 
 def _is_accuracy(column: str) -> bool:
-    return "accuracy" in column and not column.endswith(("_n", "n_seeds"))
+    """Accuracies and class-fidelity agreements: fractions shown in %."""
+    return ("accuracy" in column or column.endswith("agreement")) and not column.endswith(("_n", "n_seeds"))
 
 
 def percent_table(df: pd.DataFrame, digits: int = 4, caption: str | None = None, percent: bool = True):
@@ -342,6 +343,8 @@ def percent_table(df: pd.DataFrame, digits: int = 4, caption: str | None = None,
     if "run_dir" in shown:
         shown = shown.rename(columns={"run_dir": "run folder"})
     styler = shown.style.hide(axis="index") if isinstance(shown.index, pd.RangeIndex) else shown.style
+    if not isinstance(shown.columns, pd.MultiIndex):  # headers wrap between words, not inside names
+        styler = styler.relabel_index([str(c).replace("_", " ") for c in shown.columns], axis="columns")
     return styler.set_caption(" · ".join(notes)) if notes else styler
 
 

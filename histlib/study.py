@@ -531,7 +531,8 @@ def is_done(study: Study, step: Step) -> bool:
 # starts with a link back to the study's index
 REPORT_STYLE = """<style>
 .jp-OutputArea-output table{font-size:12px;max-width:100%} .jp-OutputArea-output td,.jp-OutputArea-output th{
-padding:2px 6px;white-space:normal;overflow-wrap:anywhere} .jp-OutputArea-output{overflow-x:auto}
+padding:2px 6px;white-space:normal;overflow-wrap:break-word}
+.jp-OutputArea-output thead th{overflow-wrap:anywhere} .jp-OutputArea-output{overflow-x:auto}
 .histlib-nav{font-family:system-ui,sans-serif;margin:.6em 1em;font-size:14px}
 </style>"""
 

@@ -32,13 +32,14 @@ def test_summary_table_shows_every_cell_in_full_and_paths_relative(tmp_path):
 
 def test_percent_table_gives_accuracies_in_percent_and_explains_a_missing_spread():
     runs_df = pd.DataFrame([{"train_set": "real", "variant": None, "model": "resnet34", "seed": 0,
-                             "pretrained": False, "accuracy": 0.375, "balanced_accuracy": 0.3754, "test_accuracy": None,
+                             "pretrained": False, "fidelity/agreement": 0.3958, "accuracy": 0.375,
+                             "balanced_accuracy": 0.3754, "test_accuracy": None,
                              "train_time_s": 8.540301, "run_dir": str(runs.project_root() / "results" / "r")}])
     view = report.percent_table(runs_df)
     data = view.data
     assert data["accuracy (%)"].iloc[0] == "37.5" and data["balanced_accuracy (%)"].iloc[0] == "37.5"
     assert data["test_accuracy (%)"].iloc[0] == "—" and data["train_time_s"].iloc[0] == "8.54"
-    assert data["run folder"].iloc[0] == "results/r"
+    assert data["run folder"].iloc[0] == "results/r" and data["fidelity/agreement (%)"].iloc[0] == "39.6"
     summary = report.percent_table(summarize_runs(runs_df.assign(test_accuracy=0.5)))
     assert summary.data["accuracy_std (%)"].iloc[0] == "—" and "one seed" in summary.caption
     two = summarize_runs(pd.concat([runs_df, runs_df.assign(seed=1, accuracy=0.5)]).assign(test_accuracy=0.5))
