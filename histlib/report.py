@@ -281,7 +281,9 @@ def _classifier_caveats(root: Path) -> list[str]:
         m = runs.read_json(run / "metrics.json") if (run / "metrics.json").is_file() else {}
         if "pretrained" in m:
             pretrained.append(bool(m["pretrained"]))
-    start = ("from scratch (no ImageNet weights on this machine)" if pretrained and not any(pretrained) else
+    asked = {str(c.get("pretrained")) for _, c in cfgs}
+    why = "as configured" if asked == {"False"} else "no ImageNet weights on this machine"
+    start = (f"from scratch ({why})" if pretrained and not any(pretrained) else
              "from ImageNet weights" if pretrained and all(pretrained) else
              f"from ImageNet weights in {sum(pretrained)} of {len(pretrained)} runs" if pretrained else "")
     models = sorted({str(c.get("model")) for _, c in cfgs if c.get("model")})

@@ -57,3 +57,10 @@ def test_caveats_follow_the_runs_not_the_profile(tmp_path):
     assert "<div class='about'>" in text and "plumbing" not in text
     assert "No <code>scratch</code>" not in text and "2 of the publication's 10 GAN variants" in text
     assert "from ImageNet weights for 2 epoch(s), 3 seed(s) each." in text
+
+
+def test_classifiers_from_scratch_by_choice_are_not_blamed_on_the_machine(tmp_path):
+    root = _study(tmp_path)
+    for cfg in root.glob("target/classify/*/config.json"):
+        runs.write_json(cfg, {**runs.read_json(cfg), "pretrained": False})
+    assert "from scratch (as configured)" in report.build_index(root).read_text()
