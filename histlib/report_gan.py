@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from histlib import runs
+from histlib.gan.finetune_report import read_finetune_report
 
 GRID_PAD = 2  # histlib.gan.plots.make_grid's padding between tiles
 SCALE = 2  # tiles are tiny (32 px in the demo): shown twice their size, pixelated
@@ -38,13 +39,11 @@ def _rel(path: Path, root: Path) -> str:
 
 
 def _classes(run: Path) -> list[str]:
-    for name in ("finetune.json", "metrics.json"):
-        f = run / name
-        if f.is_file():
-            classes = runs.read_json(f).get("classes")
-            if classes:
-                return [str(c) for c in classes]
-    return []
+    """The run's class names: from ``finetune.json`` (written when it starts), else from ``metrics.json``."""
+    info = read_finetune_report(run) or {}
+    if not info.get("classes") and (run / "metrics.json").is_file():
+        info = runs.read_json(run / "metrics.json")
+    return [str(c) for c in info.get("classes") or []]
 
 
 def grids_html(root: Path, run: Path) -> str:
@@ -119,8 +118,7 @@ def class_match_table(run: str | os.PathLike) -> pd.DataFrame:
     """Per target class: the base class it started from, their similarity in the base discriminator's embedding,
     the next most similar base class and the margin, and a flag when the match looks arbitrary. Empty when the
     classes were loaded as they were (same classes) or the variant was trained from scratch."""
-    run = runs.project_path(run)
-    info = runs.read_json(run / "finetune.json") if (run / "finetune.json").is_file() else {}
+    info = read_finetune_report(run) or {}
     init = info.get("class_init") or {}
     sims, match = init.get("similarity"), init.get("match")
     classes, base = info.get("classes") or [], info.get("base_classes") or []

@@ -13,7 +13,6 @@ import pandas as pd
 import pytest
 
 from histlib import analysis, runs
-from histlib.gan.checkpoint import CHECKPOINT_FORMAT, frozen_tensor_check
 
 # Accuracies written into the synthetic tree: (dataset, train_set, model) -> per-seed (accuracy, balanced accuracy)
 RESULTS = {
@@ -177,53 +176,6 @@ def test_metrics_json_with_non_object_is_named(study):
     bad.write_text(json.dumps([1, 2]))
     with pytest.raises(ValueError, match="metrics.json"):
         analysis.collect_metrics(study)
-
-
-def test_fine_tuning_transfer_report(tmp_path):
-    torch = pytest.importorskip("torch")
-    base = {"format": CHECKPOINT_FORMAT, "G": {"a": torch.ones(2), "b": torch.zeros(3), "emb": torch.ones(4)},
-            "D": {"x": torch.ones(1)}}
-    base["G_ema"] = {k: v.clone() for k, v in base["G"].items()}
-    torch.save(base, tmp_path / "base.pt")
-    tuned = {"format": CHECKPOINT_FORMAT, "G": {"a": torch.ones(2), "b": torch.tensor([0.0, 0.5, 0.0]),
-                                                "emb": torch.zeros(5)},
-             "D": {"x": torch.tensor([1.0 + 2**-20])}}
-    tuned["G_ema"] = {k: v.clone() for k, v in tuned["G"].items()}
-    run = tmp_path / "run"
-    (run / "checkpoints").mkdir(parents=True)
-    torch.save(tuned, run / "checkpoints" / "latest.pt")
-    loaded = {"loaded": ["a", "b"], "skipped": ["emb"], "reinitialised": ["emb"]}
-    runs.write_json(run / "finetune.json", {"resume_from": str(tmp_path / "base.pt"), "frozen": {"G": ["a"], "D": []},
-                                            "G": loaded, "G_ema": loaded, "D": {"loaded": ["x"]}})
-    summary = analysis.transfer_summary(run)
-    assert summary.loc["G"].to_dict() == {"loaded": 2, "skipped": 1, "reinitialised": 1, "frozen": 1}
-    assert summary.loc["D", "loaded"] == 1 and summary.loc["G_ema", "frozen"] == 1
-    tensors = analysis.transfer_tensors(run)
-    assert set(tensors[tensors["network"] == "G"]["status"]) == {"skipped", "reinitialised", "frozen"}
-    check = frozen_tensor_check(run).set_index(["network", "group"])
-    assert check.loc[("G", "frozen"), "unchanged"] == 1 and check.loc[("G", "frozen"), "max_abs_change"] == 0
-    assert check.loc[("G", "trainable"), "max_abs_change"] == 0.5 and check.loc[("G", "trainable"), "unchanged"] == 0
-    assert check.loc[("D", "trainable"), "max_abs_change"] == 2**-20
-    scratch = tmp_path / "scratch"
-    scratch.mkdir()
-    assert analysis.transfer_summary(scratch).empty and frozen_tensor_check(scratch).empty
-
-
-def test_frozen_check_refuses_a_base_that_changed_since_fine_tuning(tmp_path):
-    torch = pytest.importorskip("torch")
-    base = {"format": CHECKPOINT_FORMAT, "G": {"a": torch.ones(2)}, "G_ema": {"a": torch.ones(2)}, "D": {}}
-    torch.save(base, tmp_path / "base.pt")
-    run = tmp_path / "run"
-    (run / "checkpoints").mkdir(parents=True)
-    torch.save(base, run / "checkpoints" / "latest.pt")
-    runs.write_json(run / "finetune.json", {"resume_from": str(tmp_path / "base.pt"),
-                                            "resume_from_sha256": runs.file_sha256(tmp_path / "base.pt"),
-                                            "frozen": {"G": ["a"], "D": []}, "G": {"loaded": ["a"]}})
-    assert frozen_tensor_check(run).set_index(["network", "group"]).loc[("G", "frozen"), "unchanged"] == 1
-    torch.save({"format": CHECKPOINT_FORMAT, "G": {"a": torch.zeros(2)}, "G_ema": {"a": torch.zeros(2)}, "D": {}},
-               tmp_path / "base.pt")
-    with pytest.warns(UserWarning, match="changed since"):
-        assert frozen_tensor_check(run).empty
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -3,8 +3,7 @@
 The study-level functions (notebook 06) read only the contract files of the run directories (DESIGN.md §4):
 ``results/<study>/<dataset>/<stage>/<run>/metrics.json`` and ``stats.jsonl`` — never notebook outputs, never
 checkpoints — so the analysis can be re-run on a copied ``results/`` folder without the data or a GPU. The
-fine-tuning report of notebook 03 (:func:`transfer_summary`, :func:`transfer_tensors`, :func:`frozen_tensor_check`)
-reads one run's ``finetune.json`` and, for the frozen-tensor check, its checkpoint and the base checkpoint.
+fine-tuning report of notebook 03 (one run's ``finetune.json``) is in :mod:`histlib.gan.finetune_report`.
 
 Stages and their runs:
     ``base_gan``, ``finetune``  one run per GAN variant (``default``, ``scratch``, ``pretrained``, ``freeze_d1`` …);
@@ -17,8 +16,8 @@ A study may lack some stages (a study file lists the stages it runs): the functi
 what is absent and :func:`stage_status` says what is missing.
 
 Submodules: :mod:`~histlib.analysis.answer` (the one frame behind Table 1/2, the index page and the exported
-tables), :mod:`~histlib.analysis.intervals` (group-aware paired bootstrap intervals), :mod:`~histlib.analysis.plots`
-and :mod:`~histlib.analysis.transfer` (the fine-tuning report); their public functions are re-exported here.
+tables), :mod:`~histlib.analysis.intervals` (group-aware paired bootstrap intervals) and
+:mod:`~histlib.analysis.plots`; their public functions are re-exported here.
 """
 
 from __future__ import annotations
@@ -761,14 +760,6 @@ def write_study_tables(study_dir: str | os.PathLike, df: pd.DataFrame | None = N
     return write_tables(tables, analysis_dir(study_dir), csv_only=("runs",))
 
 
-# Plots and the fine-tuning report (histlib/analysis/plots.py, transfer.py; imported here, after everything they use
-# is defined)
+# Plots (histlib/analysis/plots.py; imported here, after everything they use is defined)
 
 from histlib.analysis.plots import plot_classification, plot_gan_metrics, plot_training_curves  # noqa: E402, F401
-from histlib.analysis.transfer import (  # noqa: E402, F401
-    TRANSFER_STATUSES,
-    _finetune_json,
-    class_init_table,
-    transfer_summary,
-    transfer_tensors,
-)

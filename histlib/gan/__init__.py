@@ -4,7 +4,8 @@ Read it in this order: :mod:`~histlib.gan.config` (settings and the profile tabl
 (G and D, on :mod:`~histlib.gan.layers`), :mod:`~histlib.gan.losses` and :mod:`~histlib.gan.augment` (the maths),
 :mod:`~histlib.gan.phases` (one iteration as four phases), :mod:`~histlib.gan.state` (what a run holds),
 :mod:`~histlib.gan.loop` (``train``: one process's training) and :mod:`~histlib.gan.launch` (``train_gan``, the public
-entry: one process or several), then :mod:`~histlib.gan.transfer` (fine-tuning: loading, new classes, freezing),
+entry: one process or several), then :mod:`~histlib.gan.transfer` (fine-tuning: loading, new classes, freezing,
+its per-tick hook) and :mod:`~histlib.gan.finetune_report` (``finetune.json``, written and read),
 :mod:`~histlib.gan.checkpoint` (the one checkpoint format), :mod:`~histlib.gan.distributed` (data parallelism),
 :mod:`~histlib.gan.hooks` (metrics during training), :mod:`~histlib.gan.plots` and :mod:`~histlib.gan.cli`.
 

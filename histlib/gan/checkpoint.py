@@ -1,4 +1,4 @@
-"""The one checkpoint format of the GAN stage: what a run saves, how it is read back, and the frozen-tensor check.
+"""The one checkpoint format of the GAN stage: what a run saves and how it is read back.
 
 A checkpoint is a dict of plain tensors and Python objects (``torch.load(weights_only=True)`` reads it; no pickled
 code): ``format`` (:data:`CHECKPOINT_FORMAT`), ``G``, ``D``, ``G_ema`` (state dicts), ``network_kwargs`` (to rebuild
@@ -13,11 +13,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import warnings
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import torch
 
 from histlib import runs
@@ -117,47 +115,3 @@ def check_resume_config(saved: dict[str, Any], cfg: TrainConfig, path: Path) -> 
 def _plain(v: Any) -> Any:
     return json.loads(json.dumps(v))
 
-
-def frozen_tensor_check(run_dir: str | os.PathLike, checkpoint: str = "latest.pt") -> pd.DataFrame:
-    """Compares a fine-tuned checkpoint with the base it started from: frozen tensors must be bit-identical.
-
-    Args:
-        run_dir: the fine-tuning run (its ``finetune.json`` names the base checkpoint and the frozen tensors).
-        checkpoint: file under ``<run_dir>/checkpoints/``.
-
-    Returns:
-        Per network and group (``frozen`` / ``trainable``, i.e. loaded and not frozen): ``tensors``,
-        ``unchanged`` (bit-identical to the base) and ``max_abs_change``. Empty when the run has no base.
-    """
-    info = _finetune_json(run_dir)
-    if not info or not info.get("resume_from"):
-        return pd.DataFrame(columns=["network", "group", "tensors", "unchanged", "max_abs_change"])
-    recorded = info.get("resume_from_sha256")
-    if recorded and runs.file_sha256(info["resume_from"]) != recorded:
-        # the base run went on (or was retrained) after this fine-tune started: comparing would be meaningless
-        warnings.warn(f"{info['resume_from']}: changed since {run_dir} was fine-tuned from it (sha256 differs); "
-                      "frozen tensors cannot be checked against it", stacklevel=2)
-        return pd.DataFrame(columns=["network", "group", "tensors", "unchanged", "max_abs_change"])
-    base = load_checkpoint(info["resume_from"])
-    tuned = load_checkpoint(runs.project_path(run_dir) / "checkpoints" / checkpoint)
-    rows = []
-    for net in ("G", "D", "G_ema"):
-        frozen = set((info.get("frozen") or {}).get("G" if net == "G_ema" else net, []))
-        loaded = set((info.get(net) or {}).get("loaded", []))
-        for group, names in (("frozen", frozen), ("trainable", (loaded - frozen))):
-            # G_ema's frozen blocks are taken from G when fine-tuning starts (see train_gan)
-            ref = base["G"] if (net == "G_ema" and group == "frozen") else base[net]
-            names = sorted(n for n in names if n in ref and n in tuned[net])
-            if not names:
-                continue
-            diffs = [float((tuned[net][n].double() - ref[n].double()).abs().max()) if tuned[net][n].numel()
-                     else 0.0 for n in names]
-            same = sum(bool(torch.equal(tuned[net][n], ref[n])) for n in names)
-            rows.append({"network": net, "group": group, "tensors": len(names), "unchanged": same,
-                         "max_abs_change": max(diffs)})
-    return pd.DataFrame(rows, columns=["network", "group", "tensors", "unchanged", "max_abs_change"])
-
-
-def _finetune_json(run_dir: str | os.PathLike) -> dict[str, Any] | None:
-    path = runs.project_path(run_dir) / "finetune.json"
-    return runs.read_json(path) if path.is_file() else None

@@ -89,7 +89,7 @@ class _Session:
     early_stopping: Any
     t_start: float
     grid_z: torch.Tensor
-    check_reals: tuple[torch.Tensor, torch.Tensor] | None
+    transfer: transfer.TransferHook
     meter: Meter
     bar: Any = None
     hook_results: dict[str, float] = field(default_factory=dict)
@@ -146,10 +146,9 @@ def _start(cfg: TrainConfig, run_dir: Path, hooks: list[Callable], early_stoppin
     stream = BatchStream(dataset, cfg.batch_size, cfg.seed, cfg.balanced_sampling, dist_info, cfg.num_workers,
                          **state.data_position, pin_memory=device.type == "cuda")
     rank0 = dist_info.rank == 0
-    check_reals = transfer.real_sample(dataset, num_classes, cfg.class_check_per_class, cfg.seed, device) \
-        if cfg.class_check_per_class and num_classes > 1 and rank0 else None
     session = _Session(state=state, stream=stream, run_dir=run_dir, run=None, hooks=hooks,
-                       early_stopping=early_stopping, t_start=t_start, check_reals=check_reals, meter=Meter(device),
+                       early_stopping=early_stopping, t_start=t_start, transfer=transfer.TransferHook(state, dataset),
+                       meter=Meter(device),
                        grid_z=torch.randn([cfg.grid_columns, state.G.z_dim],
                                           generator=torch.Generator().manual_seed(cfg.seed + 1)),
                        tick_start_nimg=state.cur_nimg)
@@ -173,11 +172,10 @@ def _prepare_run_dir(s: _Session, dataset, fresh: bool) -> runs.Run:
         runs.atomic_write_text(run.stats_path, "".join(json.dumps(r) + "\n" for r in kept))
         return run
     # a fresh start: outputs of an earlier run in this directory would be mistaken for this one's
-    for f in [run.stats_path, run.metrics_path, s.run_dir / "finetune.json", *run.images.glob("grid-*.png"),
-              *ckpt_dir.glob("snapshot-*.pt"), ckpt_dir / "best.pt", s.latest]:
+    for f in [run.stats_path, run.metrics_path, *run.images.glob("grid-*.png"), *ckpt_dir.glob("snapshot-*.pt"),
+              ckpt_dir / "best.pt", s.latest]:
         f.unlink(missing_ok=True)
-    if state.finetune is not None or state.frozen["G"] or state.frozen["D"]:
-        runs.write_json(s.run_dir / "finetune.json", transfer.finetune_report(state.finetune, state.frozen))
+    s.transfer.start(s.run_dir)
     reals = plots.real_grid(dataset, state.num_classes, cfg.grid_columns, cfg.seed)
     plots.write_png(run.images / "reals.png", plots.make_grid(reals, state.num_classes))
     runs.write_json(run.images / "grid.json", {"classes": state.classes, "columns": cfg.grid_columns,
@@ -291,12 +289,7 @@ def _end_tick(s: _Session, done: bool) -> bool:
     state.tick += 1
     state.train_time += s.tick_time
     record = _tick_record(s)
-    if cfg.class_check_per_class and state.num_classes > 1:
-        record.update(transfer.class_check(state.G, state.G_ema, state.D, state.opt_G, cfg, state.cur_nimg,
-                                           state.dist, state.device, realign=state.new_classes and cfg.realign_classes,
-                                           check_reals=s.check_reals))
-        if record.get("class_realign") is not None:
-            state.realignments.append({"kimg": round(state.cur_nimg / 1000, 3), "perm": record["class_realign"]})
+    record.update(s.transfer.end_tick())
     improved, stop = _run_hooks(s, record, done)
     if s.run is not None:
         s.run.log_stats(record)

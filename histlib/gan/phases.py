@@ -3,19 +3,22 @@ phases on a global batch of ``cfg.batch_size`` real images:
 
 1. ``G main``: non-saturating logistic loss on augmented fakes + ``cond_lambda_g`` (default ``cond_lambda``) × D2D-CE
    of the fakes' embeddings.
-2. ``G reg`` (every ``pl_interval`` iterations): path-length penalty on a shrunk batch, × ``pl_interval``.
+2. ``G reg`` (every ``pl_interval`` iterations): path-length penalty on a shrunk batch.
 3. ``D main``: logistic loss on augmented fakes and reals + ``cond_lambda`` × D2D-CE of the reals' embeddings; the
    signs of the real logits feed the ADA controller.
-4. ``D reg`` (every ``r1_interval`` iterations): ``γ/2`` × R1, × ``r1_interval``; R1 is the squared gradient of
-   ``D(augment(x))`` with respect to the un-augmented real ``x`` (StyleGAN2-ADA's definition).
+4. ``D reg`` (every ``r1_interval`` iterations): ``γ/2`` × R1; R1 is the squared gradient of ``D(augment(x))`` with
+   respect to the un-augmented real ``x`` (StyleGAN2-ADA's definition).
 
-Each phase is a function ``(state, batch, meter) -> [(name, loss)]`` that steps its optimiser; :data:`PHASES` lists
-them with the interval at which they run. The losses' maths is in :mod:`histlib.gan.losses`.
+Each phase is a function ``(state, real, real_c, meter) -> [(name, loss)]`` that steps its optimiser; :func:`phases`
+is the table of them with the interval at which each runs. A regulariser that runs every k-th iteration has its loss
+scaled by k (lazy regularisation: the same gradient per image as running it every iteration); the table sets that
+gain from the interval, so the two cannot disagree. The losses' maths is in :mod:`histlib.gan.losses`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Iterator
 
 import torch
@@ -94,7 +97,8 @@ def g_main(state: TrainState, real: torch.Tensor, real_c: torch.Tensor, meter: M
     return out
 
 
-def g_reg(state: TrainState, real: torch.Tensor, real_c: torch.Tensor, meter: Meter) -> Losses:
+def g_reg(state: TrainState, real: torch.Tensor, real_c: torch.Tensor, meter: Meter, gain: int) -> Losses:
+    """Path-length penalty, its loss × ``gain`` (the lazy-regularisation interval, set by :func:`phases`)."""
     cfg, W = state.cfg, state.dist.world
     n_global = max(W, cfg.batch_size // cfg.pl_batch_shrink // W * W)
     with trainable(state.G_params):
@@ -103,7 +107,7 @@ def g_reg(state: TrainState, real: torch.Tensor, real_c: torch.Tensor, meter: Me
         noise = device_randn((n_global, *img.shape[1:]), state.latents.seed(), state.device)
         noise = noise[state.dist.rank * len(z):(state.dist.rank + 1) * len(z)]
         pen = state.pl_reg(img, ws, noise, batch_mean=lambda m: all_mean(m, state.dist))
-        loss = pen.mean() * cfg.pl_weight * cfg.pl_interval
+        loss = pen.mean() * cfg.pl_weight * gain
         meter.note("loss_pl", pen.mean())
         meter.note("pl_mean", state.pl_reg.pl_mean)
         optimizer_step(state, loss, state.G_params, state.opt_G)
@@ -146,11 +150,12 @@ def r1_penalty_augmented(state: TrainState, real: torch.Tensor, real_c: torch.Te
     return losses.r1_penalty(x, logits)
 
 
-def d_reg(state: TrainState, real: torch.Tensor, real_c: torch.Tensor, meter: Meter) -> Losses:
+def d_reg(state: TrainState, real: torch.Tensor, real_c: torch.Tensor, meter: Meter, gain: int) -> Losses:
+    """``γ/2`` × R1, its loss × ``gain`` (the lazy-regularisation interval, set by :func:`phases`)."""
     cfg = state.cfg
     with trainable(state.D_params):
         pen = r1_penalty_augmented(state, real, real_c)
-        loss = pen.mean() * (cfg.r1_gamma / 2) * cfg.r1_interval
+        loss = pen.mean() * (cfg.r1_gamma / 2) * gain
         meter.note("r1_penalty", pen.mean())
         optimizer_step(state, loss, state.D_params, state.opt_D)
     return [("R1", loss)]
@@ -159,14 +164,19 @@ def d_reg(state: TrainState, real: torch.Tensor, real_c: torch.Tensor, meter: Me
 Phase = Callable[[TrainState, torch.Tensor, torch.Tensor, Meter], Losses]
 
 
+def _lazy(name: str, regulariser: Callable[..., Losses], interval: int) -> tuple[str, Phase, int]:
+    """A regulariser run every ``interval`` iterations, its loss scaled by the same ``interval``."""
+    return name, functools.partial(regulariser, gain=interval), interval
+
+
 def phases(state: TrainState) -> list[tuple[str, Phase, int]]:
     """``[(name, phase, interval)]`` in execution order; a phase runs when ``step % interval == 0`` (a
     regulariser with weight 0 is left out)."""
     cfg = state.cfg
     out: list[tuple[str, Phase, int]] = [("Gmain", g_main, 1)]
     if cfg.pl_weight > 0:
-        out.append(("Greg", g_reg, cfg.pl_interval))
+        out.append(_lazy("Greg", g_reg, cfg.pl_interval))
     out.append(("Dmain", d_main, 1))
     if cfg.r1_gamma > 0:
-        out.append(("Dreg", d_reg, cfg.r1_interval))
+        out.append(_lazy("Dreg", d_reg, cfg.r1_interval))
     return out

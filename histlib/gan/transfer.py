@@ -2,7 +2,9 @@
 
 Fine-tuning (DESIGN.md §1) loads every tensor of the base checkpoint but the class embeddings, freezes the first
 ``freeze_d`` discriminator blocks (from the image) and ``freeze_g`` synthesis blocks (from 4×4), and writes what it
-did to ``finetune.json``.
+did to ``finetune.json`` (:mod:`histlib.gan.finetune_report`, which also holds every reader of that file). The
+training loop sees fine-tuning through one object, :class:`TransferHook`: the report when a run starts and D's view
+of G's classes at the end of every tick.
 
 New classes. When the target's classes differ from the base's, the class embeddings must start somewhere. A freshly
 drawn embedding makes the pretrained mapping network produce whatever base appearance happens to lie there, and
@@ -15,6 +17,7 @@ D's own conditional head sees G drawing two classes swapped and tells those clas
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -27,6 +30,7 @@ from torch import nn
 from histlib import runs
 from histlib.gan.config import TrainConfig
 from histlib.gan.distributed import Dist, broadcast_object
+from histlib.gan.finetune_report import write_finetune_report
 from histlib.gan.networks import Discriminator, Generator
 from histlib.runtime import forked_rng
 
@@ -461,13 +465,39 @@ def class_check(G, G_ema, D, opt_G, cfg: TrainConfig, cur_nimg: int, dist_info: 
     return out
 
 
-def finetune_report(finetune: dict[str, Any] | None, frozen: dict[str, list[str]]) -> dict[str, Any]:
-    """``finetune.json``: what was loaded, skipped, re-initialised and frozen (names and counts)."""
-    out: dict[str, Any] = {"frozen": frozen, "num_frozen": {k: len(v) for k, v in frozen.items()}}
-    if finetune:
-        out.update({k: v for k, v in finetune.items() if k not in ("G", "D", "G_ema")})
-        for net in ("G", "D", "G_ema"):
-            report = finetune.get(net) or {}
-            out[net] = {k: list(v) for k, v in report.items()}
-            out[f"num_{net}"] = {k: len(v) for k, v in report.items()}
-    return out
+# ----------------------------------------------------------------------------------------------------------------
+# Fine-tuning's part in the training loop
+
+
+class TransferHook:
+    """What fine-tuning adds to a training run (:mod:`histlib.gan.loop`): ``finetune.json`` when a run starts afresh
+    (:meth:`start`, rank 0) and, at the end of every tick, D's view of G's classes and the relabelling of swapped
+    classes (:meth:`end_tick`, every rank: the relabelling is applied on each).
+
+    Args:
+        state: the run's :class:`~histlib.gan.state.TrainState` (read at each call, so it sees resumed counters).
+        dataset: its training images; rank 0 draws D's fixed real sample from them.
+    """
+
+    def __init__(self, state, dataset) -> None:
+        cfg = state.cfg
+        self.state = state
+        self.checks = bool(cfg.class_check_per_class) and state.num_classes > 1
+        self.check_reals = (real_sample(dataset, state.num_classes, cfg.class_check_per_class, cfg.seed, state.device)
+                            if self.checks and state.dist.rank == 0 else None)
+
+    def start(self, run_dir: str | os.PathLike) -> None:
+        """A fresh run's ``finetune.json``: written when it loads a base or freezes blocks, else an old one removed."""
+        write_finetune_report(run_dir, self.state.finetune, self.state.frozen)
+
+    def end_tick(self) -> dict[str, Any]:
+        """This tick's keys of ``stats.jsonl`` (:func:`class_check`; none with one class or
+        ``class_check_per_class`` 0). A relabelling is applied to G and G_ema and kept in ``state.realignments``."""
+        if not self.checks:
+            return {}
+        state, cfg = self.state, self.state.cfg
+        out = class_check(state.G, state.G_ema, state.D, state.opt_G, cfg, state.cur_nimg, state.dist, state.device,
+                          realign=state.new_classes and cfg.realign_classes, check_reals=self.check_reals)
+        if out.get("class_realign") is not None:
+            state.realignments.append({"kimg": round(state.cur_nimg / 1000, 3), "perm": out["class_realign"]})
+        return out

@@ -1,4 +1,5 @@
-"""histlib.gan.phases: R1 is the gradient through the augmentation, checked against float64 finite differences."""
+"""histlib.gan.phases: R1 is the gradient through the augmentation, checked against float64 finite differences; the
+phase table and the lazy-regularisation gain."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ from types import SimpleNamespace
 import torch
 
 from histlib.gan.augment import AugmentPipe
+from histlib.gan.distributed import Dist
 from histlib.gan.networks import Discriminator
 from histlib.gan.phases import phases, r1_penalty_augmented
+from histlib.gan.state import Meter
 
 
 def _state(p: float):
@@ -53,3 +56,20 @@ def test_phase_table_follows_the_config():
     cfg = SimpleNamespace(pl_weight=2.0, pl_interval=4, r1_gamma=0.0, r1_interval=16)
     names = [(n, k) for n, _, k in phases(SimpleNamespace(cfg=cfg))]
     assert names == [("Gmain", 1), ("Greg", 4), ("Dmain", 1)]  # no R1 phase with gamma 0
+
+
+def test_a_lazy_regulariser_is_scaled_by_its_interval():
+    """R1 run every k-th iteration weighs k times as much: the gain comes from the table's interval."""
+    x = torch.rand(2, 3, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    c = torch.tensor([0, 1])
+    state = _state(p=0.0)
+    state.D.requires_grad_(False)
+    plain = r1_penalty_augmented(state, x, c).mean()
+    for k in (4, 16):
+        cfg = SimpleNamespace(pl_weight=0.0, pl_interval=4, r1_gamma=2.0, r1_interval=k)
+        state.cfg, state.dist, state.D_params = cfg, Dist(), list(state.D.parameters())
+        state.opt_D = torch.optim.SGD(state.D_params, lr=0.0)  # lr 0: D stays as it is for the next k
+        (name, phase, interval), = [row for row in phases(state) if row[0] == "Dreg"]
+        [(loss_name, loss)] = phase(state, x, c, Meter(torch.device("cpu")))
+        assert (interval, loss_name) == (k, "R1")
+        torch.testing.assert_close(loss.detach(), (plain * (cfg.r1_gamma / 2) * k).detach())
