@@ -92,10 +92,15 @@ def _stage_of(notebook: str) -> str | None:
     return next((s for s, nb in STAGES.items() if nb == notebook), None)
 
 
+OVERHEAD_KEY = ("overhead",)  # seconds every step pays whatever its work (kernel start-up, report export)
+
+
 def measured_rates(results_root: str | Path) -> dict[tuple, list[float]]:
-    """Seconds per unit of work of every finished step under ``results_root`` (all studies), per kind of work."""
+    """Seconds per unit of work of every finished step under ``results_root`` (all studies), per kind of work,
+    beyond the per-step overhead (``OVERHEAD_KEY``: the shortest finished step's seconds, a kernel's start-up and
+    export), so a larger amount of work does not scale the start-up with it."""
     root = runs.project_path(results_root)
-    out: dict[tuple, list[float]] = {}
+    found: list[tuple[tuple, float, float]] = []
     for state in sorted(root.glob("*/notebooks/.state/*.json")) if root.is_dir() else []:
         try:
             info = runs.read_json(state)
@@ -107,7 +112,13 @@ def measured_rates(results_root: str | Path) -> dict[tuple, list[float]]:
             continue
         kind, amount, _ = work(stage, info.get("params") or {})
         if amount:
-            out.setdefault(kind, []).append(float(seconds) / amount)
+            found.append((kind, float(seconds), amount))
+    if not found:
+        return {}
+    overhead = min(sec for _, sec, _ in found)
+    out: dict[tuple, list[float]] = {OVERHEAD_KEY: [overhead]}
+    for kind, sec, amount in found:
+        out.setdefault(kind, []).append(max(sec - overhead, 0.0) / amount)
     return out
 
 
@@ -325,9 +336,10 @@ def step_estimate(step, steps: list, measured: dict[tuple, list[float]],
     if amount is None:
         return None, "amount of work unknown (source images not found)" if step.stage == "data" else "?"
     if kind in measured:
-        rates = measured[kind]
-        return statistics.median(rates) * amount, (f"measured: {len(rates)} earlier step(s) on this machine, "
-                                                   f"{statistics.median(rates):.3g} s per {unit}")
+        rates, overhead = measured[kind], measured[OVERHEAD_KEY][0]
+        rate = statistics.median(rates)
+        return overhead + rate * amount, (f"measured: {len(rates)} earlier step(s) on this machine, {overhead:.3g} s "
+                                          f"start-up + {rate:.3g} s per {unit}")
     # base GAN and fine-tuning share a probe (the same iterations); their measured rates differ (checkpoint loading)
     key = ("gan", *kind[1:]) if step.stage in ("base_gan", "finetune") else kind
     if probe and key not in probes:

@@ -26,14 +26,18 @@ def test_measured_rates_scale_with_the_work(tmp_path):
     _write_state(tmp_path, "05_classify__x__real", "05_classify.ipynb",
                  {"MODELS": ["resnet34"], "SEEDS": [0, 1], "TRAIN_SETS": ["real"], "EPOCHS": 5, "IMAGE_SIZE": 32},
                  50.0)
+    _write_state(tmp_path, "06_analysis", "06_analysis.ipynb", {"STUDY_DIR": "results/x"}, 10.0)
     steps = _demo_steps(tmp_path)
     rows = {r["stage"]: r for r in estimate.estimate(steps, tmp_path, probe=False)}
-    # the demo's fine-tunes at 50 s/kimg (the failed state is not a measurement)
-    kimg = sum(st.params["KIMG"] for st in steps if st.stage == "finetune")
-    assert rows["finetune"]["seconds"] == pytest.approx(kimg * 50.0)
-    assert rows["finetune"]["basis"].startswith("measured: 1 earlier step")
-    # 3 classify steps: real (1 train set) and 2 variants × (synthetic, real+synthetic), 1 seed, 2 epochs, 5 s/epoch
-    assert rows["classify"]["seconds"] == pytest.approx((1 * 2 + 2 * 2 * 2) * 5.0)
+    # every step pays the shortest step's 10 s (start-up), the rest scales: the fine-tunes at (100 - 10) / 2 s per
+    # kimg (the failed state is not a measurement)
+    ft = [st for st in steps if st.stage == "finetune"]
+    assert rows["finetune"]["seconds"] == pytest.approx(10.0 * len(ft) + 45.0 * sum(st.params["KIMG"] for st in ft))
+    basis = rows["finetune"]["basis"]
+    assert basis.startswith("measured: 1 earlier step") and "10 s start-up" in basis
+    # 3 classify steps: real (1 train set) and 2 variants × (synthetic, real+synthetic), 1 seed, 2 epochs; (50 - 10) /
+    # (2 seeds × 5 epochs) = 4 s per classifier epoch
+    assert rows["classify"]["seconds"] == pytest.approx(3 * 10.0 + (1 * 2 + 2 * 2 * 2) * 4.0)
     # nothing measured at the base GAN's kind of work and no probe: no number, and a reason
     assert rows["base_gan"]["seconds"] is None and "nothing measured" in rows["base_gan"]["basis"]
 
@@ -69,12 +73,13 @@ def test_every_demo_stage_but_analysis_gets_a_probe(tmp_path, monkeypatch):
 def test_plan_prints_each_stage_with_its_basis(tmp_path, capsys):
     _write_state(tmp_path, "02_base_gan__x", "02_base_gan.ipynb", {"PROFILE": "demo", "RESOLUTION": 32, "KIMG": 4},
                  40.0)
+    _write_state(tmp_path, "06_analysis", "06_analysis.ipynb", {"STUDY_DIR": "results/x"}, 5.0)
     study.run_study(DEMO, dry_run=True, results_root=tmp_path, probe=False)
     out = capsys.readouterr().out
     line = next(ln for ln in out.splitlines() if ln.strip().startswith("base_gan"))
     kimg = next(st.params["KIMG"] for st in _demo_steps(tmp_path) if st.stage == "base_gan")
-    assert estimate.format_seconds(kimg * 10.0) in line and "measured: 1 earlier step" in line  # at 10 s/kimg
-    assert "?" in next(ln for ln in out.splitlines() if ln.strip().startswith("analysis"))
+    assert estimate.format_seconds(5.0 + kimg * 35.0 / 4) in line and "measured: 1 earlier step" in line
+    assert "classify" in out and "?" in next(ln for ln in out.splitlines() if ln.strip().startswith("classify"))
 
 
 @pytest.mark.parametrize("seconds,text", [(None, "?"), (0.2, "< 1 s"), (40, "40 s"), (210, "3.5 min"),
