@@ -27,7 +27,8 @@ def metrics_hooks(cfg: TrainConfig, fid_extractor: str = "inception", prdc_extra
     """The periodic GAN metrics of a run: ``[GanMetricsHook]`` every ``cfg.metrics_every_kimg``, or ``[]``.
 
     FID / precision / recall / density / coverage of ``G_ema`` against a fixed real subset of ``cfg.data_dir``
-    (``split``, default: the training split ``cfg.split``), with fixed latents and balanced labels. Pass the
+    (``split``, default: the training split ``cfg.split``) resized to ``cfg.resolution``, with fixed latents and
+    balanced labels. Pass the
     result as ``train_gan(..., hooks=...)``; with ``cfg.early_stop_patience`` training stops when FID stops
     improving and ``checkpoints/best.pt`` keeps the best generator.
     """
@@ -36,7 +37,8 @@ def metrics_hooks(cfg: TrainConfig, fid_extractor: str = "inception", prdc_extra
     hook = GanMetricsHook.from_dataset(
         runs.project_path(cfg.data_dir), fid_extractor=fid_extractor, prdc_extractor=prdc_extractor,
         split=cfg.split if split is None else split, max_real=max_real, num_fake=num_fake,
-        every_kimg=cfg.metrics_every_kimg, seed=cfg.seed, generate=_generate_for_metrics)
+        every_kimg=cfg.metrics_every_kimg, seed=cfg.seed, generate=_generate_for_metrics,
+        resolution=cfg.resolution)  # reals at the generator's size, as the generate stage compares them
     return [hook]
 
 

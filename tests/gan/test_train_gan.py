@@ -299,6 +299,16 @@ def test_metrics_hooks_from_config(toy, tmp_path):
         assert np.isfinite(summary[f"metrics/{name}"]), name
 
 
+def test_metrics_hook_reads_reals_at_the_generator_resolution(toy, monkeypatch):
+    """The periodic metrics compare reals resized to the generator's size, as the generate stage does."""
+    from histlib.metrics.hooks import GanMetricsHook
+
+    seen = {}
+    monkeypatch.setattr(GanMetricsHook, "from_dataset", classmethod(lambda cls, root, **kw: seen.update(kw) or "hook"))
+    assert metrics_hooks(tiny_cfg(toy, resolution=8, metrics_every_kimg=1.0)) == ["hook"]
+    assert seen["resolution"] == 8
+
+
 def test_cli_and_plots(toy, tmp_path):
     cfg_path = tmp_path / "cfg.json"
     runs.write_json(cfg_path, tiny_cfg(toy, kimg=0.016))
