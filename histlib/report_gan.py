@@ -116,8 +116,10 @@ def gan_metrics_html(m: pd.Series) -> str:
 
 def class_match_table(run: str | os.PathLike) -> pd.DataFrame:
     """Per target class: the base class it started from, their similarity in the base discriminator's embedding,
-    the next most similar base class and the margin, and a flag when the match looks arbitrary. Empty when the
-    classes were loaded as they were (same classes) or the variant was trained from scratch."""
+    the next most similar base class and the margin, ``how`` the start was chosen (``set``: by hand,
+    ``TrainConfig.class_map``; ``matched``: by similarity) and, for a matched class, a flag when the match looks
+    arbitrary. Empty when the classes were loaded as they were (same classes) or the variant was trained from
+    scratch."""
     info = read_finetune_report(run) or {}
     init = info.get("class_init") or {}
     sims, match = init.get("similarity"), init.get("match")
@@ -125,6 +127,7 @@ def class_match_table(run: str | os.PathLike) -> pd.DataFrame:
     if not sims or not match or init.get("method") == "loaded":
         return pd.DataFrame()
     sim = np.asarray(sims, dtype=np.float64)  # [target classes, base classes]
+    set_by_hand = set(init.get("set_by_hand") or [])
     rows = []
     for i, name in enumerate(classes):
         j = match[i]
@@ -132,11 +135,13 @@ def class_match_table(run: str | os.PathLike) -> pd.DataFrame:
         second = max(others) if others else (np.nan, "—")
         margin = sim[i, j] - second[0]
         flag = []
-        if margin < MARGIN:
-            flag.append(f"{second[1]} about as similar" if margin >= 0 else f"{second[1]} more similar")
-        if sim[i, j] < LOW:
-            flag.append("low similarity")
+        if name not in set_by_hand:  # a researcher's correspondence is reported (similarity, margin), not flagged
+            if margin < MARGIN:
+                flag.append(f"{second[1]} about as similar" if margin >= 0 else f"{second[1]} more similar")
+            if sim[i, j] < LOW:
+                flag.append("low similarity")
         rows.append({"target class": name, "from base class": base[j] if j < len(base) else j,
+                     "how": "set" if name in set_by_hand else "matched",
                      "similarity": round(float(sim[i, j]), 3), "next base class": second[1],
                      "margin": round(float(margin), 3), "looks arbitrary": "; ".join(flag)})
     return pd.DataFrame(rows)
@@ -147,10 +152,13 @@ def class_match_html(run: Path) -> str:
     if table.empty:
         return ""
     flagged = int((table["looks arbitrary"] != "").sum())
+    n_set = int((table["how"] == "set").sum())
     body = table.to_html(index=False, border=0, escape=True)
     note = (f"{flagged} of {len(table)} matches look arbitrary (another base class within {MARGIN} in similarity, or "
             f"similarity below {LOW}): the names need not correspond; a researcher who knows the correspondence "
-            "can set it." if flagged else "Every match is clear.")
+            "can set it (CLASS_MAP in the study's finetune section)." if flagged else "Every match is clear.")
+    if n_set:
+        note = f"{n_set} of {len(table)} set by hand (CLASS_MAP). {note}"
     return (f"<details><summary>Class match: each target class started from the base class whose generated images "
             f"were closest to its real ones. {_esc(note)}</summary>{body}</details>")
 

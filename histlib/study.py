@@ -191,6 +191,7 @@ DATASET_SECTIONS = {"prepare": "data", "finetune": "finetune", "generate": "gene
 NONE_DEFAULT_TYPES: dict[str, tuple[type, ...]] = {
     "STAIN": (str,), "SPLIT_FROM": (str,), "SPLIT_RENAME": (dict,), "SLIDES": (bool,), "ANNOTATIONS": (str,),
     "RESIZE": (int,), "KIMG": (int, float), "RESOLUTION": (int,), "BATCH": (int,), "RESUME_FROM": (str,),
+    "CLASS_MAP": (dict,),
     "METRICS_EVERY_KIMG": (int, float), "IMAGES_PER_CLASS": (int, dict), "NUM_SETS": (int,), "SYNTH_DIR": (str,),
     "VARIANT": (str,), "REAL_PER_CLASS": (int,), "SYNTH_PER_CLASS": (int,), "AMOUNT": (int, float),
 }

@@ -47,7 +47,7 @@ def _train_config(p: dict[str, Any], stage: str):
         cfg = TrainConfig.from_profile(p["PROFILE"], batch_size=p["BATCH"], metrics_every_kimg=p["METRICS_EVERY_KIMG"],
                                        **common)
     else:
-        cfg = TrainConfig.from_profile(p["PROFILE"], stage="finetune", **common)
+        cfg = TrainConfig.from_profile(p["PROFILE"], stage="finetune", class_map=p["CLASS_MAP"], **common)
     return cfg.validate()
 
 
@@ -132,6 +132,8 @@ def check_values(study, steps: list, all_steps: list | None = None, sources_must
                 if step.stage == "finetune" and cfg.resume_from and base and cfg.resolution != base[0]:
                     raise ValueError(f"resolution {cfg.resolution} px, but the base GAN ({base[1]}) is {base[0]} px; "
                                      f"set finetune.RESOLUTION: {base[0]}")
+                if step.stage == "finetune" and cfg.resume_from and cfg.class_map:
+                    _check_class_map(study, cfg, all_steps)
             elif step.stage == "generate":
                 _generate_config(p)
             elif step.stage == "classify":
@@ -143,6 +145,37 @@ def check_values(study, steps: list, all_steps: list | None = None, sources_must
         except (ValueError, TypeError, OSError) as e:
             raise StudyError(f"{study.path}: step {step.name}: {' '.join(str(e).split())}") from None
     return warnings
+
+
+def _check_class_map(study, cfg, steps: list) -> None:
+    """``finetune.CLASS_MAP``'s names against the target's classes and the base's, where they are known now: a
+    prepared dataset's manifest, a reused base checkpoint's classes (else checked when the step starts)."""
+    from histlib.gan.config import check_class_map
+
+    classes = _dataset_classes(cfg.data_dir)
+    reuse = study.settings["base_gan"].get("checkpoint")
+    if reuse:
+        from histlib.gan.checkpoint import load_checkpoint
+
+        base_classes = load_checkpoint(runs.project_path(reuse)).get("classes")
+    else:
+        base_step = next((s for s in steps if s.stage == "base_gan"), None)
+        base_classes = _dataset_classes(_params(base_step)["DATASET_DIR"]) if base_step else None
+    try:
+        check_class_map(cfg.class_map, classes or list(cfg.class_map),
+                        base_classes if base_classes or reuse else list(cfg.class_map.values()))
+    except ValueError as e:
+        raise ValueError(str(e).replace("TrainConfig.class_map", "finetune.CLASS_MAP", 1)) from None
+
+
+def _dataset_classes(data_dir: str) -> list[str] | None:
+    """The class names of a prepared dataset (or class folder), or None when it is not there yet."""
+    from histlib.data.manifest import load_manifest
+
+    root = runs.project_path(data_dir)
+    if not root.exists():
+        return None
+    return sorted(load_manifest(root)["class"].unique().tolist())
 
 
 def _check_source(step, p: dict[str, Any], done: bool) -> str | None:

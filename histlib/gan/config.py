@@ -157,6 +157,8 @@ class TrainConfig:
     freeze_d: int = 0
     freeze_g: int = 0
     class_init: str = "match"  # new classes when fine-tuning: 'match' (from the most similar base class) | 'random'
+    # 'match': target class -> base class set by hand, the rest matched (check_class_map); no base (scratch): unused
+    class_map: dict[str, str] | None = None
     realign_classes: bool = True  # fine-tuning with new classes: relabel G's embeddings when D sees classes swapped
     realign_min_gain: float = 0.2
     realign_min_real_recall: float = 0.75  # D must tell the classes it would move apart on real images this well
@@ -214,6 +216,8 @@ class TrainConfig:
         need(self.kernel_impl in KERNEL_IMPLS, "kernel_impl", f"one of {KERNEL_IMPLS}")
         need(self.noise_mode in ("random", "const"), "noise_mode", "'random' or 'const'")
         need(self.class_init in CLASS_INITS, "class_init", f"one of {CLASS_INITS}")
+        need(self.class_map is None or self.class_init == "match", "class_map",
+             "None, or a mapping target class -> base class with class_init='match'")
         need(0 < self.realign_min_gain <= 1, "realign_min_gain", "a fraction in (0, 1]")
         need(0 <= self.realign_min_real_recall <= 1, "realign_min_real_recall", "a fraction in [0, 1]")
         need(self.class_check_per_class >= 0, "class_check_per_class", "an integer >= 0 (0: no check)")
@@ -249,3 +253,30 @@ class TrainConfig:
         need(isinstance(self.G_kwargs, dict), "G_kwargs", "a dict of Generator arguments")
         need(isinstance(self.D_kwargs, dict), "D_kwargs", "a dict of Discriminator arguments")
         return self
+
+
+def check_class_map(class_map: dict[str, str] | None, classes: list[str], base_classes: list[str] | None,
+                    ) -> dict[int, int]:
+    """``TrainConfig.class_map`` as indices: ``{target class index: base class index}`` (empty for None).
+
+    The map may be partial (the other target classes are matched by similarity) and may start several target classes
+    from one base class (the researcher says they all correspond to it; the automatic match does the same when
+    target classes outnumber the base's).
+
+    Raises:
+        ValueError: a name that is not one of the run's classes or of the base's, or a base that recorded no class
+            names; the message names ``TrainConfig.class_map`` and the valid names.
+    """
+    if not class_map:
+        return {}
+    if base_classes is None:
+        raise ValueError(f"TrainConfig.class_map={class_map!r}: the base checkpoint records no class names to map to; "
+                         "leave class_map unset")
+    bad_t = [t for t in class_map if t not in classes]
+    bad_b = [b for b in class_map.values() if b not in base_classes]
+    if bad_t or bad_b:
+        what = [f"target class(es) {bad_t} not in the run's classes {list(classes)}"] if bad_t else []
+        what += [f"base class(es) {bad_b} not in the base's classes {list(base_classes)}"] if bad_b else []
+        raise ValueError(f"TrainConfig.class_map={class_map!r}: {'; '.join(what)}; expected a mapping target class "
+                         "-> base class")
+    return {classes.index(t): list(base_classes).index(b) for t, b in class_map.items()}

@@ -96,19 +96,22 @@ def transfer_summary(run_dir: str | os.PathLike) -> pd.DataFrame:
 
 def class_init_table(run_dir: str | os.PathLike) -> pd.DataFrame:
     """How a fine-tuning run started its new classes (``finetune.json``): per target class the method, the base
-    class it started from and the similarity of the two in the base discriminator's embedding; the relabellings
+    class it started from, whether that start was ``set`` by hand (``TrainConfig.class_map``) or ``matched`` by
+    similarity, and the similarity of the two in the base discriminator's embedding; the relabellings
     during training (``metrics.json``) are in ``attrs['realignments']``. Empty when the classes were loaded."""
     info = read_finetune_report(run_dir) or {}
     init = info.get("class_init") or {}
     classes = info.get("classes") or []
     if not init or init.get("method") == "loaded":
-        return pd.DataFrame(columns=["method", "started from base class", "similarity"])
+        return pd.DataFrame(columns=["method", "started from base class", "how", "similarity"])
     rows = {}
+    set_by_hand = set(init.get("set_by_hand") or [])
     matched = init.get("matched_base_class") or {}
     sims = init.get("similarity")
     for i, c in enumerate(classes):
         j = (init.get("match") or [None] * len(classes))[i]
         rows[c] = {"method": init["method"], "started from base class": matched.get(c, "—"),
+                   "how": ("set" if c in set_by_hand else "matched") if init["method"] == "match" else "—",
                    "similarity": round(float(sims[i][j]), 3) if sims is not None and j is not None else math.nan}
     table = pd.DataFrame.from_dict(rows, orient="index")
     table.index.name = "target class"

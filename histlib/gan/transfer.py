@@ -12,7 +12,9 @@ fine-tuning rarely moves it across to the right one: fine-tuned generators drew 
 (docs/results.md). So (``class_init='match'``, the default) each target class starts from the base class whose
 generated images are closest, in the base discriminator's embedding, to the class's real images (one-to-one where
 there are enough base classes), and during training (``realign_classes``) the class embeddings are relabelled when
-D's own conditional head sees G drawing two classes swapped and tells those classes apart on real images.
+D's own conditional head sees G drawing two classes swapped and tells those classes apart on real images. A
+researcher who knows which classes correspond sets them (``TrainConfig.class_map``): those start from the base class
+named and are never relabelled; the rest are matched as above among the other base classes.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import nn
 
 from histlib import runs
-from histlib.gan.config import TrainConfig
+from histlib.gan.config import TrainConfig, check_class_map
 from histlib.gan.distributed import Dist, broadcast_object
 from histlib.gan.finetune_report import write_finetune_report
 from histlib.gan.networks import Discriminator, Generator
@@ -171,24 +173,34 @@ def class_centres(D: Discriminator, images: torch.Tensor, labels: torch.Tensor, 
     return torch.stack(centres)  # [K, E]
 
 
-def match_classes(similarity: torch.Tensor) -> list[int]:
+def match_classes(similarity: torch.Tensor, fixed: Mapping[int, int] | None = None) -> list[int]:
     """For each target class (row), the source class (column) it starts from.
 
-    With no more target than source classes, the one-to-one assignment of largest total similarity (Hungarian
-    method), so no two target classes start from the same source class; otherwise each target class takes its
-    most similar source class.
+    Target classes in ``fixed`` (``{row: column}``, set by hand: ``TrainConfig.class_map``) take their column. The
+    others, with no more of them than source classes not in ``fixed``, take the one-to-one assignment among those of
+    largest total similarity (Hungarian method), so no two target classes start from the same source class;
+    otherwise each takes its most similar source class of all.
     """
     sim = similarity.detach().double().cpu().numpy()
-    if sim.shape[0] <= sim.shape[1]:
-        rows, cols = linear_sum_assignment(sim, maximize=True)
-        return [int(c) for _, c in sorted(zip(rows, cols))]
-    return [int(c) for c in sim.argmax(axis=1)]
+    fixed = dict(fixed or {})
+    out = [fixed.get(i, -1) for i in range(sim.shape[0])]
+    free_rows = [i for i in range(sim.shape[0]) if i not in fixed]
+    free_cols = [j for j in range(sim.shape[1]) if j not in set(fixed.values())]
+    if free_rows and len(free_rows) <= len(free_cols):
+        rows, cols = linear_sum_assignment(sim[np.ix_(free_rows, free_cols)], maximize=True)
+        for r, c in zip(rows, cols):
+            out[free_rows[r]] = free_cols[c]
+    else:
+        for i in free_rows:
+            out[i] = int(sim[i].argmax())
+    return [int(c) for c in out]
 
 
 @torch.no_grad()
 def init_class_embeddings_from_base(G: Generator, D: Discriminator, base_G: Generator, base_D: Discriminator,
                                     real: torch.Tensor, real_labels: torch.Tensor, samples_per_class: int = 64,
-                                    seed: int = 0, proxies: str = "random") -> dict:
+                                    seed: int = 0, proxies: str = "random",
+                                    fixed: Mapping[int, int] | None = None) -> dict:
     """Starts each new class of a fine-tuned G and D from where the base networks already are, instead of at random.
 
     A freshly drawn class embedding makes the pretrained mapping network produce whatever base appearance happens to
@@ -215,6 +227,7 @@ def init_class_embeddings_from_base(G: Generator, D: Discriminator, base_G: Gene
         real_labels: their classes ``[N]``.
         samples_per_class: base images generated per base class for its centre.
         seed: latent seed of those images.
+        fixed: ``{target class: base class}`` set by hand (``TrainConfig.class_map``); the others are matched.
 
     Returns:
         ``{'method': 'match', 'similarity': [[...]] (target × base), 'match': [base index per target class]}``.
@@ -228,7 +241,7 @@ def init_class_embeddings_from_base(G: Generator, D: Discriminator, base_G: Gene
     fakes = torch.cat([base_G(z[i:i + 256], c[i:i + 256], noise_mode="const") for i in range(0, len(z), 256)])
     source = class_centres(base_D, fakes, c, K_b)  # [K_b, E]
     similarity = target @ source.t()  # [K_t, K_b]
-    match = match_classes(similarity)
+    match = match_classes(similarity, fixed)
     idx = torch.as_tensor(match, device=device)
     emb, base_emb = G.mapping.embed, base_G.mapping.embed
     emb.weight.copy_(base_emb.weight[:, idx] * (base_emb.weight_gain / emb.weight_gain))
@@ -304,7 +317,7 @@ def discriminator_real_view(D: Discriminator, real: torch.Tensor, labels: torch.
 
 
 def realignment(view: torch.Tensor, min_gain: float = 0.2, real_view: torch.Tensor | None = None,
-                min_real_recall: float = 0.75) -> list[int] | None:
+                min_real_recall: float = 0.75, keep: Sequence[int] = ()) -> list[int] | None:
     """The relabelling of G's class embeddings that D's view asks for, or None.
 
     ``view[r, s]``: images of embedding r that D labels s. The one-to-one assignment of embeddings to classes with
@@ -312,16 +325,18 @@ def realignment(view: torch.Tensor, min_gain: float = 0.2, real_view: torch.Tens
     raises the agreement by at least ``min_gain`` (a fraction of all images) over keeping every embedding where it
     is, and when D can tell the classes it would move apart on real images (``real_view``, rows true class: the
     recall of each moved class at least ``min_real_recall``); otherwise None. The second condition keeps a D that
-    still confuses two similar classes from relabelling a generator that draws them right.
+    still confuses two similar classes from relabelling a generator that draws them right. The classes in ``keep``
+    (set by hand, ``TrainConfig.class_map``) keep their embeddings: only the others are assigned.
     """
     cm = view.double().numpy()
-    rows, cols = linear_sum_assignment(cm, maximize=True)
-    gain = (cm[rows, cols].sum() - np.trace(cm)) / max(cm.sum(), 1.0)
+    free = [i for i in range(len(cm)) if i not in set(keep)]
+    perm = list(range(len(cm)))
+    rows, cols = linear_sum_assignment(cm[np.ix_(free, free)], maximize=True)
+    for r, s in zip(rows, cols):
+        perm[free[int(s)]] = free[int(r)]
+    gain = (cm[perm, np.arange(len(cm))].sum() - np.trace(cm)) / max(cm.sum(), 1.0)
     if gain < min_gain:
         return None
-    perm = [0] * len(rows)
-    for r, s in zip(rows, cols):
-        perm[int(s)] = int(r)
     if real_view is not None:
         real = real_view.double().numpy()
         recall = np.diag(real) / np.maximum(real.sum(axis=1), 1.0)
@@ -379,10 +394,11 @@ def real_sample(dataset, num_classes: int, per_class: int, seed: int,
 
 
 def init_new_classes(base: dict[str, Any], G, D, dataset, num_classes: int, cfg: TrainConfig,
-                      device: torch.device) -> dict[str, Any]:
+                      device: torch.device, fixed: Mapping[int, int] | None = None) -> dict[str, Any]:
     """New target classes: ``init_class_embeddings_neutral`` (``class_init='neutral'``) or
     ``init_class_embeddings_from_base`` with the base checkpoint's G_ema and D and up to 64 real training
-    images per target class (``'match'``; the same on every rank: a fixed draw)."""
+    images per target class (``'match'``; the same on every rank: a fixed draw), ``fixed`` (``{target: base}``
+    indices of ``cfg.class_map``) set by hand."""
     kw = base["network_kwargs"]
     base_G = Generator(**kw["G"]).to(device).eval()
     base_G.load_state_dict(base["G_ema"])
@@ -392,9 +408,12 @@ def init_new_classes(base: dict[str, Any], G, D, dataset, num_classes: int, cfg:
     base_D.load_state_dict(base["D"])
     real, real_c = real_sample(dataset, num_classes, 64, cfg.seed, device)
     with forked_rng(device):
-        info = init_class_embeddings_from_base(G, D, base_G, base_D, real, real_c, seed=cfg.seed)
+        info = init_class_embeddings_from_base(G, D, base_G, base_D, real, real_c, seed=cfg.seed, fixed=fixed)
     base_classes = base.get("classes") or [str(i) for i in range(base_G.num_classes)]
     info["matched_base_class"] = {c: base_classes[b] for c, b in zip(dataset.classes, info["match"])}
+    # which starts a researcher set (TrainConfig.class_map) and which the similarity chose; the set ones are never
+    # relabelled during training (TransferHook)
+    info["set_by_hand"] = [c for i, c in enumerate(dataset.classes) if i in (fixed or {})]
     return info
 
 
@@ -404,6 +423,10 @@ def apply_base(base: dict[str, Any], G: Generator, D: Discriminator, G_ema: Gene
     name where the base recorded them) and starts the new classes (``cfg.class_init``). Returns the fine-tuning
     record (written to ``finetune.json`` and kept in every checkpoint)."""
     check_base_matches(base, net_kwargs, cfg)
+    fixed = check_class_map(cfg.class_map, classes, base.get("classes"))
+    if fixed and list(base.get("classes") or []) == list(classes) and any(t != b for t, b in fixed.items()):
+        raise ValueError(f"TrainConfig.class_map={cfg.class_map!r}: the run's classes are the base's "
+                         f"{list(classes)}, whose embeddings are loaded by name; leave class_map unset")
     finetune: dict[str, Any] = {"resume_from": base["path"], "resume_from_sha256": runs.file_sha256(base["path"]),
                                 "base_classes": base.get("classes"), "classes": classes,
                                 "base_cur_nimg": base.get("cur_nimg")}
@@ -411,7 +434,7 @@ def apply_base(base: dict[str, Any], G: Generator, D: Discriminator, G_ema: Gene
     for name, module in (("G", G), ("D", D), ("G_ema", G_ema)):
         finetune[name] = load_pretrained(module, base[name], reinit_class_embeddings=reinit)
     if finetune["G"]["reinitialised"] and cfg.class_init != "random":
-        finetune["class_init"] = init_new_classes(base, G, D, dataset, num_classes, cfg, device)
+        finetune["class_init"] = init_new_classes(base, G, D, dataset, num_classes, cfg, device, fixed)
     else:
         finetune["class_init"] = {"method": "random" if finetune["G"]["reinitialised"] else "loaded"}
     with torch.no_grad():  # G_ema starts from G's new class embeddings, not an independent draw
@@ -440,11 +463,13 @@ def apply_freezing(G: Generator, D: Discriminator, G_ema: Generator, cfg: TrainC
 
 
 def class_check(G, G_ema, D, opt_G, cfg: TrainConfig, cur_nimg: int, dist_info: Dist, device: torch.device,
-                 realign: bool, check_reals: tuple[torch.Tensor, torch.Tensor]) -> dict[str, Any]:
+                 realign: bool, check_reals: tuple[torch.Tensor, torch.Tensor], keep: Sequence[int] = (),
+                 ) -> dict[str, Any]:
     """D's view of G's classes at the end of a tick (``d_class_agreement``: the fraction of G's images whose nearest
     D proxy is the class asked for; ``d_real_agreement``: the same for a fixed sample of real training images) and,
     when fine-tuning with new classes, the relabelling of G's class embeddings that turns a swap D sees into
-    agreement (``class_realign``: class s takes embedding ``perm[s]``; only for classes D tells apart on reals)."""
+    agreement (``class_realign``: class s takes embedding ``perm[s]``; only for classes D tells apart on reals, never
+    for the classes in ``keep``, set by hand)."""
     out: dict[str, Any] = {}
     if dist_info.rank == 0:
         view = discriminator_view(G, D, cfg.class_check_per_class, seed=cfg.seed + 7)
@@ -452,7 +477,7 @@ def class_check(G, G_ema, D, opt_G, cfg: TrainConfig, cur_nimg: int, dist_info: 
         real_x, real_c = check_reals
         real_view = discriminator_real_view(D, real_x, real_c, G.num_classes)
         out["d_real_agreement"] = round(float(real_view.trace()) / max(int(real_view.sum()), 1), 4)
-        perm = realignment(view, cfg.realign_min_gain, real_view, cfg.realign_min_real_recall) \
+        perm = realignment(view, cfg.realign_min_gain, real_view, cfg.realign_min_real_recall, keep) \
             if realign else None
         if perm is not None:
             out["class_realign"] = perm
@@ -496,8 +521,10 @@ class TransferHook:
         if not self.checks:
             return {}
         state, cfg = self.state, self.state.cfg
+        set_by_hand = ((state.finetune or {}).get("class_init") or {}).get("set_by_hand") or []
+        keep = [state.classes.index(c) for c in set_by_hand if c in state.classes]
         out = class_check(state.G, state.G_ema, state.D, state.opt_G, cfg, state.cur_nimg, state.dist, state.device,
-                          realign=state.new_classes and cfg.realign_classes, check_reals=self.check_reals)
+                          realign=state.new_classes and cfg.realign_classes, check_reals=self.check_reals, keep=keep)
         if out.get("class_realign") is not None:
             state.realignments.append({"kimg": round(state.cur_nimg / 1000, 3), "perm": out["class_realign"]})
         return out
