@@ -138,26 +138,23 @@ class FidelityClassifier:
         self.transform = eval_transform(self.image_size)
 
     @torch.no_grad()
+    def _logits(self, images: torch.Tensor, batch_size: int) -> torch.Tensor:
+        """Logits ``[N, K]`` (float32, on the CPU) of uint8 images ``[N, 3, H, W]``, in batches."""
+        if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"images: expected uint8 [N, 3, H, W], got {images.dtype} {tuple(images.shape)}")
+        out = [torch.zeros(0, len(self.classes))]
+        for i in range(0, len(images), batch_size):
+            x = self.transform(images[i:i + batch_size]).to(self.device)  # [B, 3, S, S] normalised
+            out.append(self.model(x).float().cpu())
+        return torch.cat(out)
+
     def predict(self, images: torch.Tensor, batch_size: int = 256) -> np.ndarray:
         """Predicted class indices ``[N]`` of uint8 images ``[N, 3, H, W]``."""
-        if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"images: expected uint8 [N, 3, H, W], got {images.dtype} {tuple(images.shape)}")
-        out = []
-        for i in range(0, len(images), batch_size):
-            x = self.transform(images[i:i + batch_size]).to(self.device)  # [B, 3, S, S] normalised
-            out.append(self.model(x).argmax(1).cpu())
-        return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.int64)
+        return self._logits(images, batch_size).argmax(1).numpy()
 
-    @torch.no_grad()
     def probabilities(self, images: torch.Tensor, batch_size: int = 256) -> np.ndarray:
         """Class probabilities ``[N, K]`` (softmax, the classifier's class order) of uint8 images ``[N, 3, H, W]``."""
-        if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"images: expected uint8 [N, 3, H, W], got {images.dtype} {tuple(images.shape)}")
-        out = []
-        for i in range(0, len(images), batch_size):
-            x = self.transform(images[i:i + batch_size]).to(self.device)  # [B, 3, S, S] normalised
-            out.append(torch.softmax(self.model(x).float(), 1).cpu())
-        return torch.cat(out).numpy() if out else np.zeros((0, len(self.classes)), dtype=np.float32)
+        return torch.softmax(self._logits(images, batch_size), 1).numpy()
 
 
 def agreement(asked: Sequence[int] | np.ndarray, seen: Sequence[int] | np.ndarray, classes: Sequence[str],
