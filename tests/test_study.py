@@ -163,6 +163,30 @@ def test_synthetic_from_must_be_a_trained_variant(tmp_path, value, match):
         study.plan(s)
 
 
+@pytest.mark.parametrize("allow", [False, True])
+def test_a_group_column_with_empty_values_is_caught_at_plan_time(tmp_path, allow):
+    """Unless ALLOW_MISSING_GROUP, a manifest column that leaves images without a group stops ``study plan``, not the
+    data step hours into a run."""
+    from histlib.study_checks import check_values
+
+    src = tmp_path / "src"
+    _write(src / "MANIFEST.tsv", "relpath\tpatient\na/1.png\tp1\na/2.png\t\nb/3.png\tp2\nb/4.png\t\n")
+    demo = (ROOT / "studies" / "demo.yaml").read_text()
+    old = "source: data/sample/nct_crc_he\n  prepare: {PATCH: 64, STRIDE: 32, VAL_FRACTION: 0.25, GROUP_BY: source,"
+    assert old in demo
+    new = (f"source: {src}\n  prepare: {{PATCH: 64, STRIDE: 32, VAL_FRACTION: 0.25, GROUP_BY: patient, "
+           f"ALLOW_MISSING_GROUP: {str(allow).lower()},")
+    s = study.load_study(_write(tmp_path / "s.yaml", demo.replace(old, new)))
+    steps = study.plan(s)
+    data = [st for st in steps if st.name == "01_data_prep__sample_base"]
+    if allow:
+        assert check_values(s, data, steps) == []
+    else:
+        with pytest.raises(study.StudyError, match=r"01_data_prep__sample_base: group_by='patient': 2 of 4 source "
+                                                    r"image\(s\) have no 'patient'.*ALLOW_MISSING_GROUP"):
+            check_values(s, data, steps)
+
+
 def _toy_project(tmp_path: Path) -> Path:
     """A project root with one tiny notebook standing in for 01_data_prep, to exercise the runner quickly."""
     _write(tmp_path / "pyproject.toml", '[project]\nname = "histlib"\n')

@@ -352,6 +352,26 @@ def _group_column(source: Path, column: str) -> dict[str, str]:
                      f"{source / 'MANIFEST.tsv'}")
 
 
+def check_groups(cfg: PrepareConfig) -> None:
+    """Before any image is read: with ``group_by`` a manifest column, every image the source's manifest lists must
+    have a value there unless ``allow_missing_group`` (``study plan`` calls this, so a study does not stop at its
+    data step hours in). Images the manifest does not list at all are found by ``prepare`` itself.
+
+    Raises:
+        ValueError: naming the manifest, the column and the first images without a group.
+    """
+    source = Path(cfg.source).expanduser()
+    if cfg.group_by in ("source", "patch", "region") or cfg.allow_missing_group or not source.exists():
+        return
+    folder = source if source.is_dir() else source.parent
+    mapping = _group_column(folder, cfg.group_by)
+    for name, sep, key in (("MANIFEST.tsv", "\t", "relpath"), (MANIFEST_NAME, ",", "path")):
+        if (folder / name).is_file():
+            listed = pd.Series([r[key] for r in read_table_rows(folder / name, sep) if r.get(key)])
+            _check_groups_listed(cfg, folder, listed, mapping)
+            return
+
+
 def _warn_replacing(out: Path, meta: dict, cfg: PrepareConfig) -> None:
     """Says that a dataset prepared with other settings is about to be replaced, and which settings differ."""
     old = meta.get("config") or {}
@@ -367,7 +387,8 @@ def _check_groups_listed(cfg: PrepareConfig, source: Path, sources: pd.Series, m
     if missing and not cfg.allow_missing_group:
         raise ValueError(f"group_by={cfg.group_by!r}: {len(missing)} of {sources.nunique()} source image(s) have no "
                          f"{cfg.group_by!r} in {source / 'MANIFEST.tsv'} (e.g. {missing[:3]}); list them, or set "
-                         "allow_missing_group=True (--allow-missing-group) to make each its own group")
+                         "allow_missing_group=True (--allow-missing-group; ALLOW_MISSING_GROUP in notebook 01 or a "
+                         "study) to make each its own group")
 
 
 def _prepare_folder(cfg: PrepareConfig, source: Path, tmp: Path, progress: bool) -> tuple[list[dict], dict]:
