@@ -22,6 +22,8 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
+# The profile names, listed once: study files are checked against them and the GAN stage's profile table
+# (``histlib.gan.config.PROFILES``) holds one entry per name.
 PROFILES = ("demo", "reduced", "paper")
 # What a study's results mean under each profile: the first line of its index page (the caveats that follow are
 # read from the study's own run folders).

@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from histlib import classify_sets, runs
-from histlib.config import nearest, read_yaml
+from histlib.config import PROFILES, nearest, read_yaml
 from histlib.progress import MODE_VARIABLE as PROGRESS_VARIABLE
 from histlib.study_checks import check_values
 
@@ -73,8 +73,6 @@ VARIANTS: dict[str, tuple[int, int, bool]] = {
     "freeze_d1_g2": (1, 2, True),
     "freeze_d2_g2": (2, 2, True),
 }
-
-PROFILES = ("demo", "reduced", "paper")
 
 
 class StudyError(ValueError):

@@ -6,6 +6,7 @@ Profiles:
 * ``reduced``: one GPU, 64 px.
 * ``paper``: the publication's setting, StyleGAN2-ADA's 256 px ``paper256`` networks.
 
+``PROFILES`` has one entry per name of ``histlib.config.PROFILES`` (the one list of profile names).
 ``PROFILES[name]`` holds ``networks`` (G and D constructor arguments and the resolution), ``train`` (TrainConfig
 values), optionally ``finetune`` (TrainConfig values that differ when fine-tuning, notebook 03) and ``generate``
 (GenerateConfig values); ``TrainConfig.from_profile`` and ``GenerateConfig.from_profile`` read it, so a profile is

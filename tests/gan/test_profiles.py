@@ -31,3 +31,11 @@ def test_finetune_stage_layers_the_profile_s_finetune_settings():
     assert paper == TrainConfig.from_profile("paper")  # no fine-tuning settings of its own
     with pytest.raises(ValueError, match="stage='train'"):
         TrainConfig.from_profile("demo", stage="train")
+
+
+def test_every_profile_table_follows_the_one_list_of_names():
+    from histlib.config import PROFILE_ABOUT, PROFILES
+    from histlib.gan.config import PROFILES as GAN_PROFILES
+
+    assert tuple(GAN_PROFILES) == PROFILES
+    assert tuple(PROFILE_ABOUT) == PROFILES
