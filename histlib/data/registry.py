@@ -13,7 +13,8 @@ Layout on disk, for an entry whose single file is ``X.zip``::
                                flattened, so DIR/X/<class>/... whatever the archive's own top folder is called
     DIR/X/.histlib-extracted.json   marker naming the archive and its digest
 
-Only the standard library (``urllib``) and ``tqdm`` are used; importing this module is cheap.
+Only the standard library (``urllib``) and ``histlib.progress`` (tqdm, imported when a bar is shown) are used;
+importing this module is cheap.
 
 Checksums: Zenodo lists an md5 per file on each record page; those are recorded below with
 ``checksum_note="published by the host ..."``. Where no checksum is published the downloader computes the sha256,
@@ -435,7 +436,7 @@ def fetch_file(file: DatasetFile, to: str | os.PathLike, *, progress: bool = Tru
     Args:
         file: what to fetch.
         to: destination folder (created).
-        progress: show tqdm progress bars.
+        progress: show progress bars (``histlib.progress``).
         chunk: read size in bytes.
         retries: how often a dropped connection is resumed before giving up.
         timeout: socket timeout in seconds.

@@ -135,7 +135,7 @@ def extract_features(root: str | os.PathLike, extractor: FeatureExtractor, *, sp
         max_per_class, max_items, seed: a fixed random subset (see ``subset_indices``).
         batch_size, num_workers: image loading.
         cache: a ``FeatureCache`` to read from and write to (None: no cache).
-        progress: show a tqdm bar.
+        progress: show a progress bar (``histlib.progress``).
         resolution: resize every image to ``resolution × resolution`` first (None: as stored); real images compared
             with a generator's are resized to its resolution, the size at which the generator learned them.
 
