@@ -259,12 +259,6 @@ def generator_fidelity(G: torch.nn.Module, classes: Sequence[str], classifier: F
     return agreement(np.concatenate(asked), np.concatenate(seen), classifier.classes, classifier)
 
 
-def folder_fidelity(images_dir: str | os.PathLike, classifier: FidelityClassifier,
-                    num_workers: int = 0) -> dict[str, Any]:
-    """Class fidelity of a generated ImageFolder ``<dir>/<class>/*`` (classes matched by name)."""
-    return sets_fidelity([images_dir], classifier, num_workers=num_workers)
-
-
 def sets_fidelity(images_dirs: Sequence[str | os.PathLike], classifier: FidelityClassifier,
                   num_workers: int = 0) -> dict[str, Any]:
     """Class fidelity pooled over several generated sets (every image of every set counted once)."""

@@ -48,16 +48,6 @@ def _rel(path: Path, root: Path) -> str:
     return Path(os.path.relpath(path, root)).as_posix()
 
 
-def _table(df: pd.DataFrame, digits: int = 3) -> str:
-    if df is None or df.empty:
-        return "<p class='muted'>(nothing yet)</p>"
-    shown = df.copy()
-    for c in shown.columns:
-        if pd.api.types.is_float_dtype(shown[c]):
-            shown[c] = shown[c].map(lambda v: "—" if pd.isna(v) else f"{v:.{digits}g}")
-    return shown.to_html(border=0, escape=True, na_rep="—")
-
-
 def _steps(root: Path, info: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     state_dir = root / "notebooks" / ".state"

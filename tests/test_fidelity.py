@@ -148,7 +148,7 @@ def test_sets_fidelity_pools_generated_folders(classifier, tmp_path):
     (tmp_path / "set0" / "purple").mkdir()
     Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "set0" / "purple" / "0.png")
     with pytest.raises(ValueError, match="purple"):
-        fidelity.folder_fidelity(tmp_path / "set0", clf)
+        fidelity.sets_fidelity([tmp_path / "set0"], clf)
 
 
 def test_classifier_class_names_are_checked(classifier, tmp_path):

@@ -110,13 +110,6 @@ def build_sample(source: str | os.PathLike, out: str | os.PathLike | None = None
     return counts
 
 
-def sample_path(name: str = "nct_crc_he") -> Path:
-    """Path of an embedded sample set (``nct_crc_he`` = demo base, ``kather2016`` = demo target)."""
-    if name not in SAMPLE_SETS:
-        raise ValueError(f"sample set {name!r}: expected one of {SAMPLE_SETS}")
-    return project_path(SAMPLE_DIR) / name
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--from", dest="source", required=True,
                         help="folder holding nct_crc_he/ and kather2016/ (each <class>/<image> + MANIFEST.tsv)")
