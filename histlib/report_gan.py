@@ -1,7 +1,8 @@
-"""The index page's GAN section, one block per fine-tuned variant (DESIGN.md §7): real and generated images side by
-side per class (class names on the rows), the class fidelity beside the judging classifier's own balanced accuracy
-on real images, the GAN metrics as a table (3 significant digits, with n), the class match of a fine-tuned variant
-(target class ← base class with its similarity, flagged when it looks arbitrary) and the training curves.
+"""The index page's GAN section, one block per fine-tuned variant (docs/design.md, "Reports and runs"): real and
+generated images side by side per class (class names on the rows), the class fidelity beside the judging classifier's
+own balanced accuracy on real images, the GAN metrics as a table (3 significant digits, with n), the class match of a
+fine-tuned variant (target class ← base class with its similarity, flagged when it looks arbitrary) and the training
+curves.
 
 Everything is read from the run folders; the only files written are the curves' PNGs under
 ``<study>/index_files/`` (rebuilt when a run's ``stats.jsonl`` is newer), so the page stays one self-contained file

@@ -1,4 +1,4 @@
-"""Run directories, atomic writers and provenance (DESIGN.md §4).
+"""Run directories, atomic writers and provenance.
 
 Layout (contract): ``results/<study>/<dataset>/<stage>/<run>/`` with ``config.json``, ``env.json``,
 ``metrics.json`` (flat keys), ``stats.jsonl`` (one line per tick), ``checkpoints/`` and ``images/``.

@@ -1,4 +1,4 @@
-"""House style of the committed notebooks (DESIGN.md §6): thin, parameterised, committed without outputs."""
+"""House style of the committed notebooks (README, "Layout"): thin, parameterised, committed without outputs."""
 
 import ast
 from pathlib import Path

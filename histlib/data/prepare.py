@@ -1,9 +1,9 @@
 """``prepare``: raw dataset folder or annotated slides → prepared dataset (patches + ``manifest.csv``).
 
-Contract (DESIGN.md): ``OUT/manifest.csv`` with the columns ``path,class,split,group,source`` (``path`` relative to
-OUT), the images under ``OUT/<class>/``, and ``OUT/prepare.json`` (config, config hash, counts, validation report).
-Re-running with the same config is a no-op ("already prepared"). Everything is written into a temporary sibling
-folder that is renamed to OUT only at the end, so an interrupted run leaves nothing half-made.
+Contract (what every later stage reads): ``OUT/manifest.csv`` with the columns ``path,class,split,group,source``
+(``path`` relative to OUT), the images under ``OUT/<class>/``, and ``OUT/prepare.json`` (config, config hash, counts,
+validation report). Re-running with the same config is a no-op ("already prepared"). Everything is written into a
+temporary sibling folder that is renamed to OUT only at the end, so an interrupted run leaves nothing half-made.
 
 Sources:
 - a folder ``SOURCE/<class>/<image>`` (jpg, png, tif): validated up front (``folders.validate_folder``), converted to

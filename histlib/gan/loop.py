@@ -1,11 +1,11 @@
 """One process's part of a training or fine-tuning run of the class-conditional StyleGAN2 (notebooks 02 and 03).
 
-:func:`train` is the single-process body: it trains on this process's device, alone or as one rank of a process
-group that already exists (made by the workers of :func:`histlib.gan.launch.train_gan`, the public entry, or by
-``torchrun``); it never starts processes itself. Rank 0 writes the run directory of DESIGN.md §4: ``config.json``,
-``env.json``, ``stats.jsonl`` (one line per tick), ``metrics.json``, ``images/`` (per-class grids of ``G_ema`` at
-each snapshot, fixed latents) and ``checkpoints/`` (:mod:`histlib.gan.checkpoint`: ``latest.pt`` holds everything
-needed to resume, ``snapshot-*.pt`` and ``best.pt`` the networks).
+:func:`train` is the single-process body: it trains on this process's device, alone or as one rank of a process group
+that already exists (made by the workers of :func:`histlib.gan.launch.train_gan`, the public entry, or by ``torchrun``);
+it never starts processes itself. Rank 0 writes the run directory (the layout of :mod:`histlib.runs`): ``config.json``,
+``env.json``, ``stats.jsonl`` (one line per tick), ``metrics.json``, ``images/`` (per-class grids of ``G_ema`` at each
+snapshot, fixed latents) and ``checkpoints/`` (:mod:`histlib.gan.checkpoint`: ``latest.pt`` holds everything needed to
+resume, ``snapshot-*.pt`` and ``best.pt`` the networks).
 
 The loop: build the state (:func:`histlib.gan.state.build_state`: networks, base checkpoint or resume, freezing,
 optimisers, augmentation), then per iteration the four phases of :mod:`histlib.gan.phases`, the EMA of G and ADA's

@@ -13,8 +13,9 @@ an epilogue at 4x4 with minibatch standard deviation, a convolution and a dense 
 final features: an unconditional adversarial logit and, for the data-to-data cross-entropy of ReACGAN (Kang et
 al. 2021, "Rebooting ACGAN"), a linear projection to an L2-normalised sample embedding plus learned class proxies.
 
-Block order and freezing (contract, DESIGN.md §1): ``Discriminator.blocks[0]`` is fromRGB + the highest-resolution
-block ("block 1"), ``SynthesisNetwork.blocks[0]`` is the 4x4 block ("block 1").
+Block order and freezing (contract: ``freeze_d=k`` and ``freeze_g=k`` count blocks this way):
+``Discriminator.blocks[0]`` is fromRGB + the highest-resolution block ("block 1"), ``SynthesisNetwork.blocks[0]`` is the
+4x4 block ("block 1").
 
 Mixed precision: blocks at the ``num_fp16_res`` highest resolutions run in half precision when the tensors live on
 an accelerator (fp16 by default, bf16 on request) and always in fp32 on the CPU; the decision is made from the

@@ -1,10 +1,10 @@
 """Transfer from a base GAN: loading, new classes, freezing, and keeping each class's label right.
 
-Fine-tuning (DESIGN.md §1) loads every tensor of the base checkpoint but the class embeddings, freezes the first
-``freeze_d`` discriminator blocks (from the image) and ``freeze_g`` synthesis blocks (from 4×4), and writes what it
-did to ``finetune.json`` (:mod:`histlib.gan.finetune_report`, which also holds every reader of that file). The
-training loop sees fine-tuning through one object, :class:`TransferHook`: the report when a run starts and D's view
-of G's classes at the end of every tick.
+Fine-tuning (docs/design.md, "GAN training") loads every tensor of the base checkpoint but the class embeddings, freezes
+the first ``freeze_d`` discriminator blocks (from the image) and ``freeze_g`` synthesis blocks (from 4×4), and writes
+what it did to ``finetune.json`` (:mod:`histlib.gan.finetune_report`, which also holds every reader of that file). The
+training loop sees fine-tuning through one object, :class:`TransferHook`: the report when a run starts and D's view of
+G's classes at the end of every tick.
 
 New classes. When the target's classes differ from the base's, the class embeddings must start somewhere. A freshly
 drawn embedding makes the pretrained mapping network produce whatever base appearance happens to lie there, and

@@ -1,6 +1,6 @@
 """GAN metrics: FID, improved precision/recall (Kynkäänniemi et al. 2019), density/coverage (Naeem et al. 2020).
 
-Public API (DESIGN.md §5) — feature arrays ``[N, D]``, numpy or torch:
+Public API (contract: these names and arguments stay) — feature arrays ``[N, D]``, numpy or torch:
 
 - ``frechet_distance(real, fake)``, ``frechet_distance_from_stats(mu1, s1, mu2, s2)``, ``feature_statistics(x)``
 - ``precision_recall(real, fake, k=3)``, ``density_coverage(real, fake, k=5)``, ``compute_prdc(real, fake, k, k_dc)``

@@ -1,4 +1,4 @@
-"""Conditional StyleGAN2 generator and D2D-CE discriminator (histlib.gan.networks): contracts of DESIGN.md §1."""
+"""Conditional StyleGAN2 generator and D2D-CE discriminator (histlib.gan.networks): block order, shapes, contracts."""
 
 from __future__ import annotations
 
