@@ -31,13 +31,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from histlib.classify import (  # noqa: E402
-    ClassifyConfig,
-    _amp_dtype,
-    create_classifier,
-    make_optimizer,
-    train_transform,
-)
+from histlib.classify.config import ClassifyConfig  # noqa: E402
+from histlib.classify.data import train_transform  # noqa: E402
+from histlib.classify.evaluate import amp_dtype  # noqa: E402
+from histlib.classify.train import make_optimizer  # noqa: E402
+from histlib.classify.weights import create_classifier  # noqa: E402
 from histlib.data.dataset import ImageDataset  # noqa: E402
 
 
@@ -84,12 +82,12 @@ def bench_loader(ds, batch: int, workers: int, steps: int, device: torch.device)
 
 def _step_fn(model, opt, device, amp: bool, channels_last: bool):
     loss_fn = torch.nn.CrossEntropyLoss()
-    scaler = torch.amp.GradScaler("cuda", enabled=amp and _amp_dtype(device) == torch.float16)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp and amp_dtype(device) == torch.float16)
 
     def step(x, y):
         if channels_last:
             x = x.to(memory_format=torch.channels_last)
-        with torch.autocast(device_type=device.type, dtype=_amp_dtype(device), enabled=amp):
+        with torch.autocast(device_type=device.type, dtype=amp_dtype(device), enabled=amp):
             loss = loss_fn(model(x).float(), y)
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()

@@ -35,7 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from histlib.classify import train_transform  # noqa: E402
+from histlib.classify.data import train_transform  # noqa: E402
 from histlib.data.dataset import ImageDataset  # noqa: E402
 from histlib.data.stain_augment import DEFAULT_STAIN_STRENGTH, HEDJitter  # noqa: E402
 

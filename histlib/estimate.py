@@ -214,7 +214,7 @@ def probe_classifier(models: list[str], image_size: int, batch: int, images_per_
     """Seconds per classifier epoch (every model, forward and backward over ``images_per_epoch`` random images at
     ``image_size``); None when the number of training images is not known yet."""
 
-    from histlib.classify import create_classifier
+    from histlib.classify.weights import create_classifier
     from histlib.runtime import resolve_device
 
     if not images_per_epoch:

@@ -101,7 +101,8 @@ def fidelity_classifier(real_dir: str | os.PathLike, image_size: int, *, cfg: Fi
     Returns:
         Path of ``checkpoints/best.pt`` (with ``metrics.json`` beside it holding the validation accuracy).
     """
-    from histlib.classify import ClassifyConfig, train_classifier
+    from histlib.classify.config import ClassifyConfig
+    from histlib.classify.train import train_classifier
 
     cfg = dataclasses.replace(cfg or FidelityConfig())
     check_types(cfg)
@@ -126,7 +127,8 @@ class FidelityClassifier:
     """A loaded fidelity classifier: ``predict(images_uint8)`` → class indices in its own class order."""
 
     def __init__(self, checkpoint: str | os.PathLike, device: str | torch.device = "cpu"):
-        from histlib.classify import eval_transform, load_classifier
+        from histlib.classify.data import eval_transform
+        from histlib.classify.weights import load_classifier
 
         self.path = Path(checkpoint)
         self.device = torch.device(device)

@@ -1,7 +1,7 @@
 """The real-data learning curve and what a training set is worth in real images (read from ``metrics.json`` only).
 
 The curve: accuracy of the ``real`` classifiers against the number of real training images, over the nested
-fractions of the real train split (``real@<f>`` runs, ``histlib.classify_sets``) and the full set, per dataset and
+fractions of the real train split (``real@<f>`` runs, ``histlib.classify.sets``) and the full set, per dataset and
 classifier, on the split Table 1/2 reports (test when every run has it, else validation).
 
 A training set's worth: the number of real images at which the curve reaches that set's mean accuracy, by linear
@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from histlib import classify_sets, runs
+from histlib import runs
+from histlib.classify import sets as classify_sets
 
 BEYOND = "beyond the curve"
 BELOW = "below the curve"

@@ -45,7 +45,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from histlib import classify_sets, runs
+from histlib import runs
+from histlib.classify import sets as classify_sets
 from histlib.config import PROFILES, nearest, read_yaml
 from histlib.progress import MODE_VARIABLE as PROGRESS_VARIABLE
 from histlib.study_checks import check_values

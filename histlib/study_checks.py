@@ -65,8 +65,8 @@ def _generate_config(p: dict[str, Any]):
 def _classify_config(p: dict[str, Any]):
     import timm
 
-    from histlib.classify import ClassifyConfig
-    from histlib.classify_sets import TRAIN_SETS
+    from histlib.classify.config import ClassifyConfig
+    from histlib.classify.sets import TRAIN_SETS
     from histlib.config import from_dict
 
     cfg = from_dict(ClassifyConfig, p["CONFIG_OVERRIDES"], real_dir=str(runs.project_path(p["REAL_DIR"])),

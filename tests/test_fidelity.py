@@ -93,12 +93,12 @@ def test_classifier_is_trained_once_and_cached(classifier, colour_dataset, monke
     metrics = runs.read_json(ckpt.parent.parent / "metrics.json")
     assert metrics["balanced_accuracy"] > 0.9  # colours are trivially separable
 
-    import histlib.classify as classify
+    import histlib.classify.train as classify_train
 
     def boom(*a, **k):
         raise AssertionError("retrained although cached")
 
-    monkeypatch.setattr(classify, "train_classifier", boom)
+    monkeypatch.setattr(classify_train, "train_classifier", boom)
     assert fidelity.fidelity_classifier(colour_dataset, 16, cfg=cfg, cache_root=cache) == ckpt
     # other settings: another cache entry
     assert fidelity.classifier_dir(colour_dataset, fidelity.FidelityConfig(epochs=7), cache) != ckpt.parent.parent

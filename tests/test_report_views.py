@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from histlib import report, runs
-from histlib.classify import summarize_runs
+from histlib.classify.train import summarize_runs
 from histlib.progress import readable_warnings
 
 

@@ -32,9 +32,10 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
-from histlib import classify_sets, learning_curve, runs
+from histlib import learning_curve, runs
 from histlib.analysis import answer, intervals  # noqa: F401 (analysis.intervals for users of the package)
 from histlib.analysis.answer import runs_table, scored_table  # noqa: F401 (notebook 06 and the index page)
+from histlib.classify import sets as classify_sets
 
 # Execution order of the stages (the same names as the study runner's; repeated here so that the analysis never
 # imports the runner).

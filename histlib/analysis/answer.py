@@ -25,8 +25,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from histlib import classify_sets, learning_curve, runs
+from histlib import learning_curve, runs
 from histlib.analysis import intervals
+from histlib.classify import sets as classify_sets
 
 ROW_KEYS = ("train_set", "variant", "selection", "amount")
 REAL_ROW = ("real", "", "", "")  # what every other row is compared with

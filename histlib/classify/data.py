@@ -1,24 +1,22 @@
 """Training data of the classification stage: the paper's augmentation, stain augmentation, and the training sets.
 
 The training sets by name (``real``, ``synthetic``, ``real+synthetic``, ``real+stain``, ``real+synthetic+stain``,
-and nested fractions of ``real``) are described in ``histlib.classify_sets``; this module builds them as torch
-datasets from the real set's train split and a generated ImageFolder (``histlib.classify`` re-exports it).
+and nested fractions of ``real``) are described in ``histlib.classify.sets``; this module builds them as torch
+datasets from the real set's train split and a generated ImageFolder.
 """
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
-from histlib.classify_sets import needs_synthetic, nested_fraction, uses_real, uses_stain
+from histlib.classify.config import ClassifyConfig
+from histlib.classify.sets import needs_synthetic, nested_fraction, uses_real, uses_stain
 from histlib.data.stain_augment import HEDJitter
-
-if TYPE_CHECKING:
-    from histlib.classify import ClassifyConfig
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -1,6 +1,6 @@
 """The classifier training sets by name, their run names, and the nested fractions of the real-data learning curve.
 
-Torch-free, so the study planner and the analysis read the same names as ``histlib.classify``.
+Torch-free, so the study planner and the analysis read the same names as the classifier runs.
 
 Training sets (``ClassifyConfig.train_set``), each a ``+``-joined list of parts:
     ``real``                  the real set's train split (or a nested fraction of it: the learning curve).

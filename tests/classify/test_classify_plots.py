@@ -3,7 +3,7 @@
 import matplotlib
 import pytest
 
-from histlib.classify_plots import plot_confusion_matrix
+from histlib.classify.plots import plot_confusion_matrix
 
 matplotlib.use("Agg")
 

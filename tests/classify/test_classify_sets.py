@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from histlib import classify_sets as cs
+from histlib.classify import sets as cs
 
 
 @pytest.mark.parametrize("name, parsed", [

@@ -9,21 +9,19 @@ import pytest
 import torch
 from PIL import Image
 
-from histlib import classify
-from histlib.classify import (
+from histlib.classify import cli, sets, weights
+from histlib.classify.config import ClassifyConfig
+from histlib.classify.data import (
     COLOR_FACTORS,
     IMAGENET_MEAN,
     IMAGENET_STD,
-    ClassifyConfig,
     build_train_set,
-    classification_metrics,
-    cosine_lr_factor,
-    create_classifier,
     eval_transform,
-    load_classifier,
-    run_classifiers,
     train_transform,
 )
+from histlib.classify.evaluate import classification_metrics
+from histlib.classify.train import cosine_lr_factor, run_classifiers, summarize_runs
+from histlib.classify.weights import create_classifier, load_classifier
 
 TINY = "test_resnet"  # a 0.37 M-parameter timm ResNet made for tests
 
@@ -302,7 +300,7 @@ def offline(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.setattr(classify, "_WARNED", set())
+    monkeypatch.setattr(weights, "_WARNED", set())
     return tmp_path
 
 
@@ -329,7 +327,7 @@ def test_missing_weights_warn_once_clearly_and_fast(offline):
 
 def test_unreachable_host_is_detected_fast():
     t0 = time.perf_counter()
-    assert classify.host_reachable("hub.invalid", timeout=1.0) is False  # .invalid never resolves (RFC 2606)
+    assert weights.host_reachable("hub.invalid", timeout=1.0) is False  # .invalid never resolves (RFC 2606)
     assert time.perf_counter() - t0 < 3.0
 
 
@@ -379,7 +377,7 @@ def finished(folders, tmp_path_factory):
         mp.setenv("HF_HUB_OFFLINE", "1")
         mp.setenv("HF_HUB_CACHE", str(out / "empty_hf_cache"))  # a user's real cache must not change the test
         mp.setenv("TORCH_HOME", str(out / "empty_torch_home"))
-        mp.setattr(classify, "_WARNED", set())
+        mp.setattr(weights, "_WARNED", set())
         with pytest.warns(UserWarning, match="not available"):
             df = run_classifiers(["real"], [TINY], [0], cfg, out, progress=False)
     return cfg, out, df
@@ -437,7 +435,7 @@ def test_plots(finished):
     import matplotlib
 
     matplotlib.use("Agg")
-    from histlib.classify_plots import plot_confusion_matrices, plot_learning_curves
+    from histlib.classify.plots import plot_confusion_matrices, plot_learning_curves
 
     _, _, df = finished
     assert len(plot_learning_curves(df).axes) == 3
@@ -446,10 +444,10 @@ def test_plots(finished):
 
 
 def test_cli_overrides_are_parsed_as_json():
-    assert classify._parse_overrides(["epochs=3", "pretrained=false", "model=resnet34", "real_per_class=null"]) == \
+    assert cli._parse_overrides(["epochs=3", "pretrained=false", "model=resnet34", "real_per_class=null"]) == \
         {"epochs": 3, "pretrained": False, "model": "resnet34", "real_per_class": None}
     with pytest.raises(ValueError, match="KEY=VALUE"):
-        classify._parse_overrides(["epochs"])
+        cli._parse_overrides(["epochs"])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -470,7 +468,7 @@ def test_test_split_and_extra_sets_are_evaluated_once_on_the_chosen_checkpoint(f
     m.to_csv(held / "manifest.csv", index=False)
     extra = _write_folder(tmp_path / "external", {"a": 3, "c": 4}, manifest_splits={}, seed=5)  # a subset of classes
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(classify, "_WARNED", {TINY})
+    monkeypatch.setattr(weights, "_WARNED", {TINY})
     cfg = ClassifyConfig(model=TINY, train_set="synthetic", real_dir=str(held), synthetic_dir=str(synth),
                          variant="freeze_d1", image_size=32, epochs=2, batch_size=8, max_steps=4, device="cpu",
                          pretrained=False, extra_test_sets={"external": str(extra)})
@@ -489,9 +487,9 @@ def test_test_split_and_extra_sets_are_evaluated_once_on_the_chosen_checkpoint(f
     assert pd.Series(metrics["test_groups"]).factorize()[0].tolist() == test_rows["group"].factorize()[0].tolist()
     assert metrics["test_n_groups"] == 3 and len(metrics["val_groups"]) == metrics["n_val"]
     assert len(metrics["extra/external/groups"]) == 7
-    summary = classify.summarize_runs(df)
+    summary = summarize_runs(df)
     assert {"test_accuracy_mean", "accuracy_mean"} <= set(summary.columns)
-    assert classify.run_name("real", TINY, 1, "freeze_d1") == f"real__{TINY}__seed1"  # real runs carry no variant
+    assert sets.run_name("real", TINY, 1, "freeze_d1") == f"real__{TINY}__seed1"  # real runs carry no variant
 
 
 def test_learning_curve_runs_are_named_by_fraction(folders, tmp_path, monkeypatch):

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from histlib.classify import ClassifyConfig, load_classifier, train_classifier
+from histlib.classify.config import ClassifyConfig
+from histlib.classify.train import train_classifier
+from histlib.classify.weights import load_classifier
 
 pytestmark = pytest.mark.gpu
 
