@@ -19,7 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "datasets": ("histlib.data.registry_cli", "list the registered public datasets"),
     "build-sample": ("histlib.data.sample", "rebuild the embedded sample under data/sample/ from CC BY sources"),
     "train-gan": ("histlib.gan.cli", "train or fine-tune the conditional StyleGAN2 from a config JSON"),
-    "generate": ("histlib.generate", "sample a GAN checkpoint into an ImageFolder; class fidelity and GAN metrics"),
+    "generate": ("histlib.generate.cli", "sample a GAN checkpoint into an ImageFolder; class fidelity and GAN metrics"),
     "metrics": ("histlib.metrics.cli", "FID, precision/recall, density/coverage between two ImageFolders"),
     "classify": ("histlib.classify.cli", "train and evaluate a timm classifier from a config JSON"),
     "study": ("histlib.study", "run a study YAML: execute the notebooks stage by stage with papermill"),

@@ -1,12 +1,8 @@
-"""Generated and real image folders as features, and the memorisation audit of a generated set (notebook 04).
+"""The memorisation audit of a generated set (notebook 04).
 
-Feature reading (:func:`folder_features`, :func:`get_feature_extractor`, :func:`resolve_extractor`) is shared by the
-GAN metrics (:mod:`histlib.generate`) and the selection of samples (:mod:`histlib.selection`); real images are
-resized to the generated resolution before their features are taken.
-
-The memorisation audit finds, for every generated image, its nearest real training image in a feature space
-(pixels, or a network's features) and compares that distance with the real image's own nearest-real distance: a
-ratio near 0 flags a (near) copy.
+For every generated image, its nearest real training image in a feature space (pixels, or a network's features)
+and that distance compared with the real image's own nearest-real distance: a ratio near 0 flags a (near) copy.
+The folders are read as features by :mod:`histlib.metrics.folders`, as for the GAN metrics.
 """
 
 from __future__ import annotations
@@ -19,137 +15,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from histlib import runs
-from histlib.progress import iterate
+from histlib.metrics.folders import PIXELS, extractor_label, folder_features, get_feature_extractor, image_resolution
 from histlib.runtime import resolve_device
-
-PIXELS = "pixels"
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Reading image folders and features
-
-
-def _image_dataset(root: str | os.PathLike, split: str | None, resolution: int | None):
-    from histlib.data.dataset import ImageDataset, to_uint8_tensor
-
-    return ImageDataset(runs.project_path(root), split=split, transform=to_uint8_tensor, resolution=resolution)
-
-
-def image_resolution(root: str | os.PathLike) -> int:
-    """Side length of the first image of an ImageFolder (generated sets are square and uniform)."""
-    from PIL import Image
-
-    ds = _image_dataset(root, None, None)
-    with Image.open(ds.paths[0]) as im:
-        return int(im.size[0])
-
-
-class PixelFeatures:
-    """Pixels as features: ``uint8 [N, 3, H, W]`` → ``float32 [N, 3·S·S]`` in [0, 1].
-
-    Images larger than ``max_resolution`` are area-downsampled to it first, which keeps a 256 px audit against tens
-    of thousands of real images within memory; identical images still map to identical features (distance 0).
-    """
-
-    name = PIXELS
-    cache_key = PIXELS
-
-    def __init__(self, max_resolution: int | None = 64):
-        self.max_resolution = max_resolution
-        self.dim = 0
-
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.to(torch.float32) / 255.0
-        if self.max_resolution is not None and x.shape[-1] > self.max_resolution:
-            x = torch.nn.functional.interpolate(x, size=(self.max_resolution, self.max_resolution), mode="area")
-        self.dim = x[0].numel()
-        return x.flatten(1)  # [N, 3·S·S]
-
-
-def get_feature_extractor(spec: Any, device: str | torch.device | None = None):
-    """An extractor from a name (``'pixels'``, ``'inception'``, ``'vgg16'``, ``'domain:CKPT'``, ``'random-test'``)
-    or an object with ``name`` and ``__call__`` (returned unchanged)."""
-    if spec is None:
-        raise ValueError("extractor=None: name a feature extractor ('pixels', 'inception', 'vgg16', 'domain:CKPT', "
-                         "'random-test')")
-    if not isinstance(spec, str):
-        if not callable(spec):
-            raise ValueError(f"extractor={spec!r}: expected a name or a callable images -> features")
-        return spec
-    if spec == PIXELS:
-        return PixelFeatures()
-    from histlib.metrics import get_extractor
-
-    return get_extractor(spec, device=device)
-
-
-def extractor_label(extractor: Any) -> str:
-    """The name used in metric keys (``inception-v3-fid``, ``vgg16-fc2``, ``domain-resnet34``, ``random-test``…)."""
-    name = getattr(extractor, "name", None) or type(extractor).__name__
-    return str(name).replace("/", "-")
-
-
-def resolve_extractor(spec: str | None = "auto", enabled: bool = True, device: str | torch.device | None = None,
-                      verbose: bool = True):
-    """The feature extractor of the GAN metrics, or None (with a printed reason) when metrics cannot be honest.
-
-    ``'auto'`` uses Inception-v3 (FID weights) when the weights file is already on this machine; it never
-    downloads and never falls back to an untrained network. ``'random-test'`` is honoured, with a warning that
-    its numbers only check the plumbing.
-    """
-    if not enabled:
-        if verbose:
-            print("GAN metrics disabled (METRICS=False).")
-        return None
-    if spec is None:
-        if verbose:
-            print("GAN metrics skipped: no feature extractor given (EXTRACTOR=None).")
-        return None
-    if spec == "auto":
-        from histlib.metrics import INCEPTION_FID_WEIGHTS, WeightsNotFoundError, find_weights
-
-        try:
-            find_weights(INCEPTION_FID_WEIGHTS, download=False)
-        except WeightsNotFoundError as e:
-            if verbose:
-                print("GAN metrics skipped: EXTRACTOR='auto' found no Inception-v3 FID weights on this machine; it "
-                      "neither downloads them nor falls back to an untrained network.\n"
-                      f"  {e}\n  Alternatives: EXTRACTOR='domain:<classifier run>/checkpoints/best.pt' (features of a "
-                      "histology classifier from notebook 05), or place the weights and re-run.")
-            return None
-        spec = "inception"
-    extractor = get_feature_extractor(spec, device=device)
-    if verbose and extractor_label(extractor) == "random-test":
-        print("WARNING: 'random-test' features come from an untrained network; the metrics below check the "
-              "pipeline and say nothing about image quality (their keys are labelled 'random-test/...').")
-    return extractor
-
-
-@torch.no_grad()
-def folder_features(root: str | os.PathLike, extractor: Any, *, split: str | None = None,
-                    resolution: int | None = None, batch_size: int = 256, num_workers: int = 0,
-                    desc: str | None = None, progress: bool = False):
-    """Features of every image of a folder, streamed in batches (the images are never all in memory).
-
-    Args:
-        root: a prepared dataset or ImageFolder.
-        extractor: a callable ``uint8 [N, 3, H, W] → [N, D]``.
-        split: keep only this split (None: all images).
-        resolution: resize every image to this size first (None: as stored).
-
-    Returns:
-        ``(features float32 [N, D] on the CPU, dataset)``; the dataset gives ``labels``, ``classes`` and ``paths``.
-    """
-    ds = _image_dataset(root, split, resolution)
-    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    feats = [extractor(x).detach().float().cpu() for x, _ in iterate(loader, desc=desc or "features", unit="batch",
-                                                                  leave=False, disable=not progress)]
-    return torch.cat(feats), ds
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Memorisation audit
 
 
 def nearest_neighbours(query: torch.Tensor, reference: torch.Tensor, k: int = 1, exclude_self: bool = False,

@@ -35,6 +35,7 @@ import torch
 from histlib import runs
 from histlib.config import check_types
 from histlib.data.dataset import to_uint8
+from histlib.runtime import resolve_device
 
 DEFAULT_CACHE = "results/.fidelity"
 
@@ -121,6 +122,22 @@ def fidelity_classifier(real_dir: str | os.PathLike, image_size: int, *, cfg: Fi
         runs.write_json(tmp / "fidelity.json", {"fidelity_config": dataclasses.asdict(cfg),
                                                  "real_dir": runs.display_path(real_dir)})
     return ckpt
+
+
+def classifier_for_run(cfg: Any, report: Mapping[str, Any], progress: bool = False) -> Path:
+    """The fidelity classifier of a generate run's real dataset (:func:`fidelity_classifier` at the generated
+    resolution), cached in ``cfg.fidelity_cache``, by default ``.fidelity/`` beside the run's stage folder
+    (``results/<study>/<dataset>/.fidelity/``), so every variant of a target shares one.
+
+    Args:
+        cfg: the run's ``histlib.generate.GenerateConfig`` (``dataset_dir``, ``fidelity_cache``, ``device``).
+        report: its images' report (``out_dir`` = ``<run>/images``, ``resolution``).
+        progress: progress bars while training.
+    """
+    run_dir = Path(report["out_dir"]).parent  # <run>/images -> <run>
+    cache = cfg.fidelity_cache or (run_dir.parent.parent / ".fidelity")
+    return fidelity_classifier(cfg.dataset_dir, int(report["resolution"]), cache_root=cache,
+                               device=str(resolve_device(cfg.device)), progress=progress)
 
 
 class FidelityClassifier:

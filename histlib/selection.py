@@ -1,9 +1,9 @@
 """Keep the best generated samples: draw more than a set keeps, then keep the best of each class.
 
 A generate run with ``selection`` other than ``'none'`` first draws a *pool* of ``ceil(oversample × n)`` images per
-class into ``<run>/pool/`` (:func:`histlib.generate.generate_images`, same seeds and determinism), scores every pool
-image, and keeps the ``n`` best of each class in ``<run>/images/`` (the folder the classifiers read; hard links to
-the pool files where the file system allows, copies otherwise). Scores:
+class into ``<run>/pool/`` (:func:`histlib.generate.images.generate_images`, same seeds and determinism), scores
+every pool image, and keeps the ``n`` best of each class in ``<run>/images/`` (the folder the classifiers read; hard
+links to the pool files where the file system allows, copies otherwise). Scores:
 
 - ``'realism'``: the realism score of Kynkäänniemi et al. 2019 (:func:`histlib.metrics.realism_score`) of the image
   against the real train images *of the class it was asked for*, so a convincing image of another class does not
@@ -143,15 +143,15 @@ def score_pool(pool_dir: str | os.PathLike, selection: str, selector: str | os.P
     """
     import torch
 
-    from histlib import audit
     from histlib.metrics import realism_score
+    from histlib.metrics.folders import folder_features, get_feature_extractor, image_dataset, image_resolution
     from histlib.runtime import resolve_device
 
     if selection == "realism":
-        ext = audit.get_feature_extractor(f"domain:{selector}", device=device)
-        fake, g_ds = audit.folder_features(pool_dir, ext, num_workers=num_workers)  # [N, D]
-        real, r_ds = audit.folder_features(real_dir, ext, split=real_split, num_workers=num_workers,
-                                           resolution=audit.image_resolution(pool_dir))  # [M, D]
+        ext = get_feature_extractor(f"domain:{selector}", device=device)
+        fake, g_ds = folder_features(pool_dir, ext, num_workers=num_workers)  # [N, D]
+        real, r_ds = folder_features(real_dir, ext, split=real_split, num_workers=num_workers,
+                                     resolution=image_resolution(pool_dir))  # [M, D]
         scores = np.full(len(g_ds), np.nan)
         for i, cls in enumerate(g_ds.classes):
             if cls not in r_ds.classes:
@@ -163,7 +163,7 @@ def score_pool(pool_dir: str | os.PathLike, selection: str, selector: str | os.P
         from histlib.fidelity import FidelityClassifier
 
         clf = FidelityClassifier(selector, device=resolve_device(device or "auto"))
-        g_ds = audit._image_dataset(pool_dir, None, None)
+        g_ds = image_dataset(pool_dir, None, None)
         unknown = sorted(set(g_ds.classes) - set(clf.classes))
         if unknown:
             raise ValueError(f"{pool_dir}: classes {unknown} are unknown to the selection classifier {clf.classes}")
@@ -196,18 +196,18 @@ def generate_selected(cfg, run_dir: str | os.PathLike, counts: Mapping[str, int]
     """Draws the pool, scores it and keeps the best ``counts[class]`` per class and set in ``<run_dir>/images``.
 
     Returns:
-        A report shaped like :func:`histlib.generate.generate_images`' (for the kept images) with ``pool_dir``,
+        A report shaped like :func:`histlib.generate.images.generate_images`' (for the kept images) with ``pool_dir``,
         ``pool_set_dirs`` and ``selection`` (the summary that ``metrics.json`` gets as ``selection/…`` keys).
     """
-    from histlib import generate
+    from histlib.generate.images import generate_images, set_dirs
 
     check_selection(cfg.selection, cfg.oversample)
     run_dir = runs.project_path(run_dir)
     pcounts = pool_counts(counts, cfg.oversample)
-    pool = generate.generate_images(cfg.checkpoint, run_dir / POOL_DIR, pcounts, truncation_psi=cfg.truncation_psi,
-                                    seed=cfg.seed, batch_size=cfg.batch_size, device=device, classes=list(counts),
-                                    image_format=cfg.image_format, num_sets=cfg.num_sets, noise_mode=cfg.noise_mode,
-                                    progress=progress)
+    pool = generate_images(cfg.checkpoint, run_dir / POOL_DIR, pcounts, truncation_psi=cfg.truncation_psi,
+                           seed=cfg.seed, batch_size=cfg.batch_size, device=device, classes=list(counts),
+                           image_format=cfg.image_format, num_sets=cfg.num_sets, noise_mode=cfg.noise_mode,
+                           progress=progress)
     t0 = time.perf_counter()
     selector = selector_checkpoint(cfg, pool["resolution"], run_dir)
     key = runs.config_hash({"pool": pool["settings_hash"], "selection": cfg.selection, "oversample": cfg.oversample,
@@ -219,7 +219,7 @@ def generate_selected(cfg, run_dir: str | os.PathLike, counts: Mapping[str, int]
         return {**runs.read_json(report_path)["report"], "reused": True}
     tables = []
     with runs.atomic_dir(out) as tmp:
-        for j, (pool_set, kept_set) in enumerate(zip(pool["set_dirs"], generate.set_dirs(tmp, cfg.num_sets))):
+        for j, (pool_set, kept_set) in enumerate(zip(pool["set_dirs"], set_dirs(tmp, cfg.num_sets))):
             df = score_pool(pool_set, cfg.selection, selector, real_dir=cfg.dataset_dir, real_split=cfg.real_split,
                             k=cfg.k_pr, device=device, num_workers=cfg.num_workers)
             classes = list(dict.fromkeys(df["class"]))
@@ -254,7 +254,7 @@ def _report(cfg, pool: Mapping[str, Any], counts: Mapping[str, int], pcounts: Ma
         summary[f"threshold/{cls}"] = float(kept.min()) if len(kept) else None
         summary[f"kept_from_unselected/{cls}"] = float(part.loc[part["unselected"], "kept"].mean())
     seconds_all = float(pool["seconds"]) + seconds
-    from histlib.generate import set_dirs
+    from histlib.generate.images import set_dirs
 
     return {**{k: v for k, v in pool.items() if k not in ("reused",)},
             "settings": {**pool["settings"], "images_per_class": dict(counts), "pool_per_class": dict(pcounts),
@@ -320,23 +320,28 @@ def unselected_metrics(cfg, report: Mapping[str, Any], extractor: Any = None,
     ``unselected/fidelity/…``, measured exactly as the kept set's; ``{}`` when the run made no selection."""
     import torch
 
-    from histlib import audit, generate
+    from histlib.metrics.folders import (
+        extractor_label,
+        feature_metrics,
+        folder_features,
+        get_feature_extractor,
+        image_resolution,
+    )
 
     if "pool_dir" not in report:
         return {}
     scores = read_scores(Path(report["out_dir"]).parent)
     out: dict[str, Any] = {}
     if extractor is not None:
-        ext = audit.get_feature_extractor(extractor, device=cfg.device)
+        ext = get_feature_extractor(extractor, device=cfg.device)
         kw = dict(num_workers=cfg.num_workers, progress=progress)
-        fake, g_ds = audit.folder_features(report["pool_set_dirs"][0], ext, desc="pool features", **kw)
-        real, r_ds = audit.folder_features(cfg.dataset_dir, ext, split=cfg.real_split, desc="real features",
-                                           resolution=audit.image_resolution(report["pool_set_dirs"][0]), **kw)
+        fake, g_ds = folder_features(report["pool_set_dirs"][0], ext, desc="pool features", **kw)
+        real, r_ds = folder_features(cfg.dataset_dir, ext, split=cfg.real_split, desc="real features",
+                                     resolution=image_resolution(report["pool_set_dirs"][0]), **kw)
         first = draw_index(g_ds.paths) < np.array([report["settings"]["images_per_class"][g_ds.classes[i]]
                                                    for i in g_ds.labels])
-        metrics = generate.feature_metrics(real, r_ds, fake[torch.from_numpy(first)], g_ds.labels[first],
-                                           g_ds.classes, audit.extractor_label(ext), k_pr=cfg.k_pr, k_dc=cfg.k_dc,
-                                           device=cfg.device)
+        metrics = feature_metrics(real, r_ds, fake[torch.from_numpy(first)], g_ds.labels[first], g_ds.classes,
+                                  extractor_label(ext), k_pr=cfg.k_pr, k_dc=cfg.k_dc, device=cfg.device)
         out.update({f"unselected/{k}": v for k, v in metrics.items()})
     if cfg.fidelity and cfg.dataset_dir is not None:
         out.update({f"unselected/fidelity/{k}": v for k, v in _unselected_fidelity(cfg, report, scores).items()})
@@ -346,11 +351,11 @@ def unselected_metrics(cfg, report: Mapping[str, Any], extractor: Any = None,
 def _unselected_fidelity(cfg, report: Mapping[str, Any], scores: pd.DataFrame) -> dict[str, Any]:
     import torch
 
-    from histlib import fidelity, generate
+    from histlib import fidelity
     from histlib.data.dataset import to_uint8_tensor
+    from histlib.runtime import resolve_device
 
-    clf = fidelity.FidelityClassifier(generate._fidelity_checkpoint(cfg, report),
-                                      device=generate.resolve_device(cfg.device))
+    clf = fidelity.FidelityClassifier(fidelity.classifier_for_run(cfg, report), device=resolve_device(cfg.device))
     asked, seen = [], []
     for j, pool_set in enumerate(report["pool_set_dirs"]):
         part = scores[(scores["set"] == j) & scores["unselected"]]

@@ -53,7 +53,7 @@ def _train_config(p: dict[str, Any], stage: str):
 
 
 def _generate_config(p: dict[str, Any]):
-    from histlib.generate import GenerateConfig
+    from histlib.generate.config import GenerateConfig
 
     return GenerateConfig.from_profile(p["PROFILE"], checkpoint=p["CHECKPOINT"], dataset_dir=p["DATASET_DIR"],
                                        images_per_class=p["IMAGES_PER_CLASS"], num_sets=p["NUM_SETS"],

@@ -7,6 +7,8 @@ Public API (contract: these names and arguments stay) — feature arrays ``[N, D
 - ``realism_score(real, fake, k=3)`` (per generated sample, Kynkäänniemi et al. 2019 §5), ``real_radii``
 - ``compute_metrics`` / ``per_class_metrics`` (summary table), ``get_extractor`` (feature extractors),
   ``extract_features`` / ``FeatureCache``, ``GanMetricsHook`` / ``EarlyStopping`` (training hooks).
+- ``folder_features`` (an image folder as features), ``gan_metrics`` / ``feature_metrics`` (the GAN metrics of a
+  generated folder against the real images, overall and per class), in ``folders``.
 
 Submodules are imported on first use, so ``import histlib.metrics`` does not import torch.
 """
@@ -44,6 +46,11 @@ _EXPORTS = {
     "FeatureCache": "cache",
     "extract_features": "cache",
     "dataset_fingerprint": "cache",
+    "folder_features": "folders",
+    "gan_metrics": "folders",
+    "feature_metrics": "folders",
+    "get_feature_extractor": "folders",
+    "resolve_extractor": "folders",
     "GanMetricsHook": "hooks",
     "EarlyStopping": "hooks",
 }

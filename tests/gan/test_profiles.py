@@ -3,7 +3,7 @@
 import pytest
 
 from histlib.gan.config import TrainConfig
-from histlib.generate import GenerateConfig
+from histlib.generate.config import GenerateConfig
 
 
 @pytest.mark.parametrize("profile, kimg, batch, res", [("demo", 10.0, 16, 32), ("paper", 10000.0, 64, 256)])

@@ -1,4 +1,5 @@
-"""histlib.generate: class-conditional sampling to an ImageFolder, memorisation audit, GAN metrics of a set."""
+"""histlib.generate: class-conditional sampling to an ImageFolder; memorisation audit (histlib.audit), GAN metrics
+of a set (histlib.metrics.folders)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 generate = pytest.importorskip("histlib.generate")
+
+from histlib import audit  # noqa: E402
+from histlib.generate import images as generate_images_module  # noqa: E402
+from histlib.metrics import folders  # noqa: E402
 
 CLASSES = ["adipose", "lympho", "tumor"]
 G_KWARGS = dict(z_dim=8, w_dim=8, mapping_layers=1, channel_base=64, channel_max=8, img_resolution=8,
@@ -132,7 +137,7 @@ def test_reuses_an_identical_folder(checkpoint, tmp_path):
 def test_interrupted_generation_leaves_nothing(checkpoint, tmp_path, monkeypatch):
     out = tmp_path / "images"
     calls = {"n": 0}
-    original = generate._save_image
+    original = generate_images_module._save_image
 
     def failing(array, path, fmt):
         calls["n"] += 1
@@ -140,17 +145,17 @@ def test_interrupted_generation_leaves_nothing(checkpoint, tmp_path, monkeypatch
             raise KeyboardInterrupt  # as if the user pressed Ctrl-C mid-way
         original(array, path, fmt)
 
-    monkeypatch.setattr(generate, "_save_image", failing)
+    monkeypatch.setattr(generate_images_module, "_save_image", failing)
     with pytest.raises(KeyboardInterrupt):
         generate.generate_images(checkpoint, out, 3, batch_size=1, workers=1, progress=False)
     assert not out.exists()
     assert list(tmp_path.iterdir()) == []  # no temporary folder either
     # an existing complete folder survives an interrupted regeneration untouched
-    monkeypatch.setattr(generate, "_save_image", original)
+    monkeypatch.setattr(generate_images_module, "_save_image", original)
     generate.generate_images(checkpoint, out, 2, progress=False)
     before = _digests(out)
     calls["n"] = 0
-    monkeypatch.setattr(generate, "_save_image", failing)
+    monkeypatch.setattr(generate_images_module, "_save_image", failing)
     with pytest.raises(KeyboardInterrupt):
         generate.generate_images(checkpoint, out, 3, batch_size=1, workers=1, progress=False)
     assert _digests(out) == before
@@ -174,16 +179,16 @@ def test_nearest_neighbours_match_brute_force():
     g = torch.Generator().manual_seed(0)
     q = torch.randn(37, 5, generator=g)
     r = torch.randn(50, 5, generator=g)
-    d, i = generate.nearest_neighbours(q, r, k=3, chunk=8)
+    d, i = audit.nearest_neighbours(q, r, k=3, chunk=8)
     full = torch.cdist(q.double(), r.double())
     ref_d, ref_i = full.topk(3, dim=1, largest=False)
     np.testing.assert_array_equal(i, ref_i.numpy())
     np.testing.assert_allclose(d, ref_d.numpy(), rtol=1e-10)
-    d, i = generate.nearest_neighbours(r, r, k=1, exclude_self=True, chunk=16)
+    d, i = audit.nearest_neighbours(r, r, k=1, exclude_self=True, chunk=16)
     full = torch.cdist(r.double(), r.double()).fill_diagonal_(float("inf"))
     np.testing.assert_array_equal(i[:, 0], full.argmin(1).numpy())
     with pytest.raises(ValueError, match="k=60"):
-        generate.nearest_neighbours(q, r, k=60)
+        audit.nearest_neighbours(q, r, k=60)
 
 
 @pytest.fixture
@@ -256,12 +261,12 @@ def test_auto_extractor_never_falls_back_to_an_untrained_network(monkeypatch, ca
         raise features.WeightsNotFoundError("pt_inception-2015-12-05-6726825d.pth not found")
 
     monkeypatch.setattr(features, "find_weights", missing)
-    assert generate.resolve_extractor("auto") is None
+    assert folders.resolve_extractor("auto") is None
     assert "skipped" in capsys.readouterr().out
-    assert generate.resolve_extractor("random-test", enabled=False) is None
-    assert generate.resolve_extractor(None) is None
-    ext = generate.resolve_extractor("random-test")
-    assert generate.extractor_label(ext) == "random-test" and "WARNING" in capsys.readouterr().out
+    assert folders.resolve_extractor("random-test", enabled=False) is None
+    assert folders.resolve_extractor(None) is None
+    ext = folders.resolve_extractor("random-test")
+    assert folders.extractor_label(ext) == "random-test" and "WARNING" in capsys.readouterr().out
 
 
 def test_stage_writes_run_directory(checkpoint, tmp_path, make_image_folder):
