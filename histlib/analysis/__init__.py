@@ -15,9 +15,12 @@ Stages and their runs:
 A study may lack some stages (a study file lists the stages it runs): the functions return empty frames for
 what is absent and :func:`stage_status` says what is missing.
 
-Submodules: :mod:`~histlib.analysis.answer` (the one frame behind Table 1/2, the index page and the exported
-tables), :mod:`~histlib.analysis.intervals` (group-aware paired bootstrap intervals) and
-:mod:`~histlib.analysis.plots`; their public functions are re-exported here.
+Submodules, lowest first: :mod:`~histlib.analysis.rows` (the classifier runs, one row each),
+:mod:`~histlib.analysis.gan` (the GAN-metric table), :mod:`~histlib.analysis.intervals` (group-aware paired
+bootstrap intervals), :mod:`~histlib.analysis.curve` (the real-data learning curve and a row's worth in real
+images), :mod:`~histlib.analysis.answer` (the one frame behind Table 1/2, the index page and the exported tables)
+and :mod:`~histlib.analysis.plots`; their public functions are re-exported here. None of them imports the package
+back; the learning curve's figure (:mod:`histlib.learning_curve`) sits above it.
 """
 
 from __future__ import annotations
@@ -32,9 +35,18 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
-from histlib import learning_curve, runs
-from histlib.analysis import answer, intervals  # noqa: F401 (analysis.intervals for users of the package)
+from histlib import runs
+from histlib.analysis import answer, curve, intervals  # noqa: F401 (analysis.intervals for users of the package)
 from histlib.analysis.answer import runs_table, scored_table  # noqa: F401 (notebook 06 and the index page)
+from histlib.analysis.gan import GAN_METRICS, gan_metric_columns, gan_table  # noqa: F401 (the package's names)
+from histlib.analysis.plots import plot_classification, plot_gan_metrics, plot_training_curves  # noqa: F401
+from histlib.analysis.rows import (  # noqa: F401 (the package's names)
+    CLASSIFICATION_METRICS,
+    TRAIN_SET_ORDER,
+    classifier_runs,
+    classify_rows,
+    evaluated_on,
+)
 from histlib.classify import sets as classify_sets
 
 # Execution order of the stages (the same names as the study runner's; repeated here so that the analysis never
@@ -42,9 +54,6 @@ from histlib.classify import sets as classify_sets
 STAGE_ORDER = ("data", "base_gan", "finetune", "generate", "classify", "analysis")
 RESULT_STAGES = ("base_gan", "finetune", "generate", "classify")  # stages that write run directories
 CLASSIFY_RUN = classify_sets.RUN_NAME  # <train_set>[__<variant>]__<model>__seed<k>, train_set incl. real@<fraction>
-GAN_METRICS = ("fid", "precision", "recall", "density", "coverage")
-CLASSIFICATION_METRICS = ("accuracy", "balanced_accuracy")
-TRAIN_SET_ORDER = classify_sets.TRAIN_SETS
 ID_COLUMNS = ("stage", "dataset", "run")
 _SKIP_DIRS = {"notebooks", "analysis"}  # folders of results/<study>/ that are not datasets
 
@@ -267,16 +276,6 @@ def bootstrap_ci(values: Sequence[float] | np.ndarray, n: int = 10000, ci: float
 # Tables
 
 
-def _classify_rows(df: pd.DataFrame) -> pd.DataFrame:
-    if df is None or len(df) == 0 or "stage" not in df:
-        return pd.DataFrame()
-    part = df[df["stage"] == "classify"].copy()
-    for col in ("train_set", "model", "seed"):
-        if col not in part:
-            part[col] = np.nan
-    return part.dropna(subset=["train_set", "model"])
-
-
 def classification_table(df: pd.DataFrame, metrics: Sequence[str] = CLASSIFICATION_METRICS,
                          bootstrap: bool = False, n_boot: int = 10000, ci: float = 0.95) -> pd.DataFrame:
     """The paper's classification table: rows train set × model, per dataset the mean ± std over seeds.
@@ -292,7 +291,7 @@ def classification_table(df: pd.DataFrame, metrics: Sequence[str] = CLASSIFICATI
         (sample standard deviation, ddof=1: NaN for one seed), ``n`` (seeds) and optionally ``ci_low``,
         ``ci_high``. Empty when there is no classification run. Format it with :func:`format_mean_std`.
     """
-    part = _classify_rows(df)
+    part = classify_rows(df)
     present = [m for m in metrics if m in part.columns]
     if len(part) == 0 or not present:
         return pd.DataFrame()
@@ -350,82 +349,12 @@ def format_mean_std(table: pd.DataFrame, scale: float = 100.0, digits: int = 1) 
     return res
 
 
-def gan_metric_columns(df: pd.DataFrame) -> dict[str, list[str]]:
-    """``{extractor: [metric columns]}`` of the overall GAN metrics (keys ``<extractor>/<metric>``)."""
-    out: dict[str, list[str]] = {}
-    for col in df.columns if df is not None else []:
-        parts = str(col).split("/")
-        if len(parts) == 2 and parts[1] in GAN_METRICS:
-            out.setdefault(parts[0], []).append(col)
-    for cols in out.values():
-        cols.sort(key=lambda c: GAN_METRICS.index(c.split("/")[1]))
-    return out
-
-
-def gan_table(df: pd.DataFrame, stage: str = "generate") -> pd.DataFrame:
-    """FID, precision, recall, density and coverage of each GAN variant, per dataset and feature extractor.
-
-    Args:
-        df: :func:`collect_metrics` output.
-        stage: the stage whose runs hold the GAN metrics (``generate``; ``finetune`` when the training hooks
-            computed them).
-
-    Returns:
-        Index ``(dataset, variant, extractor)``, columns the metrics present (``fid``, ``precision`` …) and the
-        sample sizes ``n_real`` / ``n_fake`` when recorded. Empty when no run of ``stage`` has GAN metrics.
-        Extractors labelled ``random-test`` are features of an untrained network: fine for plumbing checks,
-        meaningless as quality numbers.
-    """
-    if df is None or len(df) == 0 or "stage" not in df:
-        return pd.DataFrame()
-    part = df[df["stage"] == stage]
-    groups = gan_metric_columns(part.dropna(axis=1, how="all"))
-    rows = []
-    for _, r in part.iterrows():
-        for extractor, cols in groups.items():
-            vals = {c.split("/")[1]: r[c] for c in cols if pd.notna(r.get(c))}
-            if not vals:
-                continue
-            counts = {n: int(r[f"{extractor}/{n}"]) for n in ("n_real", "n_fake")
-                      if pd.notna(r.get(f"{extractor}/{n}"))}
-            rows.append({"dataset": r["dataset"], "variant": r["run"], "extractor": extractor, **vals, **counts})
-    if not rows:
-        return pd.DataFrame()
-    table = pd.DataFrame(rows).set_index(["dataset", "variant", "extractor"])
-    return table[[c for c in ("n_real", "n_fake", *GAN_METRICS) if c in table.columns]]
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # The study's answer: the paper's Tables 1-2, every variant, differences to real, GAN metrics beside classifiers
 
 PAPER_ROWS = ("real", "scratch", "pretrained", "frozen")
 WORTH, WORTH_NOTE = answer.WORTH, answer.WORTH_NOTE  # Table 1/2 column beside a learning curve
 FIDELITY_METRICS = ("agreement", "balanced_agreement")
-
-
-def classifier_runs(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per classifier run: ``dataset, train_set, variant ('' for real), model, seed`` and its numbers
-    (``val_accuracy``, ``val_balanced_accuracy``, ``test_accuracy``, ``test_balanced_accuracy`` when measured,
-    ``n_train_real``, ``n_train_synthetic``)."""
-    part = _classify_rows(df)
-    if len(part) == 0:
-        return pd.DataFrame(columns=["dataset", "train_set", "variant", "model", "seed"])
-    out = pd.DataFrame({
-        "dataset": part["dataset"], "train_set": part["train_set"],
-        "variant": part["variant"].astype(object).where(part["variant"].notna(), "") if "variant" in part else "",
-        "model": part["model"], "seed": pd.to_numeric(part["seed"], errors="coerce"),
-        "val_accuracy": pd.to_numeric(part.get("accuracy"), errors="coerce"),
-        "val_balanced_accuracy": pd.to_numeric(part.get("balanced_accuracy"), errors="coerce"),
-    })
-    for col in ("test_accuracy", "test_balanced_accuracy", "n_train_real", "n_train_synthetic"):
-        out[col] = pd.to_numeric(part[col], errors="coerce") if col in part else np.nan
-    out.loc[~out["train_set"].map(classify_sets.needs_synthetic), "variant"] = ""
-    return out.reset_index(drop=True)
-
-
-def evaluated_on(runs_df: pd.DataFrame) -> str:
-    """``'test'`` when every run has test numbers (nothing was tuned on them), else ``'val'``."""
-    return "test" if len(runs_df) and runs_df["test_accuracy"].notna().all() else "val"
 
 
 def _mean(values: pd.Series) -> float:
@@ -746,7 +675,7 @@ def study_tables(df: pd.DataFrame, table: pd.DataFrame | None = None) -> dict[st
     full = variant_table(df)
     gan_vs_cls = gan_vs_classifier(df)
     return {"classification": table, "classification_paper": table[table["paper_row"]] if len(table) else table,
-            "learning_curve": learning_curve.learning_curve(df),
+            "learning_curve": curve.learning_curve(df),
             "differences_to_real": answer.paired_differences_long(table), "runs": answer.runs_table(df),
             "variants": full, "gan": gan_table(df), "gan_vs_classifier": gan_vs_cls,
             "rank_correlations": rank_correlations(gan_vs_cls), "fidelity": fidelity_table(df)}
@@ -759,8 +688,3 @@ def write_study_tables(study_dir: str | os.PathLike, df: pd.DataFrame | None = N
     df = collect_metrics(study_dir) if df is None else df
     tables = {**study_tables(df, table), "status": stage_status(study_dir, df)}
     return write_tables(tables, analysis_dir(study_dir), csv_only=("runs",))
-
-
-# Plots (histlib/analysis/plots.py; imported here, after everything they use is defined)
-
-from histlib.analysis.plots import plot_classification, plot_gan_metrics, plot_training_curves  # noqa: E402, F401

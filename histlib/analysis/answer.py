@@ -25,8 +25,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from histlib import learning_curve, runs
+from histlib import runs
+from histlib.analysis import curve as learning_curve
 from histlib.analysis import intervals
+from histlib.analysis.rows import classify_rows
 from histlib.classify import sets as classify_sets
 
 ROW_KEYS = ("train_set", "variant", "selection", "amount")
@@ -76,9 +78,7 @@ def classifier_run_rows(df: pd.DataFrame) -> pd.DataFrame:
     """The classifier runs of :func:`histlib.analysis.collect_metrics` with the row keys filled in (``''`` where a
     run has none; ``selection`` and ``amount`` from the generated set's label when ``metrics.json`` lacks them) and
     ``seed`` as an integer."""
-    from histlib.analysis import _classify_rows
-
-    part = _classify_rows(df).copy()
+    part = classify_rows(df).copy()
     if len(part) == 0:
         return part
     for k in ROW_KEYS:
@@ -265,7 +265,7 @@ def _score_cells(part: pd.DataFrame, scored_on: str) -> dict[str, Any]:
 
 
 def _worth(out: pd.DataFrame, df: pd.DataFrame) -> list[Any]:
-    """Each row's worth in real images read off the real-data learning curve (``histlib.learning_curve``), where
+    """Each row's worth in real images read off the real-data learning curve (``histlib.analysis.curve``), where
     the dataset has one on this scored set; NaN for ``real``, the curve's own points and elsewhere."""
     curve = learning_curve.learning_curve(df)
     values: list[Any] = []
@@ -292,7 +292,7 @@ def scored_table(df: pd.DataFrame, n_boot: int = 2000, ci: float = 0.95, seed: i
         (the row's label), ``paper_row``, ``best_frozen`` (the row is the variant chosen on validation),
         ``accuracy``, ``balanced_accuracy`` (mean over seeds, %), their ``*_std``, ``n_seeds``, ``val_accuracy``
         (the selection criterion), ``n_images``, ``n_groups``, ``n_train_real``, ``n_train_synthetic`` (means
-        over seeds), ``worth in real images`` (beside a learning curve: ``histlib.learning_curve``) and against
+        over seeds), ``worth in real images`` (beside a learning curve: ``histlib.analysis.curve``) and against
         ``real``: ``diff_accuracy``,
         ``diff_balanced_accuracy`` (percentage points) with ``*_low``/``*_high`` (the interval; NaN when there is
         none), ``n_seeds_real``, ``seeds_same_sign`` and ``interval_note`` (why there is no interval). Empty

@@ -8,15 +8,8 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from histlib.analysis import (
-    CLASSIFICATION_METRICS,
-    GAN_METRICS,
-    TRAIN_SET_ORDER,
-    _classify_rows,
-    classifier_runs,
-    evaluated_on,
-    gan_table,
-)
+from histlib.analysis.gan import GAN_METRICS, gan_table
+from histlib.analysis.rows import CLASSIFICATION_METRICS, TRAIN_SET_ORDER, classifier_runs, classify_rows, evaluated_on
 
 
 def _empty_figure(message: str):
@@ -73,7 +66,7 @@ def plot_classification(df: pd.DataFrame, metrics: Sequence[str] = CLASSIFICATIO
 def _class_counts(df: pd.DataFrame) -> dict[str, int]:
     """Number of classes per dataset, from the classifier runs' recall keys."""
     out = {}
-    part = _classify_rows(df)
+    part = classify_rows(df)
     for ds, g in part.groupby("dataset"):
         cols = [c for c in g.columns if str(c).startswith("recall/") and g[c].notna().any()]
         if cols:

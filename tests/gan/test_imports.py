@@ -102,3 +102,14 @@ def test_the_gan_stage_draws_on_no_later_stage():
     arrows = {(m, t) for m, p in modules.items() if m.startswith("histlib.gan")
               for t in _imports(m, p, modules) if t.startswith(later)}
     assert arrows == set()
+
+
+def test_no_import_circle_through_the_later_stages():
+    """classify, generate with its selection, audit and fidelity, metrics, and the analysis with the learning curve
+    import one way too (docs/design.md)."""
+    modules = _module_names()
+    graph = {m: _imports(m, p, modules) for m, p in modules.items()}
+    later = ("histlib.classify", "histlib.generate", "histlib.selection", "histlib.audit", "histlib.fidelity",
+             "histlib.metrics", "histlib.analysis", "histlib.learning_curve")
+    circles = [c for c in _circles(graph) if any(m.startswith(later) for m in c)]
+    assert circles == []
