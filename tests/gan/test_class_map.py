@@ -4,7 +4,7 @@ names that are not classes are refused before a run folder is made and when a st
 
 import pytest
 import torch
-from test_train_gan import make_colour_folder, tiny_cfg
+from gan_toys import make_colour_folder, tiny_cfg
 
 from histlib import runs, study
 from histlib.gan.config import check_class_map

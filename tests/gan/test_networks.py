@@ -6,26 +6,13 @@ import math
 
 import pytest
 import torch
+from gan_toys import tiny_d, tiny_g
 
 from histlib.gan.config import network_kwargs
 from histlib.gan.networks import Discriminator, Generator, compute_dtype
-from histlib.gan.transfer import class_embedding_names, freeze_discriminator, freeze_generator, load_pretrained
+from histlib.gan.transfer import load_pretrained
 
-TINY_G = dict(z_dim=16, w_dim=16, mapping_layers=2, channel_base=128, channel_max=16)
-TINY_D = dict(channel_base=128, channel_max=16, embed_dim=8)
-
-
-def tiny_g(num_classes=3, res=16, **kw):
-    return Generator(num_classes=num_classes, img_resolution=res, **{**TINY_G, **kw})
-
-
-def tiny_d(num_classes=3, res=16, **kw):
-    return Discriminator(num_classes=num_classes, img_resolution=res, **{**TINY_D, **kw})
-
-
-@pytest.fixture(autouse=True)
-def _seed():
-    torch.manual_seed(0)
+pytestmark = pytest.mark.usefixtures("seeded")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -217,95 +204,7 @@ def test_mixed_precision_on_gpu(mp_dtype):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Freezing
-
-
-def test_freeze_discriminator_block_one_is_fromrgb_and_top_block():
-    D = tiny_d(res=32)
-    names = freeze_discriminator(D, 1)
-    assert names and all(n.startswith("blocks.0.") for n in names)
-    assert {"blocks.0.fromrgb.weight", "blocks.0.conv0.weight", "blocks.0.conv1.weight", "blocks.0.skip.weight"} <= set(
-        names
-    )
-    frozen = {n for n, p in D.named_parameters() if not p.requires_grad}
-    assert frozen == set(names)
-    assert set(freeze_discriminator(tiny_d(res=32), 2)) == {
-        n for n, _ in tiny_d(res=32).named_parameters() if n.startswith(("blocks.0.", "blocks.1."))
-    }
-    with pytest.raises(ValueError, match="freeze_d"):
-        freeze_discriminator(D, len(D.blocks) + 1)
-
-
-def test_freeze_generator_counts_from_4x4_and_keeps_mapping_trainable():
-    G = tiny_g(res=32)
-    names = freeze_generator(G, 1)
-    assert "synthesis.blocks.0.const" in names and all(n.startswith("synthesis.blocks.0.") for n in names)
-    assert G.synthesis.blocks[0].resolution == 4
-    assert all(p.requires_grad for p in G.mapping.parameters())
-    with pytest.raises(ValueError, match="freeze_g"):
-        freeze_generator(G, -1)
-
-
-def _snapshot(module):
-    return {n: p.detach().clone() for n, p in module.named_parameters()}
-
-
-def test_frozen_parameters_stay_bit_identical_through_training_steps():
-    G, D = tiny_g(res=32), tiny_d(res=32)
-    frozen_d = set(freeze_discriminator(D, 2))
-    frozen_g = set(freeze_generator(G, 2))
-    before_g, before_d = _snapshot(G), _snapshot(D)
-    opt_g = torch.optim.Adam([p for p in G.parameters() if p.requires_grad], lr=1e-2)
-    opt_d = torch.optim.Adam([p for p in D.parameters() if p.requires_grad], lr=1e-2)
-    for _ in range(2):
-        z, c = torch.randn(4, 16), torch.tensor([0, 1, 2, 0])
-        logits, embed, proxy = D(G(z, c), c)
-        loss = torch.nn.functional.softplus(-logits).mean() - (embed * proxy).sum(1).mean()
-        opt_g.zero_grad()
-        opt_d.zero_grad()
-        loss.backward()
-        opt_g.step()
-        opt_d.step()
-    for module, before, frozen in ((G, before_g, frozen_g), (D, before_d, frozen_d)):
-        for name, p in module.named_parameters():
-            if name in frozen:
-                assert not p.requires_grad and p.grad is None
-                assert torch.equal(p, before[name]), f"{name} changed although frozen"
-            else:
-                assert not torch.equal(p, before[name]), f"{name} did not change although trainable"
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Transfer
-
-
-def test_load_pretrained_reinitialises_exactly_the_class_embeddings():
-    G9 = tiny_g(num_classes=9)
-    for _ in range(3):
-        G9.mapping(torch.randn(18, 16), torch.arange(18) % 9, update_emas=True)
-    D9 = tiny_d(num_classes=9)
-    G6, D6 = tiny_g(num_classes=6), tiny_d(num_classes=6)
-    g_init = G6.state_dict()
-    g_init = {k: v.clone() for k, v in g_init.items()}
-
-    report = load_pretrained(G6, G9.state_dict())
-    assert set(report["reinitialised"]) == {"mapping.embed.weight", "mapping.w_avg_c"} == set(class_embedding_names(G6))
-    assert set(report["skipped"]) == set(report["reinitialised"])
-    src, dst = G9.state_dict(), G6.state_dict()
-    assert set(report["loaded"]) == set(dst) - set(report["reinitialised"])
-    for name in report["loaded"]:
-        assert torch.equal(dst[name], src[name]), name
-    assert G6.mapping.embed.weight.shape == (16, 6)
-    assert not torch.equal(G6.mapping.embed.weight, g_init["mapping.embed.weight"])  # freshly drawn
-    torch.testing.assert_close(G6.mapping.w_avg_c, G9.mapping.w_avg.expand(6, -1))
-
-    report = load_pretrained(D6, D9.state_dict())
-    assert report["reinitialised"] == ["proxies.weight"]
-    for name in report["loaded"]:
-        assert torch.equal(D6.state_dict()[name], D9.state_dict()[name]), name
-    # The new networks run.
-    img = G6(torch.randn(2, 16), torch.tensor([0, 5]))
-    D6(img, torch.tensor([0, 5]))
+# Projection head (and how it transfers)
 
 
 def test_projection_head_makes_the_logit_conditional_and_transfers_like_the_proxies():
@@ -330,27 +229,6 @@ def test_projection_head_makes_the_logit_conditional_and_transfers_like_the_prox
     assert D5.projection.cmap.weight.shape == (5, D.projection.dim)
     with pytest.raises(ValueError, match="cond_projection"):
         tiny_d(cond_projection="yes")
-
-
-def test_load_pretrained_same_classes_and_errors():
-    G_src, G_dst = tiny_g(), tiny_g()
-    report = load_pretrained(G_dst, G_src.state_dict())
-    assert report["reinitialised"] == [] and report["skipped"] == []
-    for k, v in G_src.state_dict().items():
-        assert torch.equal(G_dst.state_dict()[k], v)
-    forced = load_pretrained(tiny_g(), G_src.state_dict(), reinit_class_embeddings=True)
-    assert set(forced["reinitialised"]) == {"mapping.embed.weight", "mapping.w_avg_c"}
-
-    with pytest.raises(ValueError, match="reinit_class_embeddings=True"):
-        load_pretrained(tiny_g(num_classes=4), G_src.state_dict(), reinit_class_embeddings=False)
-    with pytest.raises(ValueError, match="synthesis.blocks.0.const"):
-        load_pretrained(tiny_g(channel_max=8), G_src.state_dict())
-    with pytest.raises(ValueError, match="missing"):
-        load_pretrained(tiny_g(res=32), G_src.state_dict())
-    bad = dict(G_src.state_dict())
-    bad["extra.weight"] = torch.zeros(1)
-    with pytest.raises(ValueError, match="extra.weight"):
-        load_pretrained(tiny_g(), bad)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -453,44 +331,3 @@ def test_gpu_matches_cpu_including_r1(monkeypatch):
     cpu = run("cpu")
     for a, b in zip(gpu, cpu):
         torch.testing.assert_close(a, b, atol=1e-3, rtol=1e-3)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Class relabelling after transfer
-
-
-def test_realignment_finds_the_swap_and_ignores_noise():
-    from histlib.gan.transfer import realignment
-
-    swapped = torch.tensor([[30, 2, 0], [1, 0, 31], [0, 29, 3]])  # embedding 1 draws class 2, embedding 2 class 1
-    perm = realignment(swapped)
-    assert perm == [0, 2, 1]  # class 1 takes embedding 2, class 2 takes embedding 1
-    assert realignment(torch.tensor([[20, 6, 6], [5, 22, 5], [6, 6, 20]])) is None  # already right
-    # a swap worth less than min_gain of all images is left alone
-    assert realignment(torch.tensor([[30, 0, 0], [0, 14, 18], [0, 18, 14]]), min_gain=0.2) is None
-    # D must tell the moved classes apart on real images, or its view of G is not evidence
-    sure = torch.tensor([[30, 1, 1], [0, 28, 4], [2, 3, 27]])
-    unsure = torch.tensor([[30, 1, 1], [0, 16, 16], [2, 14, 16]])  # classes 1 and 2 confused on reals
-    assert realignment(swapped, real_view=sure) == [0, 2, 1]
-    assert realignment(swapped, real_view=unsure) is None
-
-
-def test_permute_classes_moves_embeddings_means_and_adam_moments():
-    from histlib.gan.transfer import permute_classes
-
-    torch.manual_seed(0)
-    G = Generator(z_dim=8, w_dim=8, num_classes=3, img_resolution=8, mapping_layers=1, channel_base=64,
-                  channel_max=8).eval()
-    opt = torch.optim.Adam(G.parameters(), lr=0.01)
-    z = torch.randn(4, 8)
-    G(z, torch.zeros(4, dtype=torch.long)).square().mean().backward()
-    opt.step()
-    G.mapping.w_avg_c.copy_(torch.randn(3, 8))
-    before = {k: G(z, torch.full((4,), k), noise_mode="const") for k in range(3)}
-    w_avg_c = G.mapping.w_avg_c.clone()
-    m = opt.state[G.mapping.embed.weight]["exp_avg"].clone()
-    permute_classes(G, [2, 0, 1], opt)  # class 0 takes embedding 2, class 1 embedding 0, class 2 embedding 1
-    for new, old in ((0, 2), (1, 0), (2, 1)):
-        assert torch.equal(G(z, torch.full((4,), new), noise_mode="const"), before[old])
-        assert torch.equal(G.mapping.w_avg_c[new], w_avg_c[old])
-        assert torch.equal(opt.state[G.mapping.embed.weight]["exp_avg"][:, new], m[:, old])

@@ -1,4 +1,8 @@
-"""Profiles own the defaults: a notebook parameter left at None means the profile's value (or the field default)."""
+"""histlib.gan.config: profiles own the defaults (a notebook parameter left at None means the profile's value, or the
+field default), and TrainConfig refuses what it cannot run."""
+
+import dataclasses
+import json
 
 import pytest
 
@@ -39,3 +43,26 @@ def test_every_profile_table_follows_the_one_list_of_names():
 
     assert tuple(GAN_PROFILES) == PROFILES
     assert tuple(PROFILE_ABOUT) == PROFILES
+
+
+def test_profiles_and_validation():
+    for profile, res in (("demo", 32), ("reduced", 64), ("paper", 256)):
+        cfg = TrainConfig.from_profile(profile)
+        assert cfg.profile == profile and cfg.resolution == res
+        cfg.validate()
+    paper = TrainConfig.from_profile("paper")
+    assert paper.batch_size == 64 and paper.r1_gamma == 1.0 and paper.ema_kimg == 20 and paper.augment == "ada"
+    assert TrainConfig.from_profile("demo", kimg=3).kimg == 3
+    with pytest.raises(ValueError, match="unknown field"):
+        TrainConfig.from_profile("demo", kimgs=3)
+    with pytest.raises(ValueError, match="profile"):
+        TrainConfig.from_profile("huge")
+    with pytest.raises(ValueError, match="augment"):
+        TrainConfig(augment="strong").validate()
+    with pytest.raises(ValueError, match="resolution"):
+        TrainConfig(resolution=48).validate()
+    # plain types only: survives a JSON round trip
+    cfg = TrainConfig.from_profile("demo")
+    from histlib.config import from_dict
+
+    assert from_dict(TrainConfig, json.loads(json.dumps(dataclasses.asdict(cfg)))) == cfg
