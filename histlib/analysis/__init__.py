@@ -1,6 +1,6 @@
 """Paper-layout tables, bootstrap confidence intervals and plots of a study's results (notebook 06).
 
-The study-level functions (notebook 06) read only the contract files of the run directories (DESIGN.md §4):
+The study-level functions (notebook 06) read only the contract files of the run directories (:mod:`histlib.runs`):
 ``results/<study>/<dataset>/<stage>/<run>/metrics.json`` and ``stats.jsonl`` — never notebook outputs, never
 checkpoints — so the analysis can be re-run on a copied ``results/`` folder without the data or a GPU. The
 fine-tuning report of notebook 03 (one run's ``finetune.json``) is in :mod:`histlib.gan.finetune_report`.

@@ -1,4 +1,4 @@
-"""Group-aware paired bootstrap intervals of a difference in classifier accuracy (DESIGN.md §1, "Beyond the paper").
+"""Group-aware paired bootstrap intervals of a difference in classifier accuracy; beyond the paper's tables of means.
 
 Two rows of a table (say, classifiers trained on synthetic images and on real images) are scored on the same
 evaluation images. Patches cut from one source image, slide or cluster are not independent: resampling single
@@ -31,7 +31,7 @@ METRICS = ("accuracy", "balanced_accuracy")
 # and 93-94 % with 20-50 (the patch bootstrap: 58-69 % throughout); 10 is the fewest at which it is within 5 points
 # of its level.
 MIN_GROUPS = 10
-MIN_SEEDS = 2  # one seed per row has no spread to resample (DESIGN.md §7: no interval from fewer than 2 seeds)
+MIN_SEEDS = 2  # one seed per row has no spread to resample (the reports' rule: no interval from fewer than 2 seeds)
 
 TOO_FEW_GROUPS = "too few groups for an interval"
 TOO_FEW_SEEDS = "too few seeds for an interval"
