@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from histlib import fidelity, runs
+from histlib.config import PROFILES
 from histlib.generate.config import GenerateConfig
 from histlib.generate.stage import class_fidelity, metrics_extractor, run_generation, write_generation_metrics
 from histlib.metrics.folders import gan_metrics
@@ -16,7 +17,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--run-dir", required=True, help="run directory to write (images/, metrics.json)")
     parser.add_argument("--dataset-dir", default=None,
                         help="the prepared real dataset the GAN learned: enables class fidelity and GAN metrics")
-    parser.add_argument("--profile", default="demo", choices=("demo", "reduced", "paper"))
+    parser.add_argument("--profile", default="demo", choices=PROFILES)
     parser.add_argument("--images-per-class", type=int, default=None, help="default: the profile's")
     parser.add_argument("--num-sets", type=int, default=None, help="independent sets (default: the profile's)")
     parser.add_argument("--seed", type=int, default=0)
