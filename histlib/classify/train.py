@@ -255,7 +255,7 @@ def train_classifier(cfg: ClassifyConfig, run_dir: str | os.PathLike, progress: 
     Args:
         cfg: the run's settings.
         run_dir: the run directory (created; a previous ``stats.jsonl`` there is replaced).
-        progress: show tqdm progress bars.
+        progress: show progress bars (``histlib.progress``).
 
     Returns:
         The metrics as written to ``metrics.json`` (flat keys: ``accuracy``, ``balanced_accuracy``,
