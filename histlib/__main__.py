@@ -22,7 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("histlib.generate.cli", "sample a GAN checkpoint into an ImageFolder; class fidelity and GAN metrics"),
     "metrics": ("histlib.metrics.cli", "FID, precision/recall, density/coverage between two ImageFolders"),
     "classify": ("histlib.classify.cli", "train and evaluate a timm classifier from a config JSON"),
-    "study": ("histlib.study", "run a study YAML: execute the notebooks stage by stage with papermill"),
+    "study": ("histlib.study.cli", "run a study YAML: execute the notebooks stage by stage with papermill"),
     "kernels": ("histlib.ops.cli", "build the CUDA kernels and report which implementation each op uses"),
 }
 

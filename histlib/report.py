@@ -239,7 +239,7 @@ def _data_caveats(root: Path) -> list[str]:
 
 def _gan_caveats(root: Path, info: dict[str, Any]) -> list[str]:
     from histlib.gan.config import PROFILES as GAN_PROFILES
-    from histlib.study import VARIANTS
+    from histlib.study.spec import VARIANTS
 
     out = []
     paper_kimg = GAN_PROFILES["paper"]["train"]["kimg"]

@@ -12,7 +12,7 @@ from histlib.gan.finetune_report import class_init_table
 from histlib.gan.launch import train_gan
 from histlib.gan.transfer import match_classes, realignment
 from histlib.report_gan import class_match_table
-from histlib.study_checks import check_values
+from histlib.study.checks import check_values
 
 SIM = torch.tensor([[0.9, 0.1, 0.1, 0.2],
                     [0.1, 0.8, 0.1, 0.7],

@@ -7,6 +7,10 @@ source that does not exist or a ``base_gan.checkpoint`` that is not a GAN checkp
 naming the study file and the step, instead of failing when that step runs, after earlier steps have spent their
 time. The builders mirror the config cells of ``notebooks/0*.ipynb`` (which stay as they are, so step hashes do not
 change); a notebook parameter the study does not set takes the default of the notebook's parameters cell.
+
+
+Beside the values: :func:`validate` (every notebook exists and declares the parameters it will be given) and
+:func:`prepared_conflicts` (a data step that would replace a dataset prepared with other settings).
 """
 
 from __future__ import annotations
@@ -16,13 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from histlib import runs
+from histlib.study.spec import Step, Study, StudyError, notebook_parameters, notebook_path, stage_parameters
+from histlib.study.steps import is_done
 
 
 def _params(step) -> dict[str, Any]:
     """The step's parameters over its notebook's defaults: what the notebook's config cell will see."""
-    from histlib.study import _stage_parameters
-
-    return {**(_stage_parameters(step.stage) or {}), **step.params}
+    return {**(stage_parameters(step.stage) or {}), **step.params}
 
 
 def _prepare_config(p: dict[str, Any]):
@@ -113,8 +117,6 @@ def check_values(study, steps: list, all_steps: list | None = None, sources_must
     Raises:
         StudyError: one line naming the study file, the step and the value.
     """
-    from histlib.study import StudyError, is_done
-
     all_steps = steps if all_steps is None else all_steps
     base = _base_resolution(study, all_steps)
     warnings = []
@@ -192,8 +194,6 @@ def _check_source(step, p: dict[str, Any], done: bool) -> str | None:
 
 def _base_resolution(study, steps: list) -> tuple[int, str] | None:
     """``(resolution, what)`` of the base the fine-tuned variants start from, or None when there is none."""
-    from histlib.study import StudyError
-
     reuse = study.settings["base_gan"].get("checkpoint")
     if reuse:
         try:
@@ -207,3 +207,46 @@ def _base_resolution(study, steps: list) -> tuple[int, str] | None:
         return int(_train_config(_params(base_step), "base_gan").resolution), base_step.name
     except (KeyError, ValueError, TypeError):
         return None  # reported with the base step itself
+
+
+def validate(steps: list[Step], study: Study) -> None:
+    """Checks that every notebook exists and accepts the parameters it will be given (before anything runs)."""
+    for step in steps:
+        nb = notebook_path(step.notebook)
+        if not nb.is_file():
+            raise StudyError(f"{study.path}: stage {step.stage!r} needs notebook {nb.relative_to(runs.project_root())}"
+                             f", which does not exist yet; remove {step.stage!r} from 'stages'")
+        accepted = notebook_parameters(nb)
+        unknown = sorted(set(step.params) - set(accepted))
+        if unknown:
+            raise StudyError(f"{study.path}: stage {step.stage!r} passes parameter(s) {unknown} that "
+                             f"{step.notebook} does not declare; it accepts {sorted(accepted)}")
+
+
+_PREPARE_FIELDS = {"SOURCE_DIR": "source", "OUT_DIR": "out", "PATCH": "patch", "STRIDE": "stride", "STAIN": "stain",
+                   "VAL_FRACTION": "val_fraction", "TEST_FRACTION": "test_fraction", "SPLIT_FROM": "split_from",
+                   "SPLIT_RENAME": "split_rename", "SLIDES": "slides", "GROUP_BY": "group_by", "SEED": "seed",
+                   "ANNOTATIONS": "annotations", "MIN_FRACTION": "min_fraction", "RESIZE": "resize",
+                   "IMAGE_FORMAT": "image_format"}
+
+
+def prepared_conflicts(study: Study, steps: list[Step]) -> list[str]:
+    """Data steps whose output folder holds a dataset prepared with other settings (e.g. by another study using
+    the same dataset name): running them would replace it under the other study's feet."""
+    from histlib.data.prepare import PREPARE_JSON, PrepareConfig, prepare_hash
+
+    defaults = stage_parameters("data") or {}
+    out = []
+    for step in steps:
+        if step.stage != "data" or is_done(study, step):
+            continue
+        values = {**defaults, **step.params}
+        target = runs.project_path(values["OUT_DIR"])
+        if not (target / PREPARE_JSON).is_file():
+            continue
+        cfg = PrepareConfig(**{f: values.get(k) for k, f in _PREPARE_FIELDS.items()}).resolve_paths()
+        if runs.read_json(target / PREPARE_JSON).get("config_hash") != prepare_hash(cfg):
+            out.append(f"{runs.display_path(target)} holds dataset {step.dataset!r} prepared with other settings "
+                       f"(another study?); {step.name} would replace it. Give this dataset another name, or "
+                       "'prepared: FOLDER' to use the existing one as it is")
+    return out

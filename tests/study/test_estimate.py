@@ -4,9 +4,10 @@ import math
 
 import pytest
 
-from histlib import estimate, runs, study
+from histlib import runs, study
+from histlib.study import estimate
 
-DEMO = study.runs.project_path("studies/demo.yaml")
+DEMO = runs.project_path("studies/demo.yaml")
 
 
 def _write_state(root, name, notebook, params, seconds, status="finished"):

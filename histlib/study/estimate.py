@@ -26,6 +26,7 @@ from typing import Any
 
 from histlib import runs
 from histlib.gan.config import PROFILES as GAN_PROFILES
+from histlib.study.spec import STAGES
 
 # GAN training speed of the *reference* StyleGAN2-ADA at 256 px on one GPU, as its authors publish it (seconds per
 # thousand images): used only when nothing was measured and this machine cannot probe the profile's device.
@@ -87,8 +88,6 @@ def work(stage: str, params: dict[str, Any]) -> tuple[tuple, float | None, str]:
 
 
 def _stage_of(notebook: str) -> str | None:
-    from histlib.study import STAGES
-
     return next((s for s, nb in STAGES.items() if nb == notebook), None)
 
 

@@ -10,9 +10,13 @@ from its own checkpoints.
 * ``local``: up to ``jobs`` steps at once, each a ``python -m histlib study step`` process. A step that asks for
   GPUs (``resources``) gets its own with ``CUDA_VISIBLE_DEVICES``; every step gets ``cores / jobs`` CPU threads
   (``OMP_NUM_THREADS``) unless its resources say otherwise.
-* ``slurm``: each step is a job submitted with submitit (``sbatch`` must exist), with the per-stage resources of
-  the study file (``gpus``, ``cpus``, ``mem_gb``, ``time_min``; ``resources.slurm`` passes cluster settings such as
-  ``partition`` or ``account``). submitit's ``local`` and ``debug`` clusters run the same code on one machine.
+* ``slurm``: each step is a job submitted with submitit (``sbatch`` must exist) that runs the same
+  ``python -m histlib study step`` command, with the per-stage resources of the study file (``gpus``, ``cpus``,
+  ``mem_gb``, ``time_min``; ``resources.slurm`` passes cluster settings such as ``partition`` or ``account``).
+  submitit's ``local`` and ``debug`` clusters run the same command on one machine.
+
+Nothing here imports the runner (:mod:`histlib.study.run`): a step runs through the command line, in a process of
+its own.
 
 Study file::
 
@@ -125,14 +129,8 @@ class _Running:
 
 
 def _step_command(study_file: str, step: str, results_root: str) -> list[str]:
+    """The command line of one step, what every backend runs (an executor never imports the study runner)."""
     return [sys.executable, "-m", "histlib", "study", "step", study_file, "--step", step, "--results", results_root]
-
-
-def run_step_job(study_file: str, step_name: str, results_root: str) -> str:
-    """What a SLURM (or submitit local) job runs: one step of the study, by name. Returns the report's path."""
-    from histlib import study as study_mod
-
-    return str(study_mod.run_single_step(study_file, step_name, results_root))
 
 
 class LocalBackend:
@@ -199,6 +197,8 @@ class SubmititBackend:
         return running < self.jobs
 
     def start(self, step, res: dict[str, Any]) -> _Running:
+        from submitit.helpers import CommandFunction
+
         params: dict[str, Any] = {"name": step.name, "timeout_min": int(res.get("time_min", 240)),
                                   "gpus_per_node": int(res.get("gpus", 0)), "tasks_per_node": 1, "nodes": 1}
         if res.get("cpus"):
@@ -208,7 +208,9 @@ class SubmititBackend:
         if self.executor.cluster == "slurm":
             params.update(self.slurm)
         self.executor.update_parameters(**params)
-        job = self.executor.submit(run_step_job, self.study_file, step.name, self.results_root)
+        command = CommandFunction(_step_command(self.study_file, step.name, self.results_root),
+                                  cwd=runs.project_root())
+        job = self.executor.submit(command)
         return _Running(step, job, time.time())
 
     def poll(self, job: _Running) -> tuple[bool, str | None]:
@@ -217,8 +219,8 @@ class SubmititBackend:
         try:
             job.handle.result()
         except Exception as e:  # noqa: BLE001 - the job's failure, reported, not raised
-            lines = [ln for ln in str(e).splitlines() if ln.strip()]
-            return True, (lines[-1] if lines else type(e).__name__)[:300]
+            text = str(e)
+            return True, _error_in(text) or (text.strip().splitlines() or [type(e).__name__])[-1][:300]
         return True, None
 
 
@@ -234,10 +236,14 @@ def _gpu_count() -> int:
         return 0
 
 
+def _error_in(text: str) -> str | None:
+    """The last line of a step's output that names an error (``error: ...`` of the CLI, a Python exception)."""
+    errors = [ln.strip() for ln in text.splitlines() if ln.strip().startswith("error:") or "Error" in ln]
+    return errors[-1][:300] if errors else None
+
+
 def _last_error(log: Path, code: int) -> str:
-    lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()] if log.is_file() else []
-    errors = [ln for ln in lines if ln.startswith("error:") or "Error" in ln]
-    return (errors[-1] if errors else f"exit status {code}")[:300]
+    return _error_in(log.read_text(errors="replace") if log.is_file() else "") or f"exit status {code}"
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -263,32 +269,11 @@ def schedule(steps: list, rows: list[dict[str, Any]], *, is_done: Callable[[Any]
     last_status = 0.0
     durations = {stage: list(v) for stage, v in (durations or {}).items()}
 
-    def status_line() -> str:
-        counts = {s: sum(r["status"] == s for r in rows) for s in ("finished", "failed", "blocked")}
-        skipped = sum(r["status"].startswith("skipped") for r in rows)
-        now = time.time()
-        remaining = [(st, 0.0) for st, r in queue] + [(j.step, now - j.started) for j in running]
-        known = [max(sum(durations[st.stage]) / len(durations[st.stage]) - elapsed, 0.0)
-                 for st, elapsed in remaining if st.stage in durations]
-        eta = (f"ETA ~{_minutes(sum(known) / max(backend.jobs, 1))}" + ("" if len(known) == len(remaining)
-                                                                        else " (for the stages timed so far)")) \
-            if known else "ETA ?"
-        return (f"[{time.strftime('%H:%M:%S')}] running {len(running)} · queued {len(queue)} · finished "
-                f"{counts['finished']} · skipped {skipped} · failed {counts['failed']} · blocked {counts['blocked']}"
-                f" · elapsed {_minutes(time.time() - t0)} · {eta}")
-
     while queue or running:
         changed = False
         # siblings: steps of one stage that can run now (and run) share the cores; a step of another stage beside
         # them (a short classifier beside the base GAN) oversubscribes briefly rather than halving the long one
-        ready: dict[str, int] = {}
-        for st, _ in queue:
-            if all(by_name.get(d, {}).get("status", "finished") == "finished"
-                   or by_name.get(d, {}).get("status", "").startswith("skipped") for d in st.depends) \
-                    and not is_done(st):
-                ready[st.stage] = ready.get(st.stage, 0) + 1
-        for job in running:
-            ready[job.step.stage] = ready.get(job.step.stage, 0) + 1
+        ready = _ready_per_stage(queue, running, by_name, is_done)
         for step, row in list(queue):
             deps = [by_name.get(d, {}).get("status", "finished") for d in step.depends]
             if any(s in ("failed", "blocked") for s in deps):
@@ -326,11 +311,42 @@ def schedule(steps: list, rows: list[dict[str, Any]], *, is_done: Callable[[Any]
         if changed:
             on_change()
         if time.time() - last_status >= status_every_s or (changed and not (queue or running)):
-            print(status_line(), file=out, flush=True)
+            print(_status_line(rows, queue, running, durations, backend.jobs, t0), file=out, flush=True)
             last_status = time.time()
         if running and not changed:
             time.sleep(poll_s)
     return rows
+
+
+def _ready_per_stage(queue: list, running: list[_Running], by_name: dict[str, dict[str, Any]],
+                     is_done: Callable[[Any], bool]) -> dict[str, int]:
+    """Steps per stage that can run now (their dependencies done, themselves not) or run."""
+    ready: dict[str, int] = {}
+    for st, _ in queue:
+        if all(by_name.get(d, {}).get("status", "finished") == "finished"
+               or by_name.get(d, {}).get("status", "").startswith("skipped") for d in st.depends) \
+                and not is_done(st):
+            ready[st.stage] = ready.get(st.stage, 0) + 1
+    for job in running:
+        ready[job.step.stage] = ready.get(job.step.stage, 0) + 1
+    return ready
+
+
+def _status_line(rows: list[dict[str, Any]], queue: list, running: list[_Running], durations: dict[str, list[float]],
+                 jobs: int, t0: float) -> str:
+    """``[12:00:00] running 2 · queued 5 · finished 3 · ... · ETA ~4m10s``: the ETA from each stage's mean duration."""
+    counts = {s: sum(r["status"] == s for r in rows) for s in ("finished", "failed", "blocked")}
+    skipped = sum(r["status"].startswith("skipped") for r in rows)
+    now = time.time()
+    remaining = [(st, 0.0) for st, r in queue] + [(j.step, now - j.started) for j in running]
+    known = [max(sum(durations[st.stage]) / len(durations[st.stage]) - elapsed, 0.0)
+             for st, elapsed in remaining if st.stage in durations]
+    eta = (f"ETA ~{_minutes(sum(known) / max(jobs, 1))}" + ("" if len(known) == len(remaining)
+                                                           else " (for the stages timed so far)")) \
+        if known else "ETA ?"
+    return (f"[{time.strftime('%H:%M:%S')}] running {len(running)} · queued {len(queue)} · finished "
+            f"{counts['finished']} · skipped {skipped} · failed {counts['failed']} · blocked {counts['blocked']}"
+            f" · elapsed {_minutes(time.time() - t0)} · {eta}")
 
 
 def _minutes(s: float) -> str:

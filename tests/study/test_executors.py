@@ -14,7 +14,10 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from histlib import executors, study
+from histlib import study
+from histlib.study import executors
+from histlib.study.run import _past_durations
+from histlib.study.steps import state_path
 
 TOY_STUDY = """name: toy
 stages: [data]
@@ -85,7 +88,7 @@ def test_failing_step_leaves_independent_steps_finished(tmp_path, monkeypatch):
     assert {rows[f"01_data_prep__{n}"]["status"] for n in "abd"} == {"finished"}
     assert (root / "results/toy/notebooks/01_data_prep__c.failed.html").is_file()
     # the CLI says how many failed; a re-run retries only that step
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     out = subprocess.run([sys.executable, "-m", "histlib", "study", "run", "studies/toy.yaml", "--executor", "local",
                           "--jobs", "2"], cwd=root, env=env, capture_output=True, text=True)
     assert out.returncode == 1 and "1 failed" in out.stdout and "01_data_prep__c" in out.stderr
@@ -95,7 +98,7 @@ def test_failing_step_leaves_independent_steps_finished(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_killed_study_resumes_the_unfinished_steps(tmp_path, monkeypatch):
     root = _project(tmp_path, sleep=6.0)
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     cmd = [sys.executable, "-m", "histlib", "study", "run", "studies/toy.yaml", "--executor", "local", "--jobs", "2"]
     proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
@@ -118,7 +121,7 @@ def test_killed_study_resumes_the_unfinished_steps(tmp_path, monkeypatch):
 def test_submitit_clusters_run_the_study(tmp_path, monkeypatch, cluster):
     root = _project(tmp_path, sleep=0.5)
     monkeypatch.chdir(root)
-    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]))
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[2]))
     rows = study.run_study("studies/toy.yaml", executor="slurm", cluster=cluster, jobs=2)
     assert [r["status"] for r in rows] == ["finished"] * 4
     assert _outputs(root) == {n: {"patch": p} for n, p in zip("abcd", (1, 2, 3, 4))}
@@ -213,8 +216,37 @@ def test_past_durations_come_from_finished_step_states(tmp_path, monkeypatch):
     study.hash_steps(steps)
     from histlib import runs
 
-    runs.write_json(study._state_path(s, steps[0]), {"status": "finished", "seconds": 12.5})
-    runs.write_json(study._state_path(s, steps[1]), {"status": "failed", "seconds": 3.0})
-    study._state_path(s, steps[2]).parent.mkdir(parents=True, exist_ok=True)
-    study._state_path(s, steps[2]).write_text("{not json")
-    assert study._past_durations(s, steps) == {"data": [12.5]}
+    runs.write_json(state_path(s, steps[0]), {"status": "finished", "seconds": 12.5})
+    runs.write_json(state_path(s, steps[1]), {"status": "failed", "seconds": 3.0})
+    state_path(s, steps[2]).parent.mkdir(parents=True, exist_ok=True)
+    state_path(s, steps[2]).write_text("{not json")
+    assert _past_durations(s, steps) == {"data": [12.5]}
+
+
+def test_slurm_jobs_run_the_step_command_line(tmp_path):
+    """A submitit job runs ``python -m histlib study step`` in the project root, as a local step process does: the
+    job never imports the study runner."""
+    from submitit.helpers import CommandFunction
+
+    from histlib import runs
+
+    submitted = []
+
+    class FakeExecutor:
+        cluster = "debug"
+
+        def update_parameters(self, **params):
+            self.params = params
+
+        def submit(self, fn, *args):
+            submitted.append((fn, args))
+            return object()
+
+    backend = executors.SubmititBackend(1, "studies/demo.yaml", "results", tmp_path, "debug", {})
+    backend.executor = FakeExecutor()
+    backend.start(study.Step("data", "a", "01_data_prep__a", "01_data_prep.ipynb", {}), {"gpus": 0})
+    (fn, args), = submitted
+    assert isinstance(fn, CommandFunction) and args == ()
+    assert fn.command == [sys.executable, "-m", "histlib", "study", "step", "studies/demo.yaml", "--step",
+                          "01_data_prep__a", "--results", "results"]
+    assert fn.cwd == str(runs.project_root())

@@ -9,8 +9,10 @@ import nbformat
 import pytest
 
 from histlib import study
+from histlib.study.checks import check_values
+from histlib.study.execution import _step_outputs, _supersede_outputs
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _write(path: Path, text: str) -> Path:
@@ -137,7 +139,7 @@ def test_stain_sets_and_learning_curve_go_to_the_right_steps(tmp_path):
     for name in ("real__m__seed0", "real@0.5__m__seed0", "real+stain__m__seed0", "synthetic__pretrained__m__seed0"):
         (run_root / name).mkdir(parents=True)
     real = dataclasses.replace(real, params={**real.params, "RUN_ROOT": str(run_root)})
-    assert sorted(n for n, _ in study._step_outputs(real)) == [
+    assert sorted(n for n, _ in _step_outputs(real)) == [
         "run_root/real+stain__m__seed0", "run_root/real@0.5__m__seed0", "run_root/real__m__seed0"]
     # without REAL_FRACTIONS the real step's parameters are what they were
     plain = study.load_study(_write(tmp_path / "p.yaml", (ROOT / "studies" / "demo.yaml").read_text()))
@@ -167,8 +169,6 @@ def test_synthetic_from_must_be_a_trained_variant(tmp_path, value, match):
 def test_a_group_column_with_empty_values_is_caught_at_plan_time(tmp_path, allow):
     """Unless ALLOW_MISSING_GROUP, a manifest column that leaves images without a group stops ``study plan``, not the
     data step hours into a run."""
-    from histlib.study_checks import check_values
-
     src = tmp_path / "src"
     _write(src / "MANIFEST.tsv", "relpath\tpatient\na/1.png\tp1\na/2.png\t\nb/3.png\tp2\nb/4.png\t\n")
     demo = (ROOT / "studies" / "demo.yaml").read_text()
@@ -299,7 +299,7 @@ def test_a_changed_classify_step_moves_only_its_own_runs(tmp_path, monkeypatch):
               "VARIANT": "freeze_d1"}
     step = study.Step("classify", "t", "05_classify__t__freeze_d1", "05_classify.ipynb", params, hash="new")
     _write(root / "results/toy/notebooks/.state/05_classify__t__freeze_d1.json", '{"hash": "old"}')
-    study._supersede_outputs(toy, step)
+    _supersede_outputs(toy, step)
     assert sorted(p.name for p in run_root.iterdir()) == sorted(set(names) - {
         "synthetic__freeze_d1__resnet34__seed0", "real+synthetic__freeze_d1__resnet34__seed0"})
     moved = root / "results/.superseded/toy/05_classify__t__freeze_d1-old/run_root"
@@ -309,7 +309,7 @@ def test_a_changed_classify_step_moves_only_its_own_runs(tmp_path, monkeypatch):
     real = study.Step("classify", "t", "05_classify__t__real", "05_classify.ipynb",
                       {"RUN_ROOT": "results/toy/t/classify", "TRAIN_SETS": ["real"]}, hash="new")
     _write(root / "results/toy/notebooks/.state/05_classify__t__real.json", '{"hash": "old"}')
-    study._supersede_outputs(toy, real)
+    _supersede_outputs(toy, real)
     assert "real__resnet34__seed0" not in {p.name for p in run_root.iterdir()}
     assert len(list(run_root.iterdir())) == 3
 

@@ -3,7 +3,7 @@
 import os
 from types import SimpleNamespace
 
-from histlib import executors
+from histlib.study import executors
 
 
 def test_a_step_that_runs_alone_gets_every_core_and_parallel_steps_share_them(tmp_path):

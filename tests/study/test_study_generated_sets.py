@@ -6,7 +6,7 @@ import pytest
 
 from histlib import study
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _study(tmp_path: Path, generate: str):

@@ -1,0 +1,73 @@
+"""``python -m histlib study {run, plan, step} STUDY.yaml``: the study's command line.
+
+``step`` runs one step by name: the command the ``local`` and ``slurm`` executors start for each step (so they never
+import the runner).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from histlib import runs
+from histlib.study.run import run_single_step, run_study
+from histlib.study.spec import STAGES, StudyError, load_study
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``run``, ``plan`` and ``step`` sub-commands and their options."""
+    sub = parser.add_subparsers(dest="action", required=True)
+    p_run = sub.add_parser("run", help="execute the study's notebooks (skipping finished steps)")
+    p_plan = sub.add_parser("plan", help="show the steps, their parameters and which would be skipped")
+    for p in (p_run, p_plan):
+        p.add_argument("study", help="study YAML, e.g. studies/demo.yaml")
+        p.add_argument("--only", nargs="+", choices=list(STAGES), help="run only these stages")
+        p.add_argument("--results", default="results", help="results root (default: results)")
+    p_plan.add_argument("--no-probe", action="store_true",
+                        help="estimate times only from earlier runs on this machine (no few-second probes)")
+    p_run.add_argument("--force", action="store_true", help="re-run steps even if finished with the same hash")
+    p_plan.add_argument("--allow-missing-sources", action="store_true",
+                        help="a dataset source that does not exist yet is a warning (plan before downloading)")
+    p_run.add_argument("--log-output", action="store_true", help="stream notebook output to the terminal")
+    p_run.add_argument("--executor", default="sequential",
+                       help="sequential (default) | local (steps in parallel on this machine) | slurm (submitit jobs)")
+    p_run.add_argument("--jobs", type=int, default=1, help="steps at once (local: one GPU each where there are GPUs)")
+    p_run.add_argument("--cluster", default=None, help="submitit cluster for --executor slurm: slurm | local | debug")
+    p_step = sub.add_parser("step", help="execute one step of a study (what the parallel executors run)")
+    p_step.add_argument("study")
+    p_step.add_argument("--step", required=True)
+    p_step.add_argument("--results", default="results")
+
+
+def main(args: argparse.Namespace) -> int:
+    """Runs the sub-command; exit status 2 for a study that cannot run as written, 1 when a step failed."""
+    if args.action == "step":
+        try:
+            print(runs.display_path(run_single_step(args.study, args.step, args.results)))
+        except StudyError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        return 0
+    try:
+        rows = run_study(args.study, force=getattr(args, "force", False), only=args.only,
+                         dry_run=args.action == "plan", results_root=args.results,
+                         log_output=getattr(args, "log_output", False),
+                         executor=getattr(args, "executor", "sequential"), jobs=getattr(args, "jobs", 1),
+                         cluster=getattr(args, "cluster", None), probe=not getattr(args, "no_probe", False),
+                         allow_missing_sources=getattr(args, "allow_missing_sources", False))
+    except StudyError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.action == "run":
+        counts = {k: sum(r["status"].startswith(k) for r in rows) for k in ("finished", "skipped", "failed", "blocked")}
+        name = load_study(runs.project_path(args.study)).name
+        print(f"study done: {counts['finished']} step(s) run, {counts['skipped']} skipped as finished, "
+              f"{counts['failed']} failed, {counts['blocked']} not run because a step they need failed; "
+              f"index: {runs.display_path(Path(args.results) / name / 'index.html')}")
+        if counts["failed"]:
+            for r in rows:
+                if r["status"] == "failed":
+                    print(f"  failed: {r['step']}: {r.get('error', '')}", file=sys.stderr)
+            return 1
+    return 0

@@ -1,0 +1,172 @@
+"""One step's execution: its notebook run with papermill from the project root, exported to an HTML report.
+
+Before a step runs, the outputs of an earlier execution with another hash are moved aside; its state file
+(``notebooks/.state/<step>.json``) says ``running``, then ``finished`` or ``failed``, with the seconds it took.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+from histlib import runs
+from histlib.classify import sets as classify_sets
+from histlib.progress import MODE_VARIABLE as PROGRESS_VARIABLE
+from histlib.study.spec import Step, Study, notebook_path
+from histlib.study.steps import state_path
+
+# Exported reports: tables in the output areas wrap and shrink instead of hiding behind a scroll bar, and the page
+# starts with a link back to the study's index
+REPORT_STYLE = """<style>
+.jp-OutputArea-output table{font-size:12px;max-width:100%} .jp-OutputArea-output td,.jp-OutputArea-output th{
+padding:2px 6px;white-space:normal;overflow-wrap:break-word}
+.jp-OutputArea-output thead th{overflow-wrap:anywhere} .jp-OutputArea-output{overflow-x:auto}
+.histlib-nav{font-family:system-ui,sans-serif;margin:.6em 1em;font-size:14px}
+</style>"""
+
+
+def export_html(ipynb: Path, html: Path, title: str | None = None, index: Path | None = None) -> Path:
+    """Exports an executed notebook to a standalone HTML report that reads offline (written atomically).
+
+    nbconvert's template loads MathJax and require.js from a CDN: both are left out (the reports hold no LaTeX and
+    no widgets), so a page never asks the network for anything. The page title is ``title`` (default: the file
+    name), not "Notebook"; with ``index``, the page starts with a relative link back to it.
+    """
+    import re
+
+    import nbconvert
+    import nbformat
+
+    nb = nbformat.read(str(ipynb), as_version=4)
+    for i, cell in enumerate(nb.cells):  # say which parameters won: papermill's cell overrides the defaults above it
+        if "injected-parameters" in cell.get("metadata", {}).get("tags", []):
+            nb.cells.insert(i, nbformat.v4.new_markdown_cell(
+                "**Parameters of this run** (given by the study; they replace the defaults in the cell above)."))
+            break
+    exporter = nbconvert.HTMLExporter(mathjax_url="", require_js_url="", jquery_url="", widget_renderer_url="",
+                                      jupyter_widgets_base_url="", mermaid_js_url="")
+    body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": title or html.stem}})
+    body = re.sub(r'<script[^>]*\ssrc=""[^>]*>\s*</script>', "", body)
+    nav = ""
+    if index is not None:
+        link = Path(os.path.relpath(index, html.parent)).as_posix()
+        nav = f"<nav class='histlib-nav'><a href='{link}'>← study index</a></nav>"
+    body = body.replace("</head>", REPORT_STYLE + "</head>", 1)
+    body = re.sub(r"(<body[^>]*>)", lambda m: m.group(1) + nav, body, count=1)
+    return runs.atomic_write_text(html, body)
+
+
+def step_title(study: Study, step: Step) -> str:
+    """``"demo · 03 finetune · sample_target · pretrained"``: the title of a step's report."""
+    parts = step.name.split("__")
+    head = parts[0].replace("_", " ", 1)
+    return " · ".join([study.name, head, *parts[1:]])
+
+
+def _step_outputs(step: Step) -> list[tuple[str, Path]]:
+    """``(name, path)`` of what this step writes and nothing else: its ``RUN_DIR``; under a ``RUN_ROOT`` (shared by
+    every classify step of a dataset) only the run folders of its own training sets and variant."""
+    out = []
+    if step.params.get("RUN_DIR"):
+        out.append(("run_dir", runs.project_path(step.params["RUN_DIR"])))
+    if step.params.get("RUN_ROOT"):
+        root = runs.project_path(step.params["RUN_ROOT"])
+        variant = step.params.get("VARIANT")
+        labels = [classify_sets.train_set_label(ts, f) for ts in step.params.get("TRAIN_SETS") or ["real"]
+                  for f in ([1.0, *step.params.get("REAL_FRACTIONS", [])] if ts == "real" else [1.0])]
+        prefixes = tuple(f"{label}__{variant}__" if variant and classify_sets.needs_synthetic(label) else f"{label}__"
+                         for label in labels)
+        if root.is_dir():
+            out += [(f"run_root/{p.name}", p) for p in sorted(root.iterdir()) if p.name.startswith(prefixes)]
+    return out
+
+
+def _supersede_outputs(study: Study, step: Step) -> None:
+    """Moves aside the outputs of an earlier execution of this step that ran with another hash.
+
+    Training and classification resume from (or skip to) what their run folders hold when the config matches;
+    but a config holds paths, not contents, so after an upstream change (re-prepared data, a retrained base GAN,
+    other settings) the old outputs would be reused. They are moved, not deleted, to
+    ``<results>/.superseded/<study>/<step>-<old hash>/``; only the step's own runs move (other classify steps' runs
+    in the same ``RUN_ROOT`` stay). A step interrupted with the *same* hash keeps its outputs, so a re-run resumes it.
+    """
+    state = state_path(study, step)
+    if not state.is_file():
+        return
+    old = runs.read_json(state).get("hash")
+    if old == step.hash:
+        return
+    dest_root = runs.project_path(study.results_root / ".superseded" / study.name / f"{step.name}-{old}")
+    moved = []
+    for name, src in _step_outputs(step):
+        if src.exists():
+            dest = dest_root / name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(src), str(dest))
+            moved.append(name)
+    if moved:
+        print(f"{step.name}: settings changed since the last run; its previous outputs ({len(moved)}) moved to "
+              f"{runs.display_path(dest_root)}")
+
+
+def execute_step(study: Study, step: Step, *, log_output: bool = False, kernel_name: str = "python3") -> Path:
+    """Runs one step with papermill from the project root and exports it to HTML.
+
+    The executed notebook is written under a temporary name and renamed when papermill finishes; a failed run
+    keeps ``<name>.failed.ipynb`` (and its HTML) for inspection, and raises. ``kernel_name='python3'`` is the
+    Python running the study (its own environment), whatever kernel the notebook was last saved with.
+    """
+    import papermill
+
+    root = runs.project_root()
+    out_dir = runs.project_path(study.out_dir / "notebooks")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _supersede_outputs(study, step)
+    runs.write_json(state_path(study, step), {"status": "running", "hash": step.hash, "params": step.params,
+                                              "notebook": step.notebook})
+    final = out_dir / f"{step.name}.ipynb"
+    tmp = out_dir / f".{step.name}.running.ipynb"
+    t0 = time.time()
+    # plain-text progress lines in the kernels (a widget would render empty in the exported HTML); the kernel's own
+    # log (its warning about TCP transport on a local machine) is not the user's business
+    previous = os.environ.get(PROGRESS_VARIABLE)
+    os.environ[PROGRESS_VARIABLE] = "plain"
+    try:
+        papermill.execute_notebook(str(notebook_path(step.notebook)), str(tmp), parameters=step.params,
+                                   cwd=str(root), log_output=log_output, progress_bar=False,
+                                   kernel_name=kernel_name, extra_arguments=["--IPKernelApp.log_level=ERROR"])
+    except BaseException as e:
+        runs.write_json(state_path(study, step), {"status": "failed", "hash": step.hash, "params": step.params,
+                                                  "notebook": step.notebook, "seconds": round(time.time() - t0, 1),
+                                                  "error": error_line(e)})
+        if tmp.exists():
+            failed = out_dir / f"{step.name}.failed.ipynb"
+            os.replace(tmp, failed)
+            try:
+                export_html(failed, failed.with_suffix(".html"), f"{step_title(study, step)} (failed)",
+                            index=out_dir.parent / "index.html")
+            except Exception:  # the failure itself is what the user needs to see; the HTML is a convenience
+                pass
+        raise
+    finally:
+        if previous is None:
+            os.environ.pop(PROGRESS_VARIABLE, None)
+        else:
+            os.environ[PROGRESS_VARIABLE] = previous
+    os.replace(tmp, final)
+    html = export_html(final, final.with_suffix(".html"), step_title(study, step), index=out_dir.parent / "index.html")
+    for stale in (out_dir / f"{step.name}.failed.ipynb", out_dir / f"{step.name}.failed.html"):
+        stale.unlink(missing_ok=True)
+    runs.write_json(state_path(study, step), {"status": "finished", "hash": step.hash, "params": step.params,
+                                              "seconds": round(time.time() - t0, 1), "notebook": step.notebook})
+    return html
+
+
+def error_line(e: BaseException) -> str:
+    """``ValueError: bad patch`` for an error raised inside a notebook (papermill keeps its name and value)."""
+    if hasattr(e, "ename") and hasattr(e, "evalue"):
+        return f"{e.ename}: {str(e.evalue)[:300]}"
+    lines = [ln for ln in str(e).splitlines() if ln.strip()]
+    return f"{type(e).__name__}: {lines[0][:300] if lines else ''}"
