@@ -43,6 +43,7 @@ def _project(tmp_path: Path, sleep: float = 2.0, fail_patch: int | None = None) 
                                           metadata={"tags": ["parameters"]}),
                 nbformat.v4.new_code_cell(body)]
     (tmp_path / "notebooks").mkdir(exist_ok=True)
+    (tmp_path / "src").mkdir(exist_ok=True)  # the source must exist when the plan is checked
     nbformat.write(nb, str(tmp_path / "notebooks" / "01_data_prep.ipynb"))
     (tmp_path / "studies").mkdir(exist_ok=True)
     (tmp_path / "studies" / "toy.yaml").write_text(TOY_STUDY)
