@@ -14,7 +14,7 @@ import torch
 from histlib import runs
 from histlib.gan.config import TrainConfig
 from histlib.metrics import EarlyStopping, GanMetricsHook
-from histlib.metrics.hooks import default_generate
+from histlib.metrics.training_hook import default_generate
 
 
 def _generate_for_metrics(G: torch.nn.Module, z: torch.Tensor, c: torch.Tensor) -> torch.Tensor:

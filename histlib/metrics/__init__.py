@@ -51,8 +51,8 @@ _EXPORTS = {
     "feature_metrics": "folders",
     "get_feature_extractor": "folders",
     "resolve_extractor": "folders",
-    "GanMetricsHook": "hooks",
-    "EarlyStopping": "hooks",
+    "GanMetricsHook": "training_hook",
+    "EarlyStopping": "training_hook",
 }
 
 __all__ = sorted(_EXPORTS)

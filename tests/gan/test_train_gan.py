@@ -125,7 +125,7 @@ def test_metrics_hooks_from_config(toy, tmp_path):
 
 def test_metrics_hook_reads_reals_at_the_generator_resolution(toy, monkeypatch):
     """The periodic metrics compare reals resized to the generator's size, as the generate stage does."""
-    from histlib.metrics.hooks import GanMetricsHook
+    from histlib.metrics.training_hook import GanMetricsHook
 
     seen = {}
     monkeypatch.setattr(GanMetricsHook, "from_dataset", classmethod(lambda cls, root, **kw: seen.update(kw) or "hook"))
