@@ -17,7 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "merge": ("histlib.data.merge", "union of two or more datasets (e.g. NCT-CRC-HE-100K ∪ NONORM), source recorded"),
     "download": ("histlib.data.registry", "download a registered public dataset (resumable, checksum-verified)"),
     "datasets": ("histlib.data.registry_cli", "list the registered public datasets"),
-    "build-sample": ("histlib.data.sample", "rebuild the embedded sample under data/sample/ from CC BY sources"),
+    "build-sample": ("histlib.data.embedded_sample", "rebuild the embedded sample data/sample/ from CC BY sources"),
     "train-gan": ("histlib.gan.cli", "train or fine-tune the conditional StyleGAN2 from a config JSON"),
     "generate": ("histlib.generate.cli", "sample a GAN checkpoint into an ImageFolder; class fidelity and GAN metrics"),
     "metrics": ("histlib.metrics.cli", "FID, precision/recall, density/coverage between two ImageFolders"),

@@ -27,7 +27,7 @@ _LAZY = {
     "merge_datasets": "merge",
     "PrepareConfig": "prepare",
     "prepare_dataset": "prepare",
-    "build_sample": "sample",
+    "build_sample": "embedded_sample",
 }
 
 

@@ -7,9 +7,9 @@ import csv
 import pandas as pd
 import pytest
 
+from histlib.data.embedded_sample import SAMPLE_SETS, build_sample
 from histlib.data.plots import class_count_figure, group_size_figure, sample_grid_figure
 from histlib.data.prepare import PrepareConfig, prepare_dataset
-from histlib.data.sample import SAMPLE_SETS, build_sample
 from histlib.runs import file_sha256
 
 
