@@ -93,7 +93,7 @@ def _loaders(cfg: ClassifyConfig, train_ds, val_ds, device: torch.device):
         workers = int(cfg.num_workers)
     gen = torch.Generator().manual_seed(cfg.seed)
     if cfg.balanced_sampling:
-        from histlib.data.sampling import ClassBalancedSampler
+        from histlib.data.balanced_sampling import ClassBalancedSampler
 
         sampler = ClassBalancedSampler(train_ds.labels, num_samples=len(train_ds), seed=cfg.seed)
     else:

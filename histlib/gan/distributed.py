@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from histlib.data.sampling import ClassBalancedSampler
+from histlib.data.balanced_sampling import ClassBalancedSampler
 from histlib.runtime import rank_seed
 
 

@@ -1,4 +1,4 @@
-"""histlib.data.sampling: class-balanced draws."""
+"""histlib.data.balanced_sampling: class-balanced draws."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from histlib.data.sampling import ClassBalancedSampler, infinite_balanced_indices
+from histlib.data.balanced_sampling import ClassBalancedSampler, infinite_balanced_indices
 
 
 def test_balanced_frequencies_on_imbalanced_labels():
