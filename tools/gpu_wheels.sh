@@ -2,8 +2,8 @@
 # Wheels of what the notebooks need and a GPU image with PyTorch often lacks (papermill, nbconvert, ipykernel and
 # their own dependencies), for CPython 3.12 on x86-64 Linux, into .whl/ (ignored by git). Packages that such
 # images already hold (numpy, pandas, matplotlib, pillow, pyyaml, jinja2, requests, tqdm, ...) are left out, so
-# that the installed ones are not shadowed; about 16 MB in all. tools/gpu_issue14.sh installs .whl/*.whl into a
-# temporary folder when the folder exists.
+# that the installed ones are not shadowed; about 16 MB in all. tools/gpu_speed_vs_reference.sh installs .whl/*.whl
+# into a temporary folder when the folder exists.
 #   tools/gpu_wheels.sh            # PY_VERSION=3.11 tools/gpu_wheels.sh for another Python
 . "$(dirname "$0")/common.sh"
 set -e

@@ -10,11 +10,11 @@
 #      them: seconds per finished step and the base GAN's s/kimg so far (the whole study does not fit here). [55 s]
 # Papermill and the notebook stack are not on the GPU image: tools/gpu_wheels.sh puts their wheels in .whl/ (an
 # ignored folder, to be carried), and this script installs them into a temporary folder first.
-# Writes under $OUT (else results/gpu_issue14/): check/{kernels.json,pytest.log,bench.json,bench.md},
+# Writes under $OUT (else results/gpu_speed_vs_reference/): check/{kernels.json,pytest.log,bench.json,bench.md},
 # vs_reference.json, stages.json, summary.json; prints a table last. Exit status 0 only if every stage passed.
 # On a machine without CUDA every stage still runs, on the CPU at small sizes (how this script is tested).
 . "$(dirname "$0")/common.sh"
-DEST="${OUT:-results/gpu_issue14}"
+DEST="${OUT:-results/gpu_speed_vs_reference}"
 REF="${REFERENCE_DIR:-.reference/stylegan2-ada-pytorch}"
 mkdir -p "$DEST/check"
 t0=$(date +%s)
