@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from histlib.device import resolve_device
 from histlib.metrics.folders import PIXELS, extractor_label, folder_features, get_feature_extractor, image_resolution
-from histlib.runtime import resolve_device
 
 
 def nearest_neighbours(query: torch.Tensor, reference: torch.Tensor, k: int = 1, exclude_self: bool = False,

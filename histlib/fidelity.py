@@ -35,7 +35,7 @@ import torch
 from histlib import runs
 from histlib.config import check_types
 from histlib.data.dataset import to_uint8
-from histlib.runtime import resolve_device
+from histlib.device import resolve_device
 
 DEFAULT_CACHE = "results/.fidelity"
 

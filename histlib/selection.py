@@ -110,7 +110,7 @@ def draw_index(paths) -> np.ndarray:
 def selector_checkpoint(cfg, resolution: int, run_dir: str | os.PathLike, progress: bool = False) -> Path:
     """The selection classifier of ``cfg.dataset_dir`` (trained on first use, cached like the fidelity classifier)."""
     from histlib import fidelity
-    from histlib.runtime import resolve_device
+    from histlib.device import resolve_device
 
     if cfg.dataset_dir is None:
         raise ValueError(f"selection={cfg.selection!r} needs the real dataset (dataset_dir) to learn the classes from")
@@ -143,9 +143,9 @@ def score_pool(pool_dir: str | os.PathLike, selection: str, selector: str | os.P
     """
     import torch
 
+    from histlib.device import resolve_device
     from histlib.metrics import realism_score
     from histlib.metrics.folders import folder_features, get_feature_extractor, image_dataset, image_resolution
-    from histlib.runtime import resolve_device
 
     if selection == "realism":
         ext = get_feature_extractor(f"domain:{selector}", device=device)
@@ -353,7 +353,7 @@ def _unselected_fidelity(cfg, report: Mapping[str, Any], scores: pd.DataFrame) -
 
     from histlib import fidelity
     from histlib.data.dataset import to_uint8_tensor
-    from histlib.runtime import resolve_device
+    from histlib.device import resolve_device
 
     clf = fidelity.FidelityClassifier(fidelity.classifier_for_run(cfg, report), device=resolve_device(cfg.device))
     asked, seen = [], []

@@ -36,10 +36,10 @@ from histlib.classify.evaluate import (
 )
 from histlib.classify.sets import check_fraction, needs_synthetic, run_name, train_set_label
 from histlib.classify.weights import create_classifier, load_classifier
+from histlib.device import resolve_device
 from histlib.progress import iterate
 from histlib.progress import mode as progress_mode
 from histlib.runs import Run, atomic_torch_save, config_hash
-from histlib.runtime import resolve_device
 
 
 def _resolve_flag(value: str | bool, device: torch.device, name: str) -> bool:

@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 
 from histlib.data.balanced_sampling import ClassBalancedSampler
-from histlib.runtime import rank_seed
+from histlib.device import rank_seed
 
 
 @dataclass

@@ -34,6 +34,7 @@ import torch.distributed
 
 from histlib import ops, runs
 from histlib.data.dataset import ImageDataset, to_uint8_tensor
+from histlib.device import forked_rng, resolve_device, rng_state
 from histlib.gan import checkpoint, plots, transfer
 from histlib.gan import hooks as hook_mod
 from histlib.gan.config import TrainConfig
@@ -41,7 +42,6 @@ from histlib.gan.distributed import BatchStream, Dist, broadcast_object, gather_
 from histlib.gan.phases import phases
 from histlib.gan.state import Meter, TrainState, build_state
 from histlib.progress import progress
-from histlib.runtime import forked_rng, resolve_device, rng_state
 
 
 class TrainingDiverged(FloatingPointError):

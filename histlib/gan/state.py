@@ -11,13 +11,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from histlib.device import rank_seed, seed_all, set_rng_state
 from histlib.gan import checkpoint, transfer
 from histlib.gan.augment import AdaController, AugmentPipe
 from histlib.gan.config import TrainConfig, network_kwargs
 from histlib.gan.distributed import Dist, Latents, all_mean
 from histlib.gan.losses import PathLengthRegularizer
 from histlib.gan.networks import Discriminator, Generator
-from histlib.runtime import rank_seed, seed_all, set_rng_state
 
 
 @dataclass

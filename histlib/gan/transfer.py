@@ -30,11 +30,11 @@ from scipy.optimize import linear_sum_assignment
 from torch import nn
 
 from histlib import runs
+from histlib.device import forked_rng
 from histlib.gan.config import TrainConfig, check_class_map
 from histlib.gan.distributed import Dist, broadcast_object
 from histlib.gan.finetune_report import write_finetune_report
 from histlib.gan.networks import Discriminator, Generator
-from histlib.runtime import forked_rng
 
 
 def _freeze_blocks(blocks: nn.ModuleList, k: int, prefix: str, what: str) -> list[str]:

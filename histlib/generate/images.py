@@ -31,10 +31,10 @@ import torch
 
 from histlib import runs
 from histlib.data.dataset import to_uint8
+from histlib.device import resolve_device
 from histlib.gan import checkpoint as gan_checkpoint
 from histlib.metrics.folders import image_dataset
 from histlib.progress import progress as progress_bar
-from histlib.runtime import resolve_device
 
 IMAGE_FORMATS = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP"}
 NOISE_MODES = ("random", "const", "none")

@@ -17,12 +17,12 @@ import pandas as pd
 
 from histlib import runs, selection
 from histlib.audit import summarize_audit
+from histlib.device import resolve_device
 from histlib.fidelity import FidelityClassifier, classifier_for_run, metrics_keys, sets_fidelity
 from histlib.generate.config import GenerateConfig
 from histlib.generate.images import generate_images, load_generator, plan_counts
 from histlib.metrics import features
 from histlib.metrics.folders import get_feature_extractor, resolve_extractor
-from histlib.runtime import resolve_device
 
 
 def run_generation(cfg: GenerateConfig, run_dir: str | os.PathLike, progress: bool = True) -> dict[str, Any]:

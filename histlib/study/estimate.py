@@ -214,7 +214,7 @@ def probe_classifier(models: list[str], image_size: int, batch: int, images_per_
     ``image_size``); None when the number of training images is not known yet."""
 
     from histlib.classify.weights import create_classifier
-    from histlib.runtime import resolve_device
+    from histlib.device import resolve_device
 
     if not images_per_epoch:
         return None

@@ -1,4 +1,4 @@
-"""histlib.runtime: device choice and the random states that exact resume saves and restores."""
+"""histlib.device: device choice and the random states that exact resume saves and restores."""
 
 import io
 import random
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from histlib.runtime import forked_rng, rank_seed, resolve_device, rng_state, seed_all, set_rng_state
+from histlib.device import forked_rng, rank_seed, resolve_device, rng_state, seed_all, set_rng_state
 
 CPU = torch.device("cpu")
 
