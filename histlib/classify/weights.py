@@ -7,6 +7,7 @@ starts from scratch; ``pretrained: true/false`` is recorded in ``env.json``, ``m
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
@@ -142,6 +143,24 @@ def _check_loaded(model: nn.Module, file: Path, classifier: Any) -> None:
                          f"{type(model).__name__} were found in it; is it a checkpoint of this architecture?")
 
 
+@contextlib.contextmanager
+def _download_bars():
+    """The Hugging Face hub's own download bar only where histlib draws bars (``histlib.progress.mode()``): in a
+    study step (plain lines) its widget would stay stuck in the exported report."""
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+    from histlib.progress import mode
+
+    quiet = mode() != "bar" and not are_progress_bars_disabled()
+    if quiet:
+        disable_progress_bars()
+    try:
+        yield
+    finally:
+        if quiet:
+            enable_progress_bars()
+
+
 def create_classifier(model_name: str, num_classes: int, pretrained: str | bool = "auto",
                       weights_file: str | os.PathLike | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """A timm model with a ``num_classes`` head, from ImageNet weights when they can be had without stalling.
@@ -198,7 +217,8 @@ def create_classifier(model_name: str, num_classes: int, pretrained: str | bool 
         reason = f"{_hub_host(pcfg)} cannot be reached and they are not in the local caches"
     else:
         try:
-            model = timm.create_model(model_name, pretrained=True, num_classes=num_classes)
+            with _download_bars():
+                model = timm.create_model(model_name, pretrained=True, num_classes=num_classes)
             return model, {"pretrained": True, "weights_source": "download", "weights_file": None}
         except Exception as e:  # noqa: BLE001 — any download failure means "no weights" for 'auto'
             reason = f"the download failed ({type(e).__name__}: {e})"

@@ -334,6 +334,28 @@ def test_unreachable_host_is_detected_fast():
     assert time.perf_counter() - t0 < 3.0
 
 
+@pytest.mark.parametrize("progress, quiet", [("plain", True), ("bar", False)])
+def test_hub_download_bar_follows_the_progress_mode(offline, monkeypatch, progress, quiet):
+    """In a study step (plain progress) the hub's download widget would stay stuck in the exported report."""
+    import timm
+    from huggingface_hub.utils import are_progress_bars_disabled
+
+    seen = []
+
+    def fake_create_model(name, pretrained=False, num_classes=1000, **kw):
+        seen.append(are_progress_bars_disabled())
+        return torch.nn.Linear(1, num_classes)
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setenv("HISTLIB_PROGRESS", progress)
+    monkeypatch.setattr(weights, "host_reachable", lambda *a, **k: True)
+    monkeypatch.setattr(weights, "_cached_weights", lambda pcfg: None)
+    monkeypatch.setattr(timm, "create_model", fake_create_model)
+    _, info = create_classifier("resnet34", 3, pretrained="auto")
+    assert info["weights_source"] == "download" and seen == [quiet]
+    assert not are_progress_bars_disabled()  # restored afterwards
+
+
 def test_weights_from_file_and_hf_cache(offline):
     import safetensors.torch
     import timm
