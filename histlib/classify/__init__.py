@@ -26,8 +26,7 @@ The names below are loaded on first use, so ``import histlib.classify.sets`` doe
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from histlib.lazy import lazy_exports
 
 # public name -> submodule that defines it: the names notebook 05 imports from the package, and the one-run entry
 _EXPORTS = {
@@ -40,11 +39,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + list(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

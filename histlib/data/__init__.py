@@ -6,7 +6,7 @@ Importing this package is cheap (no torch, no image libraries); the names below 
 
 from __future__ import annotations
 
-import importlib
+from histlib.lazy import lazy_exports
 
 # public name -> submodule that defines it (loaded lazily so that `import histlib.data` stays cheap)
 _LAZY = {
@@ -31,11 +31,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + list(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

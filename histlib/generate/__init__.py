@@ -13,8 +13,7 @@ Feature reading and the GAN metrics of a folder live in :mod:`histlib.metrics.fo
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from histlib.lazy import lazy_exports
 
 # public name -> module that defines it: the names notebook 04 imports from the package, and generate_images
 _EXPORTS = {
@@ -36,11 +35,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + list(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

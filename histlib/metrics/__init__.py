@@ -15,8 +15,7 @@ Submodules are imported on first use, so ``import histlib.metrics`` does not imp
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from histlib.lazy import lazy_exports
 
 _EXPORTS = {
     "frechet_distance": "fid",
@@ -58,7 +57,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    raise AttributeError(f"module 'histlib.metrics' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
