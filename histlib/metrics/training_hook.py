@@ -130,18 +130,23 @@ class GanMetricsHook:
         was_training = G.training
         G.eval()
         fid_out, prdc_out = [], []
-        try:
-            for s in range(0, self.num_fake, self.batch_size):
-                z = self._z[s:s + self.batch_size].to(dev)
-                c = torch.zeros(z.shape[0], c_dim, device=dev)
-                if c_dim:
-                    c[torch.arange(z.shape[0]), labels[s:s + self.batch_size].to(dev) % c_dim] = 1
-                img = self.generate(G, z, c)  # uint8 [n, 3, H, W]
-                fid_out.append(self.fid_extractor(img).numpy())
-                if self.prdc_extractor is not self.fid_extractor:
-                    prdc_out.append(self.prdc_extractor(img).numpy())
-        finally:
-            G.train(was_training)
+        # G's random synthesis noise comes from torch's global generator, which training draws from too: the
+        # evaluation forks it (training goes on as if no metric had been computed) and seeds the fork (the same G
+        # gives the same numbers at every evaluation, like the fixed latents)
+        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+            torch.manual_seed(self.seed)
+            try:
+                for s in range(0, self.num_fake, self.batch_size):
+                    z = self._z[s:s + self.batch_size].to(dev)
+                    c = torch.zeros(z.shape[0], c_dim, device=dev)
+                    if c_dim:
+                        c[torch.arange(z.shape[0]), labels[s:s + self.batch_size].to(dev) % c_dim] = 1
+                    img = self.generate(G, z, c)  # uint8 [n, 3, H, W]
+                    fid_out.append(self.fid_extractor(img).numpy())
+                    if self.prdc_extractor is not self.fid_extractor:
+                        prdc_out.append(self.prdc_extractor(img).numpy())
+            finally:
+                G.train(was_training)
         fid_f = np.concatenate(fid_out)
         return fid_f, (np.concatenate(prdc_out) if prdc_out else fid_f)
 

@@ -52,6 +52,27 @@ def test_hook_schedule_fixed_latents_and_values(hook_parts):
     assert other["fid"] != first["fid"]
 
 
+class NoisyG(ToyG):
+    """Adds random synthesis noise from torch's global generator, as StyleGAN2's layers do."""
+
+    def forward(self, z, c):
+        return (super().forward(z, c) + 0.5 * torch.randn(z.shape[0], 3, self.res, self.res)).clamp(-1, 1)
+
+
+def test_hook_leaves_training_random_stream_alone_and_repeats_its_noise(hook_parts):
+    """An evaluation must not move the global generator training draws its noise from (training would go another
+    way when metrics are on), and the same G gives the same numbers at every evaluation."""
+    ex, real, labels = hook_parts
+    hook = GanMetricsHook(ex, real, labels, ["a", "b"], num_fake=30, every_kimg=1, k=3, k_dc=5, batch_size=7)
+    G = NoisyG()
+    torch.manual_seed(123)
+    expected = torch.randn(5)
+    torch.manual_seed(123)
+    first = hook(G, 0)
+    assert torch.equal(torch.randn(5), expected)
+    assert hook(G, 1000) == first
+
+
 def test_hook_per_class_keys(hook_parts):
     ex, real, labels = hook_parts
     hook = GanMetricsHook(ex, real, labels, ["a", "b"], num_fake=24, every_kimg=1, k=2, k_dc=3, per_class=True)
