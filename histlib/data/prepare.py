@@ -340,16 +340,23 @@ def _slide_annotations(slide: Path, annotations: str | None, source: Path | None
                             "annotations= to a .geojson file or a folder of <slide stem>.geojson")
 
 
-def _group_column(source: Path, column: str) -> dict[str, str]:
-    """``{relative path: group}`` from ``SOURCE/MANIFEST.tsv`` (or ``SOURCE/manifest.csv``) column ``column``."""
+def _group_table(source: Path, column: str) -> tuple[list[dict[str, str]], str, Path]:
+    """The rows of ``SOURCE/MANIFEST.tsv`` (or ``SOURCE/manifest.csv``) that has column ``column``, the name of its
+    path column and the file."""
     for name, sep, key in (("MANIFEST.tsv", "\t", "relpath"), (MANIFEST_NAME, ",", "path")):
         f = source / name
         if f.is_file():
             rows = read_table_rows(f, sep)
             if rows and column in rows[0] and key in rows[0]:
-                return table_mapping(rows, key, column, f)
+                return rows, key, f
     raise ValueError(f"group_by={column!r}: expected 'source', 'region', 'patch' or a column of "
                      f"{source / 'MANIFEST.tsv'}")
+
+
+def _group_column(source: Path, column: str) -> dict[str, str]:
+    """``{relative path: group}`` from ``SOURCE/MANIFEST.tsv`` (or ``SOURCE/manifest.csv``) column ``column``."""
+    rows, key, f = _group_table(source, column)
+    return table_mapping(rows, key, column, f)
 
 
 def check_groups(cfg: PrepareConfig) -> None:
@@ -364,12 +371,9 @@ def check_groups(cfg: PrepareConfig) -> None:
     if cfg.group_by in ("source", "patch", "region") or cfg.allow_missing_group or not source.exists():
         return
     folder = source if source.is_dir() else source.parent
-    mapping = _group_column(folder, cfg.group_by)
-    for name, sep, key in (("MANIFEST.tsv", "\t", "relpath"), (MANIFEST_NAME, ",", "path")):
-        if (folder / name).is_file():
-            listed = pd.Series([r[key] for r in read_table_rows(folder / name, sep) if r.get(key)])
-            _check_groups_listed(cfg, folder, listed, mapping)
-            return
+    rows, key, f = _group_table(folder, cfg.group_by)  # the manifest read once, the one the mapping comes from
+    listed = pd.Series([r[key] for r in rows if r.get(key)])
+    _check_groups_listed(cfg, folder, listed, table_mapping(rows, key, cfg.group_by, f))
 
 
 def _warn_replacing(out: Path, meta: dict, cfg: PrepareConfig) -> None:
