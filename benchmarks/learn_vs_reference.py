@@ -90,7 +90,8 @@ def child(side: str, args) -> int:
     train = PROFILES[a["profile"]]["train"]
     if side == "ours":
         iteration, counts, sample = _ours(a, args.batch, len(classes), "cpu", "ref", data=data, p=args.p,
-                                          cond_lambda=args.cond_lambda, overrides=_overrides(args.set))
+                                          cond_lambda=args.cond_lambda, overrides=_overrides(args.set),
+                                          seed=args.seed)
     else:
         iteration, counts, sample = _reference(a, args.batch, len(classes), "cpu", "ref", str(args.reference_dir),
                                                data=data, p=args.p, ema_kimg=train["ema_kimg"],

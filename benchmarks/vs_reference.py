@@ -68,12 +68,14 @@ def _count(module, skip: tuple[str, ...]) -> tuple[int, int]:
 
 
 def _ours(a: dict, batch: int, num_classes: int, device: str, impl: str, data=None, p: float = 0.2,
-          cond_lambda: float | None = None, overrides: dict | None = None):
+          cond_lambda: float | None = None, overrides: dict | None = None, seed: int = 0):
     """histlib's state, one-iteration function (the phases of ``histlib.gan.phases``, EMA) and ``G_ema`` sampler.
 
     ``data``: None (one fixed random batch: the speed benchmark) or a callable giving ``(images in [-1, 1], int
     labels)`` per iteration (learning runs: D2D-CE on, as configured by the profile); ``overrides``: further
-    ``TrainConfig`` values of learning runs (e.g. ``{"D_kwargs": {"cond_projection": true}}``)."""
+    ``TrainConfig`` values of learning runs (e.g. ``{"D_kwargs": {"cond_projection": true}}``); ``seed``: the
+    config's seed, from which ``build_state`` draws the initial weights, the latents and the synthesis noise (a
+    ``seed`` in ``overrides`` wins)."""
     import tempfile
 
     import numpy as np
@@ -98,6 +100,7 @@ def _ours(a: dict, batch: int, num_classes: int, device: str, impl: str, data=No
             Image.fromarray(pixels).save(folder / f"c{k}/{i}.png")
     # speed runs (no data) leave the conditional loss out; learning runs use the profile's weight or ``cond_lambda``
     extra = {"cond_lambda": 0.0} if data is None else ({} if cond_lambda is None else {"cond_lambda": cond_lambda})
+    extra["seed"] = seed
     if data is not None:
         extra.update(overrides or {})
     cfg = TrainConfig.from_profile(

@@ -82,3 +82,21 @@ def test_score_tells_the_side_with_swapped_classes(tmp_path, learn):
     assert partial["labels"]["p"]["runs"][0]["finished"] is False and len(partial["labels"]["p"]["summary"]) == 2
     with pytest.raises(SystemExit, match="LABEL=DIR"):
         learn.score_runs([f"x={tmp_path}"], str(data), 16, cfg=cfg, cache_root=tmp_path / "cache")
+
+
+def test_our_side_follows_the_seed(learn):
+    """``--seed`` reaches our side's config: build_state draws the weights from it (it stayed at 0 before)."""
+    import vs_reference
+
+    a = vs_reference._arch(32, "cpu")
+
+    def data():
+        return torch.zeros(4, 3, 32, 32), torch.zeros(4, dtype=torch.long)
+
+    z, c = torch.randn(2, a["z_dim"], generator=torch.Generator().manual_seed(5)), torch.tensor([0, 1])
+    images = {}
+    for name, seed in (("a", 0), ("b", 1), ("a_again", 0)):
+        _, _, sample = vs_reference._ours(a, 4, 2, "cpu", "ref", data=data, p=0.0, seed=seed)
+        images[name] = sample(z, c)
+    assert torch.equal(images["a"], images["a_again"])
+    assert not torch.allclose(images["a"], images["b"])
