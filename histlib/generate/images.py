@@ -150,6 +150,18 @@ def set_dirs(out_dir: str | os.PathLike, num_sets: int) -> list[Path]:
     return [out] if num_sets == 1 else [out / f"set{j}" for j in range(num_sets)]
 
 
+def _check_arguments(image_format: str, noise_mode: str, num_sets: int, batch_size: int) -> None:
+    """One clear error for a bad argument of :func:`generate_images`, before the checkpoint is loaded."""
+    if image_format not in IMAGE_FORMATS:
+        raise ValueError(f"image_format={image_format!r}: expected one of {sorted(IMAGE_FORMATS)}")
+    if noise_mode not in NOISE_MODES:
+        raise ValueError(f"noise_mode={noise_mode!r}: expected one of {NOISE_MODES}")
+    if not isinstance(num_sets, int) or num_sets < 1:
+        raise ValueError(f"num_sets={num_sets!r}: expected an integer >= 1")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r}: expected a positive integer")
+
+
 def generate_images(
     checkpoint: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -189,14 +201,7 @@ def generate_images(
         The report (also ``<out_dir>/generate.json``): settings, ``counts`` per set and class, ``set_dirs``,
         ``n_images``, ``seconds``, ``images_per_s`` and ``reused`` (True when an identical folder was kept).
     """
-    if image_format not in IMAGE_FORMATS:
-        raise ValueError(f"image_format={image_format!r}: expected one of {sorted(IMAGE_FORMATS)}")
-    if noise_mode not in NOISE_MODES:
-        raise ValueError(f"noise_mode={noise_mode!r}: expected one of {NOISE_MODES}")
-    if not isinstance(num_sets, int) or num_sets < 1:
-        raise ValueError(f"num_sets={num_sets!r}: expected an integer >= 1")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size={batch_size!r}: expected a positive integer")
+    _check_arguments(image_format, noise_mode, num_sets, batch_size)
     dev = resolve_device(device)
     out = runs.project_path(out_dir)
     G, info = load_generator(checkpoint, device=dev)
