@@ -2,7 +2,10 @@
 
 A step is skipped when a finished execution with the same *step hash* exists (resumable studies). The hash covers
 the notebook's source, the parameters passed to it and the hashes of the steps it depends on, so changing the data
-settings re-runs everything downstream of the data, and nothing else.
+settings re-runs everything downstream of the data, and nothing else. The GAN stages' hashes also cover their
+profile's entry of the GAN profile table (``histlib.gan.config.PROFILES``): a changed default of the networks,
+training or generation re-runs the GAN steps (and the classification of their images), not the data or the
+real-only classifiers.
 
 Classification: the training sets without generated images (``real``, ``real+stain``) are trained once per target
 (step ``05_classify__<target>__real``, which also trains the real-data learning curve when ``classify.REAL_FRACTIONS``
@@ -219,6 +222,16 @@ def _classify_steps(study: Study, target: dict[str, Any], real_dir: str, deps_da
     return steps
 
 
+GAN_STAGES = ("base_gan", "finetune", "generate")
+
+
+def _gan_profile(name: str | None) -> Any:
+    """The GAN profile table's entry the step runs with (its defaults are part of what a GAN step computes)."""
+    from histlib.gan.config import PROFILES  # imports no torch
+
+    return PROFILES.get(name) if name is not None else None
+
+
 def hash_steps(steps: list[Step]) -> None:
     """Fills ``step.hash`` from the notebook source, the parameters and the hashes of its dependencies."""
     by_name = {s.name: s for s in steps}
@@ -231,6 +244,8 @@ def hash_steps(steps: list[Step]) -> None:
         key = {"notebook": nb_hash, "params": step.params, "depends": dep_hashes}
         if inputs:
             key["inputs"] = inputs
+        if step.stage in GAN_STAGES:
+            key["gan_profile"] = _gan_profile(step.params.get("PROFILE"))
         step.hash = runs.config_hash(key)
 
 

@@ -85,6 +85,23 @@ def test_hash_changes_propagate_downstream_only():
     assert ha["05_classify__sample_target__pretrained"] != hb["05_classify__sample_target__pretrained"]
 
 
+def test_a_changed_gan_default_reruns_the_gan_steps_only(monkeypatch):
+    from histlib.gan import config as gan_config
+
+    s = study.load_study(ROOT / "studies" / "demo.yaml")
+    a = study.plan(s)
+    study.hash_steps(a)
+    changed = {**gan_config.PROFILES["demo"], "train": {**gan_config.PROFILES["demo"]["train"], "r1_gamma": 1.0}}
+    monkeypatch.setitem(gan_config.PROFILES, "demo", changed)
+    b = study.plan(s)
+    study.hash_steps(b)
+    ha, hb = {x.name: x.hash for x in a}, {x.name: x.hash for x in b}
+    same = {n for n in ha if ha[n] == hb[n]}
+    assert {n for n in ha if n.startswith(("01_", "02_", "03_", "04_", "05_"))} - same == {
+        n for n in ha if n.startswith(("02_", "03_", "04_")) or (n.startswith("05_") and not n.endswith("__real"))}
+    assert "05_classify__sample_target__real" in same and "01_data_prep__sample_target" in same
+
+
 def test_reused_base_checkpoint_is_hashed_by_content(tmp_path):
     ckpt = _write(tmp_path / "base.pt", "weights v1")
     text = (ROOT / "studies" / "demo.yaml").read_text().replace("base_gan: {RESOLUTION: 32, SEED: 0, KIMG: 5}",
