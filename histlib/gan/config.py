@@ -18,6 +18,11 @@ configuration (γ = 1) for the paper. D2D-CE weights follow the authors' release
 profiles, 512 px AFHQ with ADA (λ = 0.5, τ = 0.5, m_p = 0.95; the only release at >= 256 px) for the paper profile;
 m_n = 1 - m_p in both, as in their loss. The demo profile fine-tunes with λ = 0.5: at 0.25 three variants of the
 paper's grid drew lung_scc as lung_aca more often than scratch did on real data; at 0.5 none does (docs/results.md §1).
+The demo profile's D also takes the class by a projection term (``cond_projection``) and its base GAN trains
+D2D-CE on D only (``cond_lambda_g = 0``): over three seeds at 40 kimg on crc5 this matched the reference StyleGAN2-ADA
+in FID and coverage where D2D-CE on G had lost recall (docs/benchmarks.md, "Closing the recall gap"); fine-tuning puts
+D2D-CE back on G. The reduced and paper profiles keep the published method's D2D-CE alone (not measured at their
+scale).
 """
 
 from __future__ import annotations
@@ -37,24 +42,29 @@ RESUME_MUTABLE_FIELDS = ("kimg", "num_workers", "processes", "snapshot_ticks", "
                          "early_stop_patience", "early_stop_metric", "keep_snapshots", "grid_columns", "progress")
 
 def _networks(resolution: int, w_dim: int, mapping_layers: int, channel_base: int, channel_max: int,
-              num_fp16_res: int, conv_clamp: float | None, mbstd_group_size: int) -> dict[str, Any]:
+              num_fp16_res: int, conv_clamp: float | None, mbstd_group_size: int,
+              cond_projection: bool = False) -> dict[str, Any]:
     """G and D of one profile: z and w of the same width, D's embedding as wide as w."""
     common = dict(channel_base=channel_base, channel_max=channel_max, num_fp16_res=num_fp16_res,
                   conv_clamp=conv_clamp)
+    d_extra = {"cond_projection": True} if cond_projection else {}
     return dict(resolution=resolution, G=dict(z_dim=w_dim, w_dim=w_dim, mapping_layers=mapping_layers, **common),
-                D=dict(mbstd_group_size=mbstd_group_size, embed_dim=w_dim, **common))
+                D=dict(mbstd_group_size=mbstd_group_size, embed_dim=w_dim, **common, **d_extra))
 
 
 PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     "demo": {  # CPU: tiny networks that train a few hundred iterations a minute on two cores
+        # D takes the class by a projection term as well as D2D-CE (docs/benchmarks.md, "Closing the recall gap")
         "networks": _networks(32, w_dim=64, mapping_layers=2, channel_base=1024, channel_max=64, num_fp16_res=0,
-                              conv_clamp=None, mbstd_group_size=4),
+                              conv_clamp=None, mbstd_group_size=4, cond_projection=True),
+        # the base GAN: D2D-CE trains D only (cond_lambda_g 0); G learns the class through the projection term
         "train": dict(resolution=32, batch_size=16, kimg=10.0, tick_kimg=1.0, snapshot_ticks=4, device="cpu",
                       r1_gamma=0.0128, ema_kimg=2.0, ema_rampup=0.05, ada_kimg=20.0, mixed_precision=False,
-                      style_mixing_prob=0.9, pl_weight=2.0, num_workers=0),
-        # fine-tuning (notebook 03, every variant including scratch): the conditional term weighs twice as much; it
-        # keeps fine-tuned generators' class fidelity at or above scratch's on real data (docs/results.md §1)
-        "finetune": dict(cond_lambda=0.5),
+                      style_mixing_prob=0.9, pl_weight=2.0, num_workers=0, cond_lambda_g=0.0),
+        # fine-tuning (notebook 03, every variant including scratch): the conditional term weighs twice as much, on
+        # D and G; it keeps fine-tuned generators' class fidelity at or above scratch's on real data (docs/results.md
+        # §1, measured with D2D-CE on G and no projection)
+        "finetune": dict(cond_lambda=0.5, cond_lambda_g=None),
         "generate": dict(images_per_class=32, batch_size=64, device="cpu", num_workers=0),
     },
     "reduced": {  # one GPU, 64 px

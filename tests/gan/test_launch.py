@@ -36,6 +36,7 @@ def _tiny_cfg(data: Path, **kw) -> TrainConfig:
     return TrainConfig.from_profile(
         "demo", data_dir=str(data), resolution=16, batch_size=8, tick_kimg=0.016, snapshot_ticks=1,
         pl_interval=2, r1_interval=2, ada_interval=1, ada_kimg=1e6, noise_mode="const", progress=False,
+        cond_lambda_g=0.25,  # D2D-CE on G too (the demo base profile has it on D only), so its loss is compared
         G_kwargs=dict(z_dim=16, w_dim=16, mapping_layers=1, channel_base=128, channel_max=16),
         D_kwargs=dict(channel_base=128, channel_max=16, embed_dim=16, mbstd_group_size=1), grid_columns=2, **kw)
 

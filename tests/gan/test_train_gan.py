@@ -15,6 +15,7 @@ from PIL import Image
 from histlib import runs
 from histlib.gan import cli, losses
 from histlib.gan.checkpoint import load_generator
+from histlib.gan.config import TrainConfig
 from histlib.gan.hooks import metrics_hooks
 from histlib.gan.launch import train_gan
 from histlib.gan.loop import TrainingDiverged
@@ -41,8 +42,9 @@ def test_run_directory_hooks_and_generator(toy, tmp_path):
     assert calls == [16, 32]
     stats = runs.read_jsonl(run / "stats.jsonl")
     assert [r["tick"] for r in stats] == [1, 2] and [r["cur_nimg"] for r in stats] == [16, 32]
-    for key in ("loss_g", "loss_d", "loss_g_d2d", "loss_d_d2d", "r1_penalty", "loss_pl", "augment_p", "img_per_s"):
+    for key in ("loss_g", "loss_d", "loss_d_d2d", "r1_penalty", "loss_pl", "augment_p", "img_per_s"):
         assert key in stats[-1] and np.isfinite(stats[-1][key]), key
+    assert "loss_g_d2d" not in stats[-1]  # the demo base profile: D2D-CE trains D only (test_g_side_conditional_weight)
     assert stats[-1]["metrics/toy_metric"] == pytest.approx(0.032)
     metrics = runs.read_json(run / "metrics.json")
     assert metrics["kimg"] == pytest.approx(0.032) and metrics["metrics/toy_metric"] == pytest.approx(0.032)
@@ -178,9 +180,13 @@ def test_conditioning_is_learned_on_two_colours(tmp_path):
 
 
 def test_g_side_conditional_weight(toy, tmp_path):
-    """``cond_lambda_g=0``: D still learns its D2D-CE head on reals, G's loss has no D2D-CE pull."""
+    """``cond_lambda_g=0`` (the demo base profile's): D still learns its D2D-CE head on reals, G's loss has no D2D-CE
+    pull; fine-tuning puts it back on G (``None``: G's weight is ``cond_lambda``, 0.5)."""
+    assert TrainConfig.from_profile("demo").cond_lambda_g == 0.0
+    ft = TrainConfig.from_profile("demo", stage="finetune")
+    assert ft.cond_lambda_g is None and ft.cond_lambda == 0.5
     train_gan(tiny_cfg(toy, kimg=0.016, cond_lambda_g=0.0), tmp_path / "off")
-    train_gan(tiny_cfg(toy, kimg=0.016), tmp_path / "on")
+    train_gan(tiny_cfg(toy, kimg=0.016, cond_lambda_g=0.25), tmp_path / "on")
     ticks = {k: [json.loads(line) for line in (tmp_path / k / "stats.jsonl").read_text().splitlines()]
              for k in ("off", "on")}
     assert any("loss_d_d2d" in t for t in ticks["off"]) and not any("loss_g_d2d" in t for t in ticks["off"])

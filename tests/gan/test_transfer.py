@@ -224,7 +224,8 @@ def test_finetune_of_a_projection_base_keeps_the_head_and_refuses_another_d(toy,
     assert "projection.cmap.weight" in report["D"]["reinitialised"]
     assert "projection.proj.weight" in report["D"]["loaded"]
     with pytest.raises(ValueError, match="D cond_projection True in the base vs False here"):
-        train_gan(tiny_cfg(renamed, kimg=0.016, resume_from=str(base)), tmp_path / "plain")
+        train_gan(tiny_cfg(renamed, kimg=0.016, resume_from=str(base), D_kwargs={"cond_projection": False}),
+                  tmp_path / "plain")
     assert not (tmp_path / "plain").exists()
 
 
