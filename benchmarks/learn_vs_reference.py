@@ -3,8 +3,10 @@
 Both sides train in their own subprocess, from the same seed, on the same prepared dataset (the train split, read by
 histlib's loader at ``--res``), at the same architecture (checked as in ``vs_reference.py``), batch, learning rates,
 R1 / path-length schedule, EMA (with ramp-up) and augmentation probability (fixed; ``--p 0`` by default, which is
-where ADA stayed in our 40 kimg base runs on this data). Ours trains as configured by the profile (D2D-CE on); the
-reference with its own conditioning (projection discriminator). At each ``--eval-kimg`` point ``G_ema`` draws
+where ADA stayed in our 40 kimg base runs on this data). Ours trains as configured by the profile (demo: D2D-CE on D
+and a projection term; ``--set cond_lambda_g=0.25 --set 'D_kwargs={"cond_projection": false}'`` gives the profile
+before issue 21, D2D-CE on both networks and no projection); the reference with its own conditioning (projection
+discriminator). At each ``--eval-kimg`` point ``G_ema`` draws
 ``--per-class`` images per class with fixed latents and seeded *random* synthesis noise, as in training and as the
 generate stage writes a set (the constant noise map gives images the generator was never trained to draw: with it,
 recall fell to 0.00 where random noise gave 0.49 on one lung3 generator, docs/results.md "One definition of the GAN
