@@ -1,6 +1,7 @@
 """One step's execution: its notebook run with papermill from the project root, exported to an HTML report.
 
-Before a step runs, the outputs of an earlier execution with another hash are moved aside; its state file
+Before a step runs, the outputs of an earlier execution with another hash are moved aside (and before a study runs,
+those of steps its plan no longer has); its state file
 (``notebooks/.state/<step>.json``) says ``running``, then ``finished`` or ``failed``, with the seconds it took.
 """
 
@@ -14,7 +15,7 @@ from pathlib import Path
 from histlib import runs
 from histlib.classify import sets as classify_sets
 from histlib.progress import MODE_VARIABLE as PROGRESS_VARIABLE
-from histlib.study.spec import Step, Study, notebook_path
+from histlib.study.spec import STAGES, Step, Study, notebook_path
 from histlib.study.steps import state_path
 
 # Exported reports: tables in the output areas wrap and shrink instead of hiding behind a scroll bar, and the page
@@ -109,6 +110,53 @@ def _supersede_outputs(study: Study, step: Step) -> None:
     if moved:
         print(f"{step.name}: settings changed since the last run; its previous outputs ({len(moved)}) moved to "
               f"{runs.display_path(dest_root)}")
+
+
+def retire_dropped_steps(study: Study, steps: list[Step], move: bool = True) -> list[str]:
+    """Moves aside the outputs of steps an earlier plan of this study ran and the current plan no longer has.
+
+    A study file that drops a variant, a generated set or a training set would otherwise leave that step's run
+    folders in ``results/<study>/``, where the analysis (which reads the results tree) would count them beside the
+    current plan's. Each such step's outputs (as :func:`_step_outputs` finds them from the parameters its state file
+    recorded), its state file and its reports move to ``<results>/.superseded/<study>/<step>-<hash>/``.
+
+    Args:
+        move: False only lists them (a dry run).
+
+    Returns:
+        The names of the steps moved aside (or, with ``move=False``, that would be).
+    """
+    state_dir = runs.project_path(study.out_dir / "notebooks" / ".state")
+    if not state_dir.is_dir():
+        return []
+    planned = {s.name for s in steps}
+    by_prefix = {Path(nb).stem: stage for stage, nb in STAGES.items()}
+    retired = []
+    for state in sorted(state_dir.glob("*.json")):
+        name = state.stem
+        if name in planned:
+            continue
+        info = runs.read_json(state)
+        stage = by_prefix.get(name.split("__")[0])
+        if stage is None:
+            continue
+        if not move:
+            retired.append(name)
+            continue
+        old = Step(stage, None, name, STAGES[stage], dict(info.get("params") or {}), [])
+        dest_root = runs.project_path(study.results_root / ".superseded" / study.name / f"{name}-{info.get('hash')}")
+        reports = [state.parent.parent / f"{name}{suffix}" for suffix in (".ipynb", ".html", ".failed.ipynb",
+                                                                           ".failed.html")]
+        moved = [(n, src) for n, src in _step_outputs(old) if src.exists()]
+        moved += [(f"notebooks/{p.name}", p) for p in reports if p.exists()] + [("notebooks/.state.json", state)]
+        for n, src in moved:
+            dest = dest_root / n
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(src), str(dest))
+        retired.append(name)
+        print(f"{name}: no longer in the study's plan; its outputs ({len(moved) - 1} besides its state) moved to "
+              f"{runs.display_path(dest_root)}")
+    return retired
 
 
 def execute_step(study: Study, step: Step, *, log_output: bool = False, kernel_name: str = "python3") -> Path:

@@ -21,7 +21,7 @@ from histlib.progress import progress
 from histlib.study import executors
 from histlib.study.checks import check_values, prepared_conflicts, validate
 from histlib.study.estimate import estimate, format_seconds
-from histlib.study.execution import error_line, execute_step
+from histlib.study.execution import error_line, execute_step, retire_dropped_steps
 from histlib.study.spec import STAGES, Step, Study, StudyError, load_study
 from histlib.study.steps import hash_steps, is_done, plan, state_path
 
@@ -78,8 +78,11 @@ def run_study(path: str | os.PathLike, *, force: bool = False, only: Iterable[st
         for step, row in zip(selected, rows):
             row["status"] = "finished (skip)" if is_done(study, step) and not force else "to run"
             print(f"{row['status']:>16}  {step.name}")
+        for name in retire_dropped_steps(study, steps, move=False):
+            print(f"{'not planned':>16}  {name} (ran before; its outputs move to .superseded/ when the study runs)")
         _print_plan_summary(study, selected, rows, probe=probe)
         return rows
+    retire_dropped_steps(study, steps)
     _write_study_json(study, path, rows)
     if executor != "sequential":
         return _run_parallel(study, path, selected, rows, force, executor, jobs, cluster)

@@ -363,3 +363,52 @@ def test_prepared_dataset_of_another_study_is_flagged(tmp_path):
         assert len(found) == 1 and "zz_conflict_probe" in found[0] and "other settings" in found[0]
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_steps_dropped_from_the_plan_are_moved_aside(tmp_path):
+    """A study file that drops a variant: the variant's fine-tune, generation and classifier runs (but not the
+    real-only runs in the same classify folder, nor the kept variant's) leave the results tree before the study
+    runs, so the analysis, which reads that tree, cannot count them."""
+    from histlib import runs
+    from histlib.study.execution import retire_dropped_steps
+    from histlib.study.steps import state_path
+
+    text = (ROOT / "studies" / "demo.yaml").read_text()
+    s = study.load_study(_write(tmp_path / "s.yaml", text), results_root=tmp_path / "results")
+    before = study.plan(s)
+    study.hash_steps(before)
+    for step in before:  # every step "ran": its state file, its report and its run folders
+        runs.write_json(state_path(s, step), {"status": "finished", "hash": step.hash, "params": step.params})
+        (state_path(s, step).parent.parent / f"{step.name}.html").write_text("report")
+        for _, path in _step_outputs(step):
+            path.mkdir(parents=True, exist_ok=True)
+        if step.params.get("RUN_ROOT"):
+            for ts in step.params["TRAIN_SETS"]:
+                variant = step.params.get("VARIANT")
+                name = f"{ts}__{variant}__resnet34__seed0" if variant and ts != "real" else f"{ts}__resnet34__seed0"
+                (Path(runs.project_path(step.params["RUN_ROOT"])) / name).mkdir(parents=True, exist_ok=True)
+    root = s.out_dir / "sample_target"
+    assert (root / "classify" / "synthetic__freeze_d1__resnet34__seed0").is_dir()
+
+    s2 = study.load_study(_write(tmp_path / "s2.yaml", text.replace("variants: [pretrained, freeze_d1]",
+                                                                     "variants: [pretrained]")),
+                          results_root=tmp_path / "results")
+    after = study.plan(s2)
+    study.hash_steps(after)
+    dropped = {st.name for st in before} - {st.name for st in after}
+    assert dropped == {"03_finetune__sample_target__freeze_d1", "04_generate__sample_target__freeze_d1",
+                       "05_classify__sample_target__freeze_d1"}
+    assert sorted(retire_dropped_steps(s2, after, move=False)) == sorted(dropped)
+    assert (root / "finetune" / "freeze_d1").is_dir()  # a dry run moves nothing
+    assert sorted(retire_dropped_steps(s2, after)) == sorted(dropped)
+    left = sorted(p.name for p in (root / "classify").iterdir())
+    assert left == ["real+synthetic__pretrained__resnet34__seed0", "real__resnet34__seed0",
+                    "synthetic__pretrained__resnet34__seed0"]
+    assert not (root / "finetune" / "freeze_d1").exists() and (root / "finetune" / "pretrained").is_dir()
+    assert not (root / "generate" / "freeze_d1").exists()
+    for name in dropped:
+        assert not state_path(s2, next(st for st in before if st.name == name)).exists()
+        aside = tmp_path / "results" / ".superseded" / "demo"
+        moved = [p for p in aside.iterdir() if p.name.startswith(name + "-")]
+        assert len(moved) == 1 and (moved[0] / "notebooks" / f"{name}.html").is_file()
+    assert retire_dropped_steps(s2, after) == []  # nothing left to move
