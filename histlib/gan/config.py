@@ -35,6 +35,7 @@ from histlib.config import apply_profile, check_types
 AUGMENT_MODES = ("ada", "none", "fixed")
 KERNEL_IMPLS = ("auto", "ref", "cuda", "compiled")
 CLASS_INITS = ("match", "neutral", "random")
+PROJECTION_INITS = ("random", "matched")
 
 # Fields that may differ between a run and the checkpoint it resumes from: they change how long or how verbosely a
 # run goes on, not what a training step computes.
@@ -168,6 +169,9 @@ class TrainConfig:
     freeze_d: int = 0
     freeze_g: int = 0
     class_init: str = "match"  # new classes when fine-tuning: 'match' (from the most similar base class) | 'random'
+    # class_init='match' with a projection head in D: its new class embeddings drawn afresh ('random') or copied from
+    # the matched base classes ('matched'), as G's are
+    projection_init: str = "random"
     # 'match': target class -> base class set by hand, the rest matched (check_class_map); no base (scratch): unused
     class_map: dict[str, str] | None = None
     realign_classes: bool = True  # fine-tuning with new classes: relabel G's embeddings when D sees classes swapped
@@ -227,6 +231,7 @@ class TrainConfig:
         need(self.kernel_impl in KERNEL_IMPLS, "kernel_impl", f"one of {KERNEL_IMPLS}")
         need(self.noise_mode in ("random", "const"), "noise_mode", "'random' or 'const'")
         need(self.class_init in CLASS_INITS, "class_init", f"one of {CLASS_INITS}")
+        need(self.projection_init in PROJECTION_INITS, "projection_init", f"one of {PROJECTION_INITS}")
         need(self.class_map is None or self.class_init == "match", "class_map",
              "None, or a mapping target class -> base class with class_init='match'")
         need(0 < self.realign_min_gain <= 1, "realign_min_gain", "a fraction in (0, 1]")

@@ -200,7 +200,7 @@ def match_classes(similarity: torch.Tensor, fixed: Mapping[int, int] | None = No
 def init_class_embeddings_from_base(G: Generator, D: Discriminator, base_G: Generator, base_D: Discriminator,
                                     real: torch.Tensor, real_labels: torch.Tensor, samples_per_class: int = 64,
                                     seed: int = 0, proxies: str = "random",
-                                    fixed: Mapping[int, int] | None = None) -> dict:
+                                    fixed: Mapping[int, int] | None = None, projection: str = "random") -> dict:
     """Starts each new class of a fine-tuned G and D from where the base networks already are, instead of at random.
 
     A freshly drawn class embedding makes the pretrained mapping network produce whatever base appearance happens to
@@ -228,6 +228,8 @@ def init_class_embeddings_from_base(G: Generator, D: Discriminator, base_G: Gene
         samples_per_class: base images generated per base class for its centre.
         seed: latent seed of those images.
         fixed: ``{target class: base class}`` set by hand (``TrainConfig.class_map``); the others are matched.
+        projection: D's projection-head class embeddings (when both D's have the head): ``'random'`` (freshly drawn,
+            as :func:`load_pretrained` leaves them) or ``'matched'`` (the matched base class's, as G's).
 
     Returns:
         ``{'method': 'match', 'similarity': [[...]] (target × base), 'match': [base index per target class]}``.
@@ -254,7 +256,13 @@ def init_class_embeddings_from_base(G: Generator, D: Discriminator, base_G: Gene
         D.proxies.weight.copy_(base_D.proxies.weight[idx])
     elif proxies != "random":
         raise ValueError(f"proxies={proxies!r}: expected 'random', 'centres' or 'matched'")
-    return {"method": "match", "proxies": proxies, "similarity": similarity.cpu().tolist(), "match": match}
+    if projection not in ("random", "matched"):
+        raise ValueError(f"projection={projection!r}: expected 'random' or 'matched'")
+    has_head = D.projection is not None and base_D.projection is not None
+    if projection == "matched" and has_head:
+        D.projection.cmap.weight.copy_(base_D.projection.cmap.weight[idx])
+    return {"method": "match", "proxies": proxies, "similarity": similarity.cpu().tolist(), "match": match,
+            **({"projection": projection} if has_head else {})}
 
 
 @torch.no_grad()
@@ -408,7 +416,8 @@ def init_new_classes(base: dict[str, Any], G, D, dataset, num_classes: int, cfg:
     base_D.load_state_dict(base["D"])
     real, real_c = real_sample(dataset, num_classes, 64, cfg.seed, device)
     with forked_rng(device):
-        info = init_class_embeddings_from_base(G, D, base_G, base_D, real, real_c, seed=cfg.seed, fixed=fixed)
+        info = init_class_embeddings_from_base(G, D, base_G, base_D, real, real_c, seed=cfg.seed, fixed=fixed,
+                                               projection=cfg.projection_init)
     base_classes = base.get("classes") or [str(i) for i in range(base_G.num_classes)]
     info["matched_base_class"] = {c: base_classes[b] for c, b in zip(dataset.classes, info["match"])}
     # which starts a researcher set (TrainConfig.class_map) and which the similarity chose; the set ones are never

@@ -291,3 +291,29 @@ def test_finetune_keeps_each_class_between_different_class_sets(colour_base, tmp
     if class_init == "random":  # the swap was undone by relabelling, not by luck
         assert any(r.get("class_realign") for r in stats)
         assert runs.read_json(tmp_path / "ft" / "metrics.json")["class_realignments"]
+
+
+@pytest.mark.parametrize("projection", ["random", "matched"])
+def test_projection_class_embeddings_start_random_or_matched(projection):
+    """``projection_init``: D's projection-head class embeddings of the new classes are drawn afresh ('random') or
+    copied from the base classes each target class was matched to ('matched'), as G's label embeddings are."""
+    from histlib.gan.transfer import init_class_embeddings_from_base
+
+    torch.manual_seed(0)
+    base_G, base_D = tiny_g(num_classes=4).eval(), tiny_d(num_classes=4, cond_projection=True).eval()
+    G, D = tiny_g(num_classes=3), tiny_d(num_classes=3, cond_projection=True)
+    fresh = D.projection.cmap.weight.detach().clone()
+    real = torch.rand(12, 3, 16, 16) * 2 - 1
+    labels = torch.arange(3).repeat_interleave(4)
+    with torch.no_grad():
+        info = init_class_embeddings_from_base(G, D, base_G, base_D, real, labels, samples_per_class=4,
+                                               projection=projection)
+    assert info["projection"] == projection and len(set(info["match"])) == 3
+    wanted = base_D.projection.cmap.weight[torch.as_tensor(info["match"])] if projection == "matched" else fresh
+    assert torch.equal(D.projection.cmap.weight, wanted)
+    with pytest.raises(ValueError, match="projection="):
+        init_class_embeddings_from_base(G, D, base_G, base_D, real, labels, samples_per_class=4, projection="x")
+    from histlib.gan.config import TrainConfig
+
+    with pytest.raises(ValueError, match="projection_init"):
+        TrainConfig.from_profile("demo", projection_init="x").validate()
