@@ -103,7 +103,11 @@ def checkpoint_dict(state, full: bool, rng_all: list[dict[str, Any]] | None = No
 
 
 def check_resume_config(saved: dict[str, Any], cfg: TrainConfig, path: Path) -> None:
+    """Raises unless ``cfg`` computes what the checkpoint's config did. A field the checkpoint predates counts as its
+    default (fields are added with the default that keeps the old behaviour)."""
     current = dataclasses.asdict(cfg)
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
+    saved = {**{k: v for k, v in defaults.items() if k not in saved}, **saved}
     diff = sorted(k for k in set(saved) | set(current)
                   if k not in RESUME_MUTABLE_FIELDS and _plain(saved.get(k)) != _plain(current.get(k)))
     if diff:

@@ -169,11 +169,11 @@ class TrainConfig:
     freeze_d: int = 0
     freeze_g: int = 0
     class_init: str = "match"  # new classes when fine-tuning: 'match' (from the most similar base class) | 'random'
+    # 'match': target class -> base class set by hand, the rest matched (check_class_map); no base (scratch): unused
+    class_map: dict[str, str] | None = None
     # class_init='match' with a projection head in D: its new class embeddings drawn afresh ('random') or copied from
     # the matched base classes ('matched'), as G's are
     projection_init: str = "random"
-    # 'match': target class -> base class set by hand, the rest matched (check_class_map); no base (scratch): unused
-    class_map: dict[str, str] | None = None
     realign_classes: bool = True  # fine-tuning with new classes: relabel G's embeddings when D sees classes swapped
     realign_min_gain: float = 0.2
     realign_min_real_recall: float = 0.75  # D must tell the classes it would move apart on real images this well

@@ -317,3 +317,17 @@ def test_projection_class_embeddings_start_random_or_matched(projection):
 
     with pytest.raises(ValueError, match="projection_init"):
         TrainConfig.from_profile("demo", projection_init="x").validate()
+
+
+def test_a_checkpoint_older_than_a_config_field_resumes_at_its_default(tmp_path):
+    """A field added after a checkpoint was written (``projection_init``) counts as its default when resuming; a
+    value other than the default is still a difference."""
+    from histlib.gan.checkpoint import check_resume_config
+    from histlib.gan.config import TrainConfig
+
+    cfg = TrainConfig.from_profile("demo")
+    saved = dataclasses.asdict(cfg)
+    del saved["projection_init"]
+    check_resume_config(saved, cfg, tmp_path / "ckpt.pt")
+    with pytest.raises(ValueError, match="projection_init"):
+        check_resume_config(saved, dataclasses.replace(cfg, projection_init="matched"), tmp_path / "ckpt.pt")
