@@ -19,9 +19,9 @@ profiles, 512 px AFHQ with ADA (λ = 0.5, τ = 0.5, m_p = 0.95; the only release
 m_n = 1 - m_p in both, as in their loss. The demo profile fine-tunes with λ = 0.5: at 0.25 three variants of the
 paper's grid drew lung_scc as lung_aca more often than scratch did on real data; at 0.5 none does (docs/results.md §1).
 The demo profile's D also takes the class by a projection term (``cond_projection``) and its base GAN trains
-D2D-CE on D only (``cond_lambda_g = 0``): over three seeds at 40 kimg on crc5 this matched the reference StyleGAN2-ADA
-in FID and coverage where D2D-CE on G had lost recall (docs/benchmarks.md, "Closing the recall gap"); fine-tuning puts
-D2D-CE back on G. The reduced and paper profiles keep the published method's D2D-CE alone (not measured at their
+D2D-CE on D only (``cond_lambda_g = 0``): over three seeds at 40 kimg on crc5 this reached the reference
+StyleGAN2-ADA's coverage and class agreement and came within 1 point of its FID, where D2D-CE on G had lost recall
+(docs/benchmarks.md, "Closing the recall gap"); fine-tuning puts D2D-CE back on G. The reduced and paper profiles keep the published method's D2D-CE alone (not measured at their
 scale).
 """
 
