@@ -21,8 +21,8 @@ paper's grid drew lung_scc as lung_aca more often than scratch did on real data;
 The demo profile's D also takes the class by a projection term (``cond_projection``) and its base GAN trains
 D2D-CE on D only (``cond_lambda_g = 0``): over three seeds at 40 kimg on crc5 this reached the reference
 StyleGAN2-ADA's coverage and class agreement and came within 1 point of its FID, where D2D-CE on G had lost recall
-(docs/benchmarks.md, "Closing the recall gap"); fine-tuning puts D2D-CE back on G. The reduced and paper profiles keep the published method's D2D-CE alone (not measured at their
-scale).
+(docs/benchmarks.md, "Closing the recall gap"); fine-tuning puts D2D-CE back on G. The reduced and paper
+profiles keep the published method's D2D-CE alone (not measured at their scale).
 """
 
 from __future__ import annotations
