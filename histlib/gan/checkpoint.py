@@ -107,7 +107,7 @@ def check_resume_config(saved: dict[str, Any], cfg: TrainConfig, path: Path) -> 
     default (fields are added with the default that keeps the old behaviour)."""
     current = dataclasses.asdict(cfg)
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
-    saved = {**{k: v for k, v in defaults.items() if k not in saved}, **saved}
+    saved = {**defaults, **saved}
     diff = sorted(k for k in set(saved) | set(current)
                   if k not in RESUME_MUTABLE_FIELDS and _plain(saved.get(k)) != _plain(current.get(k)))
     if diff:

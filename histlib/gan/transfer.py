@@ -31,7 +31,7 @@ from torch import nn
 
 from histlib import runs
 from histlib.device import forked_rng
-from histlib.gan.config import TrainConfig, check_class_map
+from histlib.gan.config import PROJECTION_INITS, TrainConfig, check_class_map
 from histlib.gan.distributed import Dist, broadcast_object
 from histlib.gan.finetune_report import write_finetune_report
 from histlib.gan.networks import Discriminator, Generator
@@ -256,8 +256,8 @@ def init_class_embeddings_from_base(G: Generator, D: Discriminator, base_G: Gene
         D.proxies.weight.copy_(base_D.proxies.weight[idx])
     elif proxies != "random":
         raise ValueError(f"proxies={proxies!r}: expected 'random', 'centres' or 'matched'")
-    if projection not in ("random", "matched"):
-        raise ValueError(f"projection={projection!r}: expected 'random' or 'matched'")
+    if projection not in PROJECTION_INITS:
+        raise ValueError(f"projection={projection!r}: expected one of {PROJECTION_INITS}")
     has_head = D.projection is not None and base_D.projection is not None
     if projection == "matched" and has_head:
         D.projection.cmap.weight.copy_(base_D.projection.cmap.weight[idx])

@@ -99,17 +99,28 @@ def _supersede_outputs(study: Study, step: Step) -> None:
     old = runs.read_json(state).get("hash")
     if old == step.hash:
         return
-    dest_root = runs.project_path(study.results_root / ".superseded" / study.name / f"{step.name}-{old}")
+    dest_root = _superseded_dir(study, step.name, old)
+    moved = _move_aside(dest_root, _step_outputs(step))
+    if moved:
+        print(f"{step.name}: settings changed since the last run; its previous outputs ({len(moved)}) moved to "
+              f"{runs.display_path(dest_root)}")
+
+
+def _superseded_dir(study: Study, name: str, old_hash: str | None) -> Path:
+    """``<results>/.superseded/<study>/<step>-<old hash>/``: where a step's earlier outputs go."""
+    return runs.project_path(study.results_root / ".superseded" / study.name / f"{name}-{old_hash}")
+
+
+def _move_aside(dest_root: Path, items: list[tuple[str, Path]]) -> list[str]:
+    """Moves each existing ``(name, path)`` to ``dest_root / name``; returns the names moved."""
     moved = []
-    for name, src in _step_outputs(step):
+    for name, src in items:
         if src.exists():
             dest = dest_root / name
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.move(str(src), str(dest))
             moved.append(name)
-    if moved:
-        print(f"{step.name}: settings changed since the last run; its previous outputs ({len(moved)}) moved to "
-              f"{runs.display_path(dest_root)}")
+    return moved
 
 
 def retire_dropped_steps(study: Study, steps: list[Step], move: bool = True) -> list[str]:
@@ -134,26 +145,19 @@ def retire_dropped_steps(study: Study, steps: list[Step], move: bool = True) -> 
     retired = []
     for state in sorted(state_dir.glob("*.json")):
         name = state.stem
-        if name in planned:
+        stage = by_prefix.get(name.split("__")[0])
+        if name in planned or stage is None:
+            continue
+        retired.append(name)
+        if not move:
             continue
         info = runs.read_json(state)
-        stage = by_prefix.get(name.split("__")[0])
-        if stage is None:
-            continue
-        if not move:
-            retired.append(name)
-            continue
         old = Step(stage, None, name, STAGES[stage], dict(info.get("params") or {}), [])
-        dest_root = runs.project_path(study.results_root / ".superseded" / study.name / f"{name}-{info.get('hash')}")
+        dest_root = _superseded_dir(study, name, info.get("hash"))
         reports = [state.parent.parent / f"{name}{suffix}" for suffix in (".ipynb", ".html", ".failed.ipynb",
                                                                            ".failed.html")]
-        moved = [(n, src) for n, src in _step_outputs(old) if src.exists()]
-        moved += [(f"notebooks/{p.name}", p) for p in reports if p.exists()] + [("notebooks/.state.json", state)]
-        for n, src in moved:
-            dest = dest_root / n
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.move(str(src), str(dest))
-        retired.append(name)
+        moved = _move_aside(dest_root, [*_step_outputs(old), *((f"notebooks/{p.name}", p) for p in reports),
+                                        ("notebooks/.state.json", state)])
         print(f"{name}: no longer in the study's plan; its outputs ({len(moved) - 1} besides its state) moved to "
               f"{runs.display_path(dest_root)}")
     return retired
