@@ -491,6 +491,9 @@ class Discriminator(nn.Module):
         cond_projection: add a projection term (:class:`ProjectionHead`) to the adversarial logit, so that the
             logit itself depends on the class (as StyleGAN2-ADA's); without it the logit is unconditional and the
             class enters only through D2D-CE.
+        uncond_logit: keep the unconditional term of the adversarial logit (default). ``False`` needs
+            ``cond_projection`` and makes the logit the projection term alone, as StyleGAN2-ADA's discriminator
+            scores an image only against its class.
         mp_dtype: half-precision dtype on accelerators, see :func:`compute_dtype`.
     """
 
@@ -510,6 +513,7 @@ class Discriminator(nn.Module):
         mbstd_num_channels: int = 1,
         embed_dim: int = 512,
         cond_projection: bool = False,
+        uncond_logit: bool = True,
         mp_dtype: str = "auto",
     ) -> None:
         super().__init__()
@@ -517,6 +521,11 @@ class Discriminator(nn.Module):
             raise ValueError(f"num_classes: expected >= 1, got {num_classes}")
         if not isinstance(cond_projection, bool):
             raise ValueError(f"cond_projection: expected true or false, got {cond_projection!r}")
+        if not isinstance(uncond_logit, bool):
+            raise ValueError(f"uncond_logit: expected true or false, got {uncond_logit!r}")
+        if not uncond_logit and not cond_projection:
+            raise ValueError("uncond_logit=False: the logit would have no term left; set cond_projection=True "
+                             "(the logit is then the projection term alone)")
         log2 = _check_resolution("img_resolution", img_resolution, 8)
         self.num_classes = num_classes
         self.img_resolution = img_resolution
@@ -536,7 +545,7 @@ class Discriminator(nn.Module):
         self.mbstd = MinibatchStdLayer(mbstd_group_size, mbstd_num_channels)
         self.conv = Conv2dLayer(c4 + mbstd_num_channels, c4, 3, activation="lrelu", conv_clamp=conv_clamp)
         self.fc = FullyConnectedLayer(c4 * 4 * 4, c4, activation="lrelu")
-        self.out = FullyConnectedLayer(c4, 1)
+        self.out = FullyConnectedLayer(c4, 1) if uncond_logit else None
         self.embed = FullyConnectedLayer(c4, embed_dim)
         self.proxies = nn.Embedding(num_classes, embed_dim)
         self.projection = ProjectionHead(num_classes, c4, c4) if cond_projection else None
@@ -557,8 +566,8 @@ class Discriminator(nn.Module):
             x = block(x, img)
         x = self.mbstd(x.to(self.conv.weight.dtype))  # [N, C4 + F, 4, 4]
         x = self.fc(self.conv(x).flatten(1))  # [N, C4]
-        logits = self.out(x).squeeze(1)  # [N]
-        if self.projection is not None:
+        logits = self.projection(x, c) if self.out is None else self.out(x).squeeze(1)  # [N]
+        if self.projection is not None and self.out is not None:
             logits = logits + self.projection(x, c)
         embed = F.normalize(self.embed(x), dim=1)  # [N, E]
         proxy = F.normalize(self.proxies(c.long()), dim=1)  # [N, E]

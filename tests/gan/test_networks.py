@@ -231,6 +231,26 @@ def test_projection_head_makes_the_logit_conditional_and_transfers_like_the_prox
         tiny_d(cond_projection="yes")
 
 
+def test_a_projection_only_logit_is_the_projection_term_alone():
+    torch.manual_seed(0)
+    D = tiny_d(cond_projection=True, uncond_logit=False)
+    assert D.out is None and not any(k.startswith("out.") for k in D.state_dict())
+    x, c = torch.randn(4, 3, 16, 16), torch.tensor([0, 1, 2, 0])
+    logits, _, _ = D(x, c)
+    # the same features through the head give the logit, with no other term
+    feats = {}
+    D.fc.register_forward_hook(lambda m, i, o: feats.setdefault("x", o))
+    D(x, c)
+    torch.testing.assert_close(logits, D.projection(feats["x"], c))
+    both = tiny_d(cond_projection=True)
+    both.load_state_dict(D.state_dict(), strict=False)
+    assert not torch.allclose(both(x, c)[0], logits)  # the unconditional term is what differs
+    with pytest.raises(ValueError, match="uncond_logit=False.*cond_projection=True"):
+        tiny_d(uncond_logit=False)
+    with pytest.raises(ValueError, match="uncond_logit"):
+        tiny_d(cond_projection=True, uncond_logit=0)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Second-order gradients (R1 and path-length regularisation)
 
