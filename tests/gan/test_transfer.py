@@ -227,6 +227,10 @@ def test_finetune_of_a_projection_base_keeps_the_head_and_refuses_another_d(toy,
         train_gan(tiny_cfg(renamed, kimg=0.016, resume_from=str(base), D_kwargs={"cond_projection": False}),
                   tmp_path / "plain")
     assert not (tmp_path / "plain").exists()
+    with pytest.raises(ValueError, match="D uncond_logit True in the base vs False here"):
+        train_gan(tiny_cfg(renamed, kimg=0.016, resume_from=str(base),
+                           D_kwargs={"cond_projection": True, "uncond_logit": False}), tmp_path / "only")
+    assert not (tmp_path / "only").exists()
 
 
 # ----------------------------------------------------------------------------------------------------------------
