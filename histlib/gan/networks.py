@@ -449,23 +449,27 @@ class DiscriminatorBlock(nn.Module):
 class ProjectionHead(nn.Module):
     """Class-conditional term of the adversarial logit (projection discriminator, Miyato & Koyama 2018).
 
-    ``<W x, e_c> / sqrt(dim)`` for D's features ``x`` and a learned class embedding ``e_c`` normalised to unit second
-    moment, as StyleGAN2-ADA conditions its discriminator (there the embedding passes through a few more layers).
+    ``<W x, m(e_c)> / sqrt(dim)`` for D's features ``x`` and a learned class embedding ``e_c`` normalised to unit
+    second moment, as StyleGAN2-ADA conditions its discriminator. ``m`` is the identity (``layers`` 0) or, as there,
+    ``layers`` leaky-ReLU dense layers at a learning-rate multiplier of 0.01: a slowly learned map under which the
+    classes' embeddings start closer together than the nearly orthogonal random draws themselves.
     Unlike D2D-CE it scores whether an image fits its label without pulling a class's images together.
     """
 
     #: Tensors whose size depends on the number of classes (re-initialised by :func:`load_pretrained`).
     class_embedding_tensors = ("cmap.weight",)
 
-    def __init__(self, num_classes: int, in_features: int, dim: int) -> None:
+    def __init__(self, num_classes: int, in_features: int, dim: int, layers: int = 0) -> None:
         super().__init__()
         self.dim = dim
         self.proj = FullyConnectedLayer(in_features, dim)
         self.cmap = nn.Embedding(num_classes, dim)
         nn.init.normal_(self.cmap.weight)
+        self.mlp = nn.Sequential(*(FullyConnectedLayer(dim, dim, activation="lrelu", lr_multiplier=0.01)
+                                   for _ in range(layers)))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:  # -> [N]
-        cmap = normalize_2nd_moment(self.cmap(c.long()).to(x.dtype))  # [N, dim]
+        cmap = self.mlp(normalize_2nd_moment(self.cmap(c.long()).to(x.dtype)))  # [N, dim]
         return (self.proj(x) * cmap).sum(dim=1) / math.sqrt(self.dim)
 
     @torch.no_grad()
@@ -494,6 +498,8 @@ class Discriminator(nn.Module):
         uncond_logit: keep the unconditional term of the adversarial logit (default). ``False`` needs
             ``cond_projection`` and makes the logit the projection term alone, as StyleGAN2-ADA's discriminator
             scores an image only against its class.
+        projection_layers: dense layers between the projection head's class embedding and the logit (0: none;
+            StyleGAN2-ADA has 8 at a learning-rate multiplier of 0.01), see :class:`ProjectionHead`.
         mp_dtype: half-precision dtype on accelerators, see :func:`compute_dtype`.
     """
 
@@ -514,6 +520,7 @@ class Discriminator(nn.Module):
         embed_dim: int = 512,
         cond_projection: bool = False,
         uncond_logit: bool = True,
+        projection_layers: int = 0,
         mp_dtype: str = "auto",
     ) -> None:
         super().__init__()
@@ -526,6 +533,10 @@ class Discriminator(nn.Module):
         if not uncond_logit and not cond_projection:
             raise ValueError("uncond_logit=False: the logit would have no term left; set cond_projection=True "
                              "(the logit is then the projection term alone)")
+        if isinstance(projection_layers, bool) or not isinstance(projection_layers, int) or projection_layers < 0:
+            raise ValueError(f"projection_layers: expected an integer >= 0, got {projection_layers!r}")
+        if projection_layers and not cond_projection:
+            raise ValueError("projection_layers: only with cond_projection=True (they map its class embedding)")
         log2 = _check_resolution("img_resolution", img_resolution, 8)
         self.num_classes = num_classes
         self.img_resolution = img_resolution
@@ -548,7 +559,7 @@ class Discriminator(nn.Module):
         self.out = FullyConnectedLayer(c4, 1) if uncond_logit else None
         self.embed = FullyConnectedLayer(c4, embed_dim)
         self.proxies = nn.Embedding(num_classes, embed_dim)
-        self.projection = ProjectionHead(num_classes, c4, c4) if cond_projection else None
+        self.projection = ProjectionHead(num_classes, c4, c4, projection_layers) if cond_projection else None
 
     def forward(self, img: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Scores images ``[N, C, R, R]`` with class indices ``c [N]``.

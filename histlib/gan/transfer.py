@@ -382,9 +382,9 @@ def check_base_matches(base: dict[str, Any], net_kwargs: dict[str, Any], cfg: Tr
     keys = ("z_dim", "w_dim", "mapping_layers", "channel_base", "channel_max")
     diff = {k: (theirs.get(k), ours.get(k)) for k in keys if k in theirs and theirs.get(k) != ours.get(k)}
     d_theirs = (base.get("network_kwargs") or {}).get("D") or {}
-    for key, default in (("cond_projection", False), ("uncond_logit", True)):
-        if bool(d_theirs.get(key, default)) != bool(net_kwargs["D"].get(key, default)):
-            diff[f"D {key}"] = (bool(d_theirs.get(key, default)), bool(net_kwargs["D"].get(key, default)))
+    for key, default in (("cond_projection", False), ("uncond_logit", True), ("projection_layers", 0)):
+        if d_theirs.get(key, default) != net_kwargs["D"].get(key, default):
+            diff[f"D {key}"] = (d_theirs.get(key, default), net_kwargs["D"].get(key, default))
     if diff:
         detail = ", ".join(f"{k} {a} in the base vs {b} here" for k, (a, b) in diff.items())
         raise ValueError(f"TrainConfig.resume_from={base['path']}: the base networks differ ({detail}); use the "

@@ -251,6 +251,34 @@ def test_a_projection_only_logit_is_the_projection_term_alone():
         tiny_d(cond_projection=True, uncond_logit=0)
 
 
+def test_projection_layers_map_the_class_embedding_slowly_and_transfer_with_the_head():
+    torch.manual_seed(0)
+    D = tiny_d(num_classes=4, cond_projection=True, uncond_logit=False, projection_layers=3)
+    assert len(D.projection.mlp) == 3
+    head = D.projection
+    e = torch.nn.functional.normalize(head.cmap.weight, dim=1)
+    # through the layers the classes' embeddings start closer together than the random draws themselves
+    with torch.no_grad():
+        m = torch.nn.functional.normalize(head.mlp(e * math.sqrt(head.dim)), dim=1)
+    off = ~torch.eye(4, dtype=torch.bool)
+    assert (m @ m.t())[off].mean() > (e @ e.t())[off].mean() + 0.1
+    # second order through the layers (R1), and their learning rate is 1 % of the embedding's
+    x = torch.randn(4, 3, 16, 16, requires_grad=True)
+    (g,) = torch.autograd.grad(D(x, torch.tensor([0, 1, 2, 3]))[0].sum(), x, create_graph=True)
+    g.square().sum().backward()
+    assert all(p.grad is not None for p in head.mlp.parameters())
+    assert head.mlp[0].weight_gain < 0.01 * 2 / math.sqrt(head.dim)
+    D3 = tiny_d(num_classes=3, cond_projection=True, uncond_logit=False, projection_layers=3)
+    report = load_pretrained(D3, D.state_dict())
+    assert report["reinitialised"] == ["projection.cmap.weight", "proxies.weight"]
+    assert torch.equal(D3.projection.mlp[2].weight, head.mlp[2].weight)
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="projection_layers"):
+            tiny_d(cond_projection=True, projection_layers=bad)
+    with pytest.raises(ValueError, match="projection_layers: only with cond_projection"):
+        tiny_d(projection_layers=2)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Second-order gradients (R1 and path-length regularisation)
 
