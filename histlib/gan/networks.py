@@ -572,17 +572,21 @@ class Discriminator(nn.Module):
         if img.ndim != 4 or tuple(img.shape[1:]) != expected:
             raise ValueError(f"img: expected [N, {', '.join(map(str, expected))}], got {tuple(img.shape)}")
         _check_labels(c, img.shape[0], self.num_classes)
-        x = None
-        for block in self.blocks:
-            x = block(x, img)
-        x = self.mbstd(x.to(self.conv.weight.dtype))  # [N, C4 + F, 4, 4]
-        x = self.fc(self.conv(x).flatten(1))  # [N, C4]
+        x = self.features(img)  # [N, C4]
         logits = self.projection(x, c) if self.out is None else self.out(x).squeeze(1)  # [N]
         if self.projection is not None and self.out is not None:
             logits = logits + self.projection(x, c)
         embed = F.normalize(self.embed(x), dim=1)  # [N, E]
         proxy = F.normalize(self.proxies(c.long()), dim=1)  # [N, E]
         return logits, embed, proxy
+
+    def features(self, img: torch.Tensor) -> torch.Tensor:
+        """The features ``[N, C4]`` both heads read (the adversarial logit and the D2D-CE embedding); no class."""
+        x = None
+        for block in self.blocks:
+            x = block(x, img)
+        x = self.mbstd(x.to(self.conv.weight.dtype))  # [N, C4 + F, 4, 4]
+        return self.fc(self.conv(x).flatten(1))
 
     @torch.no_grad()
     def reset_class_embeddings(self) -> None:

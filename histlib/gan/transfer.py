@@ -146,22 +146,29 @@ def load_pretrained(
     return {"loaded": loaded, "skipped": skipped, "reinitialised": sorted(reinit_names)}
 
 
+CENTRE_SPACES = ("embed", "features")
+
+
 @torch.no_grad()
 def class_centres(D: Discriminator, images: torch.Tensor, labels: torch.Tensor, num_classes: int,
-                  batch_size: int = 256) -> torch.Tensor:
-    """Mean L2-normalised D2D-CE embedding of each class's images, normalised: ``[num_classes, E]``.
+                  batch_size: int = 256, space: str = "embed") -> torch.Tensor:
+    """Mean L2-normalised view of each class's images by D, normalised: ``[num_classes, E]``.
 
     Args:
-        D: a discriminator (its embedding head is used; labels are not).
+        D: a discriminator (labels are not used).
         images: ``[N, C, R, R]`` in [-1, 1].
         labels: ``[N]`` class indices.
         num_classes: number of classes (every one must have an image).
+        space: ``'embed'`` (the D2D-CE embedding head) or ``'features'`` (the features both heads read,
+            :meth:`Discriminator.features`; for a D trained without D2D-CE, whose embedding head never learned).
     """
+    if space not in CENTRE_SPACES:
+        raise ValueError(f"space={space!r}: expected one of {CENTRE_SPACES}")
     D_labels = torch.zeros(min(batch_size, len(images)), dtype=torch.int64, device=images.device)
     embeds = []
     for i in range(0, len(images), batch_size):
         x = images[i:i + batch_size]
-        _, e, _ = D(x, D_labels[: len(x)])
+        e = F.normalize(D.features(x), dim=1) if space == "features" else D(x, D_labels[: len(x)])[1]
         embeds.append(e.float())
     embed = torch.cat(embeds)  # [N, E]
     centres = []
@@ -200,12 +207,14 @@ def match_classes(similarity: torch.Tensor, fixed: Mapping[int, int] | None = No
 def init_class_embeddings_from_base(G: Generator, D: Discriminator, base_G: Generator, base_D: Discriminator,
                                     real: torch.Tensor, real_labels: torch.Tensor, samples_per_class: int = 64,
                                     seed: int = 0, proxies: str = "random",
-                                    fixed: Mapping[int, int] | None = None, projection: str = "random") -> dict:
+                                    fixed: Mapping[int, int] | None = None, projection: str = "random",
+                                    space: str = "embed") -> dict:
     """Starts each new class of a fine-tuned G and D from where the base networks already are, instead of at random.
 
     A freshly drawn class embedding makes the pretrained mapping network produce whatever base appearance happens to
     lie there, and fine-tuning rarely moves it across to the right one: target classes come out swapped (a
-    generator asked for class A draws class B). Instead, in the base discriminator's D2D-CE embedding space:
+    generator asked for class A draws class B). Instead, in the base discriminator's view (``space``: its D2D-CE
+    embedding, or the features both its heads read where the base trained without D2D-CE, see :func:`class_centres`):
 
     * the target classes' real images give one centre per target class;
     * the base generator's images of each base class give one centre per base class;
@@ -230,18 +239,21 @@ def init_class_embeddings_from_base(G: Generator, D: Discriminator, base_G: Gene
         fixed: ``{target class: base class}`` set by hand (``TrainConfig.class_map``); the others are matched.
         projection: D's projection-head class embeddings (when both D's have the head): ``'random'`` (freshly drawn,
             as :func:`load_pretrained` leaves them) or ``'matched'`` (the matched base class's, as G's).
+        space: ``'embed'`` or ``'features'``, where the centres are taken (:func:`class_centres`).
 
     Returns:
         ``{'method': 'match', 'similarity': [[...]] (target × base), 'match': [base index per target class]}``.
     """
     device = real.device
     K_t, K_b = G.num_classes, base_G.num_classes
-    target = class_centres(base_D, real, real_labels, K_t)  # [K_t, E]
+    if proxies == "centres" and space != "embed":
+        raise ValueError("proxies='centres' needs the centres in the D2D-CE embedding (space='embed')")
+    target = class_centres(base_D, real, real_labels, K_t, space=space)  # [K_t, E]
     gen = torch.Generator().manual_seed(int(seed))
     z = torch.randn([samples_per_class * K_b, base_G.z_dim], generator=gen).to(device)
     c = torch.arange(K_b, device=device).repeat_interleave(samples_per_class)
     fakes = torch.cat([base_G(z[i:i + 256], c[i:i + 256], noise_mode="const") for i in range(0, len(z), 256)])
-    source = class_centres(base_D, fakes, c, K_b)  # [K_b, E]
+    source = class_centres(base_D, fakes, c, K_b, space=space)  # [K_b, E]
     similarity = target @ source.t()  # [K_t, K_b]
     match = match_classes(similarity, fixed)
     idx = torch.as_tensor(match, device=device)
@@ -261,7 +273,8 @@ def init_class_embeddings_from_base(G: Generator, D: Discriminator, base_G: Gene
     has_head = D.projection is not None and base_D.projection is not None
     if projection == "matched" and has_head:
         D.projection.cmap.weight.copy_(base_D.projection.cmap.weight[idx])
-    return {"method": "match", "proxies": proxies, "similarity": similarity.cpu().tolist(), "match": match,
+    return {"method": "match", "proxies": proxies, "space": space, "similarity": similarity.cpu().tolist(),
+            "match": match,
             **({"projection": projection} if has_head else {})}
 
 
@@ -415,9 +428,11 @@ def init_new_classes(base: dict[str, Any], G, D, dataset, num_classes: int, cfg:
     base_D = Discriminator(**kw["D"]).to(device).eval()
     base_D.load_state_dict(base["D"])
     real, real_c = real_sample(dataset, num_classes, 64, cfg.seed, device)
+    # a base trained without D2D-CE (cond_lambda 0) never trained D's embedding head: match in the features it reads
+    space = "features" if float((base.get("config") or {}).get("cond_lambda", 1.0)) == 0 else "embed"
     with forked_rng(device):
         info = init_class_embeddings_from_base(G, D, base_G, base_D, real, real_c, seed=cfg.seed, fixed=fixed,
-                                               projection=cfg.projection_init)
+                                               projection=cfg.projection_init, space=space)
     base_classes = base.get("classes") or [str(i) for i in range(base_G.num_classes)]
     info["matched_base_class"] = {c: base_classes[b] for c, b in zip(dataset.classes, info["match"])}
     # which starts a researcher set (TrainConfig.class_map) and which the similarity chose; the set ones are never

@@ -335,3 +335,26 @@ def test_a_checkpoint_older_than_a_config_field_resumes_at_its_default(tmp_path)
     check_resume_config(saved, cfg, tmp_path / "ckpt.pt")
     with pytest.raises(ValueError, match="projection_init"):
         check_resume_config(saved, dataclasses.replace(cfg, projection_init="matched"), tmp_path / "ckpt.pt")
+
+
+def test_a_base_without_d2d_ce_matches_classes_in_d_s_features(tmp_path):
+    """A base trained with ``cond_lambda`` 0 (the class only through a projection-only logit) never trains D's
+    D2D-CE head; fine-tuning then matches the new classes in the features both heads read, and gets them right."""
+    proj_only = {"D_kwargs": {"cond_projection": True, "uncond_logit": False}}
+    data = make_colour_folder(tmp_path / "data", BASE_COLOURS, n=16)
+    cfg = tiny_cfg(data, kimg=4.0, tick_kimg=0.5, snapshot_ticks=100, batch_size=16, augment="none", lr_g=0.005,
+                   lr_d=0.005, r1_gamma=0.01, pl_weight=0.0, style_mixing_prob=0.0, ema_kimg=0.2, cond_lambda=0.0,
+                   **proj_only)
+    train_gan(cfg, tmp_path / "base")
+    G, info = load_generator(tmp_path / "base")
+    assert _class_colour_agreement(G, info["classes"], BASE_COLOURS)[0] == 1.0  # the projection taught the colours
+    target = make_colour_folder(tmp_path / "target", TARGET_COLOURS, n=16)
+    ft = dataclasses.replace(cfg, data_dir=str(target), kimg=0.032, resume_from=str(tmp_path / "base"),
+                             cond_lambda=0.5)
+    train_gan(ft, tmp_path / "ft")
+    report = runs.read_json(tmp_path / "ft" / "finetune.json")["class_init"]
+    assert report["space"] == "features"
+    assert report["matched_base_class"] == {"t_blue": "b_blue", "t_red": "b_red", "t_green": "b_green"}
+    from histlib.gan.transfer import class_centres
+    with pytest.raises(ValueError, match="space='nowhere'"):
+        class_centres(tiny_d(num_classes=4), torch.zeros(2, 3, 16, 16), torch.tensor([0, 1]), 2, space="nowhere")
