@@ -573,8 +573,8 @@ class Discriminator(nn.Module):
             raise ValueError(f"img: expected [N, {', '.join(map(str, expected))}], got {tuple(img.shape)}")
         _check_labels(c, img.shape[0], self.num_classes)
         x = self.features(img)  # [N, C4]
-        logits = self.projection(x, c) if self.out is None else self.out(x).squeeze(1)  # [N]
-        if self.projection is not None and self.out is not None:
+        logits = self.out(x).squeeze(1) if self.out is not None else 0  # [N]; uncond_logit=False: the projection alone
+        if self.projection is not None:
             logits = logits + self.projection(x, c)
         embed = F.normalize(self.embed(x), dim=1)  # [N, E]
         proxy = F.normalize(self.proxies(c.long()), dim=1)  # [N, E]

@@ -19,6 +19,7 @@ named and are never relabelled; the rest are matched as above among the other ba
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -274,8 +275,7 @@ def init_class_embeddings_from_base(G: Generator, D: Discriminator, base_G: Gene
     if projection == "matched" and has_head:
         D.projection.cmap.weight.copy_(base_D.projection.cmap.weight[idx])
     return {"method": "match", "proxies": proxies, "space": space, "similarity": similarity.cpu().tolist(),
-            "match": match,
-            **({"projection": projection} if has_head else {})}
+            "match": match, **({"projection": projection} if has_head else {})}
 
 
 @torch.no_grad()
@@ -395,7 +395,9 @@ def check_base_matches(base: dict[str, Any], net_kwargs: dict[str, Any], cfg: Tr
     keys = ("z_dim", "w_dim", "mapping_layers", "channel_base", "channel_max")
     diff = {k: (theirs.get(k), ours.get(k)) for k in keys if k in theirs and theirs.get(k) != ours.get(k)}
     d_theirs = (base.get("network_kwargs") or {}).get("D") or {}
-    for key, default in (("cond_projection", False), ("uncond_logit", True), ("projection_layers", 0)):
+    d_defaults = inspect.signature(Discriminator).parameters
+    for key in ("cond_projection", "uncond_logit", "projection_layers"):  # D options that change its weights
+        default = d_defaults[key].default
         if d_theirs.get(key, default) != net_kwargs["D"].get(key, default):
             diff[f"D {key}"] = (d_theirs.get(key, default), net_kwargs["D"].get(key, default))
     if diff:
