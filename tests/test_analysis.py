@@ -431,3 +431,45 @@ def test_selected_and_amount_sets_are_rows_of_their_own(answer):
     assert row["accuracy"] == pytest.approx(100 * 26.5 / 40) and row["best_frozen"]
     assert row["diff_accuracy"] == pytest.approx(100 * (26.5 - 31) / 40) and row["n_groups"] == 20
     assert not table.set_index(key).loc[("synthetic", "freeze_d1", "realism", "2x"), "paper_row"]
+
+
+def test_two_studies_compared_row_by_row_on_the_same_images(answer, tmp_path, capsys):
+    """``compare_studies`` / ``study compare``: B minus A per shared row, paired on the test images; a row only one
+    study has is left out; a row scored on other images has no interval and says why."""
+    import shutil
+
+    from histlib.__main__ import main
+
+    b = tmp_path / "results" / "after"
+    shutil.copytree(answer, b)
+    y = np.repeat([0, 1], 20)
+    for seed in range(3):  # freeze_g2's synthetic runs get 3 more images right in B, every seed
+        path = b / "lung" / "classify" / f"synthetic__freeze_g2__resnet34__seed{seed}" / "metrics.json"
+        m = runs.read_json(path)
+        pred = y.copy()
+        pred[34 + seed + 3:] = 1 - pred[34 + seed + 3:]
+        m.update(test_y_pred=pred.tolist(), test_accuracy=(34 + seed + 3) / 40)
+        runs.write_json(path, m)
+        shutil.rmtree(b / "lung" / "classify" / f"synthetic__scratch__resnet34__seed{seed}")
+        other = b / "lung" / "classify" / f"synthetic__freeze_d1__resnet34__seed{seed}" / "metrics.json"
+        m = runs.read_json(other)
+        m.update(test_y_true=y[::-1].tolist(), test_y_pred=y[::-1].tolist())
+        runs.write_json(other, m)
+    table = analysis.compare_studies(analysis.collect_metrics(answer), analysis.collect_metrics(b), n_boot=300)
+    rows = table.set_index(["train_set", "variant"])
+    assert ("synthetic", "scratch") not in rows.index and ("real", "") in rows.index
+    g2 = rows.loc[("synthetic", "freeze_g2")]
+    assert g2["accuracy_a"] == pytest.approx(100 * 35 / 40) and g2["accuracy_b"] == pytest.approx(100 * 38 / 40)
+    assert g2["diff_accuracy"] == pytest.approx(100 * 3 / 40) and g2["seeds_same_sign"] == "3/3"
+    # B gets right every image A gets right: no resample of the groups can make B worse
+    assert 0 <= g2["diff_accuracy_low"] < g2["diff_accuracy"] <= g2["diff_accuracy_high"]
+    assert rows.loc[("real", ""), "diff_accuracy"] == 0
+    d1 = rows.loc[("synthetic", "freeze_d1")]
+    assert math.isnan(d1["diff_accuracy"]) and d1["interval_note"] == "not scored on the same images as study A"
+    out = tmp_path / "cmp.csv"
+    assert main(["study", "compare", str(answer), str(b), "--boot", "200", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "900 generated with freezing freeze_g2" in printed and "+7.5 [" in printed
+    assert len(pd.read_csv(out)) == len(table)
+    assert main(["study", "compare", str(answer), str(tmp_path / "missing")]) == 2
+    assert "study results folder not found" in capsys.readouterr().err

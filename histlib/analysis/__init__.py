@@ -30,7 +30,7 @@ back; the learning curve's figure (:mod:`histlib.learning_curve`) sits above it.
 from __future__ import annotations
 
 from histlib.analysis import answer, curve, intervals  # noqa: F401 (analysis.intervals for users of the package)
-from histlib.analysis.answer import runs_table, scored_table  # noqa: F401 (notebook 06 and the index page)
+from histlib.analysis.answer import compare_studies, runs_table, scored_table  # noqa: F401 (notebook 06, the index page)
 from histlib.analysis.classification import (  # noqa: F401 (the package's names)
     PAPER_ROWS,
     BootstrapCI,

@@ -219,8 +219,10 @@ def _correct(preds: list[tuple], runs_part: pd.DataFrame) -> tuple[np.ndarray, n
     return np.stack([p == y for _, p, _ in preds]), y, groups
 
 
-def _differences(real: tuple, other: tuple, n_boot: int, ci: float, seed: int) -> dict[str, Any]:
-    """The columns ``diff_*``, ``n_groups``, ``seeds_same_sign`` and ``interval_note`` of one row."""
+def _differences(real: tuple, other: tuple, n_boot: int, ci: float, seed: int, against: str = "real"
+                 ) -> dict[str, Any]:
+    """The columns ``diff_*``, ``n_groups``, ``seeds_same_sign`` and ``interval_note`` of one row (``other``
+    minus ``real``; ``against`` names ``real`` in the note)."""
     out: dict[str, Any] = {}
     if isinstance(real, str) or isinstance(other, str):
         out["interval_note"] = real if isinstance(real, str) else other
@@ -229,7 +231,7 @@ def _differences(real: tuple, other: tuple, n_boot: int, ci: float, seed: int) -
     groups = groups if groups is not None else groups_other  # one side's record serves both: the same split
     if len(y) != len(y_other) or not np.array_equal(y, y_other) or (
             groups_other is not None and not np.array_equal(groups, groups_other)):
-        out["interval_note"] = "not scored on the same images as real"
+        out["interval_note"] = f"not scored on the same images as {against}"
         return out
     for metric in intervals.METRICS:
         r = intervals.paired_group_interval(c_other, c_real, y, groups, metric=metric, n_resamples=n_boot, ci=ci,
@@ -349,6 +351,71 @@ def _model_rows(ds: str, scored_on: str, model: str, dm: pd.DataFrame, paper: se
         if key != REAL_ROW and boot[0] > 0:
             row.update(_differences(real, this, *boot))
         out.append(row)
+    return out
+
+
+def compare_studies(df_a: pd.DataFrame, df_b: pd.DataFrame, n_boot: int = 2000, ci: float = 0.95,
+                    seed: int = 0) -> pd.DataFrame:
+    """Two studies' classifiers row by row: study B minus study A on the same held-out images (before and after a
+    change of defaults, say), with the group bootstrap interval of :mod:`histlib.analysis.intervals`.
+
+    A row is a dataset, scored set, training-set row (:data:`ROW_KEYS`) and classifier found in both studies. The
+    interval pairs the two sides image by image (the seeds of each side are resampled as the seeds of a row and of
+    ``real`` are in :func:`scored_table`); a re-run of the very same setting is not bit-identical on another machine
+    or thread count, so read a difference against the real rows' own difference between the studies.
+
+    Args:
+        df_a, df_b: :func:`histlib.analysis.collect_metrics` of the two studies (their ``attrs['study_dir']``
+            locate the per-image predictions).
+        n_boot, ci, seed: bootstrap settings.
+
+    Returns:
+        ``dataset, scored_on, <row keys>, model, training_set`` (B's label), ``accuracy_a``, ``accuracy_b``,
+        ``balanced_accuracy_a``, ``balanced_accuracy_b`` (seed means, %), ``n_seeds_a``, ``n_seeds_b``,
+        ``n_images``, ``diff_accuracy``, ``diff_balanced_accuracy`` (B − A, points) with ``*_low`` / ``*_high``,
+        ``seeds_same_sign`` and ``interval_note`` (why there is no interval). Empty when the studies share no row.
+    """
+    ra, rb = classifier_run_rows(df_a), classifier_run_rows(df_b)
+    if len(ra) == 0 or len(rb) == 0:
+        return pd.DataFrame()
+    preds_a = _Predictions(Path(df_a.attrs.get("study_dir", ".")))
+    preds_b = _Predictions(Path(df_b.attrs.get("study_dir", ".")))
+    rows = []
+    for (ds, model), db in rb.groupby(["dataset", "model"], sort=False):
+        da = ra[(ra["dataset"] == ds) & (ra["model"] == model)]
+        for scored_on in [s for s in scored_sets(db) if len(da) and s in scored_sets(da)]:
+            keys = _scalar_keys(scored_on)
+            sa = da[_col(da, keys["accuracy"]).notna()].sort_values("seed")
+            sb = db[_col(db, keys["accuracy"]).notna()].sort_values("seed")
+            for key, part_b in sb.groupby(list(ROW_KEYS), sort=False):
+                part_a = sa[sa[list(ROW_KEYS)].apply(tuple, axis=1) == key]
+                if len(part_a) == 0:
+                    continue
+                cells_a, cells_b = _score_cells(part_a, scored_on), _score_cells(part_b, scored_on)
+                row = {"dataset": ds, "scored_on": scored_on, **dict(zip(ROW_KEYS, key)), "model": model,
+                       "training_set": row_label(key, part_b)}
+                for metric in intervals.METRICS:
+                    row[f"{metric}_a"], row[f"{metric}_b"] = cells_a[metric], cells_b[metric]
+                row["n_seeds_a"], row["n_seeds_b"] = cells_a["n_seeds"], cells_b["n_seeds"]
+                this_a = _correct([preds_a.get(p, scored_on) for p in part_a["path"]], part_a)
+                this_b = _correct([preds_b.get(p, scored_on) for p in part_b["path"]], part_b)
+                if not isinstance(this_b, str):
+                    row["n_images"] = len(this_b[1])
+                diffs = _differences(this_a, this_b, n_boot, ci, seed, against="study A") if n_boot > 0 else {}
+                diffs.pop("n_seeds_real", None)
+                rows.append({**row, **diffs})
+    out = pd.DataFrame(rows)
+    if len(out) == 0:
+        return out
+    if "interval_note" in out:
+        out["interval_note"] = out["interval_note"].fillna("")
+    datasets = list(dict.fromkeys(rb["dataset"]))
+    out = out.loc[sorted(out.index, key=lambda i: (datasets.index(out.at[i, "dataset"]), out.at[i, "scored_on"],
+                                                    _row_order(tuple(out.loc[i, list(ROW_KEYS)])),
+                                                    out.at[i, "model"]))].reset_index(drop=True)
+    for col in ("n_seeds_a", "n_seeds_b", "n_images"):
+        if col in out:
+            out[col] = pd.to_numeric(out[col], errors="coerce").round().astype("Int64")
     return out
 
 

@@ -1,7 +1,9 @@
-"""``python -m histlib study {run, plan, step} STUDY.yaml``: the study's command line.
+"""``python -m histlib study {run, plan, step} STUDY.yaml`` and ``study compare RESULTS_A RESULTS_B``: the study's
+command line.
 
 ``step`` runs one step by name: the command the ``local`` and ``slurm`` executors start for each step (so they never
-import the runner).
+import the runner). ``compare`` sets two finished studies' classifiers side by side, row by row, with the paired
+group interval of B minus A (:func:`histlib.analysis.compare_studies`).
 """
 
 from __future__ import annotations
@@ -10,13 +12,15 @@ import argparse
 import sys
 from pathlib import Path
 
+import pandas as pd
+
 from histlib import runs
 from histlib.study.run import run_single_step, run_study
 from histlib.study.spec import STAGES, StudyError, load_study
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``run``, ``plan`` and ``step`` sub-commands and their options."""
+    """The ``run``, ``plan``, ``step`` and ``compare`` sub-commands and their options."""
     sub = parser.add_subparsers(dest="action", required=True)
     p_run = sub.add_parser("run", help="execute the study's notebooks (skipping finished steps)")
     p_plan = sub.add_parser("plan", help="show the steps, their parameters and which would be skipped")
@@ -38,10 +42,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p_step.add_argument("study")
     p_step.add_argument("--step", required=True)
     p_step.add_argument("--results", default="results")
+    p_cmp = sub.add_parser("compare", help="two studies' classifiers row by row: B minus A on the same test images")
+    p_cmp.add_argument("study_a", help="results folder of study A, e.g. results/dev_real")
+    p_cmp.add_argument("study_b", help="results folder of study B")
+    p_cmp.add_argument("--out", default=None, help="also write the table as CSV here")
+    p_cmp.add_argument("--boot", type=int, default=2000, help="bootstrap resamples of the intervals (default 2000)")
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from histlib.analysis import collect_metrics, compare_studies
+
+    if args.boot < 0:
+        raise ValueError(f"--boot: expected a number of resamples >= 0, got {args.boot}")
+    table = compare_studies(collect_metrics(args.study_a), collect_metrics(args.study_b), n_boot=args.boot)
+    if table.empty:
+        print(f"{args.study_a} and {args.study_b} share no classifier row (same dataset, training set, model)")
+        return 1
+    for ds, part in table.groupby("dataset", sort=False):
+        print(f"\n{ds}: accuracy (%) of A and B, B − A [95 % interval] and the seeds whose own difference has its "
+              f"sign; scored on {', '.join(dict.fromkeys(part['scored_on']))}")
+        width = int(part["training_set"].str.len().max())
+        for _, r in part.iterrows():
+            diff = (f"{r['diff_accuracy']:+.1f} [{r['diff_accuracy_low']:+.1f}, {r['diff_accuracy_high']:+.1f}] "
+                    f"{r['seeds_same_sign']}" if pd.notna(r.get("diff_accuracy_low")) else r.get("interval_note", ""))
+            print(f"  {r['training_set']:{width}s}  {r['model']}  {r['accuracy_a']:5.1f} {r['accuracy_b']:5.1f}  {diff}")
+    if args.out:
+        runs.atomic_write_text(args.out, table.to_csv(index=False))
+        print(f"\nwritten: {runs.display_path(args.out)}")
+    return 0
 
 
 def main(args: argparse.Namespace) -> int:
     """Runs the sub-command; exit status 2 for a study that cannot run as written, 1 when a step failed."""
+    if args.action == "compare":
+        return _compare(args)
     if args.action == "step":
         try:
             print(runs.display_path(run_single_step(args.study, args.step, args.results)))
