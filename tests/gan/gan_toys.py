@@ -27,10 +27,14 @@ def make_colour_folder(root, colours, n=10, size=16, seed=0):
 
 
 def tiny_cfg(data_dir, **overrides):
-    """Two iterations of batch 8 per tick; every lazy regulariser and ADA update runs within a few iterations."""
+    """Two iterations of batch 8 per tick; every lazy regulariser and ADA update runs within a few iterations.
+    ``G_kwargs`` / ``D_kwargs`` given here add to the tiny networks' (``TINY``), they do not replace them."""
     base = dict(TINY, data_dir=str(data_dir), resolution=16, batch_size=8, kimg=0.032, tick_kimg=0.016,
                 snapshot_ticks=1, pl_interval=2, r1_interval=2, ada_interval=1, ada_kimg=0.2, grid_columns=3,
                 progress=False, ema_kimg=0.05)
+    for net in ("G_kwargs", "D_kwargs"):
+        if overrides.get(net) is not None:
+            overrides = {**overrides, net: {**TINY[net], **overrides[net]}}
     return TrainConfig.from_profile("demo", **{**base, **overrides})
 
 
