@@ -383,7 +383,10 @@ def compare_studies(df_a: pd.DataFrame, df_b: pd.DataFrame, n_boot: int = 2000, 
     rows = []
     for (ds, model), db in rb.groupby(["dataset", "model"], sort=False):
         da = ra[(ra["dataset"] == ds) & (ra["model"] == model)]
-        for scored_on in [s for s in scored_sets(db) if len(da) and s in scored_sets(da)]:
+        if len(da) == 0:
+            continue
+        in_a = set(scored_sets(da))
+        for scored_on in [s for s in scored_sets(db) if s in in_a]:
             keys = _scalar_keys(scored_on)
             sa = da[_col(da, keys["accuracy"]).notna()].sort_values("seed")
             sb = db[_col(db, keys["accuracy"]).notna()].sort_values("seed")

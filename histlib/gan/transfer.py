@@ -431,7 +431,9 @@ def init_new_classes(base: dict[str, Any], G, D, dataset, num_classes: int, cfg:
     base_D.load_state_dict(base["D"])
     real, real_c = real_sample(dataset, num_classes, 64, cfg.seed, device)
     # a base trained without D2D-CE (cond_lambda 0) never trained D's embedding head: match in the features it reads
-    space = "features" if float((base.get("config") or {}).get("cond_lambda", 1.0)) == 0 else "embed"
+    # (a base config without the field trained at the field's default, as check_resume_config reads it)
+    base_lambda = (base.get("config") or {}).get("cond_lambda", TrainConfig.cond_lambda)
+    space = "features" if float(base_lambda) == 0 else "embed"
     with forked_rng(device):
         info = init_class_embeddings_from_base(G, D, base_G, base_D, real, real_c, seed=cfg.seed, fixed=fixed,
                                                projection=cfg.projection_init, space=space)
