@@ -103,10 +103,11 @@ def _ours(a: dict, batch: int, num_classes: int, device: str, impl: str, data=No
     extra["seed"] = seed
     if data is not None:
         extra.update(overrides or {})
-    cfg = TrainConfig.from_profile(
-        a["profile"], data_dir=str(folder), resolution=a["res"], batch_size=batch, device=device, augment="fixed",
-        augment_p=p, kernel_impl=impl, mixed_precision=a["num_fp16_res"] > 0, r1_gamma=a["r1_gamma"], progress=False,
-        class_check_per_class=0, **extra)
+    # the shared settings first; a learning run's overrides may change any of them on our side (R1 γ, ADA, ...)
+    settings = dict(data_dir=str(folder), resolution=a["res"], batch_size=batch, device=device, augment="fixed",
+                    augment_p=p, kernel_impl=impl, mixed_precision=a["num_fp16_res"] > 0, r1_gamma=a["r1_gamma"],
+                    progress=False, class_check_per_class=0)
+    cfg = TrainConfig.from_profile(a["profile"], **{**settings, **extra})
     dataset = ImageDataset(folder, transform=to_uint8_tensor)
     ops.set_default_impl(impl)
     state = build_state(cfg, dataset, num_classes, torch.device(device), Dist(), None)

@@ -100,3 +100,31 @@ def test_our_side_follows_the_seed(learn):
         images[name] = sample(z, c)
     assert torch.equal(images["a"], images["a_again"])
     assert not torch.allclose(images["a"], images["b"])
+
+
+def test_our_side_takes_overrides_of_the_shared_settings(learn, monkeypatch):
+    """``--set r1_gamma=...`` (a setting the harness also sets for both sides) reaches our side's config instead of
+    failing with a duplicate keyword; the settings not overridden stay the shared ones."""
+    import histlib.gan.state
+    import vs_reference
+
+    a = vs_reference._arch(32, "cpu")
+    seen = {}
+    real_build = histlib.gan.state.build_state
+
+    def build_state(cfg, *args, **kwargs):
+        seen["cfg"] = cfg
+        return real_build(cfg, *args, **kwargs)
+
+    monkeypatch.setattr(histlib.gan.state, "build_state", build_state)
+
+    def data():
+        return torch.zeros(4, 3, 32, 32), torch.zeros(4, dtype=torch.long)
+
+    vs_reference._ours(a, 4, 2, "cpu", "ref", data=data, p=0.0,
+                       overrides={"r1_gamma": 0.5, "style_mixing_prob": 0.0, "G_kwargs": {"mapping_layers": 3}})
+    cfg = seen["cfg"]
+    assert (cfg.r1_gamma, cfg.style_mixing_prob, cfg.augment, cfg.augment_p) == (0.5, 0.0, "fixed", 0.0)
+    assert cfg.G_kwargs == {"mapping_layers": 3}
+    vs_reference._ours(a, 4, 2, "cpu", "ref", data=data, p=0.0)
+    assert seen["cfg"].r1_gamma == a["r1_gamma"]
