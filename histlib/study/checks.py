@@ -29,7 +29,8 @@ def _params(step) -> dict[str, Any]:
     return {**(stage_parameters(step.stage) or {}), **step.params}
 
 
-def _prepare_config(p: dict[str, Any]):
+def _prepare_config(p: dict[str, Any], check: bool = True):
+    """The data step's ``PrepareConfig`` from its notebook parameters (``check``: also validate it and its groups)."""
     from histlib.data.prepare import PrepareConfig, check_config, check_groups
 
     cfg = PrepareConfig(source=p["SOURCE_DIR"], out=p["OUT_DIR"], patch=p["PATCH"], stride=p["STRIDE"],
@@ -38,8 +39,9 @@ def _prepare_config(p: dict[str, Any]):
                         group_by=p["GROUP_BY"], seed=p["SEED"], annotations=p["ANNOTATIONS"],
                         min_fraction=p["MIN_FRACTION"], resize=p["RESIZE"], image_format=p["IMAGE_FORMAT"],
                         workers=p["WORKERS"], allow_missing_group=p["ALLOW_MISSING_GROUP"]).resolve_paths()
-    check_config(cfg)
-    check_groups(cfg)
+    if check:
+        check_config(cfg)
+        check_groups(cfg)
     return cfg
 
 
@@ -223,17 +225,10 @@ def validate(steps: list[Step], study: Study) -> None:
                              f"{step.notebook} does not declare; it accepts {sorted(accepted)}")
 
 
-_PREPARE_FIELDS = {"SOURCE_DIR": "source", "OUT_DIR": "out", "PATCH": "patch", "STRIDE": "stride", "STAIN": "stain",
-                   "VAL_FRACTION": "val_fraction", "TEST_FRACTION": "test_fraction", "SPLIT_FROM": "split_from",
-                   "SPLIT_RENAME": "split_rename", "SLIDES": "slides", "GROUP_BY": "group_by", "SEED": "seed",
-                   "ANNOTATIONS": "annotations", "MIN_FRACTION": "min_fraction", "RESIZE": "resize",
-                   "IMAGE_FORMAT": "image_format"}
-
-
 def prepared_conflicts(study: Study, steps: list[Step]) -> list[str]:
     """Data steps whose output folder holds a dataset prepared with other settings (e.g. by another study using
     the same dataset name): running them would replace it under the other study's feet."""
-    from histlib.data.prepare import PREPARE_JSON, PrepareConfig, prepare_hash
+    from histlib.data.prepare import PREPARE_JSON, prepare_hash
 
     defaults = stage_parameters("data") or {}
     out = []
@@ -244,7 +239,8 @@ def prepared_conflicts(study: Study, steps: list[Step]) -> list[str]:
         target = runs.project_path(values["OUT_DIR"])
         if not (target / PREPARE_JSON).is_file():
             continue
-        cfg = PrepareConfig(**{f: values.get(k) for k, f in _PREPARE_FIELDS.items()}).resolve_paths()
+        # built as the data step builds it (every parameter, ALLOW_MISSING_GROUP included), so the hashes agree
+        cfg = _prepare_config(values, check=False)
         if runs.read_json(target / PREPARE_JSON).get("config_hash") != prepare_hash(cfg):
             out.append(f"{runs.display_path(target)} holds dataset {step.dataset!r} prepared with other settings "
                        f"(another study?); {step.name} would replace it. Give this dataset another name, or "

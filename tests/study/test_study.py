@@ -365,6 +365,33 @@ def test_prepared_dataset_of_another_study_is_flagged(tmp_path):
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def test_dataset_prepared_with_the_steps_own_settings_is_not_flagged(tmp_path):
+    """ALLOW_MISSING_GROUP is part of the prepared dataset's hash when true: the conflict check must hash it too,
+    or every study that sets it warns that its own dataset was "prepared with other settings"."""
+    from histlib.data.prepare import PREPARE_JSON, PrepareConfig, prepare_hash
+    from histlib.study.spec import stage_parameters
+
+    text = (ROOT / "studies" / "demo.yaml").read_text().replace("name: sample_target", "name: zz_conflict_probe")
+    s = study.load_study(_write(tmp_path / "s.yaml", text), results_root=tmp_path / "results")
+    steps = study.plan(s)
+    study.hash_steps(steps)
+    step = next(st for st in steps if st.stage == "data" and st.dataset == "zz_conflict_probe")
+    step.params["ALLOW_MISSING_GROUP"] = True
+    values = {**(stage_parameters("data") or {}), **step.params}
+    names = {f.name for f in dataclasses.fields(PrepareConfig)}
+    cfg = PrepareConfig(**{k.lower(): v for k, v in values.items() if k.lower() in names},
+                        source=values["SOURCE_DIR"], out=values["OUT_DIR"]).resolve_paths()
+    folder = ROOT / "data" / "prepared" / "zz_conflict_probe"
+    try:
+        folder.mkdir(parents=True)
+        (folder / PREPARE_JSON).write_text(json.dumps({"config_hash": prepare_hash(cfg)}))
+        assert study.prepared_conflicts(s, [step]) == []
+        step.params["SEED"] = values["SEED"] + 1  # another split: flagged
+        assert len(study.prepared_conflicts(s, [step])) == 1
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def test_steps_dropped_from_the_plan_are_moved_aside(tmp_path):
     """A study file that drops a variant: the variant's fine-tune, generation and classifier runs (but not the
     real-only runs in the same classify folder, nor the kept variant's) leave the results tree before the study
