@@ -267,7 +267,8 @@ def main() -> int:
     p.add_argument("--cond-lambda", type=float, default=None,
                    help="ours: weight of the D2D-CE conditional loss (default: the profile's; 0: unconditional loss)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
-                   help='ours: a TrainConfig override, e.g. --set \'D_kwargs={"cond_projection": true}\' (repeatable)')
+                   help='ours: a TrainConfig override, the settings shared with the reference side (e.g. r1_gamma) '
+                        'included, e.g. --set \'D_kwargs={"cond_projection": true}\' (repeatable)')
     p.add_argument("--sides", nargs="*", default=["ours", "reference"], help="sides to train (none: score only)")
     p.add_argument("--score-runs", nargs="+", metavar="LABEL=DIR", default=None,
                    help="score finished sides only (DIR = OUT/ours or OUT/reference; one per seed, same LABEL "

@@ -105,8 +105,9 @@ def test_our_side_follows_the_seed(learn):
 def test_our_side_takes_overrides_of_the_shared_settings(learn, monkeypatch):
     """``--set r1_gamma=...`` (a setting the harness also sets for both sides) reaches our side's config instead of
     failing with a duplicate keyword; the settings not overridden stay the shared ones."""
-    import histlib.gan.state
     import vs_reference
+
+    import histlib.gan.state
 
     a = vs_reference._arch(32, "cpu")
     seen = {}

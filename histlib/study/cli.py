@@ -65,7 +65,8 @@ def _compare(args: argparse.Namespace) -> int:
         for _, r in part.iterrows():
             diff = (f"{r['diff_accuracy']:+.1f} [{r['diff_accuracy_low']:+.1f}, {r['diff_accuracy_high']:+.1f}] "
                     f"{r['seeds_same_sign']}" if pd.notna(r.get("diff_accuracy_low")) else r.get("interval_note", ""))
-            print(f"  {r['training_set']:{width}s}  {r['model']}  {r['accuracy_a']:5.1f} {r['accuracy_b']:5.1f}  {diff}")
+            accuracies = f"{r['accuracy_a']:5.1f} {r['accuracy_b']:5.1f}"
+            print(f"  {r['training_set']:{width}s}  {r['model']}  {accuracies}  {diff}")
     if args.out:
         runs.atomic_write_text(args.out, table.to_csv(index=False))
         print(f"\nwritten: {runs.display_path(args.out)}")
