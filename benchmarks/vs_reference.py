@@ -103,7 +103,7 @@ def _ours(a: dict, batch: int, num_classes: int, device: str, impl: str, data=No
     extra["seed"] = seed
     if data is not None:
         extra.update(overrides or {})
-    # the shared settings first; a learning run's overrides may change any of them on our side (R1 γ, ADA, ...)
+    # the shared settings first; a learning run's overrides may change any of them on our side (R1 γ, for one)
     settings = dict(data_dir=str(folder), resolution=a["res"], batch_size=batch, device=device, augment="fixed",
                     augment_p=p, kernel_impl=impl, mixed_precision=a["num_fp16_res"] > 0, r1_gamma=a["r1_gamma"],
                     progress=False, class_check_per_class=0)
