@@ -230,12 +230,11 @@ def prepared_conflicts(study: Study, steps: list[Step]) -> list[str]:
     the same dataset name): running them would replace it under the other study's feet."""
     from histlib.data.prepare import PREPARE_JSON, prepare_hash
 
-    defaults = stage_parameters("data") or {}
     out = []
     for step in steps:
         if step.stage != "data" or is_done(study, step):
             continue
-        values = {**defaults, **step.params}
+        values = _params(step)
         target = runs.project_path(values["OUT_DIR"])
         if not (target / PREPARE_JSON).is_file():
             continue
