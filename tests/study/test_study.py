@@ -21,11 +21,14 @@ def _write(path: Path, text: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("name", ["demo.yaml", "reduced.yaml", "paper.yaml", "template.yaml"])
+@pytest.mark.parametrize("name", ["demo.yaml", "reduced.yaml", "paper.yaml", "template.yaml",
+                                  *sorted(f"../benchmarks/studies/{p.name}"
+                                          for p in (ROOT / "benchmarks" / "studies").glob("*.yaml"))])
 def test_committed_studies_parse_and_plan(name):
     s = study.load_study(ROOT / "studies" / name)
     steps = study.plan(s)
     study.hash_steps(steps)
+    check_values(s, steps, sources_must_exist=False)  # every step's config builds (OVERRIDES' names included)
     names = [st.name for st in steps]
     assert len(names) == len(set(names)) and all(st.hash for st in steps)
     order = {n: i for i, n in enumerate(names)}
