@@ -21,11 +21,11 @@ def _write(path: Path, text: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("name", ["demo.yaml", "reduced.yaml", "paper.yaml", "template.yaml",
-                                  *sorted(f"../benchmarks/studies/{p.name}"
+@pytest.mark.parametrize("name", [*(f"studies/{n}.yaml" for n in ("demo", "reduced", "paper", "template")),
+                                  *sorted(p.relative_to(ROOT).as_posix()
                                           for p in (ROOT / "benchmarks" / "studies").glob("*.yaml"))])
 def test_committed_studies_parse_and_plan(name):
-    s = study.load_study(ROOT / "studies" / name)
+    s = study.load_study(ROOT / name)
     steps = study.plan(s)
     study.hash_steps(steps)
     check_values(s, steps, sources_must_exist=False)  # every step's config builds (OVERRIDES' names included)
