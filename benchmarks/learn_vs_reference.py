@@ -65,17 +65,17 @@ def _loader(data: str, res: int, batch: int, seed: int):
     return next_batch, list(ds.labels), list(ds.classes)
 
 
-def _overrides(pairs: list[str]) -> dict:
-    """``KEY=JSON`` pairs of ``--set`` → TrainConfig overrides (a bad pair is named)."""
+def _overrides(pairs: list[str], flag: str = "--set") -> dict:
+    """``KEY=JSON`` pairs of ``--set`` (or ``flag``) → overrides (a bad pair is named)."""
     out = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep:
-            raise SystemExit(f"--set {pair!r}: expected KEY=VALUE (VALUE in JSON)")
+            raise SystemExit(f"{flag} {pair!r}: expected KEY=VALUE (VALUE in JSON)")
         try:
             out[key] = json.loads(value)
         except json.JSONDecodeError as e:
-            raise SystemExit(f"--set {pair!r}: VALUE is not JSON ({e})") from None
+            raise SystemExit(f"{flag} {pair!r}: VALUE is not JSON ({e})") from None
     return out
 
 
@@ -97,7 +97,8 @@ def child(side: str, args) -> int:
     else:
         iteration, counts, sample = _reference(a, args.batch, len(classes), "cpu", "ref", str(args.reference_dir),
                                                data=data, p=args.p, ema_kimg=train["ema_kimg"],
-                                               ema_rampup=train["ema_rampup"], labels=labels)
+                                               ema_rampup=train["ema_rampup"], labels=labels,
+                                               loss_overrides=_overrides(args.ref_set, "--ref-set"))
     out = Path(args.out) / side
     out.mkdir(parents=True, exist_ok=True)
     gen = torch.Generator().manual_seed(1234)
@@ -125,7 +126,8 @@ def child(side: str, args) -> int:
         print(json.dumps(log[-1]), flush=True)
     (out / "run.json").write_text(json.dumps({"side": side, "params": counts, "arch": a, "log": log,
                                               "cond_lambda": args.cond_lambda if side == "ours" else None,
-                                              "overrides": _overrides(args.set) if side == "ours" else None,
+                                              "overrides": (_overrides(args.set) if side == "ours"
+                                                            else _overrides(args.ref_set, "--ref-set")),
                                               "img_per_s": round(nimg / (time.time() - t0), 2)}, indent=1))
     return 0
 
@@ -269,6 +271,10 @@ def main() -> int:
     p.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
                    help='ours: a TrainConfig override, the settings shared with the reference side (e.g. r1_gamma) '
                         'included, e.g. --set \'D_kwargs={"cond_projection": true}\' (repeatable)')
+    p.add_argument("--ref-set", action="append", default=[], metavar="KEY=JSON",
+                   help="reference: a loss setting, style_mixing_prob, pl_weight or r1_gamma (default: its own "
+                        "0.9, 2 and the shared R1 γ; its 32 px 'cifar' configuration sets the first two to 0), "
+                        "e.g. --ref-set style_mixing_prob=0 (repeatable)")
     p.add_argument("--sides", nargs="*", default=["ours", "reference"], help="sides to train (none: score only)")
     p.add_argument("--score-runs", nargs="+", metavar="LABEL=DIR", default=None,
                    help="score finished sides only (DIR = OUT/ours or OUT/reference; one per seed, same LABEL "

@@ -134,10 +134,33 @@ def _ours(a: dict, batch: int, num_classes: int, device: str, impl: str, data=No
     return iteration, counts, sample
 
 
+REFERENCE_LOSS = {"style_mixing_prob": 0.9, "pl_weight": 2.0}
+"""The reference's loss settings the harness uses unless told otherwise: its defaults (train.py's ``auto`` and
+``paper*`` configurations); its ``cifar`` configuration, meant for 32 px, sets both to 0."""
+
+
+def reference_loss_kwargs(a: dict, overrides: dict | None = None) -> dict:
+    """Keyword arguments of the reference's ``StyleGAN2Loss``: :data:`REFERENCE_LOSS` and R1 γ from the shared
+    architecture ``a``, with ``overrides`` (only ``style_mixing_prob``, ``pl_weight`` and ``r1_gamma``; another key
+    is named in the error)."""
+    allowed = {"style_mixing_prob", "pl_weight", "r1_gamma"}
+    bad = sorted(set(overrides or {}) - allowed)
+    if bad:
+        raise SystemExit(f"--ref-set {', '.join(bad)}: the reference side takes only {', '.join(sorted(allowed))}")
+    out = {**REFERENCE_LOSS, "r1_gamma": a["r1_gamma"], **(overrides or {})}
+    for key, value in out.items():
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+            raise SystemExit(f"--ref-set {key}={value!r}: expected a number >= 0")
+    return {k: float(v) for k, v in out.items()}
+
+
 def _reference(a: dict, batch: int, num_classes: int, device: str, impl: str, ref_dir: str, data=None,
-               p: float = 0.2, ema_kimg: float = 2.0, ema_rampup: float | None = None, labels=None):
+               p: float = 0.2, ema_kimg: float = 2.0, ema_rampup: float | None = None, labels=None,
+               loss_overrides: dict | None = None):
     """The reference's networks, loss and augmentation, stepped as its training loop does (``data``, ``p``: as
-    :func:`_ours`; ``labels``: the training labels, from which its loop draws the generated images' classes)."""
+    :func:`_ours`; ``labels``: the training labels, from which its loop draws the generated images' classes;
+    ``loss_overrides``: see :func:`reference_loss_kwargs`)."""
+    loss_kwargs = reference_loss_kwargs(a, loss_overrides)
     sys.path.insert(0, ref_dir)
     import copy
 
@@ -163,7 +186,7 @@ def _reference(a: dict, batch: int, num_classes: int, device: str, impl: str, re
                        lumaflip=1, hue=1, saturation=1).train().requires_grad_(False).to(dev)
     pipe.p.copy_(torch.as_tensor(p))
     loss = StyleGAN2Loss(device=dev, G_mapping=G.mapping, G_synthesis=G.synthesis, D=D, augment_pipe=pipe,
-                         r1_gamma=a["r1_gamma"], pl_weight=2, style_mixing_prob=0.9, pl_batch_shrink=2)
+                         pl_batch_shrink=2, **loss_kwargs)
     phases = []
     for name, module, interval in (("G", G, 4), ("D", D, 16)):
         ratio = interval / (interval + 1)

@@ -129,3 +129,22 @@ def test_our_side_takes_overrides_of_the_shared_settings(learn, monkeypatch):
     assert cfg.G_kwargs == {"mapping_layers": 3}
     vs_reference._ours(a, 4, 2, "cpu", "ref", data=data, p=0.0)
     assert seen["cfg"].r1_gamma == a["r1_gamma"]
+
+
+def test_reference_side_loss_settings(learn):
+    """``--ref-set`` reaches the reference's loss: its own defaults unless told (mixing 0.9, path length 2, the shared
+    R1 γ), its ``cifar`` pair when asked, and any other key or a non-number is refused by name."""
+    import vs_reference
+
+    a = vs_reference._arch(32, "cpu")
+    assert vs_reference.reference_loss_kwargs(a) == {"style_mixing_prob": 0.9, "pl_weight": 2.0,
+                                                     "r1_gamma": a["r1_gamma"]}
+    cifar = vs_reference.reference_loss_kwargs(a, learn._overrides(["style_mixing_prob=0", "pl_weight=0"],
+                                                                   "--ref-set"))
+    assert cifar == {"style_mixing_prob": 0.0, "pl_weight": 0.0, "r1_gamma": a["r1_gamma"]}
+    with pytest.raises(SystemExit, match="--ref-set d2d_tau"):
+        vs_reference.reference_loss_kwargs(a, {"d2d_tau": 0.5})
+    with pytest.raises(SystemExit, match="pl_weight='two'"):
+        vs_reference.reference_loss_kwargs(a, {"pl_weight": "two"})
+    with pytest.raises(SystemExit, match="--ref-set 'pl_weight'"):
+        learn._overrides(["pl_weight"], "--ref-set")
