@@ -6,7 +6,9 @@ R1 / path-length schedule, EMA (with ramp-up) and augmentation probability (fixe
 where ADA stayed in our 40 kimg base runs on this data). Ours trains as configured by the profile (demo: D2D-CE on D
 and a projection term; ``--set cond_lambda_g=0.25 --set 'D_kwargs={"cond_projection": false}'`` gives the profile
 before issue 21, D2D-CE on both networks and no projection); the reference with its own conditioning (projection
-discriminator). At each ``--eval-kimg`` point ``G_ema`` draws
+discriminator) and its default loss settings, style mixing 0.9 and path length 2 (``--ref-set style_mixing_prob=0
+--ref-set pl_weight=0`` gives the loss of its 32 px ``cifar`` configuration; that configuration's other changes, D
+without residual skips, R1 γ 0.01, batch 64, are not made here). At each ``--eval-kimg`` point ``G_ema`` draws
 ``--per-class`` images per class with fixed latents and seeded *random* synthesis noise, as in training and as the
 generate stage writes a set (the constant noise map gives images the generator was never trained to draw: with it,
 recall fell to 0.00 where random noise gave 0.49 on one lung3 generator, docs/results.md "One definition of the GAN
