@@ -135,8 +135,8 @@ def _ours(a: dict, batch: int, num_classes: int, device: str, impl: str, data=No
 
 
 REFERENCE_LOSS = {"style_mixing_prob": 0.9, "pl_weight": 2.0}
-"""The reference's loss settings the harness uses unless told otherwise: its defaults (train.py's ``auto`` and
-``paper*`` configurations); its ``cifar`` configuration, meant for 32 px, sets both to 0."""
+"""The reference's loss settings the harness uses unless told otherwise: its loss's defaults, which every
+configuration of its train.py keeps but ``cifar`` (meant for 32 px), which sets both to 0."""
 
 
 def reference_loss_kwargs(a: dict, overrides: dict | None = None) -> dict:
