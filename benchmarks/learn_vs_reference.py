@@ -92,15 +92,16 @@ def child(side: str, args) -> int:
     a = _arch(args.res, "cpu")
     data, labels, classes = _loader(args.data, args.res, args.batch, args.seed)
     train = PROFILES[a["profile"]]["train"]
+    overrides = _overrides(args.set) if side == "ours" else _overrides(args.ref_set, "--ref-set")
     if side == "ours":
         iteration, counts, sample = _ours(a, args.batch, len(classes), "cpu", "ref", data=data, p=args.p,
-                                          cond_lambda=args.cond_lambda, overrides=_overrides(args.set),
+                                          cond_lambda=args.cond_lambda, overrides=overrides,
                                           seed=args.seed)
     else:
         iteration, counts, sample = _reference(a, args.batch, len(classes), "cpu", "ref", str(args.reference_dir),
                                                data=data, p=args.p, ema_kimg=train["ema_kimg"],
                                                ema_rampup=train["ema_rampup"], labels=labels,
-                                               loss_overrides=_overrides(args.ref_set, "--ref-set"))
+                                               loss_overrides=overrides)
     out = Path(args.out) / side
     out.mkdir(parents=True, exist_ok=True)
     gen = torch.Generator().manual_seed(1234)
@@ -128,8 +129,7 @@ def child(side: str, args) -> int:
         print(json.dumps(log[-1]), flush=True)
     (out / "run.json").write_text(json.dumps({"side": side, "params": counts, "arch": a, "log": log,
                                               "cond_lambda": args.cond_lambda if side == "ours" else None,
-                                              "overrides": (_overrides(args.set) if side == "ours"
-                                                            else _overrides(args.ref_set, "--ref-set")),
+                                              "overrides": overrides,
                                               "img_per_s": round(nimg / (time.time() - t0), 2)}, indent=1))
     return 0
 
