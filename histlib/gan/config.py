@@ -157,6 +157,9 @@ class TrainConfig:
     d2d_tau: float = 0.25
     d2d_margin_pos: float = 0.98
     d2d_margin_neg: float | None = None  # None: 1 - d2d_margin_pos, as the authors' released loss
+    # D2D-CE's weights (D's and G's) grow linearly from 0 over the first this many thousand images; None: full weight
+    # from the first iteration
+    cond_lambda_warmup_kimg: float | None = None
     # augmentation
     augment: str = "ada"  # 'ada' | 'none' | 'fixed'
     augment_preset: str = "bgc"
@@ -255,6 +258,8 @@ class TrainConfig:
         need(self.cond_lambda >= 0, "cond_lambda", "a number >= 0")
         need(self.cond_lambda_g is None or self.cond_lambda_g >= 0, "cond_lambda_g", "None or a number >= 0")
         need(self.d2d_tau > 0, "d2d_tau", "a positive number")
+        need(self.cond_lambda_warmup_kimg is None or self.cond_lambda_warmup_kimg > 0, "cond_lambda_warmup_kimg",
+             "None or a positive number")
         need(0 <= self.augment_p <= 1, "augment_p", "a probability")
         need(self.ada_kimg > 0, "ada_kimg", "a positive number")
         need(self.ema_kimg >= 0, "ema_kimg", "a number >= 0")

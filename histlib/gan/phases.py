@@ -2,7 +2,7 @@
 phases on a global batch of ``cfg.batch_size`` real images:
 
 1. ``G main``: non-saturating logistic loss on augmented fakes + ``cond_lambda_g`` (default ``cond_lambda``) × D2D-CE
-   of the fakes' embeddings.
+   of the fakes' embeddings (both D2D-CE weights ramped up from 0 over ``cond_lambda_warmup_kimg`` when set).
 2. ``G reg`` (every ``pl_interval`` iterations): path-length penalty on a shrunk batch.
 3. ``D main``: logistic loss on augmented fakes and reals + ``cond_lambda`` × D2D-CE of the reals' embeddings; the
    signs of the real logits feed the ADA controller.
@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 import torch
 
 from histlib.gan import losses
+from histlib.gan.config import TrainConfig
 from histlib.gan.distributed import all_mean, average_gradients, device_randn
 from histlib.gan.networks import Generator
 from histlib.gan.state import Meter, TrainState
@@ -79,6 +80,18 @@ def _d2d(state: TrainState, embed: torch.Tensor, proxy: torch.Tensor, c: torch.T
     return loss, loss * state.dist.world
 
 
+def cond_weights(cfg: TrainConfig, cur_nimg: int) -> tuple[float, float]:
+    """D2D-CE's weights ``(D's on reals, G's on fakes)`` after ``cur_nimg`` images: ``cond_lambda`` and
+    ``cond_lambda_g`` (None: ``cond_lambda``), scaled by ``cur_nimg / (1000 * cond_lambda_warmup_kimg)`` until that
+    reaches 1 when a warm-up is set."""
+    w_d = cfg.cond_lambda
+    w_g = cfg.cond_lambda if cfg.cond_lambda_g is None else cfg.cond_lambda_g
+    if cfg.cond_lambda_warmup_kimg is not None:
+        ramp = min(1.0, cur_nimg / (cfg.cond_lambda_warmup_kimg * 1000))
+        w_d, w_g = w_d * ramp, w_g * ramp
+    return w_d, w_g
+
+
 def g_main(state: TrainState, real: torch.Tensor, real_c: torch.Tensor, meter: Meter) -> Losses:
     with trainable(state.G_params):
         z, c = state.latents.draw(state.cfg.batch_size)
@@ -87,7 +100,7 @@ def g_main(state: TrainState, real: torch.Tensor, real_c: torch.Tensor, meter: M
         loss_adv = losses.g_nonsaturating_loss(logits).mean()
         meter.note("loss_g", loss_adv)
         out, loss = [("G adversarial", loss_adv)], loss_adv
-        weight = state.cfg.cond_lambda if state.cfg.cond_lambda_g is None else state.cfg.cond_lambda_g
+        weight = cond_weights(state.cfg, state.cur_nimg)[1]
         if weight > 0:
             value, scaled = _d2d(state, embed, proxy, c)
             loss = loss + weight * scaled
@@ -133,9 +146,10 @@ def d_main(state: TrainState, real: torch.Tensor, real_c: torch.Tensor, meter: M
         meter.note("real_logit", real_logits.mean())
         meter.note("fake_logit", fake_logits.mean())
         out = [("D adversarial", loss)]
-        if cfg.cond_lambda > 0:
+        weight = cond_weights(cfg, state.cur_nimg)[0]
+        if weight > 0:
             value, scaled = _d2d(state, embed, proxy, real_c)
-            loss = loss + cfg.cond_lambda * scaled
+            loss = loss + weight * scaled
             meter.note("loss_d_d2d", value)
             out.append(("D D2D-CE", value))
         optimizer_step(state, loss, state.D_params, state.opt_D)

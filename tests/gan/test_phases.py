@@ -5,13 +5,17 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import pytest
 import torch
+from gan_toys import make_colour_folder, tiny_cfg
 
+from histlib.data.dataset import ImageDataset, to_uint8_tensor
 from histlib.gan.augment import AugmentPipe
+from histlib.gan.config import TrainConfig
 from histlib.gan.distributed import Dist
 from histlib.gan.networks import Discriminator
-from histlib.gan.phases import phases, r1_penalty_augmented
-from histlib.gan.state import Meter
+from histlib.gan.phases import cond_weights, phases, r1_penalty_augmented
+from histlib.gan.state import Meter, build_state
 
 
 def _state(p: float):
@@ -73,3 +77,31 @@ def test_a_lazy_regulariser_is_scaled_by_its_interval():
         [(loss_name, loss)] = phase(state, x, c, Meter(torch.device("cpu")))
         assert (interval, loss_name) == (k, "R1")
         torch.testing.assert_close(loss.detach(), (plain * (cfg.r1_gamma / 2) * k).detach())
+
+
+def test_d2d_weights_warm_up_linearly():
+    """``cond_lambda_warmup_kimg``: both D2D-CE weights grow from 0 to their values, then stay; None: full at once."""
+    cfg = TrainConfig(cond_lambda=0.25, cond_lambda_g=0.1, cond_lambda_warmup_kimg=2.0)
+    got = [cond_weights(cfg, n) for n in (0, 500, 1000, 2000, 10_000)]
+    want = [(0.0, 0.0), (0.0625, 0.025), (0.125, 0.05), (0.25, 0.1), (0.25, 0.1)]
+    for (d, g), (wd, wg) in zip(got, want):
+        assert abs(d - wd) < 1e-12 and abs(g - wg) < 1e-12
+    assert cond_weights(TrainConfig(cond_lambda=0.25), 0) == (0.25, 0.25)  # G's weight follows D's when None
+    with pytest.raises(ValueError, match="cond_lambda_warmup_kimg"):
+        TrainConfig(cond_lambda_warmup_kimg=0).validate()
+
+
+def test_d_main_leaves_d2d_out_until_the_warm_up_starts(tmp_path):
+    """The training phase uses the ramp: no D2D-CE at the first image, D2D-CE once images have been seen."""
+    data = make_colour_folder(tmp_path / "toy", {"red": (200, 30, 30), "blue": (30, 30, 200)}, n=4)
+    cfg = tiny_cfg(data, cond_lambda=0.25, cond_lambda_warmup_kimg=1.0).validate()
+    dataset = ImageDataset(data, transform=to_uint8_tensor)
+    state = build_state(cfg, dataset, 2, torch.device("cpu"), Dist(), None)
+    (_, d_main, _), = [row for row in phases(state) if row[0] == "Dmain"]
+    x = torch.rand(8, 3, 16, 16) * 2 - 1
+    c = torch.tensor([0, 1] * 4)
+    names = [name for name, _ in d_main(state, x, c, Meter(torch.device("cpu")))]
+    assert names == ["D adversarial"]
+    state.cur_nimg = 100
+    names = [name for name, _ in d_main(state, x, c, Meter(torch.device("cpu")))]
+    assert names == ["D adversarial", "D D2D-CE"]
