@@ -275,8 +275,8 @@ def main() -> int:
                         'included, e.g. --set \'D_kwargs={"cond_projection": true}\' (repeatable)')
     p.add_argument("--ref-set", action="append", default=[], metavar="KEY=JSON",
                    help="reference: a loss setting, style_mixing_prob, pl_weight or r1_gamma (default: its own "
-                        "0.9, 2 and the shared R1 γ; its 32 px 'cifar' configuration sets the first two to 0), "
-                        "e.g. --ref-set style_mixing_prob=0 (repeatable)")
+                        "0.9, 2 and the shared R1 γ; its 32 px 'cifar' configuration sets the first two to 0), or "
+                        "its learning rate lr (default 0.0025), e.g. --ref-set style_mixing_prob=0 (repeatable)")
     p.add_argument("--sides", nargs="*", default=["ours", "reference"], help="sides to train (none: score only)")
     p.add_argument("--score-runs", nargs="+", metavar="LABEL=DIR", default=None,
                    help="score finished sides only (DIR = OUT/ours or OUT/reference; one per seed, same LABEL "

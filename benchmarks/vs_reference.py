@@ -139,19 +139,30 @@ REFERENCE_LOSS = {"style_mixing_prob": 0.9, "pl_weight": 2.0}
 configuration of its train.py keeps but ``cifar`` (meant for 32 px), which sets both to 0."""
 
 
+REFERENCE_LR = 0.0025
+"""The reference's learning rate (G and D, Adam), as its ``train.py`` sets it below 1024 px; ``--ref-set lr=...``
+changes it."""
+
+
 def reference_loss_kwargs(a: dict, overrides: dict | None = None) -> dict:
     """Keyword arguments of the reference's ``StyleGAN2Loss``: :data:`REFERENCE_LOSS` and R1 γ from the shared
-    architecture ``a``, with ``overrides`` (only ``style_mixing_prob``, ``pl_weight`` and ``r1_gamma``; another key
-    is named in the error)."""
-    allowed = {"style_mixing_prob", "pl_weight", "r1_gamma"}
+    architecture ``a``, with ``overrides`` (only ``style_mixing_prob``, ``pl_weight``, ``r1_gamma`` and ``lr``, the
+    last read by :func:`reference_lr`; another key is named in the error)."""
+    allowed = {"style_mixing_prob", "pl_weight", "r1_gamma", "lr"}
     bad = sorted(set(overrides or {}) - allowed)
     if bad:
         raise SystemExit(f"--ref-set {', '.join(bad)}: the reference side takes only {', '.join(sorted(allowed))}")
-    out = {**REFERENCE_LOSS, "r1_gamma": a["r1_gamma"], **(overrides or {})}
+    out = {**REFERENCE_LOSS, "r1_gamma": a["r1_gamma"], "lr": REFERENCE_LR, **(overrides or {})}
     for key, value in out.items():
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-            raise SystemExit(f"--ref-set {key}={value!r}: expected a number >= 0")
-    return {k: float(v) for k, v in out.items()}
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0 or (key == "lr" and value == 0):
+            raise SystemExit(f"--ref-set {key}={value!r}: expected a number {'> 0' if key == 'lr' else '>= 0'}")
+    return {k: float(v) for k, v in out.items() if k != "lr"}
+
+
+def reference_lr(overrides: dict | None = None) -> float:
+    """The reference's learning rate: ``overrides['lr']`` (checked by :func:`reference_loss_kwargs`) or
+    :data:`REFERENCE_LR`."""
+    return float((overrides or {}).get("lr", REFERENCE_LR))
 
 
 def _reference(a: dict, batch: int, num_classes: int, device: str, impl: str, ref_dir: str, data=None,
@@ -159,8 +170,9 @@ def _reference(a: dict, batch: int, num_classes: int, device: str, impl: str, re
                loss_overrides: dict | None = None):
     """The reference's networks, loss and augmentation, stepped as its training loop does (``data``, ``p``: as
     :func:`_ours`; ``labels``: the training labels, from which its loop draws the generated images' classes;
-    ``loss_overrides``: see :func:`reference_loss_kwargs`)."""
+    ``loss_overrides``: see :func:`reference_loss_kwargs`, its ``lr`` the learning rate)."""
     loss_kwargs = reference_loss_kwargs(a, loss_overrides)
+    lr = reference_lr(loss_overrides)
     sys.path.insert(0, ref_dir)
     import copy
 
@@ -190,7 +202,7 @@ def _reference(a: dict, batch: int, num_classes: int, device: str, impl: str, re
     phases = []
     for name, module, interval in (("G", G, 4), ("D", D, 16)):
         ratio = interval / (interval + 1)
-        opt = torch.optim.Adam(module.parameters(), lr=0.0025 * ratio, betas=(0.0, 0.99 ** ratio), eps=1e-8)
+        opt = torch.optim.Adam(module.parameters(), lr=lr * ratio, betas=(0.0, 0.99 ** ratio), eps=1e-8)
         phases += [(name + "main", module, opt, 1), (name + "reg", module, opt, interval)]
     real = torch.rand(batch, 3, a["res"], a["res"], device=dev) * 2 - 1
     real_c = torch.nn.functional.one_hot(torch.randint(num_classes, (batch,)), num_classes).float().to(dev)

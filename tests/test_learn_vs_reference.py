@@ -132,8 +132,9 @@ def test_our_side_takes_overrides_of_the_shared_settings(learn, monkeypatch):
 
 
 def test_reference_side_loss_settings(learn):
-    """``--ref-set`` reaches the reference's loss: its own defaults unless told (mixing 0.9, path length 2, the shared
-    R1 γ), its ``cifar`` pair when asked, and any other key or a non-number is refused by name."""
+    """``--ref-set`` reaches the reference's loss and learning rate: its own defaults unless told (mixing 0.9, path
+    length 2, the shared R1 γ, lr 0.0025), its ``cifar`` pair when asked, and any other key or a non-number is refused
+    by name."""
     import vs_reference
 
     a = vs_reference._arch(32, "cpu")
@@ -148,3 +149,10 @@ def test_reference_side_loss_settings(learn):
         vs_reference.reference_loss_kwargs(a, {"pl_weight": "two"})
     with pytest.raises(SystemExit, match="--ref-set 'pl_weight'"):
         learn._overrides(["pl_weight"], "--ref-set")
+    # its learning rate: 0.0025 unless told, not a loss argument, and 0 refused
+    assert vs_reference.reference_lr() == 0.0025
+    doubled = learn._overrides(["lr=0.005"], "--ref-set")
+    assert vs_reference.reference_lr(doubled) == 0.005
+    assert vs_reference.reference_loss_kwargs(a, doubled) == vs_reference.reference_loss_kwargs(a)
+    with pytest.raises(SystemExit, match="--ref-set lr=0: expected a number > 0"):
+        vs_reference.reference_loss_kwargs(a, {"lr": 0})
