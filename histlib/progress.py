@@ -39,8 +39,9 @@ class LineProgress:
     """A tqdm-like object printing ``desc: 50% (4/8 kimg, 1m02s) loss_g=1.2 ...`` at each quarter and at the end."""
 
     def __init__(self, total: float | None, desc: str = "", unit: str = "it", initial: float = 0,
-                 steps: int = 4, file=None):
+                 steps: int = 4, file=None, scale: float = 1.0):
         self.total, self.desc, self.unit, self.n = total, desc, unit, initial
+        self.scale = scale  # shown amounts are counts × scale (tqdm's float unit_scale)
         self.start_n = initial
         self.steps = steps
         self.file = file or sys.stdout
@@ -57,10 +58,11 @@ class LineProgress:
         return k * step if k * step < self.total else None
 
     def _line(self, final: bool = False) -> str:
-        done = f"{_fmt(self.n)}/{_fmt(self.total)} {self.unit}" if self.total else f"{_fmt(self.n)} {self.unit}"
+        n, total = self.n * self.scale, (self.total or 0) * self.scale
+        done = f"{_fmt(n)}/{_fmt(total)} {self.unit}" if self.total else f"{_fmt(n)} {self.unit}"
         pct = f"{100 * self.n / self.total:.0f}% " if self.total else ""
         extra = " ".join(f"{k}={v}" for k, v in self.postfix.items())
-        rate = (self.n - self.start_n) / max(time.time() - self.t0, 1e-9)
+        rate = (self.n - self.start_n) * self.scale / max(time.time() - self.t0, 1e-9)
         head = "done" if final else pct.strip()
         return (f"{self.desc}: {head} ({done}, {_duration(time.time() - self.t0)}, {_fmt(rate)} {self.unit}/s)"
                 + (f" {extra}" if extra else ""))
@@ -107,7 +109,7 @@ class _Silent(LineProgress):
 
 
 def progress(total: float | None = None, desc: str = "", unit: str = "it", initial: float = 0,
-             disable: bool = False, **tqdm_kwargs: Any):
+             disable: bool = False, scale: float = 1.0, **tqdm_kwargs: Any):
     """A progress bar for ``total`` units of work (``update``/``set_postfix``/``close``/``write``, as tqdm).
 
     Args:
@@ -116,15 +118,19 @@ def progress(total: float | None = None, desc: str = "", unit: str = "it", initi
         unit: unit of ``total``.
         initial: work already done (a resumed run).
         disable: show nothing.
+        scale: amounts are shown × ``scale`` (count whole images, show thousands: ``scale=1e-3``; exact
+            integer counts do not drift past ``total`` as summed float steps do).
         **tqdm_kwargs: passed to tqdm in ``'bar'`` mode.
     """
     m = mode()
     if disable or m == "off":
-        return _Silent(total, desc, unit, initial)
+        return _Silent(total, desc, unit, initial, scale=scale)
     if m == "plain":
-        return LineProgress(total, desc, unit, initial)
+        return LineProgress(total, desc, unit, initial, scale=scale)
     from tqdm.auto import tqdm
 
+    if scale != 1.0:
+        tqdm_kwargs["unit_scale"] = scale
     return tqdm(total=total, desc=desc, unit=unit, initial=initial, **tqdm_kwargs)
 
 

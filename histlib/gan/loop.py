@@ -155,7 +155,8 @@ def _start(cfg: TrainConfig, run_dir: Path, hooks: list[Callable], early_stoppin
     if rank0:
         session.run = _prepare_run_dir(session, dataset, fresh=resumed is None)
         if cfg.progress:
-            session.bar = progress(total=round(cfg.kimg, 3), initial=round(state.cur_nimg / 1000, 3), unit="kimg",
+            # counted in images (integers: no float drift past the total), shown in kimg
+            session.bar = progress(total=round(cfg.kimg * 1000), initial=state.cur_nimg, unit="kimg", scale=1e-3,
                                    desc="train_gan", dynamic_ncols=True)
     return session
 
@@ -219,7 +220,7 @@ def _iterate(s: _Session, schedule) -> None:
     s.session_time += dt
     s.session_nimg += cfg.batch_size
     if s.bar is not None:
-        s.bar.update(round(cfg.batch_size / 1000, 3))
+        s.bar.update(max(0, min(cfg.batch_size, s.bar.total - s.bar.n)))  # the last batch may overshoot kimg
 
 
 def _check_finite(s: _Session, phase_losses: list[tuple[str, torch.Tensor]]) -> None:

@@ -4,6 +4,7 @@ plots, learned conditioning (exact resume: test_state.py; fine-tuning: test_tran
 import argparse
 import json
 import shutil
+import warnings
 
 import matplotlib
 import numpy as np
@@ -193,3 +194,22 @@ def test_g_side_conditional_weight(toy, tmp_path):
     assert any("loss_g_d2d" in t for t in ticks["on"])
     with pytest.raises(ValueError, match="cond_lambda_g"):
         tiny_cfg(toy, cond_lambda_g=-1.0).validate()
+
+
+@pytest.mark.parametrize("mode", ["bar", "plain"])
+def test_progress_ends_at_the_total_when_the_last_batch_overshoots(toy, tmp_path, monkeypatch, capsys, mode):
+    """0.03 kimg at batch 8 trains 32 images: the display stops at 30 (0.03 kimg), in images, without tqdm's
+    'clamping frac' warning (which summed float steps of 0.008 kimg used to raise past the total)."""
+    from tqdm import TqdmWarning
+
+    monkeypatch.setenv("HISTLIB_PROGRESS", mode)
+    cfg = tiny_cfg(toy, kimg=0.03, progress=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TqdmWarning)
+        train_gan(cfg, tmp_path / "run")
+    out = capsys.readouterr()
+    text = out.out + out.err
+    if mode == "plain":
+        assert "train_gan: done (0.03/0.03 kimg" in text
+    else:
+        assert "0.03/0.03" in text and "100%" in text
