@@ -156,7 +156,8 @@ def _start(cfg: TrainConfig, run_dir: Path, hooks: list[Callable], early_stoppin
         session.run = _prepare_run_dir(session, dataset, fresh=resumed is None)
         if cfg.progress:
             # counted in images (integers: no float drift past the total), shown in kimg
-            session.bar = progress(total=round(cfg.kimg * 1000), initial=state.cur_nimg, unit="kimg", scale=1e-3,
+            total = round(cfg.kimg * 1000)
+            session.bar = progress(total=total, initial=min(state.cur_nimg, total), unit="kimg", scale=1e-3,
                                    desc="train_gan", dynamic_ncols=True)
     return session
 
