@@ -9,9 +9,14 @@ links to the pool files where the file system allows, copies otherwise). Scores:
   against the real train images *of the class it was asked for*, so a convincing image of another class does not
   count as realistic;
 - ``'fidelity'``: the probability of the class asked for under a fidelity classifier (:mod:`histlib.fidelity`);
+- ``'agree'``: the same probability, but the set keeps the *first* ``n`` draws (in draw order) that the classifier
+  labels as the class asked for (its most probable class), not the ``n`` most probable ones. It drops the draws of
+  another class and otherwise keeps the generator's variety: ranking by probability keeps a class's most typical
+  draws, which narrows a set when nearly every draw is already of its class. When fewer than ``n`` draws agree, the
+  most probable of the others fill the set;
 - ``'none'``: no pool, the first ``n`` draws (the behaviour without selection).
 
-Both scores come from a *selection classifier*: the fidelity classifier's recipe with another seed
+The scores come from a *selection classifier*: the fidelity classifier's recipe with another seed
 (``SELECTOR_SEED``), trained once per real dataset and cached beside the fidelity classifier. Its features give the
 realism scores, its probabilities the fidelity scores. The class fidelity and GAN metrics reported for the set are
 measured by the seed-0 fidelity classifier (or Inception), so they are not the selection criterion itself; two
@@ -47,7 +52,7 @@ from histlib import runs
 if TYPE_CHECKING:
     import torch
 
-SELECTIONS = ("none", "realism", "fidelity")
+SELECTIONS = ("none", "realism", "fidelity", "agree")
 SELECTOR_SEED = 1  # the fidelity classifier that measures the set uses seed 0
 POOL_DIR = "pool"
 SCORES_NAME = "selection.csv"
@@ -98,6 +103,14 @@ def keep_mask(scores: np.ndarray, labels: np.ndarray, index: np.ndarray, counts:
     return keep
 
 
+def rank_scores(scores: pd.DataFrame, selection: str) -> np.ndarray:
+    """What :func:`keep_mask` ranks a pool by: the score, or for ``'agree'`` +inf where the classifier labels a draw
+    as its class asked for (so those tie, and the earlier draw wins) and the probability elsewhere  # float [N]"""
+    if selection == "agree":
+        return np.where(scores["agrees"].to_numpy(bool), np.inf, scores["score"].to_numpy(float))
+    return scores["score"].to_numpy(float)
+
+
 def draw_index(paths) -> np.ndarray:
     """Draw index of generated files ``<seed>_<index>.<ext>``  # int64 [N]"""
     return np.array([int(Path(p).stem.rsplit("_", 1)[1]) for p in paths], dtype=np.int64)
@@ -133,13 +146,14 @@ def score_pool(pool_dir: str | os.PathLike, selection: str, selector: str | os.P
 
     Args:
         pool_dir: the pool (one set).
-        selection: ``'realism'`` or ``'fidelity'``.
+        selection: ``'realism'``, ``'fidelity'`` or ``'agree'``.
         selector: the selection classifier's checkpoint.
         real_dir, real_split: the real images (realism only), resized to the generated resolution.
         k: neighbourhood of the real balls (realism).
 
     Returns:
-        Columns ``class, file, index, score`` in the folder's order (``file`` relative to ``pool_dir``).
+        Columns ``class, file, index, score`` in the folder's order (``file`` relative to ``pool_dir``); for
+        ``'agree'`` also ``agrees``: the classifier's most probable class is the one asked for.
     """
     import torch
 
@@ -159,7 +173,7 @@ def score_pool(pool_dir: str | os.PathLike, selection: str, selector: str | os.P
             sel_f = g_ds.labels == i
             scores[sel_f] = realism_score(real[torch.from_numpy(r_ds.labels == r_ds.classes.index(cls))],
                                           fake[torch.from_numpy(sel_f)], k, device=device)
-    elif selection == "fidelity":
+    elif selection in ("fidelity", "agree"):
         from histlib.fidelity import FidelityClassifier
 
         clf = FidelityClassifier(selector, device=resolve_device(device or "auto"))
@@ -171,13 +185,18 @@ def score_pool(pool_dir: str | os.PathLike, selection: str, selector: str | os.P
         probs = [clf.probabilities(x) for x, _ in torch.utils.data.DataLoader(g_ds, batch_size=256,
                                                                              num_workers=num_workers)]
         p = np.concatenate(probs)  # [N, K]
-        scores = p[np.arange(len(g_ds)), index[g_ds.labels]]
+        asked = index[g_ds.labels]
+        scores = p[np.arange(len(g_ds)), asked]
+        agrees = p.argmax(1) == asked
     else:
-        raise ValueError(f"selection={selection!r}: expected 'realism' or 'fidelity'")
+        raise ValueError(f"selection={selection!r}: expected 'realism', 'fidelity' or 'agree'")
     root = Path(g_ds.root)
-    return pd.DataFrame({"class": [g_ds.classes[i] for i in g_ds.labels],
-                         "file": [Path(p).relative_to(root).as_posix() for p in g_ds.paths],
-                         "index": draw_index(g_ds.paths), "score": scores})
+    out = pd.DataFrame({"class": [g_ds.classes[i] for i in g_ds.labels],
+                        "file": [Path(p).relative_to(root).as_posix() for p in g_ds.paths],
+                        "index": draw_index(g_ds.paths), "score": scores})
+    if selection == "agree":
+        out["agrees"] = agrees
+    return out
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
@@ -226,7 +245,7 @@ def generate_selected(cfg, run_dir: str | os.PathLike, counts: Mapping[str, int]
             labels = df["class"].map({c: i for i, c in enumerate(classes)}).to_numpy()
             idx = df["index"].to_numpy()
             wanted = {classes.index(c): n for c, n in counts.items()}
-            df["kept"] = keep_mask(df["score"].to_numpy(), labels, idx, wanted)
+            df["kept"] = keep_mask(rank_scores(df, cfg.selection), labels, idx, wanted)
             df["unselected"] = idx < df["class"].map(counts).to_numpy()
             for cls in classes:
                 (kept_set / cls).mkdir(parents=True, exist_ok=True)
@@ -253,6 +272,8 @@ def _report(cfg, pool: Mapping[str, Any], counts: Mapping[str, int], pcounts: Ma
         summary[f"score_dropped_mean/{cls}"] = float(dropped.mean()) if len(dropped) else None
         summary[f"threshold/{cls}"] = float(kept.min()) if len(kept) else None
         summary[f"kept_from_unselected/{cls}"] = float(part.loc[part["unselected"], "kept"].mean())
+        if "agrees" in part:  # 'agree': the share of the pool the classifier labels as the class asked for
+            summary[f"agreeing/{cls}"] = float(part["agrees"].mean())
     seconds_all = float(pool["seconds"]) + seconds
     from histlib.generate.images import set_dirs
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -45,6 +46,21 @@ def test_keep_mask_keeps_the_best_per_class_ties_to_the_earlier_draw():
     assert keep.tolist() == [False, True, True, False, False, True, False]
     with pytest.raises(ValueError, match="3 pool images for 4"):
         selection.keep_mask(scores, labels, index, {1: 4})
+
+
+def test_agree_keeps_the_first_draws_labelled_as_their_class_then_the_most_probable():
+    scores = pd.DataFrame({"score": [0.9, 0.6, 0.2, 0.99, 0.3, 0.4, 0.1],
+                           "agrees": [True, True, False, True, False, False, False],
+                           "index": [0, 1, 2, 3, 0, 1, 2]})
+    labels = np.array([0, 0, 0, 0, 1, 1, 1])
+    ranked = selection.rank_scores(scores, "agree")
+    keep = selection.keep_mask(ranked, labels, scores["index"].to_numpy(), {0: 2, 1: 2})
+    # class 0: draws 0 and 1 agree and come first (draw 3 agrees too, with the highest probability, but later);
+    # class 1: none agrees, so the two most probable
+    assert keep.tolist() == [True, True, False, False, True, True, False]
+    fid = selection.keep_mask(selection.rank_scores(scores, "fidelity"), labels, scores["index"].to_numpy(),
+                              {0: 2, 1: 2})
+    assert fid.tolist() == [True, False, False, True, True, True, False]  # by probability: the typical ones
 
 
 def test_amount_per_class_is_relative_to_the_train_split(tmp_path):
@@ -122,7 +138,7 @@ def cheap_selector(monkeypatch):
                         lambda: FidelityConfig(seed=selection.SELECTOR_SEED, epochs=3, max_steps=6, batch_size=8))
 
 
-@pytest.mark.parametrize("method", ["realism", "fidelity"])
+@pytest.mark.parametrize("method", ["realism", "fidelity", "agree"])
 def test_selected_run_keeps_the_best_of_a_larger_pool(checkpoint, real_dataset, tmp_path, cheap_selector, method):
     cfg = generate.GenerateConfig(checkpoint=str(checkpoint), dataset_dir=str(real_dataset), images_per_class=3,
                                   selection=method, oversample=2.5, num_sets=2, fidelity_cache=str(tmp_path / "fc"),
@@ -133,10 +149,15 @@ def test_selected_run_keeps_the_best_of_a_larger_pool(checkpoint, real_dataset, 
     assert len(scores) == 2 * 2 * 8 and report["n_images"] == 2 * 2 * 3  # ceil(2.5 × 3) = 8 drawn per class
     for (s, cls), part in scores.groupby(["set", "class"]):
         kept = sorted(p.name for p in (run_dir / "images" / f"set{s}" / cls).iterdir())
-        best = part.sort_values(["score", "index"], ascending=[False, True]).head(3)
+        if method == "agree":  # the first draws labelled as their class, then the most probable of the others
+            best = pd.concat([part[part["agrees"]].sort_values("index"),
+                              part[~part["agrees"]].sort_values(["score", "index"], ascending=[False, True])]).head(3)
+            assert (part.loc[part["agrees"], "score"] >= 0.5).all()  # two classes: the most probable one
+        else:
+            best = part.sort_values(["score", "index"], ascending=[False, True]).head(3)
+            assert part.loc[part["kept"], "score"].min() >= part.loc[~part["kept"], "score"].max()
         assert kept == sorted(f.split("/")[-1] for f in best["file"]) and part["kept"].sum() == 3
         assert sorted(part.loc[part["unselected"], "index"]) == [0, 1, 2]  # the first draws: what 'none' keeps
-        assert part.loc[part["kept"], "score"].min() >= part.loc[~part["kept"], "score"].max()
     # the kept images are the pool's own files, byte for byte
     f = scores[scores["kept"]].iloc[0]
     assert (run_dir / "images" / f"set{f['set']}" / f["file"]).read_bytes() == \
@@ -149,6 +170,7 @@ def test_selected_run_keeps_the_best_of_a_larger_pool(checkpoint, real_dataset, 
                                    verbose=False)
     out = generate.write_generation_metrics(run_dir, report, metrics, cfg=cfg, unselected=unselected)
     assert out["selection/method"] == method and out["selection/n_pool"] == 32 and out["selection/oversample"] == 2.5
+    assert ("selection/agreeing/a" in out) == (method == "agree")
     table = selection.comparison_table(metrics, None, unselected)
     assert list(table.index) == ["kept", "unselected"] and table.loc["unselected", "random-test/n_fake"] == 6
     assert selection.plot_kept_dropped(report, n_per_class=2) is not None

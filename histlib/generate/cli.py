@@ -9,7 +9,7 @@ from histlib.config import PROFILES
 from histlib.generate.config import GenerateConfig
 from histlib.generate.stage import class_fidelity, metrics_extractor, run_generation, write_generation_metrics
 from histlib.metrics.folders import gan_metrics
-from histlib.selection import unselected_metrics
+from histlib.selection import SELECTIONS, unselected_metrics
 
 
 def add_arguments(parser) -> None:
@@ -22,8 +22,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--num-sets", type=int, default=None, help="independent sets (default: the profile's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--truncation-psi", type=float, default=1.0)
-    parser.add_argument("--selection", default="none", choices=("none", "realism", "fidelity"),
-                        help="keep the best images of each class by this score (needs --dataset-dir)")
+    parser.add_argument("--selection", default="none", choices=SELECTIONS,
+                        help="keep the best images of each class by this score, or ('agree') the first draws the "
+                             "classifier labels as their class (needs --dataset-dir)")
     parser.add_argument("--oversample", type=float, default=2.0, help="with --selection: images drawn per image kept")
     parser.add_argument("--amount", type=float, default=None,
                         help="images per class as a multiple of the real train split (replaces --images-per-class)")
