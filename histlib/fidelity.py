@@ -102,9 +102,6 @@ def fidelity_classifier(real_dir: str | os.PathLike, image_size: int, *, cfg: Fi
     Returns:
         Path of ``checkpoints/best.pt`` (with ``metrics.json`` beside it holding the validation accuracy).
     """
-    from histlib.classify.config import ClassifyConfig
-    from histlib.classify.train import train_classifier
-
     cfg = dataclasses.replace(cfg or FidelityConfig())
     check_types(cfg)
     if cfg.image_size is None:
@@ -113,6 +110,21 @@ def fidelity_classifier(real_dir: str | os.PathLike, image_size: int, *, cfg: Fi
     ckpt = out / "checkpoints" / "best.pt"
     if (out / "metrics.json").is_file() and ckpt.is_file():
         return ckpt
+    # Concurrent study steps (the generate steps of one target) share this cache: one trains, the others wait and
+    # read its checkpoint. Unlocked, each trained its own and the last rename won, so a set measured before it was
+    # scored by a classifier no longer in the cache.
+    with runs.file_lock(out.parent / f".{out.name}.lock"):
+        if (out / "metrics.json").is_file() and ckpt.is_file():
+            return ckpt
+        _train_fidelity_classifier(real_dir, cfg, out, device, progress)
+    return ckpt
+
+
+def _train_fidelity_classifier(real_dir: str | os.PathLike, cfg: FidelityConfig, out: Path, device: str,
+                               progress: bool) -> None:
+    from histlib.classify.config import ClassifyConfig
+    from histlib.classify.train import train_classifier
+
     ccfg = ClassifyConfig(model=cfg.model, train_set="real", real_dir=runs.project_path(real_dir).as_posix(),
                           image_size=cfg.image_size, epochs=cfg.epochs, max_steps=cfg.max_steps,
                           batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed, pretrained=cfg.pretrained,
@@ -121,7 +133,6 @@ def fidelity_classifier(real_dir: str | os.PathLike, image_size: int, *, cfg: Fi
         train_classifier(ccfg, tmp, progress=progress)
         runs.write_json(tmp / "fidelity.json", {"fidelity_config": dataclasses.asdict(cfg),
                                                  "real_dir": runs.display_path(real_dir)})
-    return ckpt
 
 
 def classifier_for_run(cfg: Any, report: Mapping[str, Any], progress: bool = False) -> Path:

@@ -186,6 +186,24 @@ def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike) -> Iterator[None]:
+    """Holds an exclusive lock on ``path`` (created if missing) across processes and threads: ``flock``, which the
+    OS releases if the holder dies, unlike a lock file's existence. Without POSIX ``fcntl`` there is no lock."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        yield
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def append_jsonl(path: str | os.PathLike, record: Mapping[str, Any]) -> None:
     """Appends one JSON line (one record per training tick) and flushes it to disk."""
     path = Path(path)

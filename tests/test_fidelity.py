@@ -104,6 +104,42 @@ def test_classifier_is_trained_once_and_cached(classifier, colour_dataset, monke
     assert fidelity.classifier_dir(colour_dataset, fidelity.FidelityConfig(epochs=7), cache) != ckpt.parent.parent
 
 
+def test_concurrent_callers_train_the_classifier_once(colour_dataset, tmp_path, monkeypatch):
+    """The generate steps of one target run side by side and share the cache: one trains, the others wait for it
+    (unlocked, each trained its own and the last rename replaced the classifier the others had measured with)."""
+    import threading
+    import time
+
+    import histlib.classify.train as classify_train
+
+    trained = []
+
+    def slow_train(ccfg, out, progress=False):
+        trained.append(threading.get_ident())
+        time.sleep(0.5)  # long enough for every caller to arrive while the first trains
+        (out / "checkpoints").mkdir(parents=True)
+        (out / "checkpoints" / "best.pt").write_bytes(str(len(trained)).encode())
+        runs.write_json(out / "metrics.json", {"balanced_accuracy": 1.0})
+
+    monkeypatch.setattr(classify_train, "train_classifier", slow_train)
+    cfg = fidelity.FidelityConfig(epochs=1, max_steps=1)
+    got, errors = [], []
+
+    def call():
+        try:
+            got.append(fidelity.fidelity_classifier(colour_dataset, 16, cfg=cfg, cache_root=tmp_path, device="cpu"))
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=call) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(trained) == 1 and len(set(got)) == 1
+    assert got[0].read_bytes() == b"1"
+
+
 class ColourGenerator(torch.nn.Module):
     """Stands in for G: class k gives noisy images of colour ``palette[k]``."""
 

@@ -12,15 +12,16 @@ so a broken extension costs one compile, not one per call.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import shutil
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
+
+from histlib import runs
 
 SRC_DIR = Path(__file__).resolve().parent
 # Compiler flags, part of the cache key; torch adds the C++ standard its headers need. No --use_fast_math: the
@@ -98,21 +99,6 @@ def _lock_for(name: str) -> threading.Lock:
         return _locks.setdefault(name, threading.Lock())
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: rely on torch's own lock file
-        yield
-        return
-    with open(path, "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def _ninja_on_path() -> None:
     """torch looks for ``ninja`` on PATH; the pip package puts it beside the interpreter, which may not be on PATH."""
     if shutil.which("ninja"):
@@ -179,7 +165,7 @@ def _build_and_load(name: str, sources: list[Path], verbose: bool) -> ModuleType
     build_dir.mkdir(parents=True, exist_ok=True)
     with _env_lock:
         _ninja_on_path()
-    with _file_lock(build_dir / ".histlib-lock"):
+    with runs.file_lock(build_dir / ".histlib-lock"):  # not POSIX: no lock, torch's own lock file
         # torch's own lock file survives a killed build and then blocks every later one; while we hold the flock no
         # other histlib process is building here, so a leftover one is stale.
         stale = build_dir / "lock"
