@@ -433,6 +433,44 @@ def test_selected_and_amount_sets_are_rows_of_their_own(answer):
     assert not table.set_index(key).loc[("synthetic", "freeze_d1", "realism", "2x"), "paper_row"]
 
 
+def test_one_studys_two_selections_compared_row_by_row(answer, tmp_path, capsys):
+    """``study compare A A --selections fidelity agree``: each set kept by one selection against the same variant's
+    set kept by the other, paired on the test images; rows without a generated set are left out."""
+    import shutil
+
+    from histlib.__main__ import main
+
+    study = tmp_path / "results" / "sel"
+    shutil.copytree(answer, study)
+    y = np.repeat([0, 1], 20)
+    for selection, right in (("fidelity", 30), ("agree", 33)):  # agree gets 3 more images right, every seed
+        for seed in range(3):
+            pred = y.copy()
+            pred[right + seed:] = 1 - pred[right + seed:]
+            label = f"freeze_g2-{selection}-3x"
+            runs.Run(study / "lung" / "classify" / f"synthetic__{label}__resnet34__seed{seed}").write_metrics({
+                "accuracy": 0.7, "balanced_accuracy": 0.7, "variant": label, "n_train_real": 0,
+                "n_train_synthetic": 900, "test_accuracy": (right + seed) / 40,
+                "test_balanced_accuracy": (right + seed) / 40, "test_y_true": y.tolist(),
+                "test_y_pred": pred.tolist(), "test_groups": (np.arange(40) // 2).tolist()})
+    df = analysis.collect_metrics(study)
+    table = analysis.compare_studies(df, df, n_boot=300, selections=("fidelity", "agree"))
+    assert len(table) == 1
+    row = table.iloc[0]
+    assert (row["train_set"], row["variant"], row["selection"], row["amount"]) == ("synthetic", "freeze_g2", "agree",
+                                                                                   "3x")
+    assert row["accuracy_a"] == pytest.approx(100 * 31 / 40) and row["accuracy_b"] == pytest.approx(100 * 34 / 40)
+    assert row["diff_accuracy"] == pytest.approx(100 * 3 / 40) and row["seeds_same_sign"] == "3/3"
+    assert 0 <= row["diff_accuracy_low"] <= row["diff_accuracy"] <= row["diff_accuracy_high"]
+    assert analysis.compare_studies(df, df, n_boot=0, selections=("realism", "agree")).empty
+    assert main(["study", "compare", str(study), str(study), "--boot", "200", "--selections", "fidelity",
+                 "agree"]) == 0
+    printed = capsys.readouterr().out
+    assert "selected by fidelity; B: those selected by agree" in printed and "+7.5 [" in printed
+    assert main(["study", "compare", str(study), str(study), "--selections", "realism", "agree"]) == 1
+    assert "by 'realism' and B's by 'agree'" in capsys.readouterr().out
+
+
 def test_two_studies_compared_row_by_row_on_the_same_images(answer, tmp_path, capsys):
     """``compare_studies`` / ``study compare``: B minus A per shared row, paired on the test images; a row only one
     study has is left out; a row scored on other images has no interval and says why."""

@@ -355,7 +355,7 @@ def _model_rows(ds: str, scored_on: str, model: str, dm: pd.DataFrame, paper: se
 
 
 def compare_studies(df_a: pd.DataFrame, df_b: pd.DataFrame, n_boot: int = 2000, ci: float = 0.95,
-                    seed: int = 0) -> pd.DataFrame:
+                    seed: int = 0, selections: tuple[str, str] | None = None) -> pd.DataFrame:
     """Two studies' classifiers row by row: study B minus study A on the same held-out images (before and after a
     change of defaults, say), with the group bootstrap interval of :mod:`histlib.analysis.intervals`.
 
@@ -368,6 +368,9 @@ def compare_studies(df_a: pd.DataFrame, df_b: pd.DataFrame, n_boot: int = 2000, 
         df_a, df_b: :func:`histlib.analysis.collect_metrics` of the two studies (their ``attrs['study_dir']``
             locate the per-image predictions).
         n_boot, ci, seed: bootstrap settings.
+        selections: ``(selection of A, selection of B)``: pair A's generated sets kept by the first with B's kept by
+            the second (same variant, amount, training set and classifier), e.g. ``('fidelity', 'agree')``; the two
+            frames may be one study's. Rows without a generated set are left out then.
 
     Returns:
         ``dataset, scored_on, <row keys>, model, training_set`` (B's label), ``accuracy_a``, ``accuracy_b``,
@@ -376,6 +379,10 @@ def compare_studies(df_a: pd.DataFrame, df_b: pd.DataFrame, n_boot: int = 2000, 
         ``seeds_same_sign`` and ``interval_note`` (why there is no interval). Empty when the studies share no row.
     """
     ra, rb = classifier_run_rows(df_a), classifier_run_rows(df_b)
+    if selections is not None and len(ra) and len(rb):
+        sel_a, sel_b = (str(v) for v in selections)
+        ra = ra[ra["selection"] == sel_a].assign(selection=sel_b)  # A's rows take B's keys, so the two pair up
+        rb = rb[rb["selection"] == sel_b]
     if len(ra) == 0 or len(rb) == 0:
         return pd.DataFrame()
     preds_a = _Predictions(Path(df_a.attrs.get("study_dir", ".")))

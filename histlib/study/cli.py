@@ -3,7 +3,8 @@ command line.
 
 ``step`` runs one step by name: the command the ``local`` and ``slurm`` executors start for each step (so they never
 import the runner). ``compare`` sets two finished studies' classifiers side by side, row by row, with the paired
-group interval of B minus A (:func:`histlib.analysis.compare_studies`).
+group interval of B minus A (:func:`histlib.analysis.compare_studies`); with ``--selections SEL_A SEL_B`` it pairs
+A's sets kept by one selection with B's kept by another, so one study's two selections compare row by row.
 """
 
 from __future__ import annotations
@@ -47,6 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p_cmp.add_argument("study_b", help="results folder of study B")
     p_cmp.add_argument("--out", default=None, help="also write the table as CSV here")
     p_cmp.add_argument("--boot", type=int, default=2000, help="bootstrap resamples of the intervals (default 2000)")
+    p_cmp.add_argument("--selections", nargs=2, metavar=("SEL_A", "SEL_B"), default=None,
+                       help="pair A's sets kept by SEL_A with B's kept by SEL_B (e.g. fidelity agree; A and B may be "
+                            "the same study)")
 
 
 def _compare(args: argparse.Namespace) -> int:
@@ -54,10 +58,17 @@ def _compare(args: argparse.Namespace) -> int:
 
     if args.boot < 0:
         raise ValueError(f"--boot: expected a number of resamples >= 0, got {args.boot}")
-    table = compare_studies(collect_metrics(args.study_a), collect_metrics(args.study_b), n_boot=args.boot)
+    table = compare_studies(collect_metrics(args.study_a), collect_metrics(args.study_b), n_boot=args.boot,
+                            selections=args.selections)
     if table.empty:
-        print(f"{args.study_a} and {args.study_b} share no classifier row (same dataset, training set, model)")
+        pairing = (f" with A's sets selected by {args.selections[0]!r} and B's by {args.selections[1]!r}"
+                   if args.selections else "")
+        print(f"{args.study_a} and {args.study_b} share no classifier row (same dataset, training set, model)"
+              f"{pairing}")
         return 1
+    if args.selections:
+        print(f"A: the generated sets selected by {args.selections[0]}; B: those selected by {args.selections[1]} "
+              "(same variant, amount and training set)")
     for ds, part in table.groupby("dataset", sort=False):
         print(f"\n{ds}: accuracy (%) of A and B, B − A [95 % interval] and the seeds whose own difference has its "
               f"sign; scored on {', '.join(dict.fromkeys(part['scored_on']))}")
