@@ -91,19 +91,51 @@ def _supersede_outputs(study: Study, step: Step) -> None:
     but a config holds paths, not contents, so after an upstream change (re-prepared data, a retrained base GAN,
     other settings) the old outputs would be reused. They are moved, not deleted, to
     ``<results>/.superseded/<study>/<step>-<old hash>/``; only the step's own runs move (other classify steps' runs
-    in the same ``RUN_ROOT`` stay). A step interrupted with the *same* hash keeps its outputs, so a re-run resumes it.
+    in the same ``RUN_ROOT`` stay), those of the training sets its earlier settings had as well as its current ones.
+    A step interrupted with the *same* hash keeps its outputs, so a re-run resumes it.
+
+    One exception: a classify step whose own settings changed while nothing upstream did (the same notebook,
+    dependencies and inputs: a seed, a model or a training set added or dropped) keeps the runs its new settings
+    still plan, by name; each of them is skipped only if its ``config.json`` matches the new config, and retrained
+    otherwise. Only the other runs move aside.
     """
     state = state_path(study, step)
     if not state.is_file():
         return
-    old = runs.read_json(state).get("hash")
+    info = runs.read_json(state)
+    old = info.get("hash")
     if old == step.hash:
         return
+    before = Step(step.stage, step.dataset, step.name, step.notebook, dict(info.get("params") or {}), [])
+    items = list({path: (name, path) for name, path in [*_step_outputs(before), *_step_outputs(step)]}.values())
+    kept: list[str] = []
+    planned = _planned_runs(step) if info.get("upstream") and info.get("upstream") == step.upstream else set()
+    if planned:
+        kept = [name for name, path in items if name.startswith("run_root/") and path.name in planned]
+        items = [(name, path) for name, path in items if name not in kept]
     dest_root = _superseded_dir(study, step.name, old)
-    moved = _move_aside(dest_root, _step_outputs(step))
-    if moved:
+    moved = _move_aside(dest_root, items)
+    if moved or kept:
         print(f"{step.name}: settings changed since the last run; its previous outputs ({len(moved)}) moved to "
-              f"{runs.display_path(dest_root)}")
+              f"{runs.display_path(dest_root)}"
+              + (f"; {len(kept)} run(s) still planned, with nothing upstream changed, stay (each is retrained "
+                 f"unless its config is unchanged)" if kept else ""))
+
+
+def _planned_runs(step: Step) -> set[str]:
+    """The run folder names a classify step's parameters train (:func:`histlib.classify.sets.run_name`), with the
+    notebook's defaults for parameters the step does not give; empty for any other step."""
+    if step.stage != "classify" or not step.params.get("RUN_ROOT"):
+        return set()
+    from histlib.study.spec import stage_parameters
+
+    p = {**(stage_parameters("classify") or {}), **step.params}
+    seeds = p.get("SEEDS")
+    seeds = list(range(seeds)) if isinstance(seeds, int) else list(seeds or [])
+    fractions = sorted({1.0, *(p.get("REAL_FRACTIONS") or [])})
+    return {classify_sets.run_name(ts, model, int(seed), p.get("VARIANT"), f)
+            for ts in p.get("TRAIN_SETS") or [] for f in (fractions if ts == "real" else [1.0])
+            for model in p.get("MODELS") or [] for seed in seeds}
 
 
 def _superseded_dir(study: Study, name: str, old_hash: str | None) -> Path:
@@ -176,8 +208,7 @@ def execute_step(study: Study, step: Step, *, log_output: bool = False, kernel_n
     out_dir = runs.project_path(study.out_dir / "notebooks")
     out_dir.mkdir(parents=True, exist_ok=True)
     _supersede_outputs(study, step)
-    runs.write_json(state_path(study, step), {"status": "running", "hash": step.hash, "params": step.params,
-                                              "notebook": step.notebook})
+    runs.write_json(state_path(study, step), _state(step, "running"))
     final = out_dir / f"{step.name}.ipynb"
     tmp = out_dir / f".{step.name}.running.ipynb"
     t0 = time.time()
@@ -190,9 +221,8 @@ def execute_step(study: Study, step: Step, *, log_output: bool = False, kernel_n
                                    cwd=str(root), log_output=log_output, progress_bar=False,
                                    kernel_name=kernel_name, extra_arguments=["--IPKernelApp.log_level=ERROR"])
     except BaseException as e:
-        runs.write_json(state_path(study, step), {"status": "failed", "hash": step.hash, "params": step.params,
-                                                  "notebook": step.notebook, "seconds": round(time.time() - t0, 1),
-                                                  "error": error_line(e)})
+        runs.write_json(state_path(study, step), _state(step, "failed", seconds=round(time.time() - t0, 1),
+                                                        error=error_line(e)))
         if tmp.exists():
             failed = out_dir / f"{step.name}.failed.ipynb"
             os.replace(tmp, failed)
@@ -211,9 +241,14 @@ def execute_step(study: Study, step: Step, *, log_output: bool = False, kernel_n
     html = export_html(final, final.with_suffix(".html"), step_title(study, step), index=out_dir.parent / "index.html")
     for stale in (out_dir / f"{step.name}.failed.ipynb", out_dir / f"{step.name}.failed.html"):
         stale.unlink(missing_ok=True)
-    runs.write_json(state_path(study, step), {"status": "finished", "hash": step.hash, "params": step.params,
-                                              "seconds": round(time.time() - t0, 1), "notebook": step.notebook})
+    runs.write_json(state_path(study, step), _state(step, "finished", seconds=round(time.time() - t0, 1)))
     return html
+
+
+def _state(step: Step, status: str, **extra) -> dict:
+    """A step's state file: status, hash, the upstream part of the hash, parameters and notebook."""
+    return {"status": status, "hash": step.hash, "upstream": step.upstream, "params": step.params,
+            "notebook": step.notebook, **extra}
 
 
 def error_line(e: BaseException) -> str:

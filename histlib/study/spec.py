@@ -71,6 +71,7 @@ class Step:
     depends: list[str] = dataclasses.field(default_factory=list)
     hash: str = ""
     inputs: list[str] = dataclasses.field(default_factory=list)  # files outside the study whose content is hashed
+    upstream: str = ""  # the part of ``hash`` that is not this step's own parameters (notebook, dependencies, inputs)
 
 
 @dataclasses.dataclass

@@ -233,7 +233,9 @@ def _gan_profile(name: str | None) -> Any:
 
 
 def hash_steps(steps: list[Step]) -> None:
-    """Fills ``step.hash`` from the notebook source, the parameters and the hashes of its dependencies."""
+    """Fills ``step.hash`` from the notebook source, the parameters and the hashes of its dependencies, and
+    ``step.upstream`` from all of that but the parameters (a step whose own settings changed and nothing upstream of
+    it keeps the classifier runs its new settings still plan: :func:`histlib.study.execution._supersede_outputs`)."""
     by_name = {s.name: s for s in steps}
     for step in steps:
         nb = notebook_path(step.notebook)
@@ -247,6 +249,7 @@ def hash_steps(steps: list[Step]) -> None:
         if step.stage in GAN_STAGES:
             key["gan_profile"] = _gan_profile(step.params.get("PROFILE"))
         step.hash = runs.config_hash(key)
+        step.upstream = runs.config_hash({k: v for k, v in key.items() if k != "params"})
 
 
 

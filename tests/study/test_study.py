@@ -334,6 +334,56 @@ def test_a_changed_classify_step_moves_only_its_own_runs(tmp_path, monkeypatch):
     assert len(list(run_root.iterdir())) == 3
 
 
+def test_a_classify_step_whose_own_settings_changed_keeps_its_still_planned_runs(tmp_path, monkeypatch):
+    """A seed added (nothing upstream changed): the runs the new settings still plan stay, to be skipped when their
+    config is unchanged; a dropped model's runs and a dropped training set's move aside. With an upstream change, or
+    a state file from before ``upstream`` was recorded, every run of the step moves, the dropped set's too."""
+    root = _toy_project(tmp_path)
+    monkeypatch.chdir(root)
+    toy = study.load_study("studies/toy.yaml")
+    run_root = root / "results/toy/t/classify"
+    state = root / "results/toy/notebooks/.state/05_classify__t__pretrained.json"
+    before = {"RUN_ROOT": "results/toy/t/classify", "VARIANT": "pretrained", "SEEDS": [0],
+              "TRAIN_SETS": ["synthetic", "real+synthetic", "real+synthetic+stain"], "MODELS": ["resnet34", "vit"]}
+    after = {**before, "SEEDS": [0, 1], "TRAIN_SETS": ["synthetic", "real+synthetic"], "MODELS": ["resnet34"]}
+    old_runs = [f"{ts}__pretrained__{m}__seed0" for ts in before["TRAIN_SETS"] for m in before["MODELS"]]
+    still_planned = ["synthetic__pretrained__resnet34__seed0", "real+synthetic__pretrained__resnet34__seed0"]
+
+    def setup(upstream):
+        shutil.rmtree(root / "results", ignore_errors=True)
+        for n in [*old_runs, "real__resnet34__seed0"]:
+            _write(run_root / n / "metrics.json", "{}")
+        _write(state, json.dumps({"hash": "old", "params": before, **({"upstream": upstream} if upstream else {})}))
+
+    step = study.Step("classify", "t", "05_classify__t__pretrained", "05_classify.ipynb", after, hash="new",
+                      upstream="up")
+    setup("up")
+    _supersede_outputs(toy, step)
+    assert sorted(p.name for p in run_root.iterdir()) == sorted([*still_planned, "real__resnet34__seed0"])
+    moved = root / "results/.superseded/toy/05_classify__t__pretrained-old/run_root"
+    assert sorted(p.name for p in moved.iterdir()) == sorted(set(old_runs) - set(still_planned))
+    for upstream in ("changed", None):  # another upstream, or a state file without one: the step's runs all move
+        setup(upstream)
+        _supersede_outputs(toy, step)
+        assert [p.name for p in run_root.iterdir()] == ["real__resnet34__seed0"]
+        assert sorted(p.name for p in moved.iterdir()) == sorted(old_runs)
+
+
+def test_upstream_hash_ignores_the_steps_own_parameters(tmp_path, monkeypatch):
+    root = _toy_project(tmp_path)
+    monkeypatch.chdir(root)
+    steps = study.plan(study.load_study("studies/toy.yaml"))
+    study.hash_steps(steps)
+    first = dataclasses.replace(steps[0])
+    steps[0].params = {**steps[0].params, "PATCH": 16}
+    study.hash_steps(steps)
+    assert steps[0].hash != first.hash and steps[0].upstream == first.upstream
+    nb = root / "notebooks" / "01_data_prep.ipynb"
+    nb.write_text(nb.read_text().replace("Toy stage.", "Toy stage, edited."))
+    study.hash_steps(steps)
+    assert steps[0].upstream != first.upstream
+
+
 @pytest.mark.slow
 def test_failed_step_is_recorded_as_failed_and_retried(tmp_path, monkeypatch):
     root = _toy_project(tmp_path)
