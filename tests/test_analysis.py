@@ -435,7 +435,8 @@ def test_selected_and_amount_sets_are_rows_of_their_own(answer):
 
 def test_one_studys_two_selections_compared_row_by_row(answer, tmp_path, capsys):
     """``study compare A A --selections fidelity agree``: each set kept by one selection against the same variant's
-    set kept by the other, paired on the test images; rows without a generated set are left out."""
+    set kept by the other, paired on the test images; rows without a generated set are left out. ``none`` names the
+    unselected sets (whose labels name no selection)."""
     import shutil
 
     from histlib.__main__ import main
@@ -443,11 +444,13 @@ def test_one_studys_two_selections_compared_row_by_row(answer, tmp_path, capsys)
     study = tmp_path / "results" / "sel"
     shutil.copytree(answer, study)
     y = np.repeat([0, 1], 20)
-    for selection, right in (("fidelity", 30), ("agree", 33)):  # agree gets 3 more images right, every seed
+    # agree gets 3 more images right than fidelity, every seed; the unselected set ('none': no selection in its
+    # label) 4 fewer than agree
+    for selection, right in (("fidelity", 30), ("agree", 33), ("none", 29)):
         for seed in range(3):
             pred = y.copy()
             pred[right + seed:] = 1 - pred[right + seed:]
-            label = f"freeze_g2-{selection}-3x"
+            label = "freeze_g2-3x" if selection == "none" else f"freeze_g2-{selection}-3x"
             runs.Run(study / "lung" / "classify" / f"synthetic__{label}__resnet34__seed{seed}").write_metrics({
                 "accuracy": 0.7, "balanced_accuracy": 0.7, "variant": label, "n_train_real": 0,
                 "n_train_synthetic": 900, "test_accuracy": (right + seed) / 40,
@@ -463,10 +466,16 @@ def test_one_studys_two_selections_compared_row_by_row(answer, tmp_path, capsys)
     assert row["diff_accuracy"] == pytest.approx(100 * 3 / 40) and row["seeds_same_sign"] == "3/3"
     assert 0 <= row["diff_accuracy_low"] <= row["diff_accuracy"] <= row["diff_accuracy_high"]
     assert analysis.compare_studies(df, df, n_boot=0, selections=("realism", "agree")).empty
+    unselected = analysis.compare_studies(df, df, n_boot=100, selections=("none", "agree"))
+    assert len(unselected) == 1 and unselected.iloc[0]["diff_accuracy"] == pytest.approx(100 * 4 / 40)
+    back = analysis.compare_studies(df, df, n_boot=100, selections=("agree", "none")).iloc[0]
+    assert back["selection"] == "" and back["diff_accuracy"] == pytest.approx(-100 * 4 / 40)
     assert main(["study", "compare", str(study), str(study), "--boot", "200", "--selections", "fidelity",
                  "agree"]) == 0
     printed = capsys.readouterr().out
     assert "selected by fidelity; B: those selected by agree" in printed and "+7.5 [" in printed
+    assert main(["study", "compare", str(study), str(study), "--boot", "0", "--selections", "none", "agree"]) == 0
+    assert "A: the generated sets unselected; B: those selected by agree" in capsys.readouterr().out
     assert main(["study", "compare", str(study), str(study), "--selections", "realism", "agree"]) == 1
     assert "by 'realism' and B's by 'agree'" in capsys.readouterr().out
 

@@ -354,6 +354,13 @@ def _model_rows(ds: str, scored_on: str, model: str, dm: pd.DataFrame, paper: se
     return out
 
 
+def _no_selection(value: Any) -> str:
+    """A selection as the row keys hold it: ``'none'`` (the unselected sets, whose labels name no selection) is
+    ``''``."""
+    value = _text(value)
+    return "" if value == "none" else value
+
+
 def compare_studies(df_a: pd.DataFrame, df_b: pd.DataFrame, n_boot: int = 2000, ci: float = 0.95,
                     seed: int = 0, selections: tuple[str, str] | None = None) -> pd.DataFrame:
     """Two studies' classifiers row by row: study B minus study A on the same held-out images (before and after a
@@ -370,7 +377,8 @@ def compare_studies(df_a: pd.DataFrame, df_b: pd.DataFrame, n_boot: int = 2000, 
         n_boot, ci, seed: bootstrap settings.
         selections: ``(selection of A, selection of B)``: pair A's generated sets kept by the first with B's kept by
             the second (same variant, amount, training set and classifier), e.g. ``('fidelity', 'agree')``; the two
-            frames may be one study's. Rows without a generated set are left out then.
+            frames may be one study's; ``'none'`` names the unselected sets. Rows without a generated set are left
+            out then.
 
     Returns:
         ``dataset, scored_on, <row keys>, model, training_set`` (B's label), ``accuracy_a``, ``accuracy_b``,
@@ -380,9 +388,9 @@ def compare_studies(df_a: pd.DataFrame, df_b: pd.DataFrame, n_boot: int = 2000, 
     """
     ra, rb = classifier_run_rows(df_a), classifier_run_rows(df_b)
     if selections is not None and len(ra) and len(rb):
-        sel_a, sel_b = (str(v) for v in selections)
-        ra = ra[ra["selection"] == sel_a].assign(selection=sel_b)  # A's rows take B's keys, so the two pair up
-        rb = rb[rb["selection"] == sel_b]
+        sel_a, sel_b = (_no_selection(v) for v in selections)
+        ra = ra[ra["selection"].map(_no_selection) == sel_a].assign(selection=sel_b)  # A's rows take B's keys
+        rb = rb[rb["selection"].map(_no_selection) == sel_b].assign(selection=sel_b)  # so the two pair up
     if len(ra) == 0 or len(rb) == 0:
         return pd.DataFrame()
     preds_a = _Predictions(Path(df_a.attrs.get("study_dir", ".")))

@@ -49,8 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p_cmp.add_argument("--out", default=None, help="also write the table as CSV here")
     p_cmp.add_argument("--boot", type=int, default=2000, help="bootstrap resamples of the intervals (default 2000)")
     p_cmp.add_argument("--selections", nargs=2, metavar=("SEL_A", "SEL_B"), default=None,
-                       help="pair A's sets kept by SEL_A with B's kept by SEL_B (e.g. fidelity agree; A and B may be "
-                            "the same study)")
+                       help="pair A's sets kept by SEL_A with B's kept by SEL_B (e.g. fidelity agree; none: the "
+                            "unselected sets; A and B may be the same study)")
 
 
 def _compare(args: argparse.Namespace) -> int:
@@ -67,8 +67,8 @@ def _compare(args: argparse.Namespace) -> int:
               f"{pairing}")
         return 1
     if args.selections:
-        print(f"A: the generated sets selected by {args.selections[0]}; B: those selected by {args.selections[1]} "
-              "(same variant, amount and training set)")
+        kept = ["unselected" if s == "none" else f"selected by {s}" for s in args.selections]
+        print(f"A: the generated sets {kept[0]}; B: those {kept[1]} (same variant, amount and training set)")
     for ds, part in table.groupby("dataset", sort=False):
         print(f"\n{ds}: accuracy (%) of A and B, B − A [95 % interval] and the seeds whose own difference has its "
               f"sign; scored on {', '.join(dict.fromkeys(part['scored_on']))}")
