@@ -82,6 +82,16 @@ def run_name(train_set: str, model: str, seed: int, variant: str | None = None, 
     return f"{label}__{model}__seed{seed}"
 
 
+def planned_runs(train_sets, models, seeds, real_fractions=(1.0,)) -> list[tuple[str, float, str, int]]:
+    """``(train_set, real_fraction, model, seed)`` of every run that trains ``train_sets`` × ``models`` × ``seeds``
+    (``seeds`` a list, or a count ``n`` meaning ``range(n)``), ``real`` also on each of ``real_fractions`` (1.0, the
+    full real set, always runs), in training order."""
+    seeds = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
+    fractions = sorted({1.0, *(check_fraction(f, "real_fractions") for f in real_fractions)})
+    return [(ts, f, model, seed) for ts in train_sets for f in (fractions if ts == "real" else [1.0])
+            for model in models for seed in seeds]
+
+
 def parse_run_name(name: str) -> dict | None:
     """``'real+synthetic__freeze_d1__resnet34__seed2'`` → ``{'train_set': 'real+synthetic', 'variant': 'freeze_d1',
     'model': 'resnet34', 'seed': 2}`` (``variant`` None without one); None when ``name`` is not a run name."""

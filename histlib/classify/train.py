@@ -34,7 +34,7 @@ from histlib.classify.evaluate import (
     predict,
     to_device,
 )
-from histlib.classify.sets import check_fraction, needs_synthetic, run_name, train_set_label
+from histlib.classify.sets import needs_synthetic, planned_runs, run_name, train_set_label
 from histlib.classify.weights import create_classifier, load_classifier
 from histlib.device import resolve_device
 from histlib.progress import iterate
@@ -324,33 +324,30 @@ def run_classifiers(train_sets: list[str], models: list[str], seeds: list[int] |
     """
     from histlib.progress import readable_warnings
 
-    seeds = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
-    fractions = sorted({1.0, *(check_fraction(f, "real_fractions") for f in real_fractions)})
     with readable_warnings():
-        return pd.DataFrame(_run_all(train_sets, models, seeds, base_cfg, out_root, progress, fractions))
+        return pd.DataFrame(_run_all(planned_runs(train_sets, models, seeds, real_fractions), base_cfg, out_root,
+                                     progress))
 
 
-def _run_all(train_sets: list[str], models: list[str], seeds: list[int], base_cfg: ClassifyConfig,
-             out_root: str | os.PathLike, progress: bool, fractions: list[float]) -> list[dict[str, Any]]:
+def _run_all(planned: list[tuple[str, float, str, int]], base_cfg: ClassifyConfig, out_root: str | os.PathLike,
+             progress: bool) -> list[dict[str, Any]]:
     rows = []
-    for ts, frac in [(s, f) for s in train_sets for f in (fractions if s == "real" else [1.0])]:
-        for model in models:
-            for seed in seeds:
-                cfg = dataclasses.replace(base_cfg, train_set=ts, model=model, seed=int(seed), real_fraction=frac)
-                path = Path(out_root) / run_name(ts, model, int(seed), base_cfg.variant, frac)
-                run = Run(path)
-                skipped = run.is_finished(cfg)
-                metrics = run.read_metrics() if skipped else train_classifier(cfg, path, progress=progress)
-                rows.append({
-                    "train_set": train_set_label(ts, frac),
-                    "variant": base_cfg.variant if needs_synthetic(ts) else None, "model": model,
-                    "seed": int(seed), "pretrained": metrics.get("pretrained"),
-                    "accuracy": metrics["accuracy"], "balanced_accuracy": metrics["balanced_accuracy"],
-                    "test_accuracy": metrics.get("test_accuracy"),
-                    "test_balanced_accuracy": metrics.get("test_balanced_accuracy"),
-                    "n_train": metrics.get("n_train"), "best_epoch": metrics.get("best_epoch"),
-                    "train_time_s": metrics.get("train_time_s"), "skipped": skipped, "run_dir": str(path),
-                })
+    for ts, frac, model, seed in planned:
+        cfg = dataclasses.replace(base_cfg, train_set=ts, model=model, seed=seed, real_fraction=frac)
+        path = Path(out_root) / run_name(ts, model, seed, base_cfg.variant, frac)
+        run = Run(path)
+        skipped = run.is_finished(cfg)
+        metrics = run.read_metrics() if skipped else train_classifier(cfg, path, progress=progress)
+        rows.append({
+            "train_set": train_set_label(ts, frac),
+            "variant": base_cfg.variant if needs_synthetic(ts) else None, "model": model,
+            "seed": seed, "pretrained": metrics.get("pretrained"),
+            "accuracy": metrics["accuracy"], "balanced_accuracy": metrics["balanced_accuracy"],
+            "test_accuracy": metrics.get("test_accuracy"),
+            "test_balanced_accuracy": metrics.get("test_balanced_accuracy"),
+            "n_train": metrics.get("n_train"), "best_epoch": metrics.get("best_epoch"),
+            "train_time_s": metrics.get("train_time_s"), "skipped": skipped, "run_dir": str(path),
+        })
     return rows
 
 

@@ -130,12 +130,9 @@ def _planned_runs(step: Step) -> set[str]:
     from histlib.study.spec import stage_parameters
 
     p = {**(stage_parameters("classify") or {}), **step.params}
-    seeds = p.get("SEEDS")
-    seeds = list(range(seeds)) if isinstance(seeds, int) else list(seeds or [])
-    fractions = sorted({1.0, *(p.get("REAL_FRACTIONS") or [])})
-    return {classify_sets.run_name(ts, model, int(seed), p.get("VARIANT"), f)
-            for ts in p.get("TRAIN_SETS") or [] for f in (fractions if ts == "real" else [1.0])
-            for model in p.get("MODELS") or [] for seed in seeds}
+    planned = classify_sets.planned_runs(p.get("TRAIN_SETS") or [], p.get("MODELS") or [], p.get("SEEDS") or [],
+                                         p.get("REAL_FRACTIONS") or [])
+    return {classify_sets.run_name(ts, model, seed, p.get("VARIANT"), f) for ts, f, model, seed in planned}
 
 
 def _superseded_dir(study: Study, name: str, old_hash: str | None) -> Path:
