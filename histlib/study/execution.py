@@ -122,6 +122,21 @@ def _supersede_outputs(study: Study, step: Step) -> None:
                  f"unless its config is unchanged)" if kept else ""))
 
 
+def record_upstream(study: Study, step: Step) -> bool:
+    """Adds ``upstream`` to the state file of a step that finished with its current hash but was run by a runner
+    that did not record it (so that a later change of only its own settings keeps the runs it still plans, as in
+    :func:`_supersede_outputs`). The same hash means the same notebook, dependencies and inputs, so the step's
+    current ``upstream`` is the one it ran with. Returns True when the file was updated."""
+    state = state_path(study, step)
+    if not state.is_file():
+        return False
+    info = runs.read_json(state)
+    if info.get("upstream") or info.get("status") != "finished" or info.get("hash") != step.hash or not step.upstream:
+        return False
+    runs.write_json(state, {**info, "upstream": step.upstream})
+    return True
+
+
 def _planned_runs(step: Step) -> set[str]:
     """The run folder names a classify step's parameters train (:func:`histlib.classify.sets.run_name`), with the
     notebook's defaults for parameters the step does not give; empty for any other step."""

@@ -10,7 +10,7 @@ import pytest
 
 from histlib import study
 from histlib.study.checks import check_values
-from histlib.study.execution import _step_outputs, _supersede_outputs
+from histlib.study.execution import _step_outputs, _supersede_outputs, record_upstream
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -367,6 +367,25 @@ def test_a_classify_step_whose_own_settings_changed_keeps_its_still_planned_runs
         _supersede_outputs(toy, step)
         assert [p.name for p in run_root.iterdir()] == ["real__resnet34__seed0"]
         assert sorted(p.name for p in moved.iterdir()) == sorted(old_runs)
+
+
+def test_a_finished_step_of_an_older_runner_gets_its_upstream_recorded(tmp_path, monkeypatch):
+    """A state file written before ``upstream`` was recorded gets it when the step is current (finished, same hash),
+    so that a later change of only its own settings keeps its still-planned runs; a step with another hash, or one
+    that did not finish, is left as it was."""
+    root = _toy_project(tmp_path)
+    monkeypatch.chdir(root)
+    toy = study.load_study("studies/toy.yaml")
+    state = root / "results/toy/notebooks/.state/05_classify__t__pretrained.json"
+    step = study.Step("classify", "t", "05_classify__t__pretrained", "05_classify.ipynb", {}, hash="h", upstream="up")
+    for info, updated in [({"status": "finished", "hash": "other"}, False), ({"status": "failed", "hash": "h"}, False),
+                          ({"status": "finished", "hash": "h", "upstream": "kept"}, False),
+                          ({"status": "finished", "hash": "h", "seconds": 3}, True)]:
+        _write(state, json.dumps(info))
+        assert record_upstream(toy, step) is updated
+        assert json.loads(state.read_text()) == ({**info, "upstream": "up"} if updated else info)
+    state.unlink()
+    assert record_upstream(toy, step) is False and not state.exists()
 
 
 def test_upstream_hash_ignores_the_steps_own_parameters(tmp_path, monkeypatch):
