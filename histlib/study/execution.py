@@ -16,7 +16,7 @@ from histlib import runs
 from histlib.classify import sets as classify_sets
 from histlib.progress import MODE_VARIABLE as PROGRESS_VARIABLE
 from histlib.study.spec import STAGES, Step, Study, notebook_path
-from histlib.study.steps import state_path
+from histlib.study.steps import is_current, state_path
 
 # Exported reports: tables in the output areas wrap and shrink instead of hiding behind a scroll bar, and the page
 # starts with a link back to the study's index
@@ -104,12 +104,13 @@ def _supersede_outputs(study: Study, step: Step) -> None:
         return
     info = runs.read_json(state)
     old = info.get("hash")
-    if old == step.hash:
+    if old in {step.hash, step.legacy_hash or step.hash}:
         return
     before = Step(step.stage, step.dataset, step.name, step.notebook, dict(info.get("params") or {}), [])
     items = list({path: (name, path) for name, path in [*_step_outputs(before), *_step_outputs(step)]}.values())
     kept: list[str] = []
-    planned = _planned_runs(step) if info.get("upstream") and info.get("upstream") == step.upstream else set()
+    same_upstream = info.get("upstream") and info.get("upstream") in {step.upstream, step.legacy_upstream}
+    planned = _planned_runs(step) if same_upstream else set()
     if planned:
         kept = [name for name, path in items if name.startswith("run_root/") and path.name in planned]
         items = [(name, path) for name, path in items if name not in kept]
@@ -122,18 +123,20 @@ def _supersede_outputs(study: Study, step: Step) -> None:
                  f"unless its config is unchanged)" if kept else ""))
 
 
-def record_upstream(study: Study, step: Step) -> bool:
-    """Adds ``upstream`` to the state file of a step that finished with its current hash but was run by a runner
-    that did not record it (so that a later change of only its own settings keeps the runs it still plans, as in
-    :func:`_supersede_outputs`). The same hash means the same notebook, dependencies and inputs, so the step's
-    current ``upstream`` is the one it ran with. Returns True when the file was updated."""
+def refresh_state(study: Study, step: Step) -> bool:
+    """Brings the state file of a step that is current (finished with its hash or the legacy one,
+    :func:`histlib.study.steps.hash_steps`) but written by an earlier runner to this runner's form: the legacy hash
+    becomes the current one, and a missing ``upstream`` is recorded (so that a later change of only the step's own
+    settings keeps the runs it still plans, as in :func:`_supersede_outputs`). The same hash means the same
+    notebook code, dependencies and inputs, so the current ``upstream`` is the one the step ran with. Returns True
+    when the file was updated."""
     state = state_path(study, step)
-    if not state.is_file():
+    if not state.is_file() or not step.hash:
         return False
     info = runs.read_json(state)
-    if info.get("upstream") or info.get("status") != "finished" or info.get("hash") != step.hash or not step.upstream:
+    if not is_current(step, info) or (info.get("hash") == step.hash and info.get("upstream") == step.upstream):
         return False
-    runs.write_json(state, {**info, "upstream": step.upstream})
+    runs.write_json(state, {**info, "hash": step.hash, "upstream": step.upstream})
     return True
 
 

@@ -21,7 +21,7 @@ from histlib.progress import progress
 from histlib.study import executors
 from histlib.study.checks import check_values, prepared_conflicts, validate
 from histlib.study.estimate import estimate, format_seconds
-from histlib.study.execution import error_line, execute_step, record_upstream, retire_dropped_steps
+from histlib.study.execution import error_line, execute_step, refresh_state, retire_dropped_steps
 from histlib.study.spec import STAGES, Step, Study, StudyError, load_study
 from histlib.study.steps import hash_steps, is_done, plan, state_path
 
@@ -83,8 +83,8 @@ def run_study(path: str | os.PathLike, *, force: bool = False, only: Iterable[st
         _print_plan_summary(study, selected, rows, probe=probe)
         return rows
     retire_dropped_steps(study, steps)
-    for step in steps:  # state files of an older runner: a finished step's upstream is its current one
-        record_upstream(study, step)
+    for step in steps:  # state files of an earlier runner (legacy hash, no upstream) of steps that are current
+        refresh_state(study, step)
     _write_study_json(study, path, rows)
     if executor != "sequential":
         return _run_parallel(study, path, selected, rows, force, executor, jobs, cluster)

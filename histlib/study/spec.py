@@ -72,6 +72,10 @@ class Step:
     hash: str = ""
     inputs: list[str] = dataclasses.field(default_factory=list)  # files outside the study whose content is hashed
     upstream: str = ""  # the part of ``hash`` that is not this step's own parameters (notebook, dependencies, inputs)
+    # the same two from the notebook file's bytes, as runners before the code-only notebook hash computed them: a
+    # step that finished under one of them is current (its state file is brought to ``hash`` when the study runs)
+    legacy_hash: str = ""
+    legacy_upstream: str = ""
 
 
 @dataclasses.dataclass

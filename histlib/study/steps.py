@@ -1,11 +1,12 @@
 """A study's steps: the plan (one notebook execution per stage, dataset and variant), their hashes and states.
 
 A step is skipped when a finished execution with the same *step hash* exists (resumable studies). The hash covers
-the notebook's source, the parameters passed to it and the hashes of the steps it depends on, so changing the data
-settings re-runs everything downstream of the data, and nothing else. The GAN stages' hashes also cover their
-profile's entry of the GAN profile table (``histlib.gan.config.PROFILES``): a changed default of the networks,
-training or generation re-runs the GAN steps (and the classification of their images), not the data or the
-real-only classifiers.
+the notebook's code (:func:`notebook_code_hash`: its code cells' Python tokens; markdown, comments, spacing and
+outputs aside, so rewording a notebook's text does not re-run a finished study), the parameters passed to it and
+the hashes of the steps it depends on, so changing the data settings re-runs everything downstream of the data, and
+nothing else. The GAN stages' hashes also cover their profile's entry of the GAN profile table
+(``histlib.gan.config.PROFILES``): a changed default of the networks, training or generation re-runs the GAN steps
+(and the classification of their images), not the data or the real-only classifiers.
 
 Classification: the training sets without generated images (``real``, ``real+stain``) are trained once per target
 (step ``05_classify__<target>__real``, which also trains the real-data learning curve when ``classify.REAL_FRACTIONS``
@@ -232,24 +233,69 @@ def _gan_profile(name: str | None) -> Any:
     return PROFILES.get(name) if name is not None else None
 
 
+def notebook_code_hash(path: str | Path) -> str:
+    """sha256 of a notebook's code: the Python tokens of its code cells, in order. Markdown cells, outputs,
+    metadata, comments, blank lines and spacing within a line do not count; the block structure (indent, dedent)
+    and every other token do.
+    A cell the tokenizer cannot read (a shell escape, a syntax error) counts by its exact source."""
+    import hashlib
+    import io
+    import json
+    import tokenize
+
+    skip = {tokenize.COMMENT, tokenize.NL, tokenize.ENCODING}
+    layout = {tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT, tokenize.ENDMARKER}  # their kind counts, not text
+    h = hashlib.sha256()
+    cells = json.loads(Path(path).read_text(encoding="utf-8")).get("cells", [])
+    for cell in cells:
+        if cell.get("cell_type") != "code":
+            continue
+        source = cell.get("source", "")
+        source = "".join(source) if isinstance(source, list) else str(source)
+        try:
+            tokens = [(t.type, "" if t.type in layout else t.string)
+                      for t in tokenize.generate_tokens(io.StringIO(source).readline) if t.type not in skip]
+            h.update(json.dumps(["tokens", tokens]).encode())
+        except (tokenize.TokenError, SyntaxError):  # IndentationError is a SyntaxError
+            h.update(json.dumps(["source", source]).encode())
+    return h.hexdigest()
+
+
 def hash_steps(steps: list[Step]) -> None:
-    """Fills ``step.hash`` from the notebook source, the parameters and the hashes of its dependencies, and
-    ``step.upstream`` from all of that but the parameters (a step whose own settings changed and nothing upstream of
-    it keeps the classifier runs its new settings still plan: :func:`histlib.study.execution._supersede_outputs`)."""
+    """Fills ``step.hash`` from the notebook's code (:func:`notebook_code_hash`), the parameters and the hashes of
+    its dependencies, and ``step.upstream`` from all of that but the parameters (a step whose own settings changed
+    and nothing upstream of it keeps the classifier runs its new settings still plan:
+    :func:`histlib.study.execution._supersede_outputs`).
+
+    ``step.legacy_hash`` and ``step.legacy_upstream`` are the same from the notebook file's bytes, as earlier
+    runners computed them: a step that finished under the legacy hash is current, not re-run."""
     by_name = {s.name: s for s in steps}
     for step in steps:
         nb = notebook_path(step.notebook)
-        nb_hash = runs.file_sha256(nb) if nb.is_file() else "missing"
-        dep_hashes = [by_name[d].hash for d in step.depends if d in by_name]
+        nb_code = notebook_code_hash(nb) if nb.is_file() else "missing"
+        nb_file = runs.file_sha256(nb) if nb.is_file() else "missing"
         inputs = {f: (runs.file_sha256(runs.project_path(f)) if runs.project_path(f).is_file() else "missing")
                   for f in step.inputs}
-        key = {"notebook": nb_hash, "params": step.params, "depends": dep_hashes}
-        if inputs:
-            key["inputs"] = inputs
-        if step.stage in GAN_STAGES:
-            key["gan_profile"] = _gan_profile(step.params.get("PROFILE"))
-        step.hash = runs.config_hash(key)
-        step.upstream = runs.config_hash({k: v for k, v in key.items() if k != "params"})
+        for legacy in (False, True):
+            deps = [(by_name[d].legacy_hash if legacy else by_name[d].hash) for d in step.depends if d in by_name]
+            key = {"notebook": nb_file, "params": step.params, "depends": deps} if legacy else \
+                {"notebook_code": nb_code, "params": step.params, "depends": deps}
+            if inputs:
+                key["inputs"] = inputs
+            if step.stage in GAN_STAGES:
+                key["gan_profile"] = _gan_profile(step.params.get("PROFILE"))
+            full = runs.config_hash(key)
+            upstream = runs.config_hash({k: v for k, v in key.items() if k != "params"})
+            if legacy:
+                step.legacy_hash, step.legacy_upstream = full, upstream
+            else:
+                step.hash, step.upstream = full, upstream
+
+
+def is_current(step: Step, info: dict[str, Any]) -> bool:
+    """True when a step's state (its parsed state file) is a finished execution with this step's hash (or the
+    legacy hash of an earlier runner: :func:`hash_steps`)."""
+    return info.get("status") == "finished" and info.get("hash") in {step.hash, step.legacy_hash or step.hash}
 
 
 
@@ -265,4 +311,4 @@ def is_done(study: Study, step: Step) -> bool:
         return False
     info = runs.read_json(state)
     html = runs.project_path(study.out_dir / "notebooks" / f"{step.name}.html")
-    return info.get("status") == "finished" and info.get("hash") == step.hash and html.is_file()
+    return is_current(step, info) and html.is_file()

@@ -10,7 +10,7 @@ import pytest
 
 from histlib import study
 from histlib.study.checks import check_values
-from histlib.study.execution import _step_outputs, _supersede_outputs, record_upstream
+from histlib.study.execution import _step_outputs, _supersede_outputs, refresh_state
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -369,23 +369,59 @@ def test_a_classify_step_whose_own_settings_changed_keeps_its_still_planned_runs
         assert sorted(p.name for p in moved.iterdir()) == sorted(old_runs)
 
 
-def test_a_finished_step_of_an_older_runner_gets_its_upstream_recorded(tmp_path, monkeypatch):
-    """A state file written before ``upstream`` was recorded gets it when the step is current (finished, same hash),
-    so that a later change of only its own settings keeps its still-planned runs; a step with another hash, or one
-    that did not finish, is left as it was."""
+def test_a_current_step_of_an_earlier_runner_has_its_state_brought_up_to_date(tmp_path, monkeypatch):
+    """A finished state file with the legacy hash, or without ``upstream``, gets the current hash and upstream, so
+    that a later change of only the step's own settings keeps its still-planned runs; a step with another hash, or
+    one that did not finish, is left as it was."""
     root = _toy_project(tmp_path)
     monkeypatch.chdir(root)
     toy = study.load_study("studies/toy.yaml")
     state = root / "results/toy/notebooks/.state/05_classify__t__pretrained.json"
-    step = study.Step("classify", "t", "05_classify__t__pretrained", "05_classify.ipynb", {}, hash="h", upstream="up")
+    step = study.Step("classify", "t", "05_classify__t__pretrained", "05_classify.ipynb", {}, hash="h", upstream="up",
+                      legacy_hash="old-h", legacy_upstream="old-up")
     for info, updated in [({"status": "finished", "hash": "other"}, False), ({"status": "failed", "hash": "h"}, False),
-                          ({"status": "finished", "hash": "h", "upstream": "kept"}, False),
-                          ({"status": "finished", "hash": "h", "seconds": 3}, True)]:
+                          ({"status": "failed", "hash": "old-h"}, False),
+                          ({"status": "finished", "hash": "h", "upstream": "up"}, False),
+                          ({"status": "finished", "hash": "h", "seconds": 3}, True),
+                          ({"status": "finished", "hash": "old-h", "upstream": "old-up", "seconds": 3}, True),
+                          ({"status": "finished", "hash": "old-h"}, True)]:
         _write(state, json.dumps(info))
-        assert record_upstream(toy, step) is updated
-        assert json.loads(state.read_text()) == ({**info, "upstream": "up"} if updated else info)
+        assert refresh_state(toy, step) is updated
+        assert json.loads(state.read_text()) == ({**info, "hash": "h", "upstream": "up"} if updated else info)
     state.unlink()
-    assert record_upstream(toy, step) is False and not state.exists()
+    assert refresh_state(toy, step) is False and not state.exists()
+
+
+def test_the_step_hash_covers_the_notebooks_code_not_its_text(tmp_path, monkeypatch):
+    """Rewording a markdown cell or a comment, or respacing a line, keeps every step's hash (a finished study is not
+    re-run); a new statement changes the hash of that notebook's steps. A step that finished under the legacy hash
+    (the notebook file's bytes) counts as finished."""
+    root = _toy_project(tmp_path)
+    monkeypatch.chdir(root)
+    toy = study.load_study("studies/toy.yaml")
+    steps = study.plan(toy)
+    study.hash_steps(steps)
+    first = {s.name: (s.hash, s.upstream, s.legacy_hash) for s in steps}
+    nb_path = root / "notebooks" / "01_data_prep.ipynb"
+    nb = nbformat.read(str(nb_path), as_version=4)
+    code = next(c for c in nb.cells if c.cell_type == "code" and "PATCH" in c.source)
+    nb.cells.insert(0, nbformat.v4.new_markdown_cell("A new paragraph."))
+    code.source = code.source.replace("PATCH", "PATCH  ", 1) + "\n\n# a new comment\n"
+    nbformat.write(nb, str(nb_path))
+    study.hash_steps(steps)
+    assert {s.name: (s.hash, s.upstream) for s in steps} == {n: h[:2] for n, h in first.items()}
+    assert all(s.legacy_hash != first[s.name][2] for s in steps if s.stage == "data")  # the file's bytes changed
+    code.source = code.source + "\nEXTRA = 1\n"
+    nbformat.write(nb, str(nb_path))
+    study.hash_steps(steps)
+    changed = {s.name for s in steps if s.hash != first[s.name][0]}
+    assert changed and all(s.name in changed for s in steps if s.stage == "data")
+    data = steps[0]
+    _write(root / "results/toy/notebooks" / f"{data.name}.html", "<html></html>")
+    for old_hash, done in [(data.legacy_hash, True), (data.hash, True), (first[data.name][0], False)]:
+        _write(root / "results/toy/notebooks/.state" / f"{data.name}.json",
+               json.dumps({"status": "finished", "hash": old_hash}))
+        assert study.is_done(toy, data) is done
 
 
 def test_upstream_hash_ignores_the_steps_own_parameters(tmp_path, monkeypatch):
@@ -398,7 +434,7 @@ def test_upstream_hash_ignores_the_steps_own_parameters(tmp_path, monkeypatch):
     study.hash_steps(steps)
     assert steps[0].hash != first.hash and steps[0].upstream == first.upstream
     nb = root / "notebooks" / "01_data_prep.ipynb"
-    nb.write_text(nb.read_text().replace("Toy stage.", "Toy stage, edited."))
+    nb.write_text(nb.read_text().replace("PATCH = 8", "PATCH = 9"))  # the notebook's default: its code
     study.hash_steps(steps)
     assert steps[0].upstream != first.upstream
 
