@@ -110,6 +110,9 @@ def measured_rates(results_root: str | Path) -> dict[tuple, list[float]]:
         if info.get("status") != "finished" or stage is None or not isinstance(seconds, (int, float)):
             continue
         kind, amount, _ = work(stage, info.get("params") or {})
+        counts = info.get("runs")  # a classify step that kept some of its runs trained only the others
+        if amount and isinstance(counts, dict) and counts.get("planned"):
+            amount *= counts.get("trained", 0) / counts["planned"]
         if amount:
             found.append((kind, float(seconds), amount))
     if not found:
@@ -328,12 +331,26 @@ def _probe_for(step, steps: list, kind: tuple) -> Probe | None:
     return None
 
 
+def _share_to_train(step, study) -> float:
+    """The share of a classify step's planned runs that its next execution trains (the rest are finished runs it
+    keeps: :func:`histlib.study.steps.runs_to_keep`); 1 without a study or for any other step."""
+    if study is None or step.stage != "classify":
+        return 1.0
+    from histlib.study.steps import planned_runs, runs_to_keep
+
+    planned = planned_runs(step)
+    return 1 - len(runs_to_keep(study, step)) / len(planned) if planned else 1.0
+
+
 def step_estimate(step, steps: list, measured: dict[tuple, list[float]],
-                  probes: dict[tuple, tuple[float, str] | None], probe: bool = True) -> tuple[float | None, str]:
-    """``(seconds or None, basis)`` of one step; ``probes`` caches each kind's probe result."""
+                  probes: dict[tuple, tuple[float, str] | None], probe: bool = True,
+                  study=None) -> tuple[float | None, str]:
+    """``(seconds or None, basis)`` of one step; ``probes`` caches each kind's probe result. With the ``study``, a
+    classify step's finished runs that it keeps are not counted."""
     kind, amount, unit = work(step.stage, step.params)
     if amount is None:
         return None, "amount of work unknown (source images not found)" if step.stage == "data" else "?"
+    amount *= _share_to_train(step, study)
     if kind in measured:
         rates, overhead = measured[kind], measured[OVERHEAD_KEY][0]
         rate = statistics.median(rates)
@@ -366,13 +383,16 @@ def step_estimate(step, steps: list, measured: dict[tuple, list[float]],
     return None, f"nothing measured on this machine yet; {why}"
 
 
-def estimate(steps: list, results_root: str | Path = "results", probe: bool = True) -> list[dict[str, Any]]:
+def estimate(steps: list, results_root: str | Path = "results", probe: bool = True,
+             study=None) -> list[dict[str, Any]]:
     """Per stage: ``{stage, steps, seconds (None when unknown), basis}``, in plan order.
 
     Args:
         steps: the study's planned steps.
         results_root: where earlier studies' step states are looked for.
         probe: run a few-second probe for the kinds of work nothing was measured for.
+        study: the study the steps belong to: a classify step's finished runs that its next execution keeps are not
+            counted (without it, every planned run is).
     """
     measured = measured_rates(results_root)
     probes: dict[tuple, tuple[float, str] | None] = {}
@@ -380,7 +400,7 @@ def estimate(steps: list, results_root: str | Path = "results", probe: bool = Tr
     for step in steps:
         row = rows.setdefault(step.stage, {"stage": step.stage, "steps": 0, "seconds": 0.0, "basis": []})
         row["steps"] += 1
-        seconds, basis = step_estimate(step, steps, measured, probes, probe)
+        seconds, basis = step_estimate(step, steps, measured, probes, probe, study)
         row["seconds"] = None if seconds is None or row["seconds"] is None else row["seconds"] + seconds
         if basis not in row["basis"]:
             row["basis"].append(basis)

@@ -16,7 +16,7 @@ from histlib import runs
 from histlib.classify import sets as classify_sets
 from histlib.progress import MODE_VARIABLE as PROGRESS_VARIABLE
 from histlib.study.spec import STAGES, Step, Study, notebook_path
-from histlib.study.steps import is_current, state_path
+from histlib.study.steps import is_current, planned_runs, same_upstream, state_path
 
 # Exported reports: tables in the output areas wrap and shrink instead of hiding behind a scroll bar, and the page
 # starts with a link back to the study's index
@@ -109,8 +109,7 @@ def _supersede_outputs(study: Study, step: Step) -> None:
     before = Step(step.stage, step.dataset, step.name, step.notebook, dict(info.get("params") or {}), [])
     items = list({path: (name, path) for name, path in [*_step_outputs(before), *_step_outputs(step)]}.values())
     kept: list[str] = []
-    same_upstream = info.get("upstream") and info.get("upstream") in {step.upstream, step.legacy_upstream}
-    planned = _planned_runs(step) if same_upstream else set()
+    planned = planned_runs(step) if same_upstream(step, info) else set()
     if planned:
         kept = [name for name, path in items if name.startswith("run_root/") and path.name in planned]
         items = [(name, path) for name, path in items if name not in kept]
@@ -138,19 +137,6 @@ def refresh_state(study: Study, step: Step) -> bool:
         return False
     runs.write_json(state, {**info, "hash": step.hash, "upstream": step.upstream})
     return True
-
-
-def _planned_runs(step: Step) -> set[str]:
-    """The run folder names a classify step's parameters train (:func:`histlib.classify.sets.run_name`), with the
-    notebook's defaults for parameters the step does not give; empty for any other step."""
-    if step.stage != "classify" or not step.params.get("RUN_ROOT"):
-        return set()
-    from histlib.study.spec import stage_parameters
-
-    p = {**(stage_parameters("classify") or {}), **step.params}
-    planned = classify_sets.planned_runs(p.get("TRAIN_SETS") or [], p.get("MODELS") or [], p.get("SEEDS") or [],
-                                         p.get("REAL_FRACTIONS") or [])
-    return {classify_sets.run_name(ts, model, seed, p.get("VARIANT"), f) for ts, f, model, seed in planned}
 
 
 def _superseded_dir(study: Study, name: str, old_hash: str | None) -> Path:
@@ -256,8 +242,22 @@ def execute_step(study: Study, step: Step, *, log_output: bool = False, kernel_n
     html = export_html(final, final.with_suffix(".html"), step_title(study, step), index=out_dir.parent / "index.html")
     for stale in (out_dir / f"{step.name}.failed.ipynb", out_dir / f"{step.name}.failed.html"):
         stale.unlink(missing_ok=True)
-    runs.write_json(state_path(study, step), _state(step, "finished", seconds=round(time.time() - t0, 1)))
+    runs.write_json(state_path(study, step), _state(step, "finished", seconds=round(time.time() - t0, 1),
+                                                    **_runs_trained(step, t0)))
     return html
+
+
+def _runs_trained(step: Step, since: float) -> dict:
+    """For a classify step, ``{"runs": {"planned": n, "trained": m}}``: of the runs its parameters plan, those whose
+    ``metrics.json`` this execution wrote (the others were kept and skipped), so that the time estimates
+    (:mod:`histlib.study.estimate`) cost only the runs that trained; empty for any other step."""
+    planned = planned_runs(step)
+    if not planned:
+        return {}
+    root = runs.project_path(step.params["RUN_ROOT"])
+    trained = sum((root / name / "metrics.json").is_file() and (root / name / "metrics.json").stat().st_mtime >= since
+                  for name in planned)
+    return {"runs": {"planned": len(planned), "trained": trained}}
 
 
 def _state(step: Step, status: str, **extra) -> dict:

@@ -185,7 +185,7 @@ def _print_plan_summary(study: Study, steps: list[Step], rows: list[dict[str, An
         return
     unit = "CPU" if study.profile == "demo" else "GPU"
     print(f"time of the steps to run, one after another ({unit}; measured on this machine before, else probed now):")
-    rows_e = estimate(todo, study.results_root, probe=probe)
+    rows_e = estimate(todo, study.results_root, probe=probe, study=study)
     for e in rows_e:
         print(f"  {e['stage']:<9} {e['steps']:>3} step(s)  {format_seconds(e['seconds']):>9}  ({e['basis']})")
     known = [e["seconds"] for e in rows_e if e["seconds"] is not None]

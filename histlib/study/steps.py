@@ -24,7 +24,7 @@ from typing import Any
 
 from histlib import runs
 from histlib.classify import sets as classify_sets
-from histlib.study.spec import STAGES, VARIANTS, Step, Study, notebook_path, require
+from histlib.study.spec import STAGES, VARIANTS, Step, Study, notebook_path, require, stage_parameters
 
 
 def _upper(d: dict[str, Any]) -> dict[str, Any]:
@@ -298,7 +298,6 @@ def is_current(step: Step, info: dict[str, Any]) -> bool:
     return info.get("status") == "finished" and info.get("hash") in {step.hash, step.legacy_hash or step.hash}
 
 
-
 def state_path(study: Study, step: Step) -> Path:
     """``<results>/<study>/notebooks/.state/<step>.json``: the step's status, hash, parameters and seconds."""
     return runs.project_path(study.out_dir / "notebooks" / ".state" / f"{step.name}.json")
@@ -312,3 +311,34 @@ def is_done(study: Study, step: Step) -> bool:
     info = runs.read_json(state)
     html = runs.project_path(study.out_dir / "notebooks" / f"{step.name}.html")
     return is_current(step, info) and html.is_file()
+
+
+def same_upstream(step: Step, info: dict) -> bool:
+    """True when a step's earlier state (``info``) ran with this step's upstream (or its legacy form)."""
+    return bool(info.get("upstream")) and info.get("upstream") in {step.upstream, step.legacy_upstream}
+
+
+def runs_to_keep(study: Study, step: Step) -> set[str]:
+    """The run folders of a classify step that already hold a finished run (``metrics.json``) and that its next
+    execution keeps (:func:`histlib.study.execution._supersede_outputs`): all of its planned runs when it has no
+    state file yet or the same upstream as its last execution, none otherwise (they move aside). Each kept run is
+    then skipped when its ``config.json`` matches; the time estimates count the others only."""
+    planned = planned_runs(step)
+    if not planned:
+        return set()
+    state = state_path(study, step)
+    if state.is_file() and not is_current(step, info := runs.read_json(state)) and not same_upstream(step, info):
+        return set()
+    root = runs.project_path(step.params["RUN_ROOT"])
+    return {name for name in planned if (root / name / "metrics.json").is_file()}
+
+
+def planned_runs(step: Step) -> set[str]:
+    """The run folder names a classify step's parameters train (:func:`histlib.classify.sets.run_name`), with the
+    notebook's defaults for parameters the step does not give; empty for any other step."""
+    if step.stage != "classify" or not step.params.get("RUN_ROOT"):
+        return set()
+    p = {**(stage_parameters("classify") or {}), **step.params}
+    planned = classify_sets.planned_runs(p.get("TRAIN_SETS") or [], p.get("MODELS") or [], p.get("SEEDS") or [],
+                                         p.get("REAL_FRACTIONS") or [])
+    return {classify_sets.run_name(ts, model, seed, p.get("VARIANT"), f) for ts, f, model, seed in planned}

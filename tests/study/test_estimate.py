@@ -6,6 +6,7 @@ import pytest
 
 from histlib import runs, study
 from histlib.study import estimate
+from histlib.study.steps import state_path
 
 DEMO = runs.project_path("studies/demo.yaml")
 
@@ -41,6 +42,32 @@ def test_measured_rates_scale_with_the_work(tmp_path):
     assert rows["classify"]["seconds"] == pytest.approx(3 * 10.0 + (1 * 2 + 2 * 2 * 2) * 4.0)
     # nothing measured at the base GAN's kind of work and no probe: no number, and a reason
     assert rows["base_gan"]["seconds"] is None and "nothing measured" in rows["base_gan"]["basis"]
+
+
+def test_a_classify_step_costs_only_the_runs_it_trains(tmp_path):
+    """A measured classify step that kept 1 of its 2 runs cost its seconds for the one it trained; a planned step whose
+    finished runs it will keep (no state yet, or the same upstream) is costed for the others only, and for all of
+    them when an upstream change moves them aside."""
+    _write_state(tmp_path, "06_analysis", "06_analysis.ipynb", {"STUDY_DIR": "results/x"}, 10.0)
+    params = {"MODELS": ["resnet34"], "SEEDS": [0, 1], "TRAIN_SETS": ["real"], "EPOCHS": 5, "IMAGE_SIZE": 32}
+    state = tmp_path / "other_study" / "notebooks" / ".state" / "05_classify__x__real.json"
+    runs.write_json(state, {"status": "finished", "hash": "x", "params": params, "notebook": "05_classify.ipynb",
+                            "seconds": 50.0, "runs": {"planned": 2, "trained": 1}})
+    rates = estimate.measured_rates(tmp_path)
+    assert rates[("classify", 32, ("resnet34",))] == [pytest.approx((50.0 - 10.0) / 5)]  # 1 run × 5 epochs, not 2 × 5
+    demo = study.load_study(DEMO, tmp_path)
+    steps = study.plan(demo)
+    study.hash_steps(steps)
+    pre = next(st for st in steps if st.name.endswith("classify__sample_target__pretrained"))  # 2 sets, seed 0
+    full = estimate.estimate([pre], tmp_path, probe=False, study=demo)[0]["seconds"]
+    assert full == pytest.approx(10.0 + 2 * 2 * 8.0)  # 2 runs × 2 epochs at 8 s
+    run_root = runs.project_path(pre.params["RUN_ROOT"])
+    runs.write_json(run_root / "synthetic__pretrained__resnet34__seed0" / "metrics.json", {})
+    assert estimate.estimate([pre], tmp_path, probe=False, study=demo)[0]["seconds"] == pytest.approx(10.0 + 2 * 8.0)
+    own = state_path(demo, pre)
+    for upstream, seconds in [(pre.upstream, 10.0 + 2 * 8.0), ("changed", full)]:
+        runs.write_json(own, {"status": "finished", "hash": "old", "upstream": upstream, "params": {}})
+        assert estimate.estimate([pre], tmp_path, probe=False, study=demo)[0]["seconds"] == pytest.approx(seconds)
 
 
 def test_another_resolution_is_not_a_measurement(tmp_path):

@@ -2,7 +2,9 @@
 
 import dataclasses
 import json
+import os
 import shutil
+import time
 from pathlib import Path
 
 import nbformat
@@ -10,7 +12,7 @@ import pytest
 
 from histlib import study
 from histlib.study.checks import check_values
-from histlib.study.execution import _step_outputs, _supersede_outputs, refresh_state
+from histlib.study.execution import _runs_trained, _step_outputs, _supersede_outputs, refresh_state
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -422,6 +424,22 @@ def test_the_step_hash_covers_the_notebooks_code_not_its_text(tmp_path, monkeypa
         _write(root / "results/toy/notebooks/.state" / f"{data.name}.json",
                json.dumps({"status": "finished", "hash": old_hash}))
         assert study.is_done(toy, data) is done
+
+
+def test_a_classify_steps_state_counts_the_runs_it_trained(tmp_path, monkeypatch):
+    """The finished state of a classify step records how many of its planned runs this execution trained (a run
+    kept from before, its ``metrics.json`` older than the step's start, is not counted); other steps record none."""
+    monkeypatch.chdir(_toy_project(tmp_path))
+    params = {"RUN_ROOT": "results/toy/t/classify", "VARIANT": "pretrained", "SEEDS": [0, 1],
+              "TRAIN_SETS": ["synthetic"], "MODELS": ["resnet34"]}
+    step = study.Step("classify", "t", "05_classify__t__pretrained", "05_classify.ipynb", params)
+    root = tmp_path / "results/toy/t/classify"
+    for seed in (0, 1):
+        _write(root / f"synthetic__pretrained__resnet34__seed{seed}" / "metrics.json", "{}")
+    old = time.time() - 100
+    os.utime(root / "synthetic__pretrained__resnet34__seed0" / "metrics.json", (old, old))
+    assert _runs_trained(step, time.time() - 50) == {"runs": {"planned": 2, "trained": 1}}
+    assert _runs_trained(study.Step("data", "t", "01_data_prep__t", "01_data_prep.ipynb", {}), 0.0) == {}
 
 
 def test_upstream_hash_ignores_the_steps_own_parameters(tmp_path, monkeypatch):
