@@ -5,7 +5,9 @@ Each stage's time is estimated, in this order of preference, from:
 1. **measured**: the step states of earlier runs on this machine (``<results>/*/notebooks/.state/*.json``: a
    finished step's parameters and seconds, start-up and report export included), any study, the same stage and
    the same kind of work (profile and resolution for the GANs, image size and models for the classifiers),
-   scaled by the amount of work (kimg, images per class, runs × epochs, source bytes);
+   scaled by the amount of work (kimg, images per class, source bytes; for the classifiers the images trained,
+   runs × epochs × training images, where the training sets' sizes are known, else runs × epochs, leaving out the
+   finished runs a classify step keeps);
 2. **probe**: a few seconds of the stage's inner loop on this machine (a handful of GAN training iterations, a
    classifier batch forward and backward, a few generator batches, a few source images decoded), scaled to the
    step; it leaves out what the loop does not do (start-up, snapshots, metrics), so it is a lower bound;
@@ -25,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from histlib import runs
+from histlib.classify import sets as classify_sets
 from histlib.gan.config import PROFILES as GAN_PROFILES
 from histlib.study.spec import STAGES
 
@@ -115,6 +118,9 @@ def measured_rates(results_root: str | Path) -> dict[tuple, list[float]]:
             amount *= counts.get("trained", 0) / counts["planned"]
         if amount:
             found.append((kind, float(seconds), amount))
+        images = _images_of_state(info) if stage == "classify" else None
+        if images:
+            found.append(((*kind, IMAGES), float(seconds), float(images)))
     if not found:
         return {}
     overhead = min(sec for _, sec, _ in found)
@@ -122,6 +128,102 @@ def measured_rates(results_root: str | Path) -> dict[tuple, list[float]]:
     for kind, sec, amount in found:
         out.setdefault(kind, []).append(max(sec - overhead, 0.0) / amount)
     return out
+
+
+IMAGES = "images"  # the last element of a classify kind measured per image trained (not per epoch)
+IMAGES_UNIT = "image trained (runs × epochs × training images)"
+
+
+def _images_of_state(info: dict[str, Any]) -> int | None:
+    """Images a finished classify step trained on: recorded in its state (``runs.images``), or, for a state from
+    before that was recorded (every planned run trained then), read from its run folders' ``stats.jsonl``."""
+    from histlib.study.spec import Step
+    from histlib.study.steps import images_trained, planned_runs
+
+    counts = info.get("runs")
+    if isinstance(counts, dict):
+        return counts.get("images") if isinstance(counts.get("images"), int) else None
+    params = info.get("params") or {}
+    if not params.get("RUN_ROOT"):
+        return None
+    names = planned_runs(Step("classify", "", "", "05_classify.ipynb", params))
+    return images_trained(runs.project_path(params["RUN_ROOT"]), sorted(names)) if names else None
+
+
+def _count_images(folder: Path) -> int | None:
+    from histlib.data.manifest import IMAGE_EXTENSIONS
+
+    if not folder.is_dir():
+        return None
+    return sum(1 for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()) or None
+
+
+def _synthetic_images(step, steps: list, seed: int, real: int | None) -> int | None:
+    """Generated images a classify run of ``seed`` trains on: the set on disk, or what the planned generate step
+    that writes it will make (``AMOUNT`` × the real train split, or ``IMAGES_PER_CLASS`` × classes)."""
+    synth = str(step.params.get("SYNTH_DIR") or "")
+    if not synth:
+        return None
+    folder = runs.project_path(synth.replace("{seed}", str(seed)))
+    # as histlib.classify.data.synthetic_dir_for: a folder of sets set0, set1, ... gives each seed its own
+    if "{seed}" not in synth and (not folder.is_dir() or any(p.is_dir() and p.name.startswith("set")
+                                                             for p in folder.iterdir())):
+        folder = folder / f"set{seed}"
+    found = _count_images(folder)
+    if found:
+        return found
+    gen = next((s for s in steps if s.stage == "generate" and s.params.get("RUN_DIR")
+                and synth.startswith(str(s.params["RUN_DIR"]).rstrip("/") + "/")), None)
+    if gen is None:
+        return None
+    if gen.params.get("AMOUNT") is not None:
+        return int(round(float(gen.params["AMOUNT"]) * real)) if real else None
+    per_class = _profile_value(gen.params, "IMAGES_PER_CLASS", "generate", "images_per_class")
+    classes = _classes(step.params.get("REAL_DIR"))
+    return int(per_class) * classes if isinstance(per_class, (int, float)) and classes else None
+
+
+def _classes(real_dir: str | None) -> int | None:
+    import csv
+
+    manifest = runs.project_path(real_dir) / "manifest.csv" if real_dir else None
+    if manifest is None or not manifest.is_file():
+        return None
+    with open(manifest, newline="", encoding="utf-8") as f:
+        return len({row.get("class") for row in csv.DictReader(f)}) or None
+
+
+def classify_images(step, steps: list, skip: set[str] = frozenset()) -> float | None:
+    """Images a classify step's planned runs train on (each run's real and generated training images × epochs),
+    the runs named in ``skip`` left out; None when a training set's size is not known yet."""
+    p = {**(_classify_defaults()), **step.params}
+    planned = classify_sets.planned_runs(p.get("TRAIN_SETS") or [], p.get("MODELS") or [], p.get("SEEDS") or [],
+                                         p.get("REAL_FRACTIONS") or [])
+    if not planned:
+        return None
+    real = _train_images(step, steps)
+    total = 0.0
+    for train_set, fraction, model, seed in planned:
+        if classify_sets.run_name(train_set, model, seed, p.get("VARIANT"), fraction) in skip:
+            continue
+        n = 0.0
+        if classify_sets.uses_real(train_set):
+            if not real:
+                return None
+            n += real * (fraction if fraction is not None else 1.0)
+        if classify_sets.needs_synthetic(train_set):
+            synth = _synthetic_images(step, steps, seed, real)
+            if not synth:
+                return None
+            n += synth
+        total += n * int(p.get("EPOCHS") or 1)
+    return total
+
+
+def _classify_defaults() -> dict[str, Any]:
+    from histlib.study.spec import stage_parameters
+
+    return stage_parameters("classify") or {}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -331,15 +433,15 @@ def _probe_for(step, steps: list, kind: tuple) -> Probe | None:
     return None
 
 
-def _share_to_train(step, study) -> float:
-    """The share of a classify step's planned runs that its next execution trains (the rest are finished runs it
-    keeps: :func:`histlib.study.steps.runs_to_keep`); 1 without a study or for any other step."""
+def _kept_runs(step, study) -> tuple[set[str], float]:
+    """The finished runs a classify step's next execution keeps (:func:`histlib.study.steps.runs_to_keep`) and the
+    share of its planned runs it trains; nothing and 1 without a study or for any other step."""
     if study is None or step.stage != "classify":
-        return 1.0
+        return set(), 1.0
     from histlib.study.steps import planned_runs, runs_to_keep
 
-    planned = planned_runs(step)
-    return 1 - len(runs_to_keep(study, step)) / len(planned) if planned else 1.0
+    planned, kept = planned_runs(step), runs_to_keep(study, step)
+    return kept, (1 - len(kept) / len(planned) if planned else 1.0)
 
 
 def step_estimate(step, steps: list, measured: dict[tuple, list[float]],
@@ -350,7 +452,12 @@ def step_estimate(step, steps: list, measured: dict[tuple, list[float]],
     kind, amount, unit = work(step.stage, step.params)
     if amount is None:
         return None, "amount of work unknown (source images not found)" if step.stage == "data" else "?"
-    amount *= _share_to_train(step, study)
+    kept, share = _kept_runs(step, study)
+    images = classify_images(step, steps, kept) if (*kind, IMAGES) in measured else None
+    if images is not None:  # per image trained, where the training sets' sizes are known
+        kind, amount, unit = (*kind, IMAGES), images, IMAGES_UNIT
+    else:
+        amount *= share
     if kind in measured:
         rates, overhead = measured[kind], measured[OVERHEAD_KEY][0]
         rate = statistics.median(rates)

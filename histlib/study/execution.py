@@ -16,7 +16,7 @@ from histlib import runs
 from histlib.classify import sets as classify_sets
 from histlib.progress import MODE_VARIABLE as PROGRESS_VARIABLE
 from histlib.study.spec import STAGES, Step, Study, notebook_path
-from histlib.study.steps import is_current, planned_runs, same_upstream, state_path
+from histlib.study.steps import images_trained, is_current, planned_runs, same_upstream, state_path
 
 # Exported reports: tables in the output areas wrap and shrink instead of hiding behind a scroll bar, and the page
 # starts with a link back to the study's index
@@ -248,16 +248,17 @@ def execute_step(study: Study, step: Step, *, log_output: bool = False, kernel_n
 
 
 def _runs_trained(step: Step, since: float) -> dict:
-    """For a classify step, ``{"runs": {"planned": n, "trained": m}}``: of the runs its parameters plan, those whose
-    ``metrics.json`` this execution wrote (the others were kept and skipped), so that the time estimates
-    (:mod:`histlib.study.estimate`) cost only the runs that trained; empty for any other step."""
+    """For a classify step, ``{"runs": {"planned": n, "trained": m, "images": i}}``: of the runs its parameters
+    plan, those whose ``metrics.json`` this execution wrote (the others were kept and skipped), and the images they
+    trained on (epochs × training images: :func:`histlib.study.steps.images_trained`), so that the time estimates
+    (:mod:`histlib.study.estimate`) cost only the runs that trained, per image; empty for any other step."""
     planned = planned_runs(step)
     if not planned:
         return {}
     root = runs.project_path(step.params["RUN_ROOT"])
-    trained = sum((root / name / "metrics.json").is_file() and (root / name / "metrics.json").stat().st_mtime >= since
-                  for name in planned)
-    return {"runs": {"planned": len(planned), "trained": trained}}
+    trained = [name for name in sorted(planned) if (root / name / "metrics.json").is_file()
+               and (root / name / "metrics.json").stat().st_mtime >= since]
+    return {"runs": {"planned": len(planned), "trained": len(trained), "images": images_trained(root, trained)}}
 
 
 def _state(step: Step, status: str, **extra) -> dict:

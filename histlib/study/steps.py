@@ -342,3 +342,19 @@ def planned_runs(step: Step) -> set[str]:
     planned = classify_sets.planned_runs(p.get("TRAIN_SETS") or [], p.get("MODELS") or [], p.get("SEEDS") or [],
                                          p.get("REAL_FRACTIONS") or [])
     return {classify_sets.run_name(ts, model, seed, p.get("VARIANT"), f) for ts, f, model, seed in planned}
+
+
+def images_trained(run_root: str | Path, names) -> int | None:
+    """Images the classifier runs ``names`` under ``run_root`` trained on, summed (the last ``nimg`` of each run's
+    ``stats.jsonl``: epochs × training images, fewer when a run stopped early); None when a run has no stats."""
+    import json
+
+    total = 0
+    for name in names:
+        stats = Path(run_root) / name / "stats.jsonl"
+        lines = stats.read_text(encoding="utf-8").splitlines() if stats.is_file() else []
+        try:
+            total += int(json.loads(lines[-1])["nimg"])
+        except (IndexError, KeyError, TypeError, ValueError):
+            return None
+    return total

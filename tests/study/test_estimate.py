@@ -1,5 +1,6 @@
 """Stage time estimates of ``study plan``: from earlier steps' states on this machine, else a short probe."""
 
+import json
 import math
 
 import pytest
@@ -68,6 +69,53 @@ def test_a_classify_step_costs_only_the_runs_it_trains(tmp_path):
     for upstream, seconds in [(pre.upstream, 10.0 + 2 * 8.0), ("changed", full)]:
         runs.write_json(own, {"status": "finished", "hash": "old", "upstream": upstream, "params": {}})
         assert estimate.estimate([pre], tmp_path, probe=False, study=demo)[0]["seconds"] == pytest.approx(seconds)
+
+
+def test_a_classify_step_is_costed_per_image_where_the_set_sizes_are_known(tmp_path):
+    """Measured per image trained (a state's ``runs.images``, or an older state's run folders' last ``nimg``), a
+    classify step costs each run's real and generated images × epochs: the generated set on disk, or what the
+    planned generate step writing it will make (``AMOUNT`` × the real train split)."""
+    res = tmp_path / "results"
+    _write_state(res, "06_analysis", "06_analysis.ipynb", {"STUDY_DIR": "results/x"}, 10.0)
+    params = {"MODELS": ["resnet34"], "SEEDS": [0], "TRAIN_SETS": ["real"], "EPOCHS": 5, "IMAGE_SIZE": 32}
+    runs.write_json(res / "other_study/notebooks/.state/05_classify__x__real.json",
+                    {"status": "finished", "hash": "x", "params": params, "notebook": "05_classify.ipynb",
+                     "seconds": 110.0, "runs": {"planned": 1, "trained": 1, "images": 1000}})
+    old = {**params, "SEEDS": [0, 1], "RUN_ROOT": str(tmp_path / "old_runs")}  # a state without ``runs``
+    for seed, nimg in [(0, 700), (1, 500)]:
+        stats = tmp_path / "old_runs" / f"real__resnet34__seed{seed}" / "stats.jsonl"
+        stats.parent.mkdir(parents=True)
+        stats.write_text(json.dumps({"epoch": 1, "nimg": 1}) + "\n" + json.dumps({"epoch": 2, "nimg": nimg}) + "\n")
+    runs.write_json(res / "other_study/notebooks/.state/05_classify__y__real.json",
+                    {"status": "finished", "hash": "y", "params": old, "notebook": "05_classify.ipynb",
+                     "seconds": 250.0})
+    rates = estimate.measured_rates(res)
+    assert sorted(rates[("classify", 32, ("resnet34",), estimate.IMAGES)]) == [pytest.approx(0.1), pytest.approx(0.2)]
+    real = tmp_path / "real"
+    real.mkdir()
+    rows = "".join(f"a{i}.png,{'ab'[i % 2]},train\n" for i in range(10))
+    (real / "manifest.csv").write_text("path,class,split\n" + rows + "v.png,a,val\n")
+    gen = tmp_path / "gen"
+    for i in range(6):
+        _touch(gen / "images" / "set0" / "a" / f"{i}.png")
+    step = study.Step("classify", "t", "05_classify__t__v", "05_classify.ipynb",
+                      {**params, "SEEDS": [0, 1], "EPOCHS": 3, "TRAIN_SETS": ["synthetic", "real+synthetic"],
+                       "REAL_DIR": str(real), "SYNTH_DIR": str(gen / "images"), "VARIANT": "v",
+                       "RUN_ROOT": str(tmp_path / "runs")})
+    assert estimate.classify_images(step, [step]) is None  # set1 is neither on disk nor planned
+    generate = study.Step("generate", "t", "04_generate__t__v", "04_generate.ipynb",
+                          {"RUN_DIR": str(gen), "AMOUNT": 0.5, "NUM_SETS": 2})
+    # synthetic: (6 on disk + 5 planned) × 3 epochs; real + synthetic: (10 + 6 + 10 + 5) × 3
+    assert estimate.classify_images(step, [generate, step]) == 33 + 93
+    assert estimate.classify_images(step, [generate, step], {"real+synthetic__v__resnet34__seed1"}) == 33 + 48
+    rows = estimate.estimate([generate, step], res, probe=False)
+    assert {r["stage"]: r["seconds"] for r in rows}["classify"] == pytest.approx(10.0 + 0.15 * 126)
+    assert "per image trained" in {r["stage"]: r["basis"] for r in rows}["classify"]
+
+
+def _touch(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"")
 
 
 def test_another_resolution_is_not_a_measurement(tmp_path):

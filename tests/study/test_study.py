@@ -428,7 +428,8 @@ def test_the_step_hash_covers_the_notebooks_code_not_its_text(tmp_path, monkeypa
 
 def test_a_classify_steps_state_counts_the_runs_it_trained(tmp_path, monkeypatch):
     """The finished state of a classify step records how many of its planned runs this execution trained (a run
-    kept from before, its ``metrics.json`` older than the step's start, is not counted); other steps record none."""
+    kept from before, its ``metrics.json`` older than the step's start, is not counted) and on how many images;
+    other steps record none."""
     monkeypatch.chdir(_toy_project(tmp_path))
     params = {"RUN_ROOT": "results/toy/t/classify", "VARIANT": "pretrained", "SEEDS": [0, 1],
               "TRAIN_SETS": ["synthetic"], "MODELS": ["resnet34"]}
@@ -436,9 +437,12 @@ def test_a_classify_steps_state_counts_the_runs_it_trained(tmp_path, monkeypatch
     root = tmp_path / "results/toy/t/classify"
     for seed in (0, 1):
         _write(root / f"synthetic__pretrained__resnet34__seed{seed}" / "metrics.json", "{}")
+        _write(root / f"synthetic__pretrained__resnet34__seed{seed}" / "stats.jsonl", '{"epoch": 1, "nimg": 640}\n')
     old = time.time() - 100
     os.utime(root / "synthetic__pretrained__resnet34__seed0" / "metrics.json", (old, old))
-    assert _runs_trained(step, time.time() - 50) == {"runs": {"planned": 2, "trained": 1}}
+    assert _runs_trained(step, time.time() - 50) == {"runs": {"planned": 2, "trained": 1, "images": 640}}
+    (root / "synthetic__pretrained__resnet34__seed1" / "stats.jsonl").unlink()  # images unknown, runs still counted
+    assert _runs_trained(step, time.time() - 50) == {"runs": {"planned": 2, "trained": 1, "images": None}}
     assert _runs_trained(study.Step("data", "t", "01_data_prep__t", "01_data_prep.ipynb", {}), 0.0) == {}
 
 
