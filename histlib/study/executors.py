@@ -253,13 +253,16 @@ def _last_error(log: Path, code: int) -> str:
 def schedule(steps: list, rows: list[dict[str, Any]], *, is_done: Callable[[Any], bool], backend,
              resources: dict[str, dict[str, Any]], on_change: Callable[[], None], poll_s: float = 1.0,
              status_every_s: float = 30.0, out=None,
-             durations: dict[str, list[float]] | None = None) -> list[dict[str, Any]]:
+             durations: dict[str, list[float]] | None = None,
+             expected: dict[str, float] | None = None) -> list[dict[str, Any]]:
     """Runs ``steps`` (in plan order, dependencies first) on ``backend``; updates ``rows`` in place.
 
     A step starts when every step it depends on has finished (or was finished before); a failed step marks the
     steps that depend on it ``blocked``. ``on_change`` runs after every change (study.json, index page).
     ``durations`` (seconds of finished steps per stage, e.g. from earlier invocations) seed the ETA; the steps that
-    finish here are added to them.
+    finish here are added to them. ``expected`` (seconds per step name, e.g. ``study plan``'s estimate, which knows
+    each step's amount of work) is used instead for the steps it names, scaled by how long this invocation's
+    finished steps of the same stage took against their own expectation.
     """
     out = out or sys.stdout
     by_name = {r["step"]: r for r in rows}
@@ -268,6 +271,8 @@ def schedule(steps: list, rows: list[dict[str, Any]], *, is_done: Callable[[Any]
     t0 = time.time()
     last_status = 0.0
     durations = {stage: list(v) for stage, v in (durations or {}).items()}
+    expected = {name: sec for name, sec in (expected or {}).items() if sec and sec > 0}
+    ratios: dict[str, list[float]] = {}  # per stage: seconds taken / seconds expected, of the steps finished here
 
     while queue or running:
         changed = False
@@ -303,6 +308,8 @@ def schedule(steps: list, rows: list[dict[str, Any]], *, is_done: Callable[[Any]
             if error is None:
                 row.update(status="finished", seconds=seconds)
                 durations.setdefault(job.step.stage, []).append(seconds)
+                if job.step.name in expected:
+                    ratios.setdefault(job.step.stage, []).append(seconds / expected[job.step.name])
             else:
                 row.update(status="failed", seconds=seconds, error=error)
             print(f"{job.step.name}: {row['status']} after {seconds} s" + (f" ({error})" if error else ""),
@@ -311,7 +318,8 @@ def schedule(steps: list, rows: list[dict[str, Any]], *, is_done: Callable[[Any]
         if changed:
             on_change()
         if time.time() - last_status >= status_every_s or (changed and not (queue or running)):
-            print(_status_line(rows, queue, running, durations, backend.jobs, t0), file=out, flush=True)
+            print(_status_line(rows, queue, running, durations, backend.jobs, t0, expected, ratios), file=out,
+                  flush=True)
             last_status = time.time()
         if running and not changed:
             time.sleep(poll_s)
@@ -333,14 +341,28 @@ def _ready_per_stage(queue: list, running: list[_Running], by_name: dict[str, di
 
 
 def _status_line(rows: list[dict[str, Any]], queue: list, running: list[_Running], durations: dict[str, list[float]],
-                 jobs: int, t0: float) -> str:
-    """``[12:00:00] running 2 · queued 5 · finished 3 · ... · ETA ~4m10s``: the ETA from each stage's mean duration."""
+                 jobs: int, t0: float, expected: dict[str, float] | None = None,
+                 ratios: dict[str, list[float]] | None = None) -> str:
+    """``[12:00:00] running 2 · queued 5 · finished 3 · ... · ETA ~4m10s``: the ETA from each step's expected
+    seconds (scaled by ``ratios``, taken / expected, of the stage's steps finished so far), else from its stage's
+    mean duration."""
+    import statistics
+
+    expected, ratios = expected or {}, ratios or {}
     counts = {s: sum(r["status"] == s for r in rows) for s in ("finished", "failed", "blocked")}
     skipped = sum(r["status"].startswith("skipped") for r in rows)
     now = time.time()
     remaining = [(st, 0.0) for st, r in queue] + [(j.step, now - j.started) for j in running]
-    known = [max(sum(durations[st.stage]) / len(durations[st.stage]) - elapsed, 0.0)
-             for st, elapsed in remaining if st.stage in durations]
+
+    def left(st, elapsed: float) -> float | None:
+        if st.name in expected:
+            scale = statistics.median(ratios[st.stage]) if ratios.get(st.stage) else 1.0
+            return max(expected[st.name] * scale - elapsed, 0.0)
+        if st.stage in durations:
+            return max(sum(durations[st.stage]) / len(durations[st.stage]) - elapsed, 0.0)
+        return None
+
+    known = [x for x in (left(st, elapsed) for st, elapsed in remaining) if x is not None]
     eta = (f"ETA ~{_minutes(sum(known) / max(jobs, 1))}" + ("" if len(known) == len(remaining)
                                                            else " (for the stages timed so far)")) \
         if known else "ETA ?"

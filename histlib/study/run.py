@@ -136,9 +136,25 @@ def _run_parallel(study: Study, path: str | os.PathLike, steps: list[Step], rows
                                             study.resources.get("slurm", {}))
     done = (lambda step: False) if force else (lambda step: is_done(study, step))
     executors.schedule(steps, rows, is_done=done, backend=backend, resources=study.resources,
-                       on_change=lambda: _write_study_json(study, path, rows), durations=_past_durations(study, steps))
+                       on_change=lambda: _write_study_json(study, path, rows), durations=_past_durations(study, steps),
+                       expected=_expected_seconds(study, steps))
     _write_study_json(study, path, rows)
     return rows
+
+
+def _expected_seconds(study: Study, steps: list[Step]) -> dict[str, float]:
+    """``study plan``'s estimate of each step that is to run, from what this machine measured before (no probes):
+    it knows each step's amount of work, which a stage's mean duration does not. Steps without one are left out."""
+    from histlib.study.estimate import measured_rates, step_estimate
+
+    try:
+        measured = measured_rates(study.results_root)
+        if not measured:
+            return {}
+        todo = [s for s in steps if not is_done(study, s)]
+        return {s.name: sec for s in todo if (sec := step_estimate(s, todo, measured, {}, False, study)[0])}
+    except Exception:  # noqa: BLE001 - the ETA is a convenience; without it the runner uses the stage means
+        return {}
 
 
 def _past_durations(study: Study, steps: list[Step]) -> dict[str, list[float]]:

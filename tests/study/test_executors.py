@@ -209,6 +209,27 @@ def test_eta_uses_durations_of_earlier_invocations_and_running_time():
     assert [r["status"] for r in rows] == ["finished", "finished"]
 
 
+def test_eta_uses_each_steps_expected_seconds_scaled_by_how_the_stage_went():
+    """A step with an expected time (``study plan``'s, which knows its amount of work) counts that, scaled by the
+    taken / expected of the stage's steps finished so far; a step without one counts its stage's mean duration."""
+    from types import SimpleNamespace
+
+    big, small, other = (SimpleNamespace(name=n, stage=st) for n, st in
+                         [("big", "classify"), ("small", "classify"), ("other", "data")])
+    queue = [(big, {}), (small, {}), (other, {})]
+    # running for 100 s, give or take: 300 of its 400 s left
+    running = [SimpleNamespace(step=SimpleNamespace(name="run", stage="classify"), started=time.time() - 99.5)]
+    expected = {"big": 1000.0, "small": 100.0, "run": 400.0}
+
+    def eta(ratios):
+        line = executors._status_line([], queue, running, {"data": [60.0], "classify": [5000.0]}, 1, time.time(),
+                                      expected, ratios)
+        return re.search(r"ETA ~(.*)$", line).group(1)
+
+    assert eta({}) == executors._minutes(1000 + 100 + 60 + 300)
+    assert eta({"classify": [2.0, 1.5, 3.0]}) == executors._minutes(2000 + 200 + 60 + 700)  # the median ratio, 2
+
+
 def test_past_durations_come_from_finished_step_states(tmp_path, monkeypatch):
     root = _project(tmp_path, sleep=0.0)
     monkeypatch.chdir(root)
