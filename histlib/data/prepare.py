@@ -717,8 +717,16 @@ def prepare_dataset(cfg: PrepareConfig, force: bool = False, progress: bool = Tr
         }
         import histlib
 
+        # paths as hashed (relative to the project root when inside it), so the record names no folder of this
+        # machine that a copy of the project would not have
+        paths = {k: _path_key(getattr(cfg, k)) for k in ("source", "out", "stain_target", "annotations")}
         stored = {k: v for k, v in report.items() if k not in ("config", "config_hash")}
-        write_json(tmp / PREPARE_JSON, {"config": dataclasses.asdict(cfg), "config_hash": h,
+        stored["out"] = paths["out"]
+        validation = (stored.get("source_info") or {}).get("validation")
+        if isinstance(validation, dict) and validation.get("root"):
+            stored["source_info"] = {**stored["source_info"], "validation": {**validation,
+                                                                             "root": _path_key(validation["root"])}}
+        write_json(tmp / PREPARE_JSON, {"config": {**dataclasses.asdict(cfg), **paths}, "config_hash": h,
                                         "histlib_version": histlib.__version__, "report": stored})
     return report
 

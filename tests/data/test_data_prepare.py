@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -11,6 +12,7 @@ import pytest
 from PIL import Image
 
 import histlib.data.prepare as prep
+from histlib import runs
 from histlib.__main__ import main as cli
 from histlib.data.dataset import MANIFEST_COLUMNS, ImageDataset
 from histlib.data.folders import DatasetValidationError
@@ -50,6 +52,15 @@ def test_manifest_contract_and_group_split(make_image_folder, tmp_path):
     meta = json.loads((out / "prepare.json").read_text())
     assert meta["config"]["patch"] == 32 and meta["config_hash"] == rep["config_hash"]
     assert meta["report"]["counts"] == rep["counts"]
+    # paths as hashed: outside the project (here) resolved and absolute, inside it relative to the project root
+    assert meta["config"]["source"] == src.resolve().as_posix() and meta["report"]["out"] == out.resolve().as_posix()
+    inside = runs.project_path("results/.pytest-prepare-record")
+    try:
+        prepare_dataset(PrepareConfig(source=str(src), out=str(inside), patch=32, stride=32), progress=False)
+        assert json.loads((inside / "prepare.json").read_text())["config"]["out"] == \
+            "results/.pytest-prepare-record"
+    finally:
+        shutil.rmtree(inside, ignore_errors=True)
     ds = ImageDataset(out, split="val")
     assert len(ds) == 36 and ds[0][0].size == (32, 32)
 
