@@ -380,7 +380,13 @@ def _warn_replacing(out: Path, meta: dict, cfg: PrepareConfig) -> None:
     """Says that a dataset prepared with other settings is about to be replaced, and which settings differ."""
     old = meta.get("config") or {}
     new = dataclasses.asdict(cfg)
-    changed = [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in new.items() if k not in _NOT_HASHED and old.get(k) != v]
+    paths = ("source", "out", "stain_target", "annotations")  # compared as recorded: relative to the project root
+
+    def same(k: str) -> bool:
+        return _path_key(old.get(k)) == _path_key(new[k]) if k in paths else old.get(k) == new[k]
+
+    changed = [f"{k}: {old.get(k)!r} -> {(_path_key(v) if k in paths else v)!r}" for k, v in new.items()
+               if k not in _NOT_HASHED and not same(k)]
     what = "; ".join(changed) or "the source's location or the settings hash"
     warnings.warn(f"prepare {out}: replacing a dataset prepared with other settings ({what}); runs trained on the "
                   "old one no longer match it", stacklevel=3)

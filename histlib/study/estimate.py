@@ -136,7 +136,8 @@ IMAGES_UNIT = "image trained (runs × epochs × training images)"
 
 def _images_of_state(info: dict[str, Any]) -> int | None:
     """Images a finished classify step trained on: recorded in its state (``runs.images``), or, for a state from
-    before that was recorded (every planned run trained then), read from its run folders' ``stats.jsonl``."""
+    before that was recorded, read from its planned runs' ``stats.jsonl`` as they are now (taking every planned run
+    as trained by it: a step that skipped finished runs then counts too many images, a lower rate)."""
     from histlib.study.spec import Step
     from histlib.study.steps import images_trained, planned_runs
 
@@ -151,31 +152,37 @@ def _images_of_state(info: dict[str, Any]) -> int | None:
 
 
 def _count_images(folder: Path) -> int | None:
+    """Image files under ``folder`` (hidden folders left out), or None without any."""
     from histlib.data.manifest import IMAGE_EXTENSIONS
 
     if not folder.is_dir():
         return None
-    return sum(1 for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()) or None
+    return sum(1 for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+               and not any(part.startswith(".") for part in p.relative_to(folder).parts)) or None
+
+
+def _seed_folder(synth: str, seed: int) -> Path:
+    """The generated set a run of ``seed`` reads, as :func:`histlib.classify.data.synthetic_dir_for` finds it."""
+    import re
+
+    folder = runs.project_path(synth.replace("{seed}", str(seed)))
+    if "{seed}" in synth or not folder.is_dir():
+        return folder if "{seed}" in synth else folder / f"set{seed}"
+    subs = [p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    return folder / f"set{seed}" if subs and all(re.fullmatch(r"set\d+", n) for n in subs) else folder
 
 
 def _synthetic_images(step, steps: list, seed: int, real: int | None) -> int | None:
-    """Generated images a classify run of ``seed`` trains on: the set on disk, or what the planned generate step
-    that writes it will make (``AMOUNT`` × the real train split, or ``IMAGES_PER_CLASS`` × classes)."""
+    """Generated images a classify run of ``seed`` trains on: what the generate step that writes them will make
+    when it is among ``steps`` (to run: ``AMOUNT`` × the real train split, or ``IMAGES_PER_CLASS`` × classes), else
+    the set on disk."""
     synth = str(step.params.get("SYNTH_DIR") or "")
     if not synth:
         return None
-    folder = runs.project_path(synth.replace("{seed}", str(seed)))
-    # as histlib.classify.data.synthetic_dir_for: a folder of sets set0, set1, ... gives each seed its own
-    if "{seed}" not in synth and (not folder.is_dir() or any(p.is_dir() and p.name.startswith("set")
-                                                             for p in folder.iterdir())):
-        folder = folder / f"set{seed}"
-    found = _count_images(folder)
-    if found:
-        return found
     gen = next((s for s in steps if s.stage == "generate" and s.params.get("RUN_DIR")
                 and synth.startswith(str(s.params["RUN_DIR"]).rstrip("/") + "/")), None)
     if gen is None:
-        return None
+        return _count_images(_seed_folder(synth, seed))
     if gen.params.get("AMOUNT") is not None:
         return int(round(float(gen.params["AMOUNT"]) * real)) if real else None
     per_class = _profile_value(gen.params, "IMAGES_PER_CLASS", "generate", "images_per_class")
@@ -202,6 +209,12 @@ def classify_images(step, steps: list, skip: set[str] = frozenset()) -> float | 
     if not planned:
         return None
     real = _train_images(step, steps)
+    classes = _classes(p.get("REAL_DIR")) if p.get("REAL_PER_CLASS") or p.get("SYNTH_PER_CLASS") else None
+
+    def capped(n: float | None, per_class) -> float | None:  # REAL_PER_CLASS / SYNTH_PER_CLASS draw at most so many
+        return min(n, float(per_class) * classes) if n and per_class and classes else n
+
+    synth_of: dict[int, float | None] = {}  # per seed, counted once
     total = 0.0
     for train_set, fraction, model, seed in planned:
         if classify_sets.run_name(train_set, model, seed, p.get("VARIANT"), fraction) in skip:
@@ -210,12 +223,13 @@ def classify_images(step, steps: list, skip: set[str] = frozenset()) -> float | 
         if classify_sets.uses_real(train_set):
             if not real:
                 return None
-            n += real * (fraction if fraction is not None else 1.0)
+            n += capped(real, p.get("REAL_PER_CLASS")) * (fraction if fraction is not None else 1.0)
         if classify_sets.needs_synthetic(train_set):
-            synth = _synthetic_images(step, steps, seed, real)
-            if not synth:
+            if seed not in synth_of:
+                synth_of[seed] = capped(_synthetic_images(step, steps, seed, real), p.get("SYNTH_PER_CLASS"))
+            if not synth_of[seed]:
                 return None
-            n += synth
+            n += synth_of[seed]
         total += n * int(p.get("EPOCHS") or 1)
     return total
 

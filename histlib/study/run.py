@@ -137,21 +137,22 @@ def _run_parallel(study: Study, path: str | os.PathLike, steps: list[Step], rows
     done = (lambda step: False) if force else (lambda step: is_done(study, step))
     executors.schedule(steps, rows, is_done=done, backend=backend, resources=study.resources,
                        on_change=lambda: _write_study_json(study, path, rows), durations=_past_durations(study, steps),
-                       expected=_expected_seconds(study, steps))
+                       expected=_expected_seconds(study, steps, force))
     _write_study_json(study, path, rows)
     return rows
 
 
-def _expected_seconds(study: Study, steps: list[Step]) -> dict[str, float]:
-    """``study plan``'s estimate of each step that is to run, from what this machine measured before (no probes):
-    it knows each step's amount of work, which a stage's mean duration does not. Steps without one are left out."""
+def _expected_seconds(study: Study, steps: list[Step], force: bool = False) -> dict[str, float]:
+    """``study plan``'s estimate of each step that is to run (all of them with ``force``), without probes: from what
+    this machine measured before, or a published speed. It knows each step's amount of work, which a stage's mean
+    duration does not. Steps without one are left out."""
     from histlib.study.estimate import measured_rates, step_estimate
 
     try:
         measured = measured_rates(study.results_root)
         if not measured:
             return {}
-        todo = [s for s in steps if not is_done(study, s)]
+        todo = list(steps) if force else [s for s in steps if not is_done(study, s)]
         return {s.name: sec for s in todo if (sec := step_estimate(s, todo, measured, {}, False, study)[0])}
     except Exception:  # noqa: BLE001 - the ETA is a convenience; without it the runner uses the stage means
         return {}

@@ -1,7 +1,7 @@
 """A study's steps: the plan (one notebook execution per stage, dataset and variant), their hashes and states.
 
 A step is skipped when a finished execution with the same *step hash* exists (resumable studies). The hash covers
-the notebook's code (:func:`notebook_code_hash`: its code cells' Python tokens; markdown, comments, spacing and
+the notebook's code (:func:`notebook_code_hash`: its code cells and their tags; markdown, comments, blank lines and
 outputs aside, so rewording a notebook's text does not re-run a finished study), the parameters passed to it and
 the hashes of the steps it depends on, so changing the data settings re-runs everything downstream of the data, and
 nothing else. The GAN stages' hashes also cover their profile's entry of the GAN profile table
@@ -234,17 +234,17 @@ def _gan_profile(name: str | None) -> Any:
 
 
 def notebook_code_hash(path: str | Path) -> str:
-    """sha256 of a notebook's code: the Python tokens of its code cells, in order. Markdown cells, outputs,
-    metadata, comments, blank lines and spacing within a line do not count; the block structure (indent, dedent)
-    and every other token do.
-    A cell the tokenizer cannot read (a shell escape, a syntax error) counts by its exact source."""
+    """sha256 of a notebook's code: its code cells in order, each with its tags (papermill injects the study's
+    values after the cell tagged ``parameters``) and its source without comments, trailing spaces and blank lines.
+    Markdown cells, outputs and other metadata do not count, so rewording a notebook's text re-runs nothing.
+    A cell with a shell escape or magic line (``!``, ``%``, ``?``) or that the tokenizer cannot read counts by its
+    exact source. Comments are found by Python's tokenizer; the rest is text, so the hash is the same on every
+    Python version."""
     import hashlib
     import io
     import json
     import tokenize
 
-    skip = {tokenize.COMMENT, tokenize.NL, tokenize.ENCODING}
-    layout = {tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT, tokenize.ENDMARKER}  # their kind counts, not text
     h = hashlib.sha256()
     cells = json.loads(Path(path).read_text(encoding="utf-8")).get("cells", [])
     for cell in cells:
@@ -252,12 +252,21 @@ def notebook_code_hash(path: str | Path) -> str:
             continue
         source = cell.get("source", "")
         source = "".join(source) if isinstance(source, list) else str(source)
+        tags = sorted((cell.get("metadata") or {}).get("tags") or [])
+        lines = source.splitlines()
+        if any(line.lstrip().startswith(("!", "%", "?")) for line in lines):
+            h.update(json.dumps(["source", tags, source]).encode())
+            continue
         try:
-            tokens = [(t.type, "" if t.type in layout else t.string)
-                      for t in tokenize.generate_tokens(io.StringIO(source).readline) if t.type not in skip]
-            h.update(json.dumps(["tokens", tokens]).encode())
+            comments = [t.start for t in tokenize.generate_tokens(io.StringIO(source).readline)
+                        if t.type == tokenize.COMMENT]
         except (tokenize.TokenError, SyntaxError):  # IndentationError is a SyntaxError
-            h.update(json.dumps(["source", source]).encode())
+            h.update(json.dumps(["source", tags, source]).encode())
+            continue
+        for row, col in reversed(comments):  # (1-based row, column) of each comment: cut the line there
+            lines[row - 1] = lines[row - 1][:col]
+        code = [line.rstrip() for line in lines if line.strip()]
+        h.update(json.dumps(["code", tags, code]).encode())
     return h.hexdigest()
 
 
@@ -318,17 +327,26 @@ def same_upstream(step: Step, info: dict) -> bool:
     return bool(info.get("upstream")) and info.get("upstream") in {step.upstream, step.legacy_upstream}
 
 
+# a classify step's own parameters that choose which runs it trains, not how each run trains
+RUN_CHOICE_PARAMS = frozenset({"TRAIN_SETS", "MODELS", "SEEDS", "REAL_FRACTIONS"})
+
+
 def runs_to_keep(study: Study, step: Step) -> set[str]:
-    """The run folders of a classify step that already hold a finished run (``metrics.json``) and that its next
-    execution keeps (:func:`histlib.study.execution._supersede_outputs`): all of its planned runs when it has no
-    state file yet or the same upstream as its last execution, none otherwise (they move aside). Each kept run is
-    then skipped when its ``config.json`` matches; the time estimates count the others only."""
+    """The planned run folders of a classify step that already hold a finished run (``metrics.json``) and that its
+    next execution will skip, for the time estimates: as :func:`histlib.study.execution._supersede_outputs` keeps
+    them (no state file yet, the same hash, or the same upstream), and only when the settings that changed since
+    its last execution choose runs (``RUN_CHOICE_PARAMS``); another epoch count or image size retrains them all."""
     planned = planned_runs(step)
     if not planned:
         return set()
     state = state_path(study, step)
-    if state.is_file() and not is_current(step, info := runs.read_json(state)) and not same_upstream(step, info):
-        return set()
+    if state.is_file():
+        info = runs.read_json(state)
+        if info.get("hash") not in {step.hash, step.legacy_hash or step.hash}:
+            before = info.get("params") or {}
+            changed = {k for k in {*before, *step.params} if before.get(k) != step.params.get(k)}
+            if not same_upstream(step, info) or not changed <= RUN_CHOICE_PARAMS:
+                return set()
     root = runs.project_path(step.params["RUN_ROOT"])
     return {name for name in planned if (root / name / "metrics.json").is_file()}
 

@@ -66,8 +66,11 @@ def test_a_classify_step_costs_only_the_runs_it_trains(tmp_path):
     runs.write_json(run_root / "synthetic__pretrained__resnet34__seed0" / "metrics.json", {})
     assert estimate.estimate([pre], tmp_path, probe=False, study=demo)[0]["seconds"] == pytest.approx(10.0 + 2 * 8.0)
     own = state_path(demo, pre)
-    for upstream, seconds in [(pre.upstream, 10.0 + 2 * 8.0), ("changed", full)]:
-        runs.write_json(own, {"status": "finished", "hash": "old", "upstream": upstream, "params": {}})
+    # a seed added (the same upstream) keeps the finished run; another epoch count, or an upstream change, does not
+    for upstream, before, seconds in [(pre.upstream, {"SEEDS": [0, 1]}, 10.0 + 2 * 8.0),
+                                      (pre.upstream, {"EPOCHS": 3}, full), ("changed", {"SEEDS": [0, 1]}, full)]:
+        runs.write_json(own, {"status": "finished", "hash": "old", "upstream": upstream,
+                              "params": {**pre.params, **before}})
         assert estimate.estimate([pre], tmp_path, probe=False, study=demo)[0]["seconds"] == pytest.approx(seconds)
 
 
@@ -103,13 +106,21 @@ def test_a_classify_step_is_costed_per_image_where_the_set_sizes_are_known(tmp_p
                        "REAL_DIR": str(real), "SYNTH_DIR": str(gen / "images"), "VARIANT": "v",
                        "RUN_ROOT": str(tmp_path / "runs")})
     assert estimate.classify_images(step, [step]) is None  # set1 is neither on disk nor planned
+    for i in range(8):
+        _touch(gen / "images" / "set1" / "b" / f"{i}.png")
+    _touch(gen / "images" / "set1" / ".cache" / "x.png")  # hidden: not counted
+    # synthetic: (6 + 8) × 3 epochs; real + synthetic: (10 + 6 + 10 + 8) × 3
+    assert estimate.classify_images(step, [step]) == 42 + 102
     generate = study.Step("generate", "t", "04_generate__t__v", "04_generate.ipynb",
                           {"RUN_DIR": str(gen), "AMOUNT": 0.5, "NUM_SETS": 2})
-    # synthetic: (6 on disk + 5 planned) × 3 epochs; real + synthetic: (10 + 6 + 10 + 5) × 3
-    assert estimate.classify_images(step, [generate, step]) == 33 + 93
-    assert estimate.classify_images(step, [generate, step], {"real+synthetic__v__resnet34__seed1"}) == 33 + 48
+    # the generate step to run rewrites the sets: 0.5 × 10 = 5 images each; synthetic (5 + 5) × 3, real + synthetic
+    # (15 + 15) × 3
+    assert estimate.classify_images(step, [generate, step]) == 30 + 90
+    assert estimate.classify_images(step, [generate, step], {"real+synthetic__v__resnet34__seed1"}) == 30 + 45
+    capped = study.Step("classify", "t", "c", "05_classify.ipynb", {**step.params, "SYNTH_PER_CLASS": 1})
+    assert estimate.classify_images(capped, [generate, capped]) == (2 + 2) * 3 + (12 + 12) * 3  # 1 per class, 2 classes
     rows = estimate.estimate([generate, step], res, probe=False)
-    assert {r["stage"]: r["seconds"] for r in rows}["classify"] == pytest.approx(10.0 + 0.15 * 126)
+    assert {r["stage"]: r["seconds"] for r in rows}["classify"] == pytest.approx(10.0 + 0.15 * 120)
     assert "per image trained" in {r["stage"]: r["basis"] for r in rows}["classify"]
 
 

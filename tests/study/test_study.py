@@ -395,9 +395,9 @@ def test_a_current_step_of_an_earlier_runner_has_its_state_brought_up_to_date(tm
 
 
 def test_the_step_hash_covers_the_notebooks_code_not_its_text(tmp_path, monkeypatch):
-    """Rewording a markdown cell or a comment, or respacing a line, keeps every step's hash (a finished study is not
-    re-run); a new statement changes the hash of that notebook's steps. A step that finished under the legacy hash
-    (the notebook file's bytes) counts as finished."""
+    """Rewording a markdown cell or a comment, trailing spaces or blank lines keep every step's hash (a finished
+    study is not re-run); a new statement, or the ``parameters`` tag moved, changes the hash of that notebook's steps.
+    A step that finished under the legacy hash (the notebook file's bytes) counts as finished."""
     root = _toy_project(tmp_path)
     monkeypatch.chdir(root)
     toy = study.load_study("studies/toy.yaml")
@@ -408,19 +408,26 @@ def test_the_step_hash_covers_the_notebooks_code_not_its_text(tmp_path, monkeypa
     nb = nbformat.read(str(nb_path), as_version=4)
     code = next(c for c in nb.cells if c.cell_type == "code" and "PATCH" in c.source)
     nb.cells.insert(0, nbformat.v4.new_markdown_cell("A new paragraph."))
-    code.source = code.source.replace("PATCH", "PATCH  ", 1) + "\n\n# a new comment\n"
+    code.source = code.source.replace("PATCH = 8", "PATCH = 8  # the default", 1) + "   \n\n# a new comment\n"
     nbformat.write(nb, str(nb_path))
     study.hash_steps(steps)
     assert {s.name: (s.hash, s.upstream) for s in steps} == {n: h[:2] for n, h in first.items()}
     assert all(s.legacy_hash != first[s.name][2] for s in steps if s.stage == "data")  # the file's bytes changed
-    code.source = code.source + "\nEXTRA = 1\n"
-    nbformat.write(nb, str(nb_path))
+    for edit in ("statement", "tag"):
+        edited = nbformat.read(str(nb_path), as_version=4)
+        cell = next(c for c in edited.cells if c.cell_type == "code" and "PATCH" in c.source)
+        if edit == "statement":
+            cell.source += "\nEXTRA = 1\n"
+        else:
+            cell.metadata["tags"] = []
+        nbformat.write(edited, str(nb_path))
+        study.hash_steps(steps)
+        assert all(s.hash != first[s.name][0] for s in steps if s.stage == "data"), edit
+        nbformat.write(nb, str(nb_path))
     study.hash_steps(steps)
-    changed = {s.name for s in steps if s.hash != first[s.name][0]}
-    assert changed and all(s.name in changed for s in steps if s.stage == "data")
     data = steps[0]
     _write(root / "results/toy/notebooks" / f"{data.name}.html", "<html></html>")
-    for old_hash, done in [(data.legacy_hash, True), (data.hash, True), (first[data.name][0], False)]:
+    for old_hash, done in [(data.legacy_hash, True), (data.hash, True), (first[data.name][2], False)]:
         _write(root / "results/toy/notebooks/.state" / f"{data.name}.json",
                json.dumps({"status": "finished", "hash": old_hash}))
         assert study.is_done(toy, data) is done
