@@ -253,7 +253,7 @@ def notebook_code_hash(path: str | Path) -> str:
         source = cell.get("source", "")
         source = "".join(source) if isinstance(source, list) else str(source)
         tags = sorted((cell.get("metadata") or {}).get("tags") or [])
-        lines = source.splitlines()
+        lines = source.split("\n")  # the rows the tokenizer counts (str.splitlines also splits at \f, \x1c, ...)
         if any(line.lstrip().startswith(("!", "%", "?")) for line in lines):
             h.update(json.dumps(["source", tags, source]).encode())
             continue

@@ -13,6 +13,7 @@ import pytest
 from histlib import study
 from histlib.study.checks import check_values
 from histlib.study.execution import _runs_trained, _step_outputs, _supersede_outputs, refresh_state
+from histlib.study.steps import notebook_code_hash
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -413,6 +414,14 @@ def test_the_step_hash_covers_the_notebooks_code_not_its_text(tmp_path, monkeypa
     study.hash_steps(steps)
     assert {s.name: (s.hash, s.upstream) for s in steps} == {n: h[:2] for n, h in first.items()}
     assert all(s.legacy_hash != first[s.name][2] for s in steps if s.stage == "data")  # the file's bytes changed
+    # a form feed inside a string must not shift which line a comment is cut from
+    ff_path = tmp_path / "ff.ipynb"
+    hashes = []
+    for c in ("C = 1", "C = 5"):
+        source = f'A = "\f"; {c}\nB = 2  # c\n'
+        ff_path.write_text(json.dumps({"cells": [{"cell_type": "code", "metadata": {}, "source": source}]}))
+        hashes.append(notebook_code_hash(ff_path))
+    assert hashes[0] != hashes[1]
     for edit in ("statement", "tag"):
         edited = nbformat.read(str(nb_path), as_version=4)
         cell = next(c for c in edited.cells if c.cell_type == "code" and "PATCH" in c.source)
