@@ -74,6 +74,7 @@ def run_study(path: str | os.PathLike, *, force: bool = False, only: Iterable[st
             for s in selected]
     for conflict in prepared_conflicts(study, selected):
         print(f"warning: {conflict}", file=sys.stderr)
+    _check_results_owner(study, path)  # before anything is moved aside or runs
     if dry_run:
         for step, row in zip(selected, rows):
             row["status"] = "finished (skip)" if is_done(study, step) and not force else "to run"
@@ -182,6 +183,37 @@ def run_single_step(path: str | os.PathLike, step_name: str, results_root: str |
     if step is None:
         raise StudyError(f"{path}: no step named {step_name!r}{nearest(step_name, [s.name for s in steps])}")
     return execute_step(study, step)
+
+
+def _check_results_owner(study: Study, path: str | os.PathLike) -> None:
+    """Refuses to run a study into ``results/<name>/`` when another study file with the same ``name`` ran there
+    last and still exists: the two would each move the other's steps aside as "no longer planned" and mix their
+    runs in one analysis. A results folder whose study file was moved or renamed (the recorded file is gone, or
+    names another study now) is taken over.
+
+    Raises:
+        StudyError: naming both files and what to change.
+    """
+    from histlib.config import read_yaml
+
+    record = runs.project_path(study.out_dir / "study.json")
+    try:
+        recorded = runs.read_json(record).get("file") if record.is_file() else None
+    except (OSError, ValueError):  # an unreadable record is rewritten by this run
+        return
+    here = runs.display_path(path)
+    if not recorded or recorded == here:
+        return
+    other = runs.project_path(recorded)
+    try:
+        same_name = other.is_file() and (read_yaml(other) or {}).get("name") == study.name
+    except Exception:  # noqa: BLE001 - a file that no longer reads as a study does not own the folder
+        same_name = False
+    if same_name:
+        raise StudyError(f"{here}: {runs.display_path(study.out_dir)} holds the results of {recorded}, another "
+                         f"study file with the same name {study.name!r}; the two would move each other's steps "
+                         "aside and mix their runs. Give one of them another `name:` (or run it with its own "
+                         "--results)")
 
 
 def _write_study_json(study: Study, path: str | os.PathLike, rows: list[dict[str, Any]]) -> None:

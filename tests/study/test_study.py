@@ -538,6 +538,23 @@ def test_dataset_prepared_with_the_steps_own_settings_is_not_flagged(tmp_path):
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def test_two_study_files_with_one_name_do_not_share_a_results_folder(tmp_path, monkeypatch):
+    """A second study file with the first's name is refused before anything moves (each would retire the other's
+    steps); once the first file is gone (moved or renamed), the folder is taken over."""
+    root = _toy_project(tmp_path)
+    monkeypatch.chdir(root)
+    study.run_study("studies/toy.yaml")
+    text = (root / "studies/toy.yaml").read_text()
+    _write(root / "studies/toy_copy.yaml", text.replace("PATCH: 4", "PATCH: 6"))
+    with pytest.raises(study.StudyError, match=r"studies/toy_copy.yaml: results/toy holds the results of "
+                                               r"studies/toy.yaml.*same name 'toy'"):
+        study.run_study("studies/toy_copy.yaml", dry_run=True)
+    assert (root / "results/toy/notebooks/.state/01_data_prep__a.json").is_file()
+    (root / "studies/toy.yaml").unlink()  # moved: its results folder is the copy's now
+    rows = study.run_study("studies/toy_copy.yaml")
+    assert [r["status"] for r in rows] == ["finished"]
+
+
 def test_steps_dropped_from_the_plan_are_moved_aside(tmp_path):
     """A study file that drops a variant: the variant's fine-tune, generation and classifier runs (but not the
     real-only runs in the same classify folder, nor the kept variant's) leave the results tree before the study
