@@ -7,7 +7,6 @@ datasets from the real set's train split and a generated ImageFolder.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ import numpy as np
 import torch
 
 from histlib.classify.config import ClassifyConfig
-from histlib.classify.sets import needs_synthetic, nested_fraction, uses_real, uses_stain
+from histlib.classify.sets import needs_synthetic, nested_fraction, seed_folder, uses_real, uses_stain
 from histlib.data.stain_augment import HEDJitter
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -138,7 +137,7 @@ def _class_names(root: Path) -> list[str]:
 
 
 def synthetic_dir_for(cfg: ClassifyConfig) -> Path | None:
-    """The generated ImageFolder of this run's seed.
+    """The generated ImageFolder of this run's seed (:func:`histlib.classify.sets.seed_folder`).
 
     ``{seed}`` in ``cfg.synthetic_dir`` is replaced by the seed. Without it, a folder that holds only generated sets
     ``set0``, ``set1``, … (``histlib.generate`` with several sets) resolves to ``set<seed>``, so each seed trains on
@@ -146,17 +145,13 @@ def synthetic_dir_for(cfg: ClassifyConfig) -> Path | None:
     """
     if cfg.synthetic_dir is None:
         return None
-    path = Path(str(cfg.synthetic_dir).replace("{seed}", str(cfg.seed)))
-    if "{seed}" in str(cfg.synthetic_dir) or not path.is_dir():
+    path = seed_folder(cfg.synthetic_dir, cfg.seed)
+    if "{seed}" in str(cfg.synthetic_dir) or path == Path(str(cfg.synthetic_dir)) or path.is_dir():
         return path
-    subs = sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if subs and all(re.fullmatch(r"set\d+", name) for name in subs):
-        chosen = path / f"set{cfg.seed}"
-        if not chosen.is_dir():
-            raise ValueError(f"synthetic_dir={cfg.synthetic_dir}: holds the generated sets {subs} but no set for "
-                             f"seed {cfg.seed} (set{cfg.seed}); generate more sets or use seeds 0..{len(subs) - 1}")
-        return chosen
-    return path
+    # a folder of generated sets without this seed's
+    subs = sorted(p.name for p in path.parent.iterdir() if p.is_dir() and not p.name.startswith("."))
+    raise ValueError(f"synthetic_dir={cfg.synthetic_dir}: holds the generated sets {subs} but no set for "
+                     f"seed {cfg.seed} (set{cfg.seed}); generate more sets or use seeds 0..{len(subs) - 1}")
 
 
 def build_train_set(cfg: ClassifyConfig, transform=None) -> tuple[TrainSet, dict[str, Any]]:

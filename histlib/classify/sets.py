@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import re
+from pathlib import Path
 
 import numpy as np
 
@@ -130,3 +131,15 @@ def nested_fraction(labels: np.ndarray, groups, fraction: float, seed: int) -> n
         kept = in_class[np.argsort(rank[in_class], kind="stable")[:k]]
         chosen.append(members[np.isin(inverse[members], kept)])
     return np.sort(np.concatenate(chosen))
+
+
+def seed_folder(synthetic_dir: str | Path, seed: int) -> Path:
+    """The generated ImageFolder a run of ``seed`` reads from ``synthetic_dir``: ``{seed}`` replaced by the seed;
+    without it, ``<synthetic_dir>/set<seed>`` when the folder holds only generated sets ``set0``, ``set1``, …
+    (``histlib.generate`` with several sets: each seed trains on its own set, as in the paper), which may not exist;
+    else the folder itself."""
+    path = Path(str(synthetic_dir).replace("{seed}", str(seed)))
+    if "{seed}" in str(synthetic_dir) or not path.is_dir():
+        return path
+    subs = [p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    return path / f"set{seed}" if subs and all(re.fullmatch(r"set\d+", name) for name in subs) else path

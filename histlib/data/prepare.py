@@ -119,10 +119,11 @@ class PrepareConfig:
         def res(p):
             return None if p is None else project_path(p).as_posix()
 
-        return dataclasses.replace(self, source=res(self.source), out=res(self.out), annotations=res(self.annotations),
-                                   stain_target=res(self.stain_target))
+        return dataclasses.replace(self, **{k: res(getattr(self, k)) for k in _PATH_FIELDS})
 
 
+# The fields that name files or folders: hashed and recorded relative to the project root (``_path_key``).
+_PATH_FIELDS = ("source", "out", "stain_target", "annotations")
 # Fields that do not change what is written, hence not part of the hash that decides "already prepared".
 _NOT_HASHED = ("out", "workers")
 # Fields added later: left out of the hash while they have their default, so earlier prepared datasets stay valid.
@@ -150,7 +151,7 @@ def prepare_hash(cfg: PrepareConfig) -> str:
     """The hash of everything in ``cfg`` that changes the prepared dataset."""
     d = {k: v for k, v in dataclasses.asdict(cfg).items()
          if k not in _NOT_HASHED and not (k in _HASHED_WHEN_SET and v == _HASHED_WHEN_SET[k])}
-    for k in ("source", "stain_target", "annotations"):
+    for k in set(_PATH_FIELDS) & set(d):  # "out" is not hashed
         d[k] = _path_key(d[k])
     return config_hash(d)
 
@@ -380,12 +381,10 @@ def _warn_replacing(out: Path, meta: dict, cfg: PrepareConfig) -> None:
     """Says that a dataset prepared with other settings is about to be replaced, and which settings differ."""
     old = meta.get("config") or {}
     new = dataclasses.asdict(cfg)
-    paths = ("source", "out", "stain_target", "annotations")  # compared as recorded: relative to the project root
+    def same(k: str) -> bool:  # paths compared as recorded: relative to the project root
+        return _path_key(old.get(k)) == _path_key(new[k]) if k in _PATH_FIELDS else old.get(k) == new[k]
 
-    def same(k: str) -> bool:
-        return _path_key(old.get(k)) == _path_key(new[k]) if k in paths else old.get(k) == new[k]
-
-    changed = [f"{k}: {old.get(k)!r} -> {(_path_key(v) if k in paths else v)!r}" for k, v in new.items()
+    changed = [f"{k}: {old.get(k)!r} -> {(_path_key(v) if k in _PATH_FIELDS else v)!r}" for k, v in new.items()
                if k not in _NOT_HASHED and not same(k)]
     what = "; ".join(changed) or "the source's location or the settings hash"
     warnings.warn(f"prepare {out}: replacing a dataset prepared with other settings ({what}); runs trained on the "
@@ -725,7 +724,7 @@ def prepare_dataset(cfg: PrepareConfig, force: bool = False, progress: bool = Tr
 
         # paths as hashed (relative to the project root when inside it), so the record names no folder of this
         # machine that a copy of the project would not have
-        paths = {k: _path_key(getattr(cfg, k)) for k in ("source", "out", "stain_target", "annotations")}
+        paths = {k: _path_key(getattr(cfg, k)) for k in _PATH_FIELDS}
         stored = {k: v for k, v in report.items() if k not in ("config", "config_hash")}
         stored["out"] = paths["out"]
         validation = (stored.get("source_info") or {}).get("validation")

@@ -29,7 +29,8 @@ from typing import Any
 from histlib import runs
 from histlib.classify import sets as classify_sets
 from histlib.gan.config import PROFILES as GAN_PROFILES
-from histlib.study.spec import STAGES
+from histlib.study.spec import STAGES, Step
+from histlib.study.steps import classify_params, images_trained, planned_runs, runs_to_keep
 
 # GAN training speed of the *reference* StyleGAN2-ADA at 256 px on one GPU, as its authors publish it (seconds per
 # thousand images): used only when nothing was measured and this machine cannot probe the profile's device.
@@ -138,9 +139,6 @@ def _images_of_state(info: dict[str, Any]) -> int | None:
     """Images a finished classify step trained on: recorded in its state (``runs.images``), or, for a state from
     before that was recorded, read from its planned runs' ``stats.jsonl`` as they are now (taking every planned run
     as trained by it: a step that skipped finished runs then counts too many images, a lower rate)."""
-    from histlib.study.spec import Step
-    from histlib.study.steps import images_trained, planned_runs
-
     counts = info.get("runs")
     if isinstance(counts, dict):
         return counts.get("images") if isinstance(counts.get("images"), int) else None
@@ -161,17 +159,6 @@ def _count_images(folder: Path) -> int | None:
                and not any(part.startswith(".") for part in p.relative_to(folder).parts)) or None
 
 
-def _seed_folder(synth: str, seed: int) -> Path:
-    """The generated set a run of ``seed`` reads, as :func:`histlib.classify.data.synthetic_dir_for` finds it."""
-    import re
-
-    folder = runs.project_path(synth.replace("{seed}", str(seed)))
-    if "{seed}" in synth or not folder.is_dir():
-        return folder if "{seed}" in synth else folder / f"set{seed}"
-    subs = [p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")]
-    return folder / f"set{seed}" if subs and all(re.fullmatch(r"set\d+", n) for n in subs) else folder
-
-
 def _synthetic_images(step, steps: list, seed: int, real: int | None) -> int | None:
     """Generated images a classify run of ``seed`` trains on: what the generate step that writes them will make
     when it is among ``steps`` (to run: ``AMOUNT`` × the real train split, or ``IMAGES_PER_CLASS`` × classes), else
@@ -182,7 +169,7 @@ def _synthetic_images(step, steps: list, seed: int, real: int | None) -> int | N
     gen = next((s for s in steps if s.stage == "generate" and s.params.get("RUN_DIR")
                 and synth.startswith(str(s.params["RUN_DIR"]).rstrip("/") + "/")), None)
     if gen is None:
-        return _count_images(_seed_folder(synth, seed))
+        return _count_images(classify_sets.seed_folder(runs.project_path(synth), seed))
     if gen.params.get("AMOUNT") is not None:
         return int(round(float(gen.params["AMOUNT"]) * real)) if real else None
     per_class = _profile_value(gen.params, "IMAGES_PER_CLASS", "generate", "images_per_class")
@@ -190,20 +177,27 @@ def _synthetic_images(step, steps: list, seed: int, real: int | None) -> int | N
     return int(per_class) * classes if isinstance(per_class, (int, float)) and classes else None
 
 
-def _classes(real_dir: str | None) -> int | None:
+def _manifest_rows(real_dir: str | None) -> list[dict[str, str]] | None:
+    """The rows of a prepared dataset's ``manifest.csv`` (csv, not pandas: planning imports neither pandas nor
+    torch), or None before the data step has written it."""
     import csv
 
     manifest = runs.project_path(real_dir) / "manifest.csv" if real_dir else None
     if manifest is None or not manifest.is_file():
         return None
     with open(manifest, newline="", encoding="utf-8") as f:
-        return len({row.get("class") for row in csv.DictReader(f)}) or None
+        return list(csv.DictReader(f))
+
+
+def _classes(real_dir: str | None) -> int | None:
+    rows = _manifest_rows(real_dir)
+    return len({row.get("class") for row in rows}) or None if rows is not None else None
 
 
 def classify_images(step, steps: list, skip: set[str] = frozenset()) -> float | None:
     """Images a classify step's planned runs train on (each run's real and generated training images × epochs),
     the runs named in ``skip`` left out; None when a training set's size is not known yet."""
-    p = {**(_classify_defaults()), **step.params}
+    p = classify_params(step)
     planned = classify_sets.planned_runs(p.get("TRAIN_SETS") or [], p.get("MODELS") or [], p.get("SEEDS") or [],
                                          p.get("REAL_FRACTIONS") or [])
     if not planned:
@@ -232,12 +226,6 @@ def classify_images(step, steps: list, skip: set[str] = frozenset()) -> float | 
             n += synth_of[seed]
         total += n * int(p.get("EPOCHS") or 1)
     return total
-
-
-def _classify_defaults() -> dict[str, Any]:
-    from histlib.study.spec import stage_parameters
-
-    return stage_parameters("classify") or {}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -402,15 +390,12 @@ def probe_decode(source: str | None) -> tuple[float, str] | None:
 def _train_images(step, steps: list) -> int | None:
     """Real training images of a classify step: the prepared manifest's train split, or, before the data step has
     run, the patches its tiling settings cut from the source images (headers only)."""
-    import csv
-
     from histlib.data.tiling import tile_positions
 
     real = step.params.get("REAL_DIR")
-    manifest = runs.project_path(real) / "manifest.csv" if real else None
-    if manifest is not None and manifest.is_file():
-        with open(manifest, newline="", encoding="utf-8") as f:
-            return sum(row.get("split") == "train" for row in csv.DictReader(f)) or None
+    rows = _manifest_rows(real)
+    if rows is not None:
+        return sum(row.get("split") == "train" for row in rows) or None
     data = next((s for s in steps if s.stage == "data" and s.params.get("OUT_DIR") == real), None)
     if data is None or not data.params.get("SOURCE_DIR"):
         return None
@@ -452,8 +437,6 @@ def _kept_runs(step, study) -> tuple[set[str], float]:
     share of its planned runs it trains; nothing and 1 without a study or for any other step."""
     if study is None or step.stage != "classify":
         return set(), 1.0
-    from histlib.study.steps import planned_runs, runs_to_keep
-
     planned, kept = planned_runs(step), runs_to_keep(study, step)
     return kept, (1 - len(kept) / len(planned) if planned else 1.0)
 

@@ -351,12 +351,17 @@ def runs_to_keep(study: Study, step: Step) -> set[str]:
     return {name for name in planned if (root / name / "metrics.json").is_file()}
 
 
+def classify_params(step: Step) -> dict[str, Any]:
+    """A classify step's parameters with notebook 05's defaults for those the step does not give."""
+    return {**(stage_parameters("classify") or {}), **step.params}
+
+
 def planned_runs(step: Step) -> set[str]:
     """The run folder names a classify step's parameters train (:func:`histlib.classify.sets.run_name`), with the
     notebook's defaults for parameters the step does not give; empty for any other step."""
     if step.stage != "classify" or not step.params.get("RUN_ROOT"):
         return set()
-    p = {**(stage_parameters("classify") or {}), **step.params}
+    p = classify_params(step)
     planned = classify_sets.planned_runs(p.get("TRAIN_SETS") or [], p.get("MODELS") or [], p.get("SEEDS") or [],
                                          p.get("REAL_FRACTIONS") or [])
     return {classify_sets.run_name(ts, model, seed, p.get("VARIANT"), f) for ts, f, model, seed in planned}
