@@ -328,12 +328,26 @@ def schedule(steps: list, rows: list[dict[str, Any]], *, is_done: Callable[[Any]
 
 def _ready_per_stage(queue: list, running: list[_Running], by_name: dict[str, dict[str, Any]],
                      is_done: Callable[[Any], bool]) -> dict[str, int]:
-    """Steps per stage that can run now (their dependencies done, themselves not) or run."""
+    """Steps per stage that can run now (their dependencies done, themselves not) or run.
+
+    A queued dependency that is finished from an earlier run (``is_done``, and its own dependencies done) counts as
+    done: the scheduler skips it in the same pass, so a resumed study's first steps share the cores like the later
+    ones, instead of each taking them all (two steps with every core each ran at half speed on two cores).
+    """
+    queued = {st.name: st for st, _ in queue}
+    done: dict[str, bool] = {}
+
+    def is_done_dep(name: str) -> bool:
+        if name not in done:
+            status = by_name.get(name, {}).get("status", "finished")
+            st = queued.get(name)
+            done[name] = status == "finished" or status.startswith("skipped") or (
+                st is not None and all(is_done_dep(d) for d in st.depends) and is_done(st))
+        return done[name]
+
     ready: dict[str, int] = {}
     for st, _ in queue:
-        if all(by_name.get(d, {}).get("status", "finished") == "finished"
-               or by_name.get(d, {}).get("status", "").startswith("skipped") for d in st.depends) \
-                and not is_done(st):
+        if all(is_done_dep(d) for d in st.depends) and not is_done(st):
             ready[st.stage] = ready.get(st.stage, 0) + 1
     for job in running:
         ready[job.step.stage] = ready.get(job.step.stage, 0) + 1

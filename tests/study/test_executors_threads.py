@@ -58,3 +58,36 @@ def test_local_backend_threads_follow_the_steps_at_once(tmp_path, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user's limit caps each step's share
     backend.start(step, {"gpus": 0, executors.AT_ONCE_KEY: 1})
     assert envs[-1]["OMP_NUM_THREADS"] == "3"
+
+
+def test_a_resumed_studys_first_steps_share_the_cores(tmp_path):
+    """Finished upstream steps are skipped in the same pass that starts their dependants: the steps started then
+    count each other as running side by side (before, each got every core: half speed on two cores)."""
+    seen = {}
+
+    class Backend:
+        jobs = 2
+
+        def can_start(self, res, running):
+            return running < self.jobs
+
+        def start(self, step, res):
+            seen[step.name] = res[executors.AT_ONCE_KEY]
+            return SimpleNamespace(step=step, started=0.0, polls=0)
+
+        def poll(self, job):
+            job.polls += 1
+            return job.polls > 1, None
+
+    def step(name, stage, *deps):
+        return SimpleNamespace(name=name, stage=stage, depends=list(deps))
+
+    steps = [step("data", "data"), step("base", "base_gan", "data"), step("ft", "finetune", "base"),
+             step("gen", "generate", "ft"), step("real", "classify", "data"), step("c1", "classify", "gen"),
+             step("c2", "classify", "gen"), step("analysis", "analysis", "real", "c1", "c2")]
+    rows = [{"step": s.name, "status": "pending"} for s in steps]
+    finished = {"data", "base", "ft", "gen"}
+    executors.schedule(steps, rows, is_done=lambda st: st.name in finished, backend=Backend(), resources={},
+                       on_change=lambda: None, poll_s=0.0, status_every_s=1e9, out=open(tmp_path / "log", "w"))
+    assert seen["real"] == seen["c1"] == 3  # three classify steps can run from the first pass on
+    assert [r["status"] for r in rows[:4]] == ["skipped (finished, same hash)"] * 4
