@@ -10,6 +10,8 @@ A's sets kept by one selection with B's kept by another, so one study's two sele
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
 from pathlib import Path
 
@@ -84,10 +86,35 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _sigterm_interrupts():
+    """SIGTERM (``kill``, a batch system, the runner stopping its steps) raises ``KeyboardInterrupt`` as Ctrl-C
+    does, so the ``finally`` blocks run: a step shuts its notebook's kernel down and records itself as failed, and a
+    runner stops the steps it started. Python's default would end the process there and then, and leave them
+    running."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"stopped by signal {signum}")
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread: signals stay as they are
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(args: argparse.Namespace) -> int:
     """Runs the sub-command; exit status 2 for a study that cannot run as written, 1 when a step failed."""
     if args.action == "compare":
         return _compare(args)
+    with _sigterm_interrupts():
+        return _run_or_step(args)
+
+
+def _run_or_step(args: argparse.Namespace) -> int:
     if args.action == "step":
         try:
             print(runs.display_path(run_single_step(args.study, args.step, args.results)))

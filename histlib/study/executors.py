@@ -5,7 +5,8 @@ as the steps it depends on have finished, keeps a live status line (running / qu
 an ETA from the durations of the steps that finished), rebuilds ``results/<study>/index.html`` after every step, and
 lets a failed step stop only what depends on it. Resuming is the runner's: a step whose hash matches a finished run
 is skipped, an interrupted one (a killed process, a job at its time limit, a lost node) is started again and resumes
-from its own checkpoints.
+from its own checkpoints. An interrupted runner (Ctrl-C, SIGTERM) stops the steps it started before it exits, so
+no step outlives it and trains a second time beside the re-run.
 
 * ``local``: up to ``jobs`` steps at once, each a ``python -m histlib study step`` process. A step that asks for
   GPUs (``resources``) gets its own with ``CUDA_VISIBLE_DEVICES``; every step gets ``cores / jobs`` CPU threads
@@ -172,6 +173,19 @@ class LocalBackend:
                                 stderr=subprocess.STDOUT, cwd=str(runs.project_root()))
         return _Running(step, proc, time.time(), gpus, log)
 
+    def stop(self, job: _Running, grace_s: float = 60.0) -> None:
+        """Stops a running step: SIGTERM, which the step turns into an interrupt that shuts its notebook's kernel
+        down and records the step as failed (``histlib.study.cli``), then SIGKILL after ``grace_s``."""
+        if job.handle.poll() is None:
+            job.handle.terminate()
+            try:
+                job.handle.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                job.handle.kill()
+                job.handle.wait()
+        job.log.close()
+        self.free_gpus += job.gpus
+
     def poll(self, job: _Running) -> tuple[bool, str | None]:
         """``(done, error)``."""
         code = job.handle.poll()
@@ -212,6 +226,10 @@ class SubmititBackend:
                                   cwd=runs.project_root())
         job = self.executor.submit(command)
         return _Running(step, job, time.time())
+
+    def stop(self, job: _Running) -> None:
+        """Cancels a step's job (a queued one never starts, a running one is stopped by the cluster)."""
+        job.handle.cancel(check=False)
 
     def poll(self, job: _Running) -> tuple[bool, str | None]:
         if not job.handle.done():
@@ -274,55 +292,62 @@ def schedule(steps: list, rows: list[dict[str, Any]], *, is_done: Callable[[Any]
     expected = {name: sec for name, sec in (expected or {}).items() if sec and sec > 0}
     ratios: dict[str, list[float]] = {}  # per stage: seconds taken / seconds expected, of the steps finished here
 
-    while queue or running:
-        changed = False
-        # siblings: steps of one stage that can run now (and run) share the cores; a step of another stage beside
-        # them (a short classifier beside the base GAN) oversubscribes briefly rather than halving the long one
-        ready = _ready_per_stage(queue, running, by_name, is_done)
-        for step, row in list(queue):
-            deps = [by_name.get(d, {}).get("status", "finished") for d in step.depends]
-            if any(s in ("failed", "blocked") for s in deps):
-                bad = [d for d in step.depends if by_name.get(d, {}).get("status") in ("failed", "blocked")]
-                row.update(status="blocked", reason=f"depends on {', '.join(bad)}, which did not finish")
-                queue.remove((step, row))
-                changed = True
-            elif all(s == "finished" or s.startswith("skipped") for s in deps):
-                if is_done(step):
-                    row["status"] = "skipped (finished, same hash)"
+    try:
+        while queue or running:
+            changed = False
+            # siblings: steps of one stage that can run now (and run) share the cores; a step of another stage beside
+            # them (a short classifier beside the base GAN) oversubscribes briefly rather than halving the long one
+            ready = _ready_per_stage(queue, running, by_name, is_done)
+            for step, row in list(queue):
+                deps = [by_name.get(d, {}).get("status", "finished") for d in step.depends]
+                if any(s in ("failed", "blocked") for s in deps):
+                    bad = [d for d in step.depends if by_name.get(d, {}).get("status") in ("failed", "blocked")]
+                    row.update(status="blocked", reason=f"depends on {', '.join(bad)}, which did not finish")
                     queue.remove((step, row))
                     changed = True
+                elif all(s == "finished" or s.startswith("skipped") for s in deps):
+                    if is_done(step):
+                        row["status"] = "skipped (finished, same hash)"
+                        queue.remove((step, row))
+                        changed = True
+                        continue
+                    res = {**stage_resources(resources, step.stage), AT_ONCE_KEY: ready.get(step.stage, 1)}
+                    if backend.can_start(res, len(running)):
+                        running.append(backend.start(step, res))
+                        row["status"] = "running"
+                        queue.remove((step, row))
+                        changed = True
+            for job in list(running):
+                done, error = backend.poll(job)
+                if not done:
                     continue
-                res = {**stage_resources(resources, step.stage), AT_ONCE_KEY: ready.get(step.stage, 1)}
-                if backend.can_start(res, len(running)):
-                    running.append(backend.start(step, res))
-                    row["status"] = "running"
-                    queue.remove((step, row))
-                    changed = True
-        for job in list(running):
-            done, error = backend.poll(job)
-            if not done:
-                continue
-            running.remove(job)
-            row = by_name[job.step.name]
-            seconds = round(time.time() - job.started, 1)
-            if error is None:
-                row.update(status="finished", seconds=seconds)
-                durations.setdefault(job.step.stage, []).append(seconds)
-                if job.step.name in expected:
-                    ratios.setdefault(job.step.stage, []).append(seconds / expected[job.step.name])
-            else:
-                row.update(status="failed", seconds=seconds, error=error)
-            print(f"{job.step.name}: {row['status']} after {seconds} s" + (f" ({error})" if error else ""),
-                  file=out, flush=True)
-            changed = True
-        if changed:
-            on_change()
-        if time.time() - last_status >= status_every_s or (changed and not (queue or running)):
-            print(_status_line(rows, queue, running, durations, backend.jobs, t0, expected, ratios), file=out,
-                  flush=True)
-            last_status = time.time()
-        if running and not changed:
-            time.sleep(poll_s)
+                running.remove(job)
+                row = by_name[job.step.name]
+                seconds = round(time.time() - job.started, 1)
+                if error is None:
+                    row.update(status="finished", seconds=seconds)
+                    durations.setdefault(job.step.stage, []).append(seconds)
+                    if job.step.name in expected:
+                        ratios.setdefault(job.step.stage, []).append(seconds / expected[job.step.name])
+                else:
+                    row.update(status="failed", seconds=seconds, error=error)
+                print(f"{job.step.name}: {row['status']} after {seconds} s" + (f" ({error})" if error else ""),
+                      file=out, flush=True)
+                changed = True
+            if changed:
+                on_change()
+            if time.time() - last_status >= status_every_s or (changed and not (queue or running)):
+                print(_status_line(rows, queue, running, durations, backend.jobs, t0, expected, ratios), file=out,
+                      flush=True)
+                last_status = time.time()
+            if running and not changed:
+                time.sleep(poll_s)
+    except BaseException:  # interrupted (Ctrl-C, SIGTERM, an error here): no step may outlive its runner
+        for job in running:
+            backend.stop(job)
+            by_name[job.step.name].update(status="interrupted", seconds=round(time.time() - job.started, 1))
+            print(f"{job.step.name}: stopped (the runner was interrupted)", file=out, flush=True)
+        raise
     return rows
 
 

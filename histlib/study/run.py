@@ -136,10 +136,12 @@ def _run_parallel(study: Study, path: str | os.PathLike, steps: list[Step], rows
         backend = executors.SubmititBackend(jobs, study_file, results_root, out / ".submitit", cluster,
                                             study.resources.get("slurm", {}))
     done = (lambda step: False) if force else (lambda step: is_done(study, step))
-    executors.schedule(steps, rows, is_done=done, backend=backend, resources=study.resources,
-                       on_change=lambda: _write_study_json(study, path, rows), durations=_past_durations(study, steps),
-                       expected=_expected_seconds(study, steps, force))
-    _write_study_json(study, path, rows)
+    try:
+        executors.schedule(steps, rows, is_done=done, backend=backend, resources=study.resources,
+                           on_change=lambda: _write_study_json(study, path, rows),
+                           durations=_past_durations(study, steps), expected=_expected_seconds(study, steps, force))
+    finally:  # interrupted too: study.json and the index show which steps were stopped
+        _write_study_json(study, path, rows)
     return rows
 
 

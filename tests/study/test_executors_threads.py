@@ -91,3 +91,64 @@ def test_a_resumed_studys_first_steps_share_the_cores(tmp_path):
                        on_change=lambda: None, poll_s=0.0, status_every_s=1e9, out=open(tmp_path / "log", "w"))
     assert seen["real"] == seen["c1"] == 3  # three classify steps can run from the first pass on
     assert [r["status"] for r in rows[:4]] == ["skipped (finished, same hash)"] * 4
+
+
+def test_an_interrupted_runner_stops_the_steps_it_started(tmp_path, monkeypatch):
+    """Ctrl-C or SIGTERM in the runner: every running step is stopped and marked, then the interrupt goes on (before,
+    the steps ran on, and a runner started again ran them a second time into the same folders)."""
+    import signal
+    import sys
+    import time
+
+    import pytest
+
+    monkeypatch.setattr(executors, "_step_command", lambda *a: [sys.executable, "-c", "import time; time.sleep(120)"])
+    backend = executors.LocalBackend(2, "studies/demo.yaml", "results", tmp_path)
+    polls = {"n": 0}
+    real_poll = backend.poll
+
+    def poll(job):
+        polls["n"] += 1
+        if polls["n"] > 2:
+            raise KeyboardInterrupt
+        return real_poll(job)
+
+    backend.poll = poll
+    steps = [SimpleNamespace(name=n, stage="classify", depends=[]) for n in ("a", "b", "c")]
+    rows = [{"step": s.name, "status": "pending"} for s in steps]
+    started = []
+    real_start = backend.start
+    backend.start = lambda step, res: started.append(real_start(step, res)) or started[-1]
+    with pytest.raises(KeyboardInterrupt):
+        executors.schedule(steps, rows, is_done=lambda st: False, backend=backend, resources={},
+                           on_change=lambda: None, poll_s=0.0, status_every_s=1e9, out=open(tmp_path / "log", "w"))
+    assert [r["status"] for r in rows] == ["interrupted", "interrupted", "pending"]
+    assert len(started) == 2 and all(job.handle.poll() is not None for job in started)  # both processes ended
+    assert all(job.handle.returncode != 0 for job in started)
+    # a step that does not end on SIGTERM within the grace time is killed
+    monkeypatch.setattr(executors, "_step_command", lambda *a: [
+        sys.executable, "-c", "import signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        "print('ready', flush=True); time.sleep(120)"])
+    job = real_start(steps[2], {"gpus": 0})
+    for _ in range(200):  # until the child has installed its handler
+        if "ready" in (tmp_path / "c.log").read_text():
+            break
+        time.sleep(0.05)
+    t0 = time.time()
+    backend.stop(job, grace_s=0.5)
+    assert job.handle.returncode == -signal.SIGKILL and time.time() - t0 < 30
+
+
+def test_sigterm_interrupts_a_step_or_runner_as_ctrl_c_does():
+    import signal
+
+    import pytest
+
+    from histlib.study import cli
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt, match="signal 15"), cli._sigterm_interrupts():
+        os.kill(os.getpid(), signal.SIGTERM)
+        import time
+        time.sleep(5)  # the signal arrives here at the latest
+    assert signal.getsignal(signal.SIGTERM) is before  # the caller's handler is back
