@@ -224,8 +224,19 @@ def classify_images(step, steps: list, skip: set[str] = frozenset()) -> float | 
             if not synth_of[seed]:
                 return None
             n += synth_of[seed]
-        total += n * int(p.get("EPOCHS") or 1)
+        total += _run_images(n, p)
     return total
+
+
+def _run_images(n: float, p: dict[str, Any]) -> float:
+    """Images one run trains on: ``EPOCHS`` passes over its ``n`` training images, or fewer with ``max_steps`` in
+    ``CONFIG_OVERRIDES`` (``max_steps`` × ``BATCH``: the training stops after that many optimiser steps)."""
+    images = n * int(p.get("EPOCHS") or 1)
+    max_steps = (p.get("CONFIG_OVERRIDES") or {}).get("max_steps")
+    batch = p.get("BATCH") or 32  # the notebook's named parameter wins over CONFIG_OVERRIDES
+    if isinstance(max_steps, int) and not isinstance(max_steps, bool) and max_steps > 0:
+        images = min(images, float(max_steps) * int(batch))
+    return images
 
 
 # ----------------------------------------------------------------------------------------------------------------

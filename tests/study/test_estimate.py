@@ -119,6 +119,10 @@ def test_a_classify_step_is_costed_per_image_where_the_set_sizes_are_known(tmp_p
     assert estimate.classify_images(step, [generate, step], {"real+synthetic__v__resnet34__seed1"}) == 30 + 45
     capped = study.Step("classify", "t", "c", "05_classify.ipynb", {**step.params, "SYNTH_PER_CLASS": 1})
     assert estimate.classify_images(capped, [generate, capped]) == (2 + 2) * 3 + (12 + 12) * 3  # 1 per class, 2 classes
+    # max_steps in CONFIG_OVERRIDES stops each run after so many batches: at most 2 × BATCH 4 = 8 images a run
+    short = study.Step("classify", "t", "s", "05_classify.ipynb",
+                       {**step.params, "BATCH": 4, "CONFIG_OVERRIDES": {"max_steps": 2}})
+    assert estimate.classify_images(short, [generate, short]) == 2 * 8 + 2 * 8
     rows = estimate.estimate([generate, step], res, probe=False)
     assert {r["stage"]: r["seconds"] for r in rows}["classify"] == pytest.approx(10.0 + 0.15 * 120)
     assert "per image trained" in {r["stage"]: r["basis"] for r in rows}["classify"]
