@@ -520,3 +520,42 @@ def test_two_studies_compared_row_by_row_on_the_same_images(answer, tmp_path, ca
     assert len(pd.read_csv(out)) == len(table)
     assert main(["study", "compare", str(answer), str(tmp_path / "missing")]) == 2
     assert "study results folder not found" in capsys.readouterr().err
+
+
+def test_one_studys_two_amounts_compared_row_by_row(answer, tmp_path, capsys):
+    """``study compare A A --amounts 3 6``: each set of one amount against the same variant's and selection's set of
+    the other, paired on the test images; rows without a generated set are left out."""
+    import shutil
+
+    from histlib.__main__ import main
+
+    study = tmp_path / "results" / "amt"
+    shutil.copytree(answer, study)
+    y = np.repeat([0, 1], 20)
+    for amount, right in (("3x", 30), ("6x", 32), ("0.5x", 25)):
+        for seed in range(3):
+            pred = y.copy()
+            pred[right + seed:] = 1 - pred[right + seed:]
+            label = f"freeze_g2-agree-{amount}"
+            runs.Run(study / "lung" / "classify" / f"synthetic__{label}__resnet34__seed{seed}").write_metrics({
+                "accuracy": 0.7, "balanced_accuracy": 0.7, "variant": label, "n_train_real": 0,
+                "n_train_synthetic": 900, "test_accuracy": (right + seed) / 40,
+                "test_balanced_accuracy": (right + seed) / 40, "test_y_true": y.tolist(),
+                "test_y_pred": pred.tolist(), "test_groups": (np.arange(40) // 2).tolist()})
+    df = analysis.collect_metrics(study)
+    table = analysis.compare_studies(df, df, n_boot=300, amounts=(3, "6x"))
+    assert len(table) == 1
+    row = table.iloc[0]
+    assert (row["train_set"], row["variant"], row["selection"], row["amount"]) == ("synthetic", "freeze_g2", "agree",
+                                                                                   "6x")
+    assert row["diff_accuracy"] == pytest.approx(100 * 2 / 40) and row["seeds_same_sign"] == "3/3"
+    half = analysis.compare_studies(df, df, n_boot=0, amounts=("0.5", 3), selections=("agree", "agree"))
+    assert len(half) == 1 and half.iloc[0]["accuracy_b"] - half.iloc[0]["accuracy_a"] == pytest.approx(100 * 5 / 40)
+    assert analysis.compare_studies(df, df, n_boot=0, amounts=(1, 3)).empty
+    assert main(["study", "compare", str(study), str(study), "--boot", "200", "--amounts", "3", "6"]) == 0
+    printed = capsys.readouterr().out
+    assert "A: the generated sets of 3x; B: those of 6x" in printed and "+5.0 [" in printed
+    assert main(["study", "compare", str(study), str(study), "--amounts", "3", "lots"]) == 2
+    assert "--amounts: amount 'lots'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="positive amount"):
+        analysis.compare_studies(df, df, amounts=(0, 3))

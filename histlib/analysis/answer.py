@@ -361,8 +361,23 @@ def _no_selection(value: Any) -> str:
     return "" if value == "none" else value
 
 
+def _amount_label(value: Any) -> str:
+    """An amount as the row keys hold it: ``3``, ``'3'`` and ``'3x'`` are ``'3x'``, ``0.5`` is ``'0.5x'``."""
+    text = _text(value).strip()
+    number = text[:-1] if text.endswith("x") else text
+    try:
+        amount = float(number)
+    except ValueError:
+        raise ValueError(f"amount {value!r}: expected generated images per class relative to the real train split, "
+                         "e.g. 3 or 0.5x") from None
+    if not amount > 0:
+        raise ValueError(f"amount {value!r}: expected a positive amount, e.g. 3 or 0.5x")
+    return f"{amount:g}x"
+
+
 def compare_studies(df_a: pd.DataFrame, df_b: pd.DataFrame, n_boot: int = 2000, ci: float = 0.95,
-                    seed: int = 0, selections: tuple[str, str] | None = None) -> pd.DataFrame:
+                    seed: int = 0, selections: tuple[str, str] | None = None,
+                    amounts: tuple[Any, Any] | None = None) -> pd.DataFrame:
     """Two studies' classifiers row by row: study B minus study A on the same held-out images (before and after a
     change of defaults, say), with the group bootstrap interval of :mod:`histlib.analysis.intervals`.
 
@@ -379,6 +394,9 @@ def compare_studies(df_a: pd.DataFrame, df_b: pd.DataFrame, n_boot: int = 2000, 
             the second (same variant, amount, training set and classifier), e.g. ``('fidelity', 'agree')``; the two
             frames may be one study's; ``'none'`` names the unselected sets. Rows without a generated set are left
             out then.
+        amounts: ``(amount of A, amount of B)``: pair A's generated sets of one amount with B's of another (same
+            variant, selection, training set and classifier), e.g. ``(3, 6)`` or ``('3x', '6x')``; with
+            ``selections`` too, both pairings apply. Rows without a generated set are left out then.
 
     Returns:
         ``dataset, scored_on, <row keys>, model, training_set`` (B's label), ``accuracy_a``, ``accuracy_b``,
@@ -391,6 +409,10 @@ def compare_studies(df_a: pd.DataFrame, df_b: pd.DataFrame, n_boot: int = 2000, 
         sel_a, sel_b = (_no_selection(v) for v in selections)
         ra = ra[ra["selection"].map(_no_selection) == sel_a].assign(selection=sel_b)  # A's rows take B's keys
         rb = rb[rb["selection"].map(_no_selection) == sel_b].assign(selection=sel_b)  # so the two pair up
+    if amounts is not None and len(ra) and len(rb):
+        am_a, am_b = (_amount_label(v) for v in amounts)
+        ra = ra[ra["amount"].map(_text) == am_a].assign(amount=am_b)
+        rb = rb[rb["amount"].map(_text) == am_b]
     if len(ra) == 0 or len(rb) == 0:
         return pd.DataFrame()
     preds_a = _Predictions(Path(df_a.attrs.get("study_dir", ".")))

@@ -4,7 +4,8 @@ command line.
 ``step`` runs one step by name: the command the ``local`` and ``slurm`` executors start for each step (so they never
 import the runner). ``compare`` sets two finished studies' classifiers side by side, row by row, with the paired
 group interval of B minus A (:func:`histlib.analysis.compare_studies`); with ``--selections SEL_A SEL_B`` it pairs
-A's sets kept by one selection with B's kept by another, so one study's two selections compare row by row.
+A's sets kept by one selection with B's kept by another, so one study's two selections compare row by row; with
+``--amounts AMOUNT_A AMOUNT_B`` it pairs A's sets of one amount with B's of another (3x against 6x, say).
 """
 
 from __future__ import annotations
@@ -53,6 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p_cmp.add_argument("--selections", nargs=2, metavar=("SEL_A", "SEL_B"), default=None,
                        help="pair A's sets kept by SEL_A with B's kept by SEL_B (e.g. fidelity agree; none: the "
                             "unselected sets; A and B may be the same study)")
+    p_cmp.add_argument("--amounts", nargs=2, metavar=("AMOUNT_A", "AMOUNT_B"), default=None,
+                       help="pair A's generated sets of AMOUNT_A with B's of AMOUNT_B (e.g. 3 6: 3x against 6x; A and "
+                            "B may be the same study)")
 
 
 def _compare(args: argparse.Namespace) -> int:
@@ -60,17 +64,29 @@ def _compare(args: argparse.Namespace) -> int:
 
     if args.boot < 0:
         raise ValueError(f"--boot: expected a number of resamples >= 0, got {args.boot}")
+    if args.amounts:
+        from histlib.analysis.answer import _amount_label
+
+        try:
+            args.amounts = [_amount_label(a) for a in args.amounts]
+        except ValueError as e:
+            print(f"error: --amounts: {e}", file=sys.stderr)
+            return 2
     table = compare_studies(collect_metrics(args.study_a), collect_metrics(args.study_b), n_boot=args.boot,
-                            selections=args.selections)
+                            selections=args.selections, amounts=args.amounts)
     if table.empty:
         pairing = (f" with A's sets selected by {args.selections[0]!r} and B's by {args.selections[1]!r}"
                    if args.selections else "")
+        pairing += (f" with A's sets of {args.amounts[0]!r} and B's of {args.amounts[1]!r}" if args.amounts else "")
         print(f"{args.study_a} and {args.study_b} share no classifier row (same dataset, training set, model)"
               f"{pairing}")
         return 1
     if args.selections:
         kept = ["unselected" if s == "none" else f"selected by {s}" for s in args.selections]
         print(f"A: the generated sets {kept[0]}; B: those {kept[1]} (same variant, amount and training set)")
+    if args.amounts:
+        print(f"A: the generated sets of {args.amounts[0]}; B: those of {args.amounts[1]} (same variant, selection "
+              "and training set; rows are labelled with B's amount)")
     for ds, part in table.groupby("dataset", sort=False):
         print(f"\n{ds}: accuracy (%) of A and B, B − A [95 % interval] and the seeds whose own difference has its "
               f"sign; scored on {', '.join(dict.fromkeys(part['scored_on']))}")
