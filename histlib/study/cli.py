@@ -127,7 +127,13 @@ def main(args: argparse.Namespace) -> int:
     if args.action == "compare":
         return _compare(args)
     with _sigterm_interrupts():
-        return _run_or_step(args)
+        try:
+            return _run_or_step(args)
+        except KeyboardInterrupt as e:
+            what = "the steps it had started were stopped; " if args.action == "run" else ""
+            print(f"\ninterrupted ({e or 'Ctrl-C'}): {what}the same command resumes (finished steps are skipped)",
+                  file=sys.stderr)
+            return 130
 
 
 def _run_or_step(args: argparse.Namespace) -> int:

@@ -152,3 +152,19 @@ def test_sigterm_interrupts_a_step_or_runner_as_ctrl_c_does():
         import time
         time.sleep(5)  # the signal arrives here at the latest
     assert signal.getsignal(signal.SIGTERM) is before  # the caller's handler is back
+
+
+def test_an_interrupted_study_command_says_how_to_resume(monkeypatch, capsys):
+    """The command line ends an interrupted run with one line and exit status 130 (as a shell reports Ctrl-C), not a
+    traceback."""
+    from histlib.__main__ import main
+    from histlib.study import cli
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt("stopped by signal 15")
+
+    monkeypatch.setattr(cli, "run_study", interrupted)
+    assert main(["study", "run", "studies/demo.yaml"]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted (stopped by signal 15): the steps it had started were stopped" in err
+    assert "Traceback" not in err
