@@ -557,5 +557,7 @@ def test_one_studys_two_amounts_compared_row_by_row(answer, tmp_path, capsys):
     assert "A: the generated sets of 3x; B: those of 6x" in printed and "+5.0 [" in printed
     assert main(["study", "compare", str(study), str(study), "--amounts", "3", "lots"]) == 2
     assert "--amounts: amount 'lots'" in capsys.readouterr().err
-    with pytest.raises(ValueError, match="positive amount"):
-        analysis.compare_studies(df, df, amounts=(0, 3))
+    for bad in (0, float("inf"), True, "3y"):
+        with pytest.raises(ValueError, match="expected a positive number"):
+            analysis.compare_studies(df, df, amounts=(bad, 3))
+    assert analysis.compare_studies(df, df, n_boot=0, amounts=("3X", 6)).iloc[0]["amount"] == "6x"

@@ -361,20 +361,6 @@ def _no_selection(value: Any) -> str:
     return "" if value == "none" else value
 
 
-def _amount_label(value: Any) -> str:
-    """An amount as the row keys hold it: ``3``, ``'3'`` and ``'3x'`` are ``'3x'``, ``0.5`` is ``'0.5x'``."""
-    text = _text(value).strip()
-    number = text[:-1] if text.endswith("x") else text
-    try:
-        amount = float(number)
-    except ValueError:
-        raise ValueError(f"amount {value!r}: expected generated images per class relative to the real train split, "
-                         "e.g. 3 or 0.5x") from None
-    if not amount > 0:
-        raise ValueError(f"amount {value!r}: expected a positive amount, e.g. 3 or 0.5x")
-    return f"{amount:g}x"
-
-
 def compare_studies(df_a: pd.DataFrame, df_b: pd.DataFrame, n_boot: int = 2000, ci: float = 0.95,
                     seed: int = 0, selections: tuple[str, str] | None = None,
                     amounts: tuple[Any, Any] | None = None) -> pd.DataFrame:
@@ -404,13 +390,14 @@ def compare_studies(df_a: pd.DataFrame, df_b: pd.DataFrame, n_boot: int = 2000, 
         ``n_images``, ``diff_accuracy``, ``diff_balanced_accuracy`` (B − A, points) with ``*_low`` / ``*_high``,
         ``seeds_same_sign`` and ``interval_note`` (why there is no interval). Empty when the studies share no row.
     """
+    amounts = None if amounts is None else tuple(classify_sets.amount_label(v) for v in amounts)  # checked first
     ra, rb = classifier_run_rows(df_a), classifier_run_rows(df_b)
     if selections is not None and len(ra) and len(rb):
         sel_a, sel_b = (_no_selection(v) for v in selections)
         ra = ra[ra["selection"].map(_no_selection) == sel_a].assign(selection=sel_b)  # A's rows take B's keys
         rb = rb[rb["selection"].map(_no_selection) == sel_b].assign(selection=sel_b)  # so the two pair up
     if amounts is not None and len(ra) and len(rb):
-        am_a, am_b = (_amount_label(v) for v in amounts)
+        am_a, am_b = amounts
         ra = ra[ra["amount"].map(_text) == am_a].assign(amount=am_b)
         rb = rb[rb["amount"].map(_text) == am_b]
     if len(ra) == 0 or len(rb) == 0:

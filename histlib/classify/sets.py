@@ -143,3 +143,22 @@ def seed_folder(synthetic_dir: str | Path, seed: int) -> Path:
         return path
     subs = [p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")]
     return path / f"set{seed}" if subs and all(re.fullmatch(r"set\d+", name) for name in subs) else path
+
+
+def amount_label(value) -> str:
+    """A generated set's amount as study steps and result rows name it: ``3``, ``'3'``, ``'3x'`` → ``'3x'``, ``0.5`` →
+    ``'0.5x'`` (generated images per class relative to the real train split).
+
+    Raises:
+        ValueError: not a positive finite number.
+    """
+    text = str(value).strip().lower()
+    number = text[:-1] if text.endswith("x") else text
+    try:
+        amount = float(number)
+    except ValueError:
+        amount = math.nan
+    if isinstance(value, bool) or not (math.isfinite(amount) and amount > 0):
+        raise ValueError(f"amount {value!r}: expected a positive number of generated images per class relative to "
+                         "the real train split, e.g. 3 or 0.5x")
+    return f"{amount:g}x"

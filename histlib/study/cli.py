@@ -65,10 +65,10 @@ def _compare(args: argparse.Namespace) -> int:
     if args.boot < 0:
         raise ValueError(f"--boot: expected a number of resamples >= 0, got {args.boot}")
     if args.amounts:
-        from histlib.analysis.answer import _amount_label
+        from histlib.classify.sets import amount_label
 
         try:
-            args.amounts = [_amount_label(a) for a in args.amounts]
+            args.amounts = [amount_label(a) for a in args.amounts]
         except ValueError as e:
             print(f"error: --amounts: {e}", file=sys.stderr)
             return 2
@@ -77,7 +77,8 @@ def _compare(args: argparse.Namespace) -> int:
     if table.empty:
         pairing = (f" with A's sets selected by {args.selections[0]!r} and B's by {args.selections[1]!r}"
                    if args.selections else "")
-        pairing += (f" with A's sets of {args.amounts[0]!r} and B's of {args.amounts[1]!r}" if args.amounts else "")
+        pairing += ((" and" if pairing else " with") + f" A's sets of {args.amounts[0]} and B's of {args.amounts[1]}"
+                    if args.amounts else "")
         print(f"{args.study_a} and {args.study_b} share no classifier row (same dataset, training set, model)"
               f"{pairing}")
         return 1
@@ -119,7 +120,7 @@ def _sigterm_interrupts():
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -131,7 +132,8 @@ def main(args: argparse.Namespace) -> int:
             return _run_or_step(args)
         except KeyboardInterrupt as e:
             what = "the steps it had started were stopped; " if args.action == "run" else ""
-            print(f"\ninterrupted ({e or 'Ctrl-C'}): {what}the same command resumes (finished steps are skipped)",
+            print(f"\ninterrupted ({str(e) or 'Ctrl-C'}): {what}the same command resumes (finished steps are "
+                  "skipped)",
                   file=sys.stderr)
             return 130
 

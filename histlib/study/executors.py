@@ -173,18 +173,35 @@ class LocalBackend:
                                 stderr=subprocess.STDOUT, cwd=str(runs.project_root()))
         return _Running(step, proc, time.time(), gpus, log)
 
-    def stop(self, job: _Running, grace_s: float = 60.0) -> None:
-        """Stops a running step: SIGTERM, which the step turns into an interrupt that shuts its notebook's kernel
-        down and records the step as failed (``histlib.study.cli``), then SIGKILL after ``grace_s``."""
-        if job.handle.poll() is None:
-            job.handle.terminate()
-            try:
-                job.handle.wait(timeout=grace_s)
-            except subprocess.TimeoutExpired:
-                job.handle.kill()
-                job.handle.wait()
-        job.log.close()
-        self.free_gpus += job.gpus
+    def stop(self, jobs: list[_Running], grace_s: float = 60.0) -> list[bool]:
+        """Stops running steps: SIGTERM to each, which a step turns into an interrupt that shuts its notebook's
+        kernel down and records the step as failed (``histlib.study.cli``); SIGKILL to those still running after
+        ``grace_s`` (one deadline for all), or at once when a second interrupt arrives while waiting.
+
+        Returns:
+            Per job, whether it was still running (a job that had ended is left to :meth:`poll`).
+        """
+        live = [job.handle.poll() is None for job in jobs]
+        try:
+            for job, alive in zip(jobs, live):
+                if alive:
+                    job.handle.terminate()
+            deadline = time.time() + grace_s
+            for job, alive in zip(jobs, live):
+                if alive:
+                    try:
+                        job.handle.wait(timeout=max(0.0, deadline - time.time()))
+                    except subprocess.TimeoutExpired:
+                        pass
+        finally:
+            for job, alive in zip(jobs, live):
+                if job.handle.poll() is None:
+                    job.handle.kill()
+                    job.handle.wait()
+                if alive:
+                    job.log.close()
+                    self.free_gpus += job.gpus
+        return live
 
     def poll(self, job: _Running) -> tuple[bool, str | None]:
         """``(done, error)``."""
@@ -227,9 +244,22 @@ class SubmititBackend:
         job = self.executor.submit(command)
         return _Running(step, job, time.time())
 
-    def stop(self, job: _Running) -> None:
-        """Cancels a step's job (a queued one never starts, a running one is stopped by the cluster)."""
-        job.handle.cancel(check=False)
+    def stop(self, jobs: list[_Running]) -> list[bool]:
+        """Cancels the steps' jobs that have not ended (on SLURM, ``scancel``: a queued job never starts, a running
+        one is stopped; submitit's ``local`` stand-in cluster only interrupts its wrapper, and the step may run on).
+
+        Returns:
+            Per job, whether it had not ended (and was cancelled).
+        """
+        live = []
+        for job in jobs:
+            live.append(not job.handle.done())
+            if live[-1]:
+                try:
+                    job.handle.cancel(check=False)
+                except Exception:  # noqa: BLE001 - no scancel here: nothing more can be done from this side
+                    pass
+        return live
 
     def poll(self, job: _Running) -> tuple[bool, str | None]:
         if not job.handle.done():
@@ -343,10 +373,23 @@ def schedule(steps: list, rows: list[dict[str, Any]], *, is_done: Callable[[Any]
             if running and not changed:
                 time.sleep(poll_s)
     except BaseException:  # interrupted (Ctrl-C, SIGTERM, an error here): no step may outlive its runner
-        for job in running:
-            backend.stop(job)
-            by_name[job.step.name].update(status="interrupted", seconds=round(time.time() - job.started, 1))
-            print(f"{job.step.name}: stopped (the runner was interrupted)", file=out, flush=True)
+        live = [True] * len(running)
+        try:
+            live = backend.stop(running) if running else []
+        finally:  # even when a second interrupt cut the stopping short (the backend killed the rest then)
+            for job, was_running in zip(running, live):
+                row = by_name[job.step.name]
+                seconds = round(time.time() - job.started, 1)
+                if was_running:
+                    row.update(status="interrupted", seconds=seconds)
+                    print(f"{job.step.name}: stopped (the runner was interrupted)", file=out, flush=True)
+                    continue
+                try:  # it had ended on its own before the interrupt: what it ended with
+                    error = backend.poll(job)[1]
+                except Exception as e:  # noqa: BLE001 - the interrupt is what propagates
+                    error = str(e)
+                row.update(status="finished" if error is None else "failed", seconds=seconds,
+                           **({"error": error} if error else {}))
         raise
     return rows
 
@@ -372,7 +415,7 @@ def _ready_per_stage(queue: list, running: list[_Running], by_name: dict[str, di
 
     ready: dict[str, int] = {}
     for st, _ in queue:
-        if all(is_done_dep(d) for d in st.depends) and not is_done(st):
+        if all(is_done_dep(d) for d in st.depends) and not (done[st.name] if st.name in done else is_done(st)):
             ready[st.stage] = ready.get(st.stage, 0) + 1
     for job in running:
         ready[job.step.stage] = ready.get(job.step.stage, 0) + 1

@@ -175,7 +175,7 @@ def generated_sets(study: Study, target: dict[str, Any]) -> list[tuple[str, dict
     for sel in selections or [None]:
         for amount in amounts or [None]:
             parts = [p for p in ((sel if sel not in (None, "none") else ""),
-                                 (f"{amount:g}x" if amount is not None else "")) if p]
+                                 (classify_sets.amount_label(amount) if amount is not None else "")) if p]
             extra = {**({"SELECTION": sel} if sel not in (None, "none") else {}),
                      **({"AMOUNT": amount} if amount is not None else {})}
             out.append(("-".join(parts), extra))

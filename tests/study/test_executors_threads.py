@@ -3,6 +3,8 @@
 import os
 from types import SimpleNamespace
 
+import pytest
+
 from histlib.study import executors
 
 
@@ -30,8 +32,9 @@ def test_a_step_that_runs_alone_gets_every_core_and_parallel_steps_share_them(tm
              step("ft1", "finetune", "base"), step("ft2", "finetune", "base"), step("ft3", "finetune", "base"),
              step("last", "classify", "ft1")]
     rows = [{"step": s.name, "status": "pending"} for s in steps]
-    executors.schedule(steps, rows, is_done=lambda st: False, backend=Backend(), resources={}, on_change=lambda: None,
-                       poll_s=0.0, status_every_s=1e9, out=open(tmp_path / "log", "w"))
+    with open(tmp_path / "log", "w") as log:
+        executors.schedule(steps, rows, is_done=lambda st: False, backend=Backend(), resources={},
+                           on_change=lambda: None, poll_s=0.0, status_every_s=1e9, out=log)
     assert seen["base"] == 1 and seen["real"] == 1  # another stage beside it does not halve the base GAN
     assert seen["ft1"] == seen["ft2"] == 3  # three fine-tunes ready at once (two run: the backend caps at jobs)
     assert [r["status"] for r in rows] == ["finished"] * 7
@@ -87,8 +90,9 @@ def test_a_resumed_studys_first_steps_share_the_cores(tmp_path):
              step("c2", "classify", "gen"), step("analysis", "analysis", "real", "c1", "c2")]
     rows = [{"step": s.name, "status": "pending"} for s in steps]
     finished = {"data", "base", "ft", "gen"}
-    executors.schedule(steps, rows, is_done=lambda st: st.name in finished, backend=Backend(), resources={},
-                       on_change=lambda: None, poll_s=0.0, status_every_s=1e9, out=open(tmp_path / "log", "w"))
+    with open(tmp_path / "log", "w") as log:
+        executors.schedule(steps, rows, is_done=lambda st: st.name in finished, backend=Backend(), resources={},
+                           on_change=lambda: None, poll_s=0.0, status_every_s=1e9, out=log)
     assert seen["real"] == seen["c1"] == 3  # three classify steps can run from the first pass on
     assert [r["status"] for r in rows[:4]] == ["skipped (finished, same hash)"] * 4
 
@@ -99,8 +103,6 @@ def test_an_interrupted_runner_stops_the_steps_it_started(tmp_path, monkeypatch)
     import signal
     import sys
     import time
-
-    import pytest
 
     monkeypatch.setattr(executors, "_step_command", lambda *a: [sys.executable, "-c", "import time; time.sleep(120)"])
     backend = executors.LocalBackend(2, "studies/demo.yaml", "results", tmp_path)
@@ -119,9 +121,9 @@ def test_an_interrupted_runner_stops_the_steps_it_started(tmp_path, monkeypatch)
     started = []
     real_start = backend.start
     backend.start = lambda step, res: started.append(real_start(step, res)) or started[-1]
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt), open(tmp_path / "log", "w") as log:
         executors.schedule(steps, rows, is_done=lambda st: False, backend=backend, resources={},
-                           on_change=lambda: None, poll_s=0.0, status_every_s=1e9, out=open(tmp_path / "log", "w"))
+                           on_change=lambda: None, poll_s=0.0, status_every_s=1e9, out=log)
     assert [r["status"] for r in rows] == ["interrupted", "interrupted", "pending"]
     assert len(started) == 2 and all(job.handle.poll() is not None for job in started)  # both processes ended
     assert all(job.handle.returncode != 0 for job in started)
@@ -135,14 +137,46 @@ def test_an_interrupted_runner_stops_the_steps_it_started(tmp_path, monkeypatch)
             break
         time.sleep(0.05)
     t0 = time.time()
-    backend.stop(job, grace_s=0.5)
+    assert backend.stop([job], grace_s=0.5) == [True]
     assert job.handle.returncode == -signal.SIGKILL and time.time() - t0 < 30
+    # a step that had ended before the interrupt is recorded as it ended, not as stopped
+    monkeypatch.setattr(executors, "_step_command", lambda *a: [sys.executable, "-c", "pass"])
+    ended = real_start(steps[0], {"gpus": 0})
+    ended.handle.wait()
+    assert backend.stop([ended]) == [False] and ended.handle.returncode == 0
+
+
+def test_an_interrupt_records_a_step_that_had_already_ended_as_it_ended(tmp_path):
+    class Backend:
+        jobs = 2
+        stopped = False
+
+        def can_start(self, res, running):
+            return running < self.jobs
+
+        def start(self, step, res):
+            return SimpleNamespace(step=step, started=0.0)
+
+        def poll(self, job):
+            if job.step.name == "b":  # the interrupt arrives while b runs; a ended just before, not yet polled
+                raise KeyboardInterrupt
+            return (True, "ValueError: bad") if self.stopped else (False, None)
+
+        def stop(self, jobs):
+            self.stopped = True
+            return [job.step.name == "b" for job in jobs]
+
+    steps = [SimpleNamespace(name=n, stage="classify", depends=[]) for n in ("a", "b")]
+    rows = [{"step": s.name, "status": "pending"} for s in steps]
+    with pytest.raises(KeyboardInterrupt), open(tmp_path / "log", "w") as log:
+        executors.schedule(steps, rows, is_done=lambda st: False, backend=Backend(), resources={},
+                           on_change=lambda: None, poll_s=0.0, status_every_s=1e9, out=log)
+    assert rows[1]["status"] == "interrupted"
+    assert rows[0]["status"] == "failed" and rows[0]["error"] == "ValueError: bad"
 
 
 def test_sigterm_interrupts_a_step_or_runner_as_ctrl_c_does():
     import signal
-
-    import pytest
 
     from histlib.study import cli
 
@@ -168,3 +202,6 @@ def test_an_interrupted_study_command_says_how_to_resume(monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "interrupted (stopped by signal 15): the steps it had started were stopped" in err
     assert "Traceback" not in err
+    monkeypatch.setattr(cli, "run_study", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))  # Ctrl-C
+    assert main(["study", "run", "studies/demo.yaml"]) == 130
+    assert "interrupted (Ctrl-C): the steps" in capsys.readouterr().err
