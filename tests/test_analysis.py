@@ -433,6 +433,21 @@ def test_selected_and_amount_sets_are_rows_of_their_own(answer):
     assert not table.set_index(key).loc[("synthetic", "freeze_d1", "realism", "2x"), "paper_row"]
 
 
+def _synthetic_runs(study, right_by_label, seeds=3):
+    """Synthetic-only runs of the generated sets ``label`` of ``right_by_label`` on a 40-image test split (20
+    groups): seed ``s`` gets the first ``right + s`` images right."""
+    y = np.repeat([0, 1], 20)
+    for label, right in right_by_label.items():
+        for seed in range(seeds):
+            pred = y.copy()
+            pred[right + seed:] = 1 - pred[right + seed:]
+            runs.Run(study / "lung" / "classify" / f"synthetic__{label}__resnet34__seed{seed}").write_metrics({
+                "accuracy": 0.7, "balanced_accuracy": 0.7, "variant": label, "n_train_real": 0,
+                "n_train_synthetic": 900, "test_accuracy": (right + seed) / 40,
+                "test_balanced_accuracy": (right + seed) / 40, "test_y_true": y.tolist(),
+                "test_y_pred": pred.tolist(), "test_groups": (np.arange(40) // 2).tolist()})
+
+
 def test_one_studys_two_selections_compared_row_by_row(answer, tmp_path, capsys):
     """``study compare A A --selections fidelity agree``: each set kept by one selection against the same variant's
     set kept by the other, paired on the test images; rows without a generated set are left out. ``none`` names the
@@ -443,19 +458,9 @@ def test_one_studys_two_selections_compared_row_by_row(answer, tmp_path, capsys)
 
     study = tmp_path / "results" / "sel"
     shutil.copytree(answer, study)
-    y = np.repeat([0, 1], 20)
     # agree gets 3 more images right than fidelity, every seed; the unselected set ('none': no selection in its
     # label) 4 fewer than agree
-    for selection, right in (("fidelity", 30), ("agree", 33), ("none", 29)):
-        for seed in range(3):
-            pred = y.copy()
-            pred[right + seed:] = 1 - pred[right + seed:]
-            label = "freeze_g2-3x" if selection == "none" else f"freeze_g2-{selection}-3x"
-            runs.Run(study / "lung" / "classify" / f"synthetic__{label}__resnet34__seed{seed}").write_metrics({
-                "accuracy": 0.7, "balanced_accuracy": 0.7, "variant": label, "n_train_real": 0,
-                "n_train_synthetic": 900, "test_accuracy": (right + seed) / 40,
-                "test_balanced_accuracy": (right + seed) / 40, "test_y_true": y.tolist(),
-                "test_y_pred": pred.tolist(), "test_groups": (np.arange(40) // 2).tolist()})
+    _synthetic_runs(study, {"freeze_g2-fidelity-3x": 30, "freeze_g2-agree-3x": 33, "freeze_g2-3x": 29})
     df = analysis.collect_metrics(study)
     table = analysis.compare_studies(df, df, n_boot=300, selections=("fidelity", "agree"))
     assert len(table) == 1
@@ -531,17 +536,7 @@ def test_one_studys_two_amounts_compared_row_by_row(answer, tmp_path, capsys):
 
     study = tmp_path / "results" / "amt"
     shutil.copytree(answer, study)
-    y = np.repeat([0, 1], 20)
-    for amount, right in (("3x", 30), ("6x", 32), ("0.5x", 25)):
-        for seed in range(3):
-            pred = y.copy()
-            pred[right + seed:] = 1 - pred[right + seed:]
-            label = f"freeze_g2-agree-{amount}"
-            runs.Run(study / "lung" / "classify" / f"synthetic__{label}__resnet34__seed{seed}").write_metrics({
-                "accuracy": 0.7, "balanced_accuracy": 0.7, "variant": label, "n_train_real": 0,
-                "n_train_synthetic": 900, "test_accuracy": (right + seed) / 40,
-                "test_balanced_accuracy": (right + seed) / 40, "test_y_true": y.tolist(),
-                "test_y_pred": pred.tolist(), "test_groups": (np.arange(40) // 2).tolist()})
+    _synthetic_runs(study, {"freeze_g2-agree-3x": 30, "freeze_g2-agree-6x": 32, "freeze_g2-agree-0.5x": 25})
     df = analysis.collect_metrics(study)
     table = analysis.compare_studies(df, df, n_boot=300, amounts=(3, "6x"))
     assert len(table) == 1

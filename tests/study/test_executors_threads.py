@@ -8,33 +8,48 @@ import pytest
 from histlib.study import executors
 
 
-def test_a_step_that_runs_alone_gets_every_core_and_parallel_steps_share_them(tmp_path):
-    seen = {}
+class _Backend:
+    """Two steps at once; each step finishes at its second poll; records each step's ``AT_ONCE_KEY``."""
 
-    class Backend:
-        jobs = 2
+    jobs = 2
 
-        def can_start(self, res, running):
-            return running < self.jobs
+    def __init__(self):
+        self.seen = {}
 
-        def start(self, step, res):
-            seen[step.name] = res[executors.AT_ONCE_KEY]
-            return SimpleNamespace(step=step, started=0.0, polls=0)
+    def can_start(self, res, running):
+        return running < self.jobs
 
-        def poll(self, job):
-            job.polls += 1
-            return job.polls > 1, None
+    def start(self, step, res):
+        self.seen[step.name] = res[executors.AT_ONCE_KEY]
+        return SimpleNamespace(step=step, started=0.0, polls=0)
 
-    def step(name, stage, *deps):
-        return SimpleNamespace(name=name, stage=stage, depends=list(deps))
+    def poll(self, job):
+        job.polls += 1
+        return job.polls > 1, None
 
-    steps = [step("data", "data"), step("base", "base_gan", "data"), step("real", "classify", "data"),
-             step("ft1", "finetune", "base"), step("ft2", "finetune", "base"), step("ft3", "finetune", "base"),
-             step("last", "classify", "ft1")]
-    rows = [{"step": s.name, "status": "pending"} for s in steps]
+    def stop(self, jobs):
+        return [True] * len(jobs)
+
+
+def _step(name, stage, *deps):
+    return SimpleNamespace(name=name, stage=stage, depends=list(deps))
+
+
+def _schedule(steps, backend, tmp_path, is_done=lambda st: False, rows=None):
+    rows = [{"step": s.name, "status": "pending"} for s in steps] if rows is None else rows
     with open(tmp_path / "log", "w") as log:
-        executors.schedule(steps, rows, is_done=lambda st: False, backend=Backend(), resources={},
-                           on_change=lambda: None, poll_s=0.0, status_every_s=1e9, out=log)
+        executors.schedule(steps, rows, is_done=is_done, backend=backend, resources={}, on_change=lambda: None,
+                           poll_s=0.0, status_every_s=1e9, out=log)
+    return rows
+
+
+def test_a_step_that_runs_alone_gets_every_core_and_parallel_steps_share_them(tmp_path):
+    backend = _Backend()
+    steps = [_step("data", "data"), _step("base", "base_gan", "data"), _step("real", "classify", "data"),
+             _step("ft1", "finetune", "base"), _step("ft2", "finetune", "base"), _step("ft3", "finetune", "base"),
+             _step("last", "classify", "ft1")]
+    rows = _schedule(steps, backend, tmp_path)
+    seen = backend.seen
     assert seen["base"] == 1 and seen["real"] == 1  # another stage beside it does not halve the base GAN
     assert seen["ft1"] == seen["ft2"] == 3  # three fine-tunes ready at once (two run: the backend caps at jobs)
     assert [r["status"] for r in rows] == ["finished"] * 7
@@ -66,34 +81,13 @@ def test_local_backend_threads_follow_the_steps_at_once(tmp_path, monkeypatch):
 def test_a_resumed_studys_first_steps_share_the_cores(tmp_path):
     """Finished upstream steps are skipped in the same pass that starts their dependants: the steps started then
     count each other as running side by side (before, each got every core: half speed on two cores)."""
-    seen = {}
-
-    class Backend:
-        jobs = 2
-
-        def can_start(self, res, running):
-            return running < self.jobs
-
-        def start(self, step, res):
-            seen[step.name] = res[executors.AT_ONCE_KEY]
-            return SimpleNamespace(step=step, started=0.0, polls=0)
-
-        def poll(self, job):
-            job.polls += 1
-            return job.polls > 1, None
-
-    def step(name, stage, *deps):
-        return SimpleNamespace(name=name, stage=stage, depends=list(deps))
-
-    steps = [step("data", "data"), step("base", "base_gan", "data"), step("ft", "finetune", "base"),
-             step("gen", "generate", "ft"), step("real", "classify", "data"), step("c1", "classify", "gen"),
-             step("c2", "classify", "gen"), step("analysis", "analysis", "real", "c1", "c2")]
-    rows = [{"step": s.name, "status": "pending"} for s in steps]
+    backend = _Backend()
+    steps = [_step("data", "data"), _step("base", "base_gan", "data"), _step("ft", "finetune", "base"),
+             _step("gen", "generate", "ft"), _step("real", "classify", "data"), _step("c1", "classify", "gen"),
+             _step("c2", "classify", "gen"), _step("analysis", "analysis", "real", "c1", "c2")]
     finished = {"data", "base", "ft", "gen"}
-    with open(tmp_path / "log", "w") as log:
-        executors.schedule(steps, rows, is_done=lambda st: st.name in finished, backend=Backend(), resources={},
-                           on_change=lambda: None, poll_s=0.0, status_every_s=1e9, out=log)
-    assert seen["real"] == seen["c1"] == 3  # three classify steps can run from the first pass on
+    rows = _schedule(steps, backend, tmp_path, is_done=lambda st: st.name in finished)
+    assert backend.seen["real"] == backend.seen["c1"] == 3  # three classify steps can run from the first pass on
     assert [r["status"] for r in rows[:4]] == ["skipped (finished, same hash)"] * 4
 
 
@@ -147,15 +141,8 @@ def test_an_interrupted_runner_stops_the_steps_it_started(tmp_path, monkeypatch)
 
 
 def test_an_interrupt_records_a_step_that_had_already_ended_as_it_ended(tmp_path):
-    class Backend:
-        jobs = 2
+    class Backend(_Backend):
         stopped = False
-
-        def can_start(self, res, running):
-            return running < self.jobs
-
-        def start(self, step, res):
-            return SimpleNamespace(step=step, started=0.0)
 
         def poll(self, job):
             if job.step.name == "b":  # the interrupt arrives while b runs; a ended just before, not yet polled
@@ -166,15 +153,11 @@ def test_an_interrupt_records_a_step_that_had_already_ended_as_it_ended(tmp_path
             self.stopped = True
             return [job.step.name == "b" for job in jobs]
 
-    steps = [SimpleNamespace(name=n, stage="classify", depends=[]) for n in ("a", "b")]
-    rows = [{"step": s.name, "status": "pending"} for s in steps]
-    with pytest.raises(KeyboardInterrupt), open(tmp_path / "log", "w") as log:
-        executors.schedule(steps, rows, is_done=lambda st: False, backend=Backend(), resources={},
-                           on_change=lambda: None, poll_s=0.0, status_every_s=1e9, out=log)
+    rows = [{"step": name, "status": "pending"} for name in ("a", "b")]
+    with pytest.raises(KeyboardInterrupt):
+        _schedule([_step("a", "classify"), _step("b", "classify")], Backend(), tmp_path, rows=rows)
     assert rows[1]["status"] == "interrupted"
     assert rows[0]["status"] == "failed" and rows[0]["error"] == "ValueError: bad"
-
-
 def test_sigterm_interrupts_a_step_or_runner_as_ctrl_c_does():
     import signal
 
