@@ -335,7 +335,7 @@ def schedule(steps: list, rows: list[dict[str, Any]], *, is_done: Callable[[Any]
                     row.update(status="blocked", reason=f"depends on {', '.join(bad)}, which did not finish")
                     queue.remove((step, row))
                     changed = True
-                elif all(s == "finished" or s.startswith("skipped") for s in deps):
+                elif all(_ended_well(s) for s in deps):
                     if is_done(step):
                         row["status"] = "skipped (finished, same hash)"
                         queue.remove((step, row))
@@ -394,6 +394,11 @@ def schedule(steps: list, rows: list[dict[str, Any]], *, is_done: Callable[[Any]
     return rows
 
 
+def _ended_well(status: str) -> bool:
+    """A step's row status that lets the steps depending on it start: it finished now or before (skipped)."""
+    return status == "finished" or status.startswith("skipped")
+
+
 def _ready_per_stage(queue: list, running: list[_Running], by_name: dict[str, dict[str, Any]],
                      is_done: Callable[[Any], bool]) -> dict[str, int]:
     """Steps per stage that can run now (their dependencies done, themselves not) or run.
@@ -409,7 +414,7 @@ def _ready_per_stage(queue: list, running: list[_Running], by_name: dict[str, di
         if name not in done:
             status = by_name.get(name, {}).get("status", "finished")
             st = queued.get(name)
-            done[name] = status == "finished" or status.startswith("skipped") or (
+            done[name] = _ended_well(status) or (
                 st is not None and all(is_done_dep(d) for d in st.depends) and is_done(st))
         return done[name]
 
