@@ -40,6 +40,7 @@ from histlib.data.manifest import MANIFEST_COLUMNS, MANIFEST_NAME, read_table_ro
 from histlib.data.splits import (  # noqa: F401  (SPLIT_NAMES, runs_path: re-exported, part of this module's API)
     _SPLIT_FOLDER_NAMES,
     SPLIT_NAMES,
+    check_folds,
     check_no_straddle,
     check_split_classes,
     group_split,
@@ -70,6 +71,10 @@ class PrepareConfig:
         val_fraction: fraction of each class (in groups) put in the ``val`` split.
         test_fraction: fraction of each class (in groups, the same grouping as val) put in a ``test`` split that
             nothing is tuned on (0: no test split).
+        folds, fold: cross-validation: with ``folds >= 2`` the ``test`` split is fold ``fold`` (``0 <= fold <
+            folds``) of a class-stratified k-fold over the groups (``histlib.data.splits.group_split``), so the
+            ``folds`` datasets prepared with one seed have disjoint test splits that together hold every image once;
+            ``test_fraction`` must then be 0. 0: no folds.
         split_from: a split fixed by the dataset's authors instead of a random one: ``'folders'`` (the first
             folder of each image's path named like a split, e.g. ``<split>/<class>/...`` or
             ``WSS1/images/<split>/<slide>``), ``'column:NAME'`` (column NAME of ``SOURCE/MANIFEST.tsv``) or
@@ -98,6 +103,8 @@ class PrepareConfig:
     stain_target: str | None = None
     val_fraction: float = 0.0
     test_fraction: float = 0.0
+    folds: int = 0
+    fold: int = 0
     split_from: str | None = None
     split_rename: dict[str, str] | None = None
     slides: bool | None = None
@@ -127,8 +134,8 @@ _PATH_FIELDS = ("source", "out", "stain_target", "annotations")
 # Fields that do not change what is written, hence not part of the hash that decides "already prepared".
 _NOT_HASHED = ("out", "workers")
 # Fields added later: left out of the hash while they have their default, so earlier prepared datasets stay valid.
-_HASHED_WHEN_SET = {"test_fraction": 0.0, "split_from": None, "split_rename": None, "slides": None,
-                    "allow_missing_group": False}
+_HASHED_WHEN_SET = {"test_fraction": 0.0, "folds": 0, "fold": 0, "split_from": None, "split_rename": None,
+                    "slides": None, "allow_missing_group": False}
 
 
 def _path_key(p: str | None) -> str | None:
@@ -179,13 +186,14 @@ def check_config(cfg: PrepareConfig) -> None:
     if not 0.0 <= float(cfg.test_fraction) < 1.0 or float(cfg.val_fraction) + float(cfg.test_fraction) >= 1.0:
         raise ValueError(f"test_fraction={cfg.test_fraction}: expected a number in [0, 1) with val_fraction + "
                          f"test_fraction < 1")
+    check_folds(cfg.folds, cfg.fold, cfg.test_fraction)
     if cfg.split_from is not None:
         kind = str(cfg.split_from).split(":", 1)[0]
         if kind not in ("folders", "column", "file") or (kind != "folders" and ":" not in str(cfg.split_from)):
             raise ValueError(f"split_from={cfg.split_from!r}: expected 'folders', 'column:NAME' or 'file:PATH'")
-        if cfg.val_fraction or cfg.test_fraction:
-            raise ValueError(f"split_from={cfg.split_from!r} fixes the split: val_fraction and test_fraction must "
-                             f"be 0 (got {cfg.val_fraction} and {cfg.test_fraction})")
+        if cfg.val_fraction or cfg.test_fraction or cfg.folds:
+            raise ValueError(f"split_from={cfg.split_from!r} fixes the split: val_fraction, test_fraction and folds "
+                             f"must be 0 (got {cfg.val_fraction}, {cfg.test_fraction} and {cfg.folds})")
     if cfg.split_rename is not None:
         if not isinstance(cfg.split_rename, dict) or not all(isinstance(k, str) and v in SPLIT_NAMES
                                                              for k, v in cfg.split_rename.items()):
@@ -689,9 +697,12 @@ def prepare_dataset(cfg: PrepareConfig, force: bool = False, progress: bool = Tr
             _check_groups_listed(cfg, source, df["source"], mapping)
             df["group"] = [f"{cfg.group_by}:{mapping[s]}" if s in mapping else s for s in df["source"]]
         if cfg.split_from is None:
-            df["split"] = group_split(df, cfg.val_fraction, seed=cfg.seed, test_fraction=cfg.test_fraction)
+            df["split"] = group_split(df, cfg.val_fraction, seed=cfg.seed, test_fraction=cfg.test_fraction,
+                                      folds=cfg.folds, fold=cfg.fold)
             if cfg.test_fraction > 0:
                 check_split_classes(df, f"test_fraction={cfg.test_fraction} (group_by={cfg.group_by!r})")
+            elif cfg.folds:
+                check_split_classes(df, f"folds={cfg.folds}, fold={cfg.fold} (group_by={cfg.group_by!r})")
         else:
             split_of = predefined_splits(cfg, source, sorted(df["source"].unique()))
             df["split"] = df["source"].map(split_of)
@@ -750,6 +761,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--val-fraction", type=float, default=0.0, help="fraction of each class in val (by group)")
     parser.add_argument("--test-fraction", type=float, default=0.0,
                         help="fraction of each class in a held-out test split (by group, as val)")
+    parser.add_argument("--folds", type=int, default=0,
+                        help="cross-validation: the test split is fold --fold of this many folds (by group)")
+    parser.add_argument("--fold", type=int, default=0, help="which fold is the test split (0 .. folds-1)")
     parser.add_argument("--split-from", default=None,
                         help="a split fixed by the dataset's authors: 'folders', 'column:NAME' or 'file:PATH'")
     parser.add_argument("--split-rename", default=None, metavar="OLD=NEW[,OLD=NEW]",
@@ -780,8 +794,9 @@ def main(args: argparse.Namespace) -> int:
             raise ValueError(f"--split-rename {args.split_rename!r}: expected OLD=NEW[,OLD=NEW]") from None
     cfg = PrepareConfig(source=args.source, out=args.out, patch=args.patch, stride=args.stride, stain=args.stain,
                         stain_target=args.stain_target, val_fraction=args.val_fraction,
-                        test_fraction=args.test_fraction, split_from=args.split_from, split_rename=rename,
-                        slides=args.slides, group_by=args.group_by, allow_missing_group=args.allow_missing_group,
+                        test_fraction=args.test_fraction, folds=args.folds, fold=args.fold,
+                        split_from=args.split_from, split_rename=rename, slides=args.slides,
+                        group_by=args.group_by, allow_missing_group=args.allow_missing_group,
                         seed=args.seed, min_fraction=args.min_fraction, annotations=args.annotations,
                         resize=args.resize, image_format=args.image_format, workers=args.workers)
     report = prepare_dataset(cfg, force=args.force)

@@ -39,7 +39,7 @@ def _pick_groups(members: np.ndarray, sizes: pd.Series, target: float) -> list:
 
 
 def group_split(df: pd.DataFrame, val_fraction: float, group_col: str = "group", class_col: str = "class",
-                seed: int = 0, test_fraction: float = 0.0) -> pd.Series:
+                seed: int = 0, test_fraction: float = 0.0, folds: int = 0, fold: int = 0) -> pd.Series:
     """Assigns ``'train'``, ``'val'`` (and ``'test'``) to every row so that no group occurs in two splits.
 
     Each group is placed in the stratum of its most frequent class (ties: first class name). Within a stratum the
@@ -50,6 +50,11 @@ def group_split(df: pd.DataFrame, val_fraction: float, group_col: str = "group",
     ``val`` from the remaining groups (still ``val_fraction`` of the whole stratum); a stratum with fewer than
     three groups cannot give all three splits, and stays out of ``test`` with a warning.
 
+    With ``folds >= 2`` the ``test`` split is fold ``fold`` of a class-stratified group k-fold
+    (scikit-learn's ``StratifiedGroupKFold``, shuffled with ``seed``) instead: the ``folds`` test splits of one seed
+    are disjoint and together hold every image once (cross-validation: a study pools their held-out predictions);
+    ``val`` is then drawn from the other folds' groups as above.
+
     Args:
         df: rows to split (e.g. a manifest), with ``group_col`` and ``class_col``.
         val_fraction: target fraction of rows in ``val``, in ``[0, 1)``.
@@ -57,6 +62,8 @@ def group_split(df: pd.DataFrame, val_fraction: float, group_col: str = "group",
         seed: RNG seed; the result depends only on the data and the seed.
         test_fraction: target fraction of rows in ``test`` (0: no test split; the result is then the two-way split
             of earlier versions, row for row).
+        folds, fold: with ``folds >= 2`` (``test_fraction`` then 0), ``test`` is fold ``fold`` (0 ≤ fold < folds)
+            of a k-fold over the groups; 0: no folds.
 
     Returns:
         A Series of ``'train'``/``'val'``/``'test'`` aligned with ``df.index``.
@@ -66,11 +73,12 @@ def group_split(df: pd.DataFrame, val_fraction: float, group_col: str = "group",
     if not 0.0 <= float(test_fraction) < 1.0 or float(val_fraction) + float(test_fraction) >= 1.0:
         raise ValueError(f"test_fraction={test_fraction}: expected a number in [0, 1) with val_fraction + "
                          f"test_fraction < 1 (val_fraction={val_fraction})")
+    check_folds(folds, fold, test_fraction)
     for col in (group_col, class_col):
         if col not in df.columns:
             raise ValueError(f"group_split: column {col!r} not in {list(df.columns)}")
     split = pd.Series("train", index=df.index, dtype=object)
-    if (val_fraction == 0.0 and test_fraction == 0.0) or len(df) == 0:
+    if (val_fraction == 0.0 and test_fraction == 0.0 and not folds) or len(df) == 0:
         return split
 
     sizes, dominant = _dominant_class(df, group_col, class_col)
@@ -78,6 +86,7 @@ def group_split(df: pd.DataFrame, val_fraction: float, group_col: str = "group",
     test_rng = np.random.default_rng([int(seed), 1])
     val_groups: list = []
     test_groups: list = []
+    fold_test = _fold_groups(df, group_col, class_col, int(folds), int(fold), int(seed)) if folds else set()
     single: list[str] = []
     no_test: list[str] = []
     for cls in sorted(dominant.unique()):
@@ -86,7 +95,10 @@ def group_split(df: pd.DataFrame, val_fraction: float, group_col: str = "group",
             single.append(str(cls))
             continue
         stratum = sizes[members].sum()
-        if test_fraction > 0:
+        if folds:
+            test_groups.extend(g for g in members if g in fold_test)
+            members = np.array([g for g in members if g not in fold_test], dtype=object)
+        elif test_fraction > 0:
             if len(members) < 3:
                 no_test.append(str(cls))
             else:
@@ -94,7 +106,7 @@ def group_split(df: pd.DataFrame, val_fraction: float, group_col: str = "group",
                 chosen = _pick_groups(shuffled[:-1], sizes, test_fraction * stratum)  # keep >= 2 for train and val
                 test_groups.extend(chosen)
                 members = np.array([g for g in members if g not in set(chosen)], dtype=object)
-        if val_fraction > 0:
+        if val_fraction > 0 and len(members):
             members = members[rng.permutation(len(members))]
             val_groups.extend(_pick_groups(members, sizes, val_fraction * stratum))
     if single:
@@ -105,6 +117,36 @@ def group_split(df: pd.DataFrame, val_fraction: float, group_col: str = "group",
     split[df[group_col].isin(set(val_groups))] = "val"
     split[df[group_col].isin(set(test_groups))] = "test"
     return split
+
+
+def check_folds(folds: Any, fold: Any, test_fraction: float = 0.0) -> None:
+    """Raises ValueError unless ``folds`` is 0 (no folds) or an integer >= 2 with ``0 <= fold < folds`` and no
+    ``test_fraction``."""
+    def integer(v: Any) -> bool:
+        return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+    if not integer(folds) or folds < 0 or folds == 1:
+        raise ValueError(f"folds={folds!r}: expected 0 (no cross-validation folds) or an integer >= 2")
+    if not integer(fold) or not (0 <= fold < max(int(folds), 1)):
+        raise ValueError(f"fold={fold!r}: expected an integer in [0, {max(int(folds), 1) - 1}] (folds={folds})")
+    if folds and float(test_fraction) > 0:
+        raise ValueError(f"folds={folds} makes the test split one fold: test_fraction must be 0 "
+                         f"(got {test_fraction})")
+
+
+def _fold_groups(df: pd.DataFrame, group_col: str, class_col: str, folds: int, fold: int, seed: int) -> set:
+    """The groups of fold ``fold`` of a class-stratified group k-fold over ``df``."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    n_groups = df[group_col].nunique()
+    if n_groups < folds:
+        raise ValueError(f"folds={folds}: the data has only {n_groups} group(s) ({group_col!r}); a fold needs at "
+                         "least one")
+    kfold = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    with warnings.catch_warnings():  # a class with fewer groups than folds: sklearn warns, the folds stay valid
+        warnings.simplefilter("ignore", UserWarning)
+        parts = list(kfold.split(np.zeros(len(df)), df[class_col].astype(str), df[group_col].astype(str)))
+    return set(df[group_col].iloc[parts[fold][1]])
 
 
 def check_no_straddle(df: pd.DataFrame, group_col: str = "group", split_col: str = "split") -> None:

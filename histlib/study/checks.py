@@ -35,7 +35,8 @@ def _prepare_config(p: dict[str, Any], check: bool = True):
 
     cfg = PrepareConfig(source=p["SOURCE_DIR"], out=p["OUT_DIR"], patch=p["PATCH"], stride=p["STRIDE"],
                         stain=p["STAIN"], val_fraction=p["VAL_FRACTION"], test_fraction=p["TEST_FRACTION"],
-                        split_from=p["SPLIT_FROM"], split_rename=p["SPLIT_RENAME"], slides=p["SLIDES"],
+                        folds=p["FOLDS"], fold=p["FOLD"], split_from=p["SPLIT_FROM"],
+                        split_rename=p["SPLIT_RENAME"], slides=p["SLIDES"],
                         group_by=p["GROUP_BY"], seed=p["SEED"], annotations=p["ANNOTATIONS"],
                         min_fraction=p["MIN_FRACTION"], resize=p["RESIZE"], image_format=p["IMAGE_FORMAT"],
                         workers=p["WORKERS"], allow_missing_group=p["ALLOW_MISSING_GROUP"]).resolve_paths()

@@ -414,12 +414,18 @@ def _train_images(step, steps: list) -> int | None:
 
     root = runs.project_path(data.params["SOURCE_DIR"])
     files = [p for p in sorted(root.rglob("*")) if p.suffix.lower() in {".png", ".jpg", ".jpeg", ".tif", ".tiff"}]
+    whole = "PATCH" in data.params and data.params["PATCH"] is None  # PATCH null: whole images, one per file
     patch, stride = int(data.params.get("PATCH") or 64), data.params.get("STRIDE")
     patches = 0
     for f in files[:500]:
+        if whole:
+            patches += 1
+            continue
         with Image.open(f) as im:
             patches += len(tile_positions(*im.size, patch, stride))
-    kept = 1 - float(data.params.get("VAL_FRACTION") or 0) - float(data.params.get("TEST_FRACTION") or 0)
+    folds = int(data.params.get("FOLDS") or 0)  # cross-validation: one fold is the test split
+    test = 1 / folds if folds else float(data.params.get("TEST_FRACTION") or 0)
+    kept = 1 - float(data.params.get("VAL_FRACTION") or 0) - test
     return int(patches * len(files) / max(min(len(files), 500), 1) * kept) or None
 
 

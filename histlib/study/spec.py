@@ -14,12 +14,16 @@ of each stage (see ``studies/demo.yaml``)::
     classify: {synthetic_from: all, TRAIN_SETS: [real, synthetic], MODELS: [resnet34], SEEDS: [0], EPOCHS: 2}
 
 A target may override the finetune/generate/classify settings for itself (``targets[i].classify`` etc.).
+A target with ``folds: K`` is cross-validated: it stands for K targets ``<name>_fold0 … <name>_fold<K-1>``, each
+prepared with ``FOLDS: K, FOLD: k`` (its test split is fold k of a group k-fold) and run through every stage on its
+own; the analysis pools their held-out predictions into one row per setting (``histlib.analysis.answer``).
 Lower-case keys configure the runner; every other key of a stage mapping is an UPPER_CASE notebook parameter,
 checked here against the notebook's ``parameters`` cell (name and type) before anything runs.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import os
@@ -140,9 +144,11 @@ def load_study(path: str | os.PathLike, results_root: str | os.PathLike = "resul
     targets = doc.get("targets", []) or []
     require(isinstance(targets, list) and all(isinstance(t, dict) and "name" in t for t in targets), path,
             "'targets' must be a list of mappings with at least 'name'")
+    ds_keys = {"name", "source", "prepared", "prepare", "finetune", "generate", "classify", "description"}
+    require("folds" not in base, path, "base: 'folds' is for targets (the base GAN's data is not tested)")
+    targets = [t for i, target in enumerate(targets) for t in _fold_targets(path, i, target)]
     names = [base["name"]] + [t["name"] for t in targets]
     require(len(set(names)) == len(names), path, f"dataset names must be unique, got {names}")
-    ds_keys = {"name", "source", "prepared", "prepare", "finetune", "generate", "classify", "description"}
     for ds in [base, *targets]:
         extra = sorted(set(ds) - ds_keys)
         require(not extra, path, f"dataset {ds['name']!r}: unknown key(s) {extra}"
@@ -163,6 +169,24 @@ def load_study(path: str | os.PathLike, results_root: str | os.PathLike = "resul
     return Study(name=name, profile=profile, stages=stages, base=base, targets=targets, settings=settings,
                  path=path, results_root=Path(results_root), description=str(doc.get("description") or "").strip(),
                  resources=resources)
+
+
+def _fold_targets(path: Path, i: int, target: dict[str, Any]) -> list[dict[str, Any]]:
+    """A target as it runs: itself, or with ``folds: K`` its K folds (module docstring)."""
+    if "folds" not in target:
+        return [target]
+    k = target["folds"]
+    where = f"targets[{i}]"
+    require(isinstance(k, int) and not isinstance(k, bool) and k >= 2, path,
+            f"{where}.folds={k!r}: expected an integer >= 2 (the number of cross-validation folds)")
+    prepare = target.get("prepare") or {}
+    require(isinstance(prepare, dict), path, f"{where}.prepare must be a mapping of settings")
+    require("prepared" not in target, path, f"{where}: 'folds' prepares each fold from 'source'; drop 'prepared'")
+    clash = sorted({"FOLDS", "FOLD"} & set(prepare)) + (["TEST_FRACTION"] if prepare.get("TEST_FRACTION") else [])
+    require(not clash, path, f"{where}.prepare: {clash} set with 'folds' (each fold's test split is one fold)")
+    rest = {key: v for key, v in target.items() if key != "folds"}
+    return [{**copy.deepcopy(rest), "name": f"{target['name']}_fold{f}", "prepare": {**prepare, "FOLDS": k, "FOLD": f}}
+            for f in range(k)]
 
 
 # Lower-case keys configure the runner; every other key of a stage mapping is an UPPER_CASE notebook parameter.
