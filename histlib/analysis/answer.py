@@ -11,6 +11,11 @@ so new training sets appear without changes here. ``paper_row`` marks the public
 training set without a GAN variant, and per GAN training set ``scratch``, ``pretrained``, any variant that is not a
 ``freeze_*`` one, and the ``freeze_*`` variant with the highest mean **validation** accuracy (so the test numbers
 are untouched by the choice).
+
+**Cross-validation.** Datasets prepared as the folds of one k-fold (``PrepareConfig.folds``; a study target with
+``folds: K``) are also pooled: one more row per setting under the dataset name ``<name> (K folds pooled)``, whose
+images are every fold's test split (each image once, scored by the classifiers of the fold that held it out), seed
+``s`` of every fold taken together as seed ``s``, and whose interval resamples the groups of all folds.
 """
 
 from __future__ import annotations
@@ -313,14 +318,16 @@ def scored_table(df: pd.DataFrame, n_boot: int = 2000, ci: float = 0.95, seed: i
             set_order.setdefault(scored_on, len(set_order))
             for model, dm in d.groupby("model", sort=False):
                 rows.extend(_model_rows(ds, scored_on, model, dm, paper, best, preds, (n_boot, ci, seed)))
+    for pool, members in fold_pools(runs_df, root).items():
+        rows.extend(_pooled_rows(pool, members, runs_df, rows, preds, (n_boot, ci, seed)))
     out = pd.DataFrame(rows)
     if "interval_note" in out:
         out["interval_note"] = out["interval_note"].fillna("")
-    for col in ("n_seeds", "n_images", "n_groups", "n_seeds_real"):
+    for col in ("n_seeds", "n_images", "n_groups", "n_seeds_real", "folds"):
         if col in out:  # counts stay integers in the exported CSV (empty where unknown)
             out[col] = pd.to_numeric(out[col], errors="coerce").round().astype("Int64")
     out[WORTH] = _worth(out, df)
-    datasets, models = list(dict.fromkeys(runs_df["dataset"])), list(dict.fromkeys(runs_df["model"]))
+    datasets, models = list(dict.fromkeys(out["dataset"])), list(dict.fromkeys(runs_df["model"]))
     order = pd.DataFrame({"d": out["dataset"].map(datasets.index), "s": out["scored_on"].map(set_order),
                           "r": [_row_order(k) for k in zip(*(out[c] for c in ROW_KEYS))],
                           "m": out["model"].map(models.index)})
@@ -351,6 +358,127 @@ def _model_rows(ds: str, scored_on: str, model: str, dm: pd.DataFrame, paper: se
         if key != REAL_ROW and boot[0] > 0:
             row.update(_differences(real, this, *boot))
         out.append(row)
+    return out
+
+
+_FOLD_NAME = re.compile(r"^(?P<stem>.+?)_?fold\d+$")
+
+
+def _prepare_record(root: Path, part: pd.DataFrame) -> dict[str, Any] | None:
+    """The ``prepare.json`` config of the real dataset a dataset's classifier runs trained on (its ``config.json``
+    names it), or None when it is not here."""
+    for rel in part["path"]:
+        cfg_file = root / rel / "config.json"
+        if not cfg_file.is_file():
+            continue
+        real_dir = runs.read_json(cfg_file).get("real_dir")
+        record = runs.project_path(real_dir) / "prepare.json" if real_dir else None
+        if record is not None and record.is_file():
+            doc = runs.read_json(record)
+            return {**(doc.get("config") or {}), "classes": (doc.get("report") or {}).get("classes")}
+        return None
+    return None
+
+
+def fold_pools(runs_df: pd.DataFrame, root: Path) -> dict[str, list[tuple[str, int]]]:
+    """The datasets of ``runs_df`` that are folds of one k-fold: ``{pool name: [(dataset, fold), ...]}`` in fold
+    order, for every pool of two or more folds found. Folds of one pool were prepared with the same settings but
+    ``fold`` (and the folder written), read from each dataset's ``prepare.json``; the pool is named
+    ``'<name> (K folds pooled)'``, ``<name>`` the datasets' common name without ``_fold<k>``, or ``'<n> of K folds'``
+    when some folds have no runs."""
+    found: dict[str, list[tuple[str, int, int]]] = {}
+    for ds, part in runs_df.groupby("dataset", sort=False):
+        cfg = _prepare_record(root, part)
+        if not cfg or not isinstance(cfg.get("folds"), int) or cfg["folds"] < 2:
+            continue
+        key = repr(sorted((k, repr(v)) for k, v in cfg.items() if k not in ("fold", "out")))
+        found.setdefault(key, []).append((str(ds), int(cfg["fold"]), int(cfg["folds"])))
+    pools = {}
+    for members in found.values():
+        members = sorted(members, key=lambda m: m[1])
+        folds = members[0][2]
+        if len(members) < 2 or len({m[1] for m in members}) != len(members):
+            continue
+        stems = {m.group("stem") if (m := _FOLD_NAME.match(ds)) else ds for ds, _, _ in members}
+        stem = stems.pop() if len(stems) == 1 else " + ".join(ds for ds, _, _ in members)
+        what = f"{folds} folds pooled" if len(members) == folds else f"{len(members)} of {folds} folds pooled"
+        pools[f"{stem} ({what})"] = [(ds, f) for ds, f, _ in members]
+    return pools
+
+
+def _pooled_correct(parts: list[tuple]) -> tuple[np.ndarray, np.ndarray, Any] | str:
+    """One fold-pooled ``(correct [S, N], y, groups)`` from each fold's :func:`_correct`, or why there is none."""
+    bad = next((p for p in parts if isinstance(p, str)), None)
+    if bad is not None:
+        return bad
+    if len({c.shape[0] for c, _, _ in parts}) != 1:
+        return "the folds have different numbers of seeds"
+    groups = None
+    if all(g is not None for _, _, g in parts):  # codes per fold, shifted past the earlier folds' codes
+        offsets = np.cumsum([0] + [int(np.max(g)) + 1 if len(g) else 0 for _, _, g in parts[:-1]])
+        groups = np.concatenate([np.asarray(g) + o for (_, _, g), o in zip(parts, offsets)])
+    return (np.concatenate([c for c, _, _ in parts], axis=1), np.concatenate([y for _, y, _ in parts]), groups)
+
+
+def _pooled_setting(parts: list[pd.DataFrame], key: tuple, preds: _Predictions, scored_on: str
+                    ) -> tuple[np.ndarray, np.ndarray, Any] | str:
+    """The fold-pooled predictions of one setting (``key``), from each fold's runs (``parts``)."""
+    return _pooled_correct([_correct([preds.get(r, scored_on) for r in p.loc[
+        p[list(ROW_KEYS)].apply(tuple, axis=1) == key, "path"]], p) for p in parts])
+
+
+def _pooled_cells(pooled: tuple) -> dict[str, Any]:
+    """Accuracy and balanced accuracy (mean and std over seeds, %) of fold-pooled predictions."""
+    correct, y, _ = pooled
+    classes = np.unique(y)
+    per_seed = {"accuracy": correct.mean(1),
+                "balanced_accuracy": np.mean([correct[:, y == k].mean(1) for k in classes], axis=0)}
+    cell: dict[str, Any] = {"n_seeds": int(correct.shape[0])}
+    for metric, v in per_seed.items():
+        cell[metric] = 100 * float(v.mean())
+        cell[f"{metric}_std"] = 100 * float(v.std(ddof=1)) if len(v) > 1 else math.nan
+    return cell
+
+
+def _pooled_rows(pool: str, members: list[tuple[str, int]], runs_df: pd.DataFrame, fold_rows: list[dict],
+                 preds: _Predictions, boot: tuple) -> list[dict[str, Any]]:
+    """Rows of :func:`scored_table` for one pool of folds (module docstring): a setting is pooled where every fold
+    has it, on a scored set every fold has."""
+    datasets = [ds for ds, _ in members]
+    by_fold = {ds: runs_df[runs_df["dataset"] == ds] for ds in datasets}
+    out = []
+    scored = [s for s in scored_sets(by_fold[datasets[0]]) if all(s in scored_sets(d) for d in by_fold.values())]
+    for scored_on in scored:
+        keys = _scalar_keys(scored_on)
+        for model in dict.fromkeys(runs_df.loc[runs_df["dataset"].isin(datasets), "model"]):
+            parts = {ds: d[(d["model"] == model) & _col(d, keys["accuracy"]).notna()].sort_values("seed")
+                     for ds, d in by_fold.items()}
+            settings = [set(map(tuple, p[list(ROW_KEYS)].itertuples(index=False))) for p in parts.values()]
+            common = set.intersection(*settings) if settings else set()
+            if REAL_ROW not in common:
+                continue
+            real = _pooled_setting(list(parts.values()), REAL_ROW, preds, scored_on)
+            for key in sorted(common, key=_row_order):
+                this = real if key == REAL_ROW else _pooled_setting(list(parts.values()), key, preds, scored_on)
+                rows = [r for r in fold_rows if r["dataset"] in datasets and r["scored_on"] == scored_on
+                        and r["model"] == model and tuple(r[k] for k in ROW_KEYS) == key]
+                every = pd.concat([p[p[list(ROW_KEYS)].apply(tuple, axis=1) == key] for p in parts.values()])
+                row = {"dataset": pool, "scored_on": scored_on, **dict(zip(ROW_KEYS, key)), "model": model,
+                       "training_set": row_label(key, every), "folds": len(members),
+                       "paper_row": all(r["paper_row"] for r in rows),
+                       "best_frozen": all(r["best_frozen"] for r in rows),
+                       "val_accuracy": float(np.mean([r["val_accuracy"] for r in rows])),
+                       **{c: float(pd.Series([r[c] for r in rows], dtype=float).mean())
+                          for c in ("n_train_real", "n_train_synthetic")}}
+                if isinstance(this, str):
+                    row.update({m: math.nan for m in intervals.METRICS}, interval_note=this)
+                else:
+                    row.update(_pooled_cells(this), n_images=len(this[1]))
+                    if this[2] is not None:
+                        row["n_groups"] = int(len(np.unique(this[2])))
+                if key != REAL_ROW and boot[0] > 0:
+                    row.update(_differences(real, this, *boot))
+                out.append(row)
     return out
 
 
@@ -562,6 +690,9 @@ def caption(part: pd.DataFrame) -> str:
             "Bal. Acc: accuracy and balanced accuracy in %, mean over seeds (one run per seed). Δ: difference to "
             f"real in points with its 95 % interval, resampling the groups (paired) and each row's seeds; no "
             f"interval from fewer than {intervals.MIN_GROUPS} groups or {intervals.MIN_SEEDS} seeds."
+            + (f" Pooled over {int(part['folds'].max())} cross-validation folds: every image is scored once, by "
+               "the classifiers of the fold whose test split held it; seed s of every fold counts as seed s."
+               if "folds" in part and part["folds"].notna().any() else "")
             + (f" Best frozen variant, chosen on validation: {', '.join(best)}." if best else "")
             + (f" {WORTH_NOTE}" if worth else ""))
 

@@ -193,3 +193,27 @@ def test_a_source_missing_from_the_group_column_is_refused_unless_allowed(tmp_pa
     report = prepare_dataset(dataclasses.replace(cfg, allow_missing_group=True), progress=False)
     assert report["n_groups"] == 6 + 6  # 2 listed groups per class, and each unlisted image its own group
     assert prepare_hash(cfg) != prepare_hash(dataclasses.replace(cfg, allow_missing_group=True))
+
+
+def test_prepare_folds_give_disjoint_test_splits_recorded_in_prepare_json(tmp_path):
+    """``folds=3``: each fold's dataset has its own test split (groups of the manifest column), the three cover
+    every image once, ``prepare.json`` records ``folds`` and ``fold``, and both change the hash."""
+    src = _folder(tmp_path / "raw")
+    tests = []
+    for k in range(3):
+        out = tmp_path / f"fold{k}"
+        cfg = PrepareConfig(source=str(src), out=str(out), val_fraction=0.2, folds=3, fold=k, group_by="cluster")
+        prepare_dataset(cfg, progress=False)
+        m = pd.read_csv(out / "manifest.csv")
+        assert (m.groupby("group")["split"].nunique() == 1).all() and set(m["split"]) == {"train", "val", "test"}
+        tests.append(set(m.loc[m["split"] == "test", "path"]))
+        record = json.loads((out / "prepare.json").read_text())["config"]
+        assert (record["folds"], record["fold"]) == (3, k)
+    assert sum(map(len, tests)) == len(set().union(*tests)) == 54  # 3 classes × 6 groups × 3 images
+    hashes = {prepare_hash(PrepareConfig(source=str(src), out="a", folds=f, fold=k)) for f, k in
+              [(0, 0), (3, 0), (3, 1), (4, 1)]}
+    assert len(hashes) == 4
+    with pytest.raises(ValueError, match="folds=3 makes the test split one fold"):
+        prepare_dataset(PrepareConfig(source=str(src), out=str(tmp_path / "x"), folds=3, test_fraction=0.2,
+                                      group_by="cluster"), progress=False)
+    assert not (tmp_path / "x").exists()

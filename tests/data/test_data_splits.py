@@ -66,3 +66,38 @@ def test_bad_input():
     bad = pd.DataFrame({"group": ["a", "a"], "split": ["train", "val"]})
     with pytest.raises(ValueError, match="straddle"):
         check_no_straddle(bad)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_folds_are_disjoint_test_splits_that_cover_every_image_once(seed):
+    """``folds=K``: fold k's test split is one part of a stratified group k-fold; the K test splits of one seed are
+    disjoint and together hold every row once; no group straddles; val comes from the other folds at about
+    val_fraction of each class."""
+    df = _random_manifest(seed)
+    seen = pd.Series(0, index=df.index)
+    for k in range(4):
+        df["split"] = group_split(df, 0.2, seed=seed, folds=4, fold=k)
+        check_no_straddle(df)
+        seen += df["split"] == "test"
+        share = df.groupby("class")["split"].apply(lambda s: (s == "test").mean())
+        assert ((share > 0.1) & (share < 0.4)).all(), share  # stratified: about a quarter of every class
+        val = df.groupby("class")["split"].apply(lambda s: (s == "val").mean())
+        assert ((val > 0.08) & (val < 0.35)).all(), val
+    assert (seen == 1).all()
+    assert group_split(df, 0.2, seed=seed, folds=4, fold=1).equals(group_split(df, 0.2, seed=seed, folds=4, fold=1))
+    assert not group_split(df, 0.2, seed=seed, folds=4, fold=1).equals(group_split(df, 0.2, seed=seed + 7, folds=4,
+                                                                                   fold=1))
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"folds": 1}, r"folds=1: expected 0 .* or an integer >= 2"),
+    ({"folds": 3, "fold": 3}, r"fold=3: expected an integer in \[0, 2\]"),
+    ({"folds": 3, "fold": -1}, r"fold=-1"),
+    ({"folds": 2.0}, r"folds=2.0"),
+    ({"folds": 3, "test_fraction": 0.2}, r"folds=3 makes the test split one fold: test_fraction must be 0"),
+    ({"folds": 50}, r"folds=50: the data has only 6 group"),
+])
+def test_bad_folds_get_one_clear_error(kwargs, match):
+    df = pd.DataFrame({"group": list("aabbccddeeff"), "class": ["x"] * 6 + ["y"] * 6})
+    with pytest.raises(ValueError, match=match):
+        group_split(df, 0.2, **kwargs)

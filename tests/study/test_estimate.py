@@ -177,3 +177,25 @@ def test_plan_prints_each_stage_with_its_basis(tmp_path, capsys):
                                           (7560, "2.1 h")])
 def test_format_seconds(seconds, text):
     assert estimate.format_seconds(seconds) == text
+
+
+@pytest.mark.parametrize("prepare, expected", [
+    ({"PATCH": None, "VAL_FRACTION": 0.2, "TEST_FRACTION": 0.2}, 6),  # whole images: 10 × 0.6
+    ({"PATCH": None, "VAL_FRACTION": 0.2, "FOLDS": 5, "FOLD": 1}, 6),  # one fold of five is the test split
+    ({"PATCH": 32, "VAL_FRACTION": 0.5}, 80),  # 128 px images cut into 16 patches of 32 px: 160 × 0.5
+    ({"VAL_FRACTION": 0.5}, 20),  # the notebook's default patch (64 px): four per image
+])
+def test_the_real_train_split_before_the_data_step_has_run(tmp_path, prepare, expected):
+    """Before its data step has run, a classify step's real train split is counted from the source images: whole
+    images with ``PATCH: null``, else the patches the tiling cuts, less the val and test (or fold) shares."""
+    from PIL import Image
+
+    for i in range(10):
+        (tmp_path / "src" / "a").mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (128, 128)).save(tmp_path / "src" / "a" / f"{i}.png")
+    data = study.Step("data", "t", "01_data_prep__t", "01_data_prep.ipynb",
+                      {"SOURCE_DIR": str(tmp_path / "src"), "OUT_DIR": str(tmp_path / "prep"), **prepare})
+    step = study.Step("classify", "t", "05_classify__t__real", "05_classify.ipynb",
+                      {"REAL_DIR": str(tmp_path / "prep"), "MODELS": ["resnet34"], "SEEDS": [0], "EPOCHS": 1,
+                       "TRAIN_SETS": ["real"]})
+    assert estimate._train_images(step, [data, step]) == expected

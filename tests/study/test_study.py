@@ -9,6 +9,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+import yaml
 
 from histlib import study
 from histlib.study.checks import check_values
@@ -74,12 +75,42 @@ def test_paper_study_has_the_paper_variants():
     ("name: x\nbase: {name: a}\nclassify: {EPOCHS: 2.5}\n", r"classify.EPOCHS=2.5: expected an integer"),
     ("name: x\nbase: {name: a}\nbase_gan: {KIMG: three}\n", r"base_gan.KIMG='three': expected an integer or a number"),
     ("name: x\nbase: {name: a}\ngenerate: {FIDELITY: 1}\n", r"generate.FIDELITY=1: expected true or false"),
+    ("name: x\nbase: {name: a}\ntargets: [{name: b, source: s, folds: 1}]\n",
+     r"targets\[0\].folds=1: expected an integer >= 2"),
+    ("name: x\nbase: {name: a}\ntargets: [{name: b, source: s, folds: 3, prepare: {TEST_FRACTION: 0.2}}]\n",
+     r"targets\[0\].prepare: \['TEST_FRACTION'\] set with 'folds'"),
+    ("name: x\nbase: {name: a}\ntargets: [{name: b, prepared: p, folds: 3}]\n", r"drop 'prepared'"),
+    ("name: x\nbase: {name: a, folds: 3}\n", r"base: 'folds' is for targets"),
+    ("name: x\nbase: {name: a}\ntargets: [{name: b, source: s, folds: 2}, {name: b_fold1}]\n", "unique"),
 ])
 def test_bad_study_files_get_one_clear_error(tmp_path, text, match):
     p = _write(tmp_path / "s.yaml", text)
     with pytest.raises(study.StudyError, match=match) as e:
         study.load_study(p)
     assert "s.yaml" in str(e.value)
+
+
+def test_a_target_with_folds_runs_as_one_target_per_fold(tmp_path):
+    """``folds: 3`` on a target: three targets ``<name>_fold<k>`` prepared with ``FOLDS: 3, FOLD: k`` and their own
+    settings, each with its own steps from data to classify; the analysis step waits for all of them."""
+    text = (ROOT / "studies" / "demo.yaml").read_text()
+    s = study.load_study(_write(tmp_path / "cv.yaml", text))
+    target = dict(s.targets[0])
+    target["prepare"] = {k: v for k, v in target["prepare"].items() if k != "TEST_FRACTION"}
+    doc = {"name": "cv", "profile": s.profile, "stages": s.stages, "base": s.base,
+           "targets": [{**target, "folds": 3}], **{k: v for k, v in s.settings.items() if v}}
+    cv = study.load_study(_write(tmp_path / "cv.yaml", yaml.safe_dump(doc)))
+    names = [t["name"] for t in cv.targets]
+    assert names == [f"{target['name']}_fold{k}" for k in range(3)]
+    assert [(t["prepare"]["FOLDS"], t["prepare"]["FOLD"]) for t in cv.targets] == [(3, 0), (3, 1), (3, 2)]
+    assert all(t["prepare"][k] == v for t in cv.targets for k, v in target.get("prepare", {}).items())
+    steps = study.plan(cv)
+    data = [x for x in steps if x.stage == "data"]
+    assert [x.params.get("FOLD") for x in data] == [None, 0, 1, 2]
+    for name in names:
+        assert any(x.stage == "classify" and x.dataset == name for x in steps)
+    analysis_step = next(x for x in steps if x.stage == "analysis")
+    assert {x.name for x in steps if x.stage == "classify"} <= set(analysis_step.depends)
 
 
 def test_hash_changes_propagate_downstream_only():

@@ -1,0 +1,101 @@
+"""histlib.analysis.answer: the folds of one cross-validation pooled into one row per setting."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from histlib import analysis, runs
+
+Y = np.repeat([0, 1], 10)  # per fold: 20 test images, two classes, 10 groups of 2
+GROUPS = (np.arange(20) // 2).tolist()
+# per fold and seed, how many of the 20 test images each training set gets right (the first n)
+RIGHT = {"real": [[14, 15, 13], [12, 13, 14], [15, 14, 16]],
+         "real+synthetic": [[16, 17, 15], [14, 14, 16], [17, 16, 17]]}
+
+
+def _prepared(root, k, folds=3, seed=0):
+    out = root / "data" / "prepared" / f"lung_fold{k}"
+    out.mkdir(parents=True)
+    config = {"source": "raw/lung", "out": str(out), "val_fraction": 0.2, "folds": folds, "fold": k, "seed": seed}
+    (out / "prepare.json").write_text(json.dumps({"config": config, "report": {"classes": ["a", "b"]}}))
+    return out
+
+
+@pytest.fixture
+def cv(tmp_path):
+    """A study whose target ``lung`` ran as three folds ``lung_fold0..2``, each with real and real + synthetic."""
+    study = tmp_path / "results" / "cv"
+    for k in range(3):
+        real_dir = _prepared(tmp_path, k)
+        for ts, per_fold in RIGHT.items():
+            for seed, right in enumerate(per_fold[k]):
+                pred = Y.copy()
+                pred[right:] = 1 - pred[right:]
+                variant = "freeze_g2-fidelity-3x" if ts != "real" else None
+                name = f"{ts}__{variant}__resnet34__seed{seed}" if variant else f"{ts}__resnet34__seed{seed}"
+                run = runs.Run(study / f"lung_fold{k}" / "classify" / name)
+                run.write_config({"real_dir": str(real_dir), "train_set": ts})
+                run.write_metrics({
+                    "accuracy": 0.7 + 0.01 * seed, "balanced_accuracy": 0.7, "variant": variant,
+                    "n_train_real": 100 + k, "n_train_synthetic": 300 if variant else 0,
+                    "test_accuracy": right / 20, "test_balanced_accuracy": float(np.mean(
+                        [(pred[Y == c] == c).mean() for c in (0, 1)])),
+                    "test_y_true": Y.tolist(), "test_y_pred": pred.tolist(), "test_groups": GROUPS})
+    return study
+
+
+def _pooled_correct(ts):
+    """[3 seeds, 60 images] of the fixture's predictions, fold after fold."""
+    out = np.zeros((3, 60), bool)
+    for k in range(3):
+        for seed in range(3):
+            out[seed, 20 * k:20 * k + RIGHT[ts][k][seed]] = True
+    return out
+
+
+def test_folds_are_pooled_into_one_row_per_setting(cv):
+    table = analysis.scored_table(analysis.collect_metrics(cv), n_boot=500)
+    pooled = table[table["dataset"] == "lung (3 folds pooled)"].set_index("train_set")
+    assert list(pooled.index) == ["real", "real+synthetic"]
+    assert (pooled["folds"] == 3).all() and (pooled["n_images"] == 60).all() and (pooled["n_groups"] == 30).all()
+    real, other = _pooled_correct("real"), _pooled_correct("real+synthetic")
+    assert pooled.at["real", "accuracy"] == pytest.approx(100 * real.mean())
+    assert pooled.at["real+synthetic", "accuracy"] == pytest.approx(100 * other.mean())
+    assert pooled.at["real", "accuracy_std"] == pytest.approx(100 * real.mean(1).std(ddof=1))
+    # balanced accuracy from the pooled predictions: the first images of each fold are class 0
+    y = np.tile(Y, 3)
+    bal = np.mean([other[:, y == c].mean(1) for c in (0, 1)], axis=0).mean()
+    assert pooled.at["real+synthetic", "balanced_accuracy"] == pytest.approx(100 * bal)
+    row = pooled.loc["real+synthetic"]
+    assert row["diff_accuracy"] == pytest.approx(100 * (other.mean() - real.mean()))
+    assert row["diff_accuracy_low"] < row["diff_accuracy"] < row["diff_accuracy_high"]
+    # the pooled point is the image-weighted mean of the folds' own differences (equal folds: their mean)
+    folds = table[table["dataset"].str.fullmatch(r"lung_fold\d") & (table["train_set"] == "real+synthetic")]
+    assert len(folds) == 3 and row["diff_accuracy"] == pytest.approx(folds["diff_accuracy"].mean())
+    # three times the groups: a narrower interval than any one fold's
+    width = row["diff_accuracy_high"] - row["diff_accuracy_low"]
+    assert (width < folds["diff_accuracy_high"] - folds["diff_accuracy_low"]).all()
+    assert row["n_train_real"] == pytest.approx(101) and row["training_set"].startswith("101 real + 300 generated")
+    assert table[table["dataset"] != "lung (3 folds pooled)"]["folds"].isna().all()
+    tables = analysis.paper_tables(analysis.collect_metrics(cv))
+    assert "lung (3 folds pooled)" in tables
+    assert "Pooled over 3 cross-validation folds" in tables["lung (3 folds pooled)"].attrs["caption"]
+
+
+def test_only_folds_of_one_k_fold_are_pooled(cv, tmp_path):
+    """Folds prepared with other settings (here another split seed) are not one cross-validation; a missing fold
+    pools the rest under 'n of K folds'; without the prepared datasets' records nothing is pooled."""
+    record = tmp_path / "data" / "prepared" / "lung_fold2" / "prepare.json"
+    doc = json.loads(record.read_text())
+    doc["config"]["seed"] = 1
+    record.write_text(json.dumps(doc))
+    table = analysis.scored_table(analysis.collect_metrics(cv), n_boot=0)
+    pooled = table[table["dataset"] == "lung (2 of 3 folds pooled)"]
+    assert len(pooled) == 2 and (pooled["n_images"] == 40).all()
+    for k in range(3):
+        (tmp_path / "data" / "prepared" / f"lung_fold{k}" / "prepare.json").unlink()
+    table = analysis.scored_table(analysis.collect_metrics(cv), n_boot=0)
+    assert set(table["dataset"]) == {"lung_fold0", "lung_fold1", "lung_fold2"}
