@@ -30,10 +30,13 @@ Study file::
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -343,7 +346,8 @@ def schedule(steps: list, rows: list[dict[str, Any]], *, is_done: Callable[[Any]
                         continue
                     res = {**stage_resources(resources, step.stage), AT_ONCE_KEY: ready.get(step.stage, 1)}
                     if backend.can_start(res, len(running)):
-                        running.append(backend.start(step, res))
+                        with _interrupts_held():  # a step started is a step the interrupt below can stop
+                            running.append(backend.start(step, res))
                         row["status"] = "running"
                         queue.remove((step, row))
                         changed = True
@@ -392,6 +396,29 @@ def schedule(steps: list, rows: list[dict[str, Any]], *, is_done: Callable[[Any]
                            **({"error": error} if error else {}))
         raise
     return rows
+
+
+@contextlib.contextmanager
+def _interrupts_held():
+    """Holds Ctrl-C and SIGTERM back until the block has ended, then delivers the first that came (to the handler
+    that was in place: a KeyboardInterrupt, the runner's SIGTERM-as-interrupt, or the default). Around a step's start
+    and its registration, so an interrupt cannot land between the process starting and the runner knowing it. A
+    no-op outside the main thread, and for a signal whose handler Python did not set."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    held = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(sig) is not None:  # None: set outside Python, cannot be restored
+            held[sig] = signal.signal(sig, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        for sig, handler in held.items():
+            signal.signal(sig, handler)
+        if caught:
+            signal.raise_signal(caught[0])
 
 
 def _ended_well(status: str) -> bool:

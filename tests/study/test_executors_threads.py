@@ -1,6 +1,7 @@
 """The local executor shares the cores among the steps that can run now, not always among ``jobs``."""
 
 import os
+import signal
 from types import SimpleNamespace
 
 import pytest
@@ -188,3 +189,33 @@ def test_an_interrupted_study_command_says_how_to_resume(monkeypatch, capsys):
     monkeypatch.setattr(cli, "run_study", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))  # Ctrl-C
     assert main(["study", "run", "studies/demo.yaml"]) == 130
     assert "interrupted (Ctrl-C): the steps" in capsys.readouterr().err
+
+
+class _InterruptedWhileStarting(_Backend):
+    """A backend whose start is interrupted (Ctrl-C) after the step's process exists and before it is returned."""
+
+    def __init__(self):
+        super().__init__()
+        self.stopped = []
+
+    def start(self, step, res):
+        job = super().start(step, res)
+        os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(1000):  # bytecodes in which Python would run the handler
+            pass
+        return job
+
+    def stop(self, jobs):
+        self.stopped.extend(job.step.name for job in jobs)
+        return [True] * len(jobs)
+
+
+def test_an_interrupt_while_a_step_starts_still_stops_that_step(tmp_path):
+    """Ctrl-C arriving inside ``backend.start`` is held until the started step is registered, so the runner stops
+    it instead of leaving it running unrecorded."""
+    backend = _InterruptedWhileStarting()
+    rows = [{"step": "a", "status": "pending"}]
+    with pytest.raises(KeyboardInterrupt):
+        _schedule([_step("a", "data")], backend, tmp_path, rows=rows)
+    assert backend.stopped == ["a"] and rows[0]["status"] == "interrupted"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is back
