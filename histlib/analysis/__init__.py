@@ -75,7 +75,12 @@ from histlib.analysis.generators import (  # noqa: F401 (the package's names)
     gan_vs_classifier,
     rank_correlations,
 )
-from histlib.analysis.plots import plot_classification, plot_gan_metrics, plot_training_curves  # noqa: F401
+from histlib.analysis.plots import (  # noqa: F401
+    plot_classification,
+    plot_differences,
+    plot_gan_metrics,
+    plot_training_curves,
+)
 from histlib.analysis.rows import (  # noqa: F401 (the package's names)
     CLASSIFICATION_METRICS,
     TRAIN_SET_ORDER,

@@ -136,3 +136,38 @@ def plot_training_curves(stats: pd.DataFrame, keys: Sequence[str] = ("loss_g", "
     fig.tight_layout()
     plt.close(fig)  # out of pyplot's registry: the notebook displays the returned figure once
     return fig
+
+
+def plot_differences(table: pd.DataFrame, metrics: Sequence[str] = ("accuracy", "balanced_accuracy")):
+    """Each row's difference to real with its 95 % interval (:func:`histlib.analysis.scored_table`), one line per
+    dataset, scored set, training set and classifier, one panel per metric: a forest plot. Rows whose interval
+    excludes 0 are drawn solid, the others hollow; fold-pooled rows (cross-validation) in black beneath their folds."""
+    import matplotlib.pyplot as plt
+
+    if table.empty or "diff_accuracy" not in table or table["diff_accuracy"].notna().sum() == 0:
+        return _empty_figure("no row to compare with real yet")
+    rows = table[table["diff_accuracy"].notna()].copy()
+    pooled = rows["folds"].notna() if "folds" in rows else pd.Series(False, index=rows.index)
+    # folds first, their pooled rows after them: the eye reads the pooled interval against the folds'
+    rows = pd.concat([rows[~pooled], rows[pooled]])
+    is_pooled = rows.index.isin(pooled[pooled].index)
+    labels = [f"{r.dataset} · {r.training_set} ({r.model})" + ("" if r.scored_on == "test" else f" · {r.scored_on}")
+              for r in rows.itertuples()]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(6.5 * len(metrics), 0.9 + 0.32 * len(rows)), squeeze=False,
+                             sharey=True)
+    y = np.arange(len(rows))[::-1]
+    for ax, metric in zip(axes[0], metrics):
+        d, lo, hi = (rows[f"diff_{metric}{s}"].to_numpy(float) for s in ("", "_low", "_high"))
+        for yi, di, l, h, whole in zip(y, d, lo, hi, is_pooled):
+            colour = "k" if whole else "C0"
+            excludes = not np.isnan(l) and (l > 0 or h < 0)
+            if not np.isnan(l):
+                ax.plot([l, h], [yi, yi], color=colour, lw=2.2 if whole else 1.4)
+            ax.plot(di, yi, "o", color=colour, mfc=colour if excludes else "white", ms=6)
+        ax.axvline(0, color="grey", lw=1, ls=":")
+        ax.set_xlabel(f"Δ {metric.replace('_', ' ')} vs real (points, 95 % interval)")
+        ax.set_yticks(y)
+        ax.set_yticklabels(labels, fontsize=7)
+    fig.tight_layout()
+    plt.close(fig)  # out of pyplot's registry: the notebook displays the returned figure once
+    return fig

@@ -99,3 +99,14 @@ def test_only_folds_of_one_k_fold_are_pooled(cv, tmp_path):
         (tmp_path / "data" / "prepared" / f"lung_fold{k}" / "prepare.json").unlink()
     table = analysis.scored_table(analysis.collect_metrics(cv), n_boot=0)
     assert set(table["dataset"]) == {"lung_fold0", "lung_fold1", "lung_fold2"}
+
+
+def test_the_forest_plot_draws_every_row_against_real_with_the_pooled_rows_last(cv):
+    table = analysis.scored_table(analysis.collect_metrics(cv), n_boot=200)
+    fig = analysis.plot_differences(table)
+    labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    # one line per row with a difference (3 folds + the pool, real+synthetic only), top to bottom: folds, then pool
+    assert len(labels) == 4 and labels[-1].startswith("lung (3 folds pooled) · 101 real + 300 generated")
+    assert len(fig.axes) == 2 and "balanced accuracy" in fig.axes[1].get_xlabel()
+    empty = analysis.plot_differences(table.iloc[0:0])
+    assert "no row to compare with real" in empty.axes[0].texts[0].get_text()
