@@ -482,6 +482,43 @@ def _pooled_rows(pool: str, members: list[tuple[str, int]], runs_df: pd.DataFram
     return out
 
 
+def _pooled_comparison(ra: pd.DataFrame, rb: pd.DataFrame, preds_a: _Predictions, preds_b: _Predictions,
+                       boot: tuple) -> list[dict[str, Any]]:
+    """Rows of :func:`compare_studies` for the cross-validations both studies ran (the same pool of folds): per
+    setting that every fold of both has, B's pooled predictions against A's."""
+    pools_a, pools_b = fold_pools(ra, preds_a.root), fold_pools(rb, preds_b.root)
+    out = []
+    for pool in [p for p in pools_b if pools_a.get(p) == pools_b[p]]:
+        datasets = [ds for ds, _ in pools_b[pool]]
+        sides = [{ds: r[r["dataset"] == ds] for ds in datasets} for r in (ra, rb)]
+        scored = [s for s in scored_sets(sides[1][datasets[0]])
+                  if all(s in scored_sets(d) for side in sides for d in side.values())]
+        for scored_on in scored:
+            keys = _scalar_keys(scored_on)
+            for model in dict.fromkeys(rb.loc[rb["dataset"].isin(datasets), "model"]):
+                parts = [[d[(d["model"] == model) & _col(d, keys["accuracy"]).notna()].sort_values("seed")
+                          for d in side.values()] for side in sides]
+                common = set.intersection(*(set(map(tuple, p[list(ROW_KEYS)].itertuples(index=False)))
+                                            for side in parts for p in side))
+                for key in sorted(common, key=_row_order):
+                    this_a, this_b = (_pooled_setting(side, key, preds, scored_on)
+                                      for side, preds in zip(parts, (preds_a, preds_b)))
+                    every_b = pd.concat([p[p[list(ROW_KEYS)].apply(tuple, axis=1) == key] for p in parts[1]])
+                    row = {"dataset": pool, "scored_on": scored_on, **dict(zip(ROW_KEYS, key)), "model": model,
+                           "training_set": row_label(key, every_b), "folds": len(datasets)}
+                    for side, this in (("a", this_a), ("b", this_b)):
+                        cells = _pooled_cells(this) if not isinstance(this, str) else {}
+                        for metric in intervals.METRICS:
+                            row[f"{metric}_{side}"] = cells.get(metric, math.nan)
+                        row[f"n_seeds_{side}"] = cells.get("n_seeds", math.nan)
+                    if not isinstance(this_b, str):
+                        row["n_images"] = len(this_b[1])
+                    diffs = _differences(this_a, this_b, *boot, against="study A") if boot[0] > 0 else {}
+                    diffs.pop("n_seeds_real", None)
+                    out.append({**row, **diffs})
+    return out
+
+
 def _no_selection(value: Any) -> str:
     """A selection as the row keys hold it: ``'none'`` (the unselected sets, whose labels name no selection) is
     ``''``."""
@@ -559,16 +596,17 @@ def compare_studies(df_a: pd.DataFrame, df_b: pd.DataFrame, n_boot: int = 2000, 
                 diffs = _differences(this_a, this_b, n_boot, ci, seed, against="study A") if n_boot > 0 else {}
                 diffs.pop("n_seeds_real", None)
                 rows.append({**row, **diffs})
+    rows.extend(_pooled_comparison(ra, rb, preds_a, preds_b, (n_boot, ci, seed)))
     out = pd.DataFrame(rows)
     if len(out) == 0:
         return out
     if "interval_note" in out:
         out["interval_note"] = out["interval_note"].fillna("")
-    datasets = list(dict.fromkeys(rb["dataset"]))
+    datasets = list(dict.fromkeys(out["dataset"]))
     out = out.loc[sorted(out.index, key=lambda i: (datasets.index(out.at[i, "dataset"]), out.at[i, "scored_on"],
                                                     _row_order(tuple(out.loc[i, list(ROW_KEYS)])),
                                                     out.at[i, "model"]))].reset_index(drop=True)
-    for col in ("n_seeds_a", "n_seeds_b", "n_images"):
+    for col in ("n_seeds_a", "n_seeds_b", "n_images", "folds"):
         if col in out:
             out[col] = pd.to_numeric(out[col], errors="coerce").round().astype("Int64")
     return out

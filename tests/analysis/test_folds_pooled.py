@@ -110,3 +110,25 @@ def test_the_forest_plot_draws_every_row_against_real_with_the_pooled_rows_last(
     assert len(fig.axes) == 2 and "balanced accuracy" in fig.axes[1].get_xlabel()
     empty = analysis.plot_differences(table.iloc[0:0])
     assert "no row to compare with real" in empty.axes[0].texts[0].get_text()
+
+
+def test_two_cross_validated_studies_are_compared_on_the_pooled_folds_too(cv):
+    """``study compare`` of two studies that ran the same folds adds one pooled row per setting: B − A on every
+    image of the dataset."""
+    import shutil
+
+    other = cv.parent / "cv2"
+    shutil.copytree(cv, other)
+    for path in other.glob("lung_fold*/classify/real+synthetic__*/metrics.json"):
+        m = json.loads(path.read_text())
+        right = int(round(m["test_accuracy"] * 20)) + 2  # two more images right in every fold and seed
+        pred = Y.copy()
+        pred[right:] = 1 - pred[right:]
+        path.write_text(json.dumps({**m, "test_accuracy": right / 20, "test_y_pred": pred.tolist()}))
+    table = analysis.compare_studies(analysis.collect_metrics(cv), analysis.collect_metrics(other), n_boot=300)
+    pooled = table[table["dataset"] == "lung (3 folds pooled)"].set_index("train_set")
+    assert list(pooled.index) == ["real", "real+synthetic"] and (pooled["n_images"] == 60).all()
+    assert pooled.at["real", "diff_accuracy"] == pytest.approx(0.0)
+    assert pooled.at["real+synthetic", "diff_accuracy"] == pytest.approx(10.0)
+    assert pooled.at["real+synthetic", "accuracy_b"] - pooled.at["real+synthetic", "accuracy_a"] == pytest.approx(10)
+    assert (pooled["folds"] == 3).all() and len(table) == 2 * 3 + 2  # the folds' own rows stay
