@@ -15,7 +15,9 @@ are untouched by the choice).
 **Cross-validation.** Datasets prepared as the folds of one k-fold (``PrepareConfig.folds``; a study target with
 ``folds: K``) are also pooled: one more row per setting under the dataset name ``<name> (K folds pooled)``, whose
 images are every fold's test split (each image once, scored by the classifiers of the fold that held it out), seed
-``s`` of every fold taken together as seed ``s``, and whose interval resamples the groups of all folds.
+``s`` of every fold taken together as seed ``s`` (the folds must have run the same seeds), and whose interval
+resamples the groups of all folds. A frozen variant is the pool's Table 1/2 row only where every fold's validation
+chose it.
 """
 
 from __future__ import annotations
@@ -381,28 +383,44 @@ def _prepare_record(root: Path, part: pd.DataFrame) -> dict[str, Any] | None:
 
 
 def fold_pools(runs_df: pd.DataFrame, root: Path) -> dict[str, list[tuple[str, int]]]:
-    """The datasets of ``runs_df`` that are folds of one k-fold: ``{pool name: [(dataset, fold), ...]}`` in fold
-    order, for every pool of two or more folds found. Folds of one pool were prepared with the same settings but
-    ``fold`` (and the folder written), read from each dataset's ``prepare.json``; the pool is named
-    ``'<name> (K folds pooled)'``, ``<name>`` the datasets' common name without ``_fold<k>``, or ``'<n> of K folds'``
-    when some folds have no runs."""
+    """The datasets of ``runs_df`` that are folds of one k-fold (:func:`_fold_pools`): ``{pool name: [(dataset,
+    fold), ...]}`` in fold order."""
+    return {name: members for name, (members, _) in _fold_pools(runs_df, root).items()}
+
+
+def _fold_pools(runs_df: pd.DataFrame, root: Path) -> dict[str, tuple[list[tuple[str, int]], str]]:
+    """The datasets of ``runs_df`` that are folds of one k-fold: ``{pool name: ([(dataset, fold), ...], key)}`` in
+    fold order, for every pool of two or more folds found. Folds of one pool share the dataset name but its
+    ``_fold<k>`` ending and were prepared with the same settings but ``fold`` (read from each dataset's
+    ``prepare.json``; ``key`` holds those settings); the pool is named ``'<name> (K folds pooled)'``, or
+    ``'<name> (<n> of K folds pooled)'`` when some folds have no runs. Folds that cannot be pooled (one fold
+    number twice) are left out with a warning."""
+    import warnings
+
+    from histlib.data.prepare import _NOT_HASHED
+
     found: dict[str, list[tuple[str, int, int]]] = {}
+    stems: dict[str, str] = {}
     for ds, part in runs_df.groupby("dataset", sort=False):
         cfg = _prepare_record(root, part)
         if not cfg or not isinstance(cfg.get("folds"), int) or cfg["folds"] < 2:
             continue
-        key = repr(sorted((k, repr(v)) for k, v in cfg.items() if k not in ("fold", "out")))
+        stem = m.group("stem") if (m := _FOLD_NAME.match(str(ds))) else str(ds)
+        key = repr([stem, sorted((k, repr(v)) for k, v in cfg.items() if k != "fold" and k not in _NOT_HASHED)])
+        stems[key] = stem
         found.setdefault(key, []).append((str(ds), int(cfg["fold"]), int(cfg["folds"])))
     pools = {}
-    for members in found.values():
+    for key, members in found.items():
         members = sorted(members, key=lambda m: m[1])
-        folds = members[0][2]
-        if len(members) < 2 or len({m[1] for m in members}) != len(members):
+        folds, stem = members[0][2], stems[key]
+        if len({m[1] for m in members}) != len(members):
+            warnings.warn(f"{[m[0] for m in members]}: the same fold twice among datasets prepared alike; not "
+                          "pooled", stacklevel=2)
             continue
-        stems = {m.group("stem") if (m := _FOLD_NAME.match(ds)) else ds for ds, _, _ in members}
-        stem = stems.pop() if len(stems) == 1 else " + ".join(ds for ds, _, _ in members)
+        if len(members) < 2:
+            continue
         what = f"{folds} folds pooled" if len(members) == folds else f"{len(members)} of {folds} folds pooled"
-        pools[f"{stem} ({what})"] = [(ds, f) for ds, f, _ in members]
+        pools[f"{stem} ({what})"] = ([(ds, f) for ds, f, _ in members], key)
     return pools
 
 
@@ -422,9 +440,13 @@ def _pooled_correct(parts: list[tuple]) -> tuple[np.ndarray, np.ndarray, Any] | 
 
 def _pooled_setting(parts: list[pd.DataFrame], key: tuple, preds: _Predictions, scored_on: str
                     ) -> tuple[np.ndarray, np.ndarray, Any] | str:
-    """The fold-pooled predictions of one setting (``key``), from each fold's runs (``parts``)."""
-    return _pooled_correct([_correct([preds.get(r, scored_on) for r in p.loc[
-        p[list(ROW_KEYS)].apply(tuple, axis=1) == key, "path"]], p) for p in parts])
+    """The fold-pooled predictions of one setting (``key``), from each fold's runs (``parts``), or why there are
+    none (the folds ran other seeds: seed s of every fold is pooled as seed s)."""
+    runs_of = [p[p[list(ROW_KEYS)].apply(tuple, axis=1) == key] for p in parts]
+    seeds = [list(r["seed"]) for r in runs_of]
+    if any(s != seeds[0] for s in seeds):
+        return "the folds ran other seeds"
+    return _pooled_correct([_correct([preds.get(r, scored_on) for r in part["path"]], part) for part in runs_of])
 
 
 def _pooled_cells(pooled: tuple) -> dict[str, Any]:
@@ -443,7 +465,8 @@ def _pooled_cells(pooled: tuple) -> dict[str, Any]:
 def _pooled_rows(pool: str, members: list[tuple[str, int]], runs_df: pd.DataFrame, fold_rows: list[dict],
                  preds: _Predictions, boot: tuple) -> list[dict[str, Any]]:
     """Rows of :func:`scored_table` for one pool of folds (module docstring): a setting is pooled where every fold
-    has it, on a scored set every fold has."""
+    has it, on a scored set every fold has. A pooled row is a Table 1/2 row (``paper_row``, ``best_frozen``) where it
+    is one in every fold: when the folds' validation splits chose different frozen variants, the pool shows none."""
     datasets = [ds for ds, _ in members]
     by_fold = {ds: runs_df[runs_df["dataset"] == ds] for ds in datasets}
     out = []
@@ -486,10 +509,10 @@ def _pooled_comparison(ra: pd.DataFrame, rb: pd.DataFrame, preds_a: _Predictions
                        boot: tuple) -> list[dict[str, Any]]:
     """Rows of :func:`compare_studies` for the cross-validations both studies ran (the same pool of folds): per
     setting that every fold of both has, B's pooled predictions against A's."""
-    pools_a, pools_b = fold_pools(ra, preds_a.root), fold_pools(rb, preds_b.root)
+    pools_a, pools_b = _fold_pools(ra, preds_a.root), _fold_pools(rb, preds_b.root)
     out = []
-    for pool in [p for p in pools_b if pools_a.get(p) == pools_b[p]]:
-        datasets = [ds for ds, _ in pools_b[pool]]
+    for pool in [p for p in pools_b if pools_a.get(p) == pools_b[p]]:  # the same folds of the same k-fold
+        datasets = [ds for ds, _ in pools_b[pool][0]]
         sides = [{ds: r[r["dataset"] == ds] for ds in datasets} for r in (ra, rb)]
         scored = [s for s in scored_sets(sides[1][datasets[0]])
                   if all(s in scored_sets(d) for side in sides for d in side.values())]

@@ -141,7 +141,8 @@ def plot_training_curves(stats: pd.DataFrame, keys: Sequence[str] = ("loss_g", "
 def plot_differences(table: pd.DataFrame, metrics: Sequence[str] = ("accuracy", "balanced_accuracy")):
     """Each row's difference to real with its 95 % interval (:func:`histlib.analysis.scored_table`), one line per
     dataset, scored set, training set and classifier, one panel per metric: a forest plot. Rows whose interval
-    excludes 0 are drawn solid, the others hollow; fold-pooled rows (cross-validation) in black beneath their folds."""
+    excludes 0 are drawn solid, the others hollow; fold-pooled rows (cross-validation) in black, after
+    all the other rows."""
     import matplotlib.pyplot as plt
 
     if table.empty or "diff_accuracy" not in table or table["diff_accuracy"].notna().sum() == 0:

@@ -52,7 +52,8 @@ def group_split(df: pd.DataFrame, val_fraction: float, group_col: str = "group",
 
     With ``folds >= 2`` the ``test`` split is fold ``fold`` of a class-stratified group k-fold
     (scikit-learn's ``StratifiedGroupKFold``, shuffled with ``seed``) instead: the ``folds`` test splits of one seed
-    are disjoint and together hold every image once (cross-validation: a study pools their held-out predictions);
+    are disjoint and together hold every image once (cross-validation: a study pools their held-out predictions;
+    every class needs two groups or more);
     ``val`` is then drawn from the other folds' groups as above.
 
     Args:
@@ -87,6 +88,11 @@ def group_split(df: pd.DataFrame, val_fraction: float, group_col: str = "group",
     val_groups: list = []
     test_groups: list = []
     fold_test = _fold_groups(df, group_col, class_col, int(folds), int(fold), int(seed)) if folds else set()
+    if folds:  # every image is tested once, by classifiers that saw its class: two groups per class at least
+        lone = sorted(str(c) for c in dominant.unique() if (dominant == c).sum() < 2)
+        if lone:
+            raise ValueError(f"folds={folds}: class(es) {lone} have a single group ({group_col!r}); "
+                             "cross-validation needs at least two groups per class")
     single: list[str] = []
     no_test: list[str] = []
     for cls in sorted(dominant.unique()):

@@ -29,7 +29,7 @@ from typing import Any
 from histlib import runs
 from histlib.classify import sets as classify_sets
 from histlib.gan.config import PROFILES as GAN_PROFILES
-from histlib.study.spec import STAGES, Step
+from histlib.study.spec import STAGES, Step, stage_parameters
 from histlib.study.steps import classify_params, images_trained, planned_runs, runs_to_keep
 
 # GAN training speed of the *reference* StyleGAN2-ADA at 256 px on one GPU, as its authors publish it (seconds per
@@ -414,8 +414,9 @@ def _train_images(step, steps: list) -> int | None:
 
     root = runs.project_path(data.params["SOURCE_DIR"])
     files = [p for p in sorted(root.rglob("*")) if p.suffix.lower() in {".png", ".jpg", ".jpeg", ".tif", ".tiff"}]
-    whole = "PATCH" in data.params and data.params["PATCH"] is None  # PATCH null: whole images, one per file
-    patch, stride = int(data.params.get("PATCH") or 64), data.params.get("STRIDE")
+    params = {**(stage_parameters("data") or {}), **data.params}  # the notebook's defaults where the study is silent
+    whole = params.get("PATCH") is None  # whole images, one per file
+    patch, stride = int(params.get("PATCH") or 64), params.get("STRIDE")
     patches = 0
     for f in files[:500]:
         if whole:
@@ -423,9 +424,9 @@ def _train_images(step, steps: list) -> int | None:
             continue
         with Image.open(f) as im:
             patches += len(tile_positions(*im.size, patch, stride))
-    folds = int(data.params.get("FOLDS") or 0)  # cross-validation: one fold is the test split
-    test = 1 / folds if folds else float(data.params.get("TEST_FRACTION") or 0)
-    kept = 1 - float(data.params.get("VAL_FRACTION") or 0) - test
+    folds = int(params.get("FOLDS") or 0)  # cross-validation: one fold is the test split
+    test = 1 / folds if folds else float(params.get("TEST_FRACTION") or 0)
+    kept = 1 - float(params.get("VAL_FRACTION") or 0) - test
     return int(patches * len(files) / max(min(len(files), 500), 1) * kept) or None
 
 

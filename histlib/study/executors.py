@@ -409,16 +409,26 @@ def _interrupts_held():
         return
     caught: list[int] = []
     held = {}
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        if signal.getsignal(sig) is not None:  # None: set outside Python, cannot be restored
-            held[sig] = signal.signal(sig, lambda signum, frame: caught.append(signum))
     try:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            # None: set outside Python, cannot be restored; SIG_IGN: ignored anyway (and inherited by the step)
+            if signal.getsignal(sig) not in (None, signal.SIG_IGN):
+                held[sig] = signal.signal(sig, lambda signum, frame: caught.append(signum))
         yield
     finally:
-        for sig, handler in held.items():
-            signal.signal(sig, handler)
+        _restore_handlers(list(held.items()))
         if caught:
             signal.raise_signal(caught[0])
+
+
+def _restore_handlers(handlers: list) -> None:
+    """Puts ``(signal, handler)`` pairs back, each in the ``finally`` of the one before: an interrupt that the first
+    restored handler raises leaves none of the recording handlers in place."""
+    if handlers:
+        try:
+            signal.signal(*handlers[0])
+        finally:
+            _restore_handlers(handlers[1:])
 
 
 def _ended_well(status: str) -> bool:

@@ -96,6 +96,12 @@ class Study:
     results_root: Path = Path("results")
     description: str = ""
     resources: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    # where each target is written in the file (``targets[1]``): a target with ``folds`` runs as several
+    places: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def place(self, target: dict[str, Any]) -> str:
+        """``targets[i]``: where ``target`` (one of :attr:`targets`) is written in the study file."""
+        return self.places.get(str(target["name"])) or f"targets[{self.targets.index(target)}]"
 
     @property
     def out_dir(self) -> Path:
@@ -146,11 +152,8 @@ def load_study(path: str | os.PathLike, results_root: str | os.PathLike = "resul
             "'targets' must be a list of mappings with at least 'name'")
     ds_keys = {"name", "source", "prepared", "prepare", "finetune", "generate", "classify", "description"}
     require("folds" not in base, path, "base: 'folds' is for targets (the base GAN's data is not tested)")
-    targets = [t for i, target in enumerate(targets) for t in _fold_targets(path, i, target)]
-    names = [base["name"]] + [t["name"] for t in targets]
-    require(len(set(names)) == len(names), path, f"dataset names must be unique, got {names}")
     for ds in [base, *targets]:
-        extra = sorted(set(ds) - ds_keys)
+        extra = sorted(set(ds) - ds_keys - ({"folds"} if ds is not base else set()))
         require(not extra, path, f"dataset {ds['name']!r}: unknown key(s) {extra}"
                                  f"{nearest(extra[0], ds_keys) if extra else ''}; expected some of {sorted(ds_keys)}")
         require(str(ds["name"]).replace("-", "_").isidentifier(), path,
@@ -158,7 +161,18 @@ def load_study(path: str | os.PathLike, results_root: str | os.PathLike = "resul
     for s_name in STAGES:
         require(isinstance(doc.get(s_name) or {}, dict), path, f"{s_name!r} must be a mapping of settings")
     settings = {s: dict(doc.get(s) or {}) for s in STAGES}
-    check_keys(path, base, targets, settings)
+    check_keys(path, base, targets, settings)  # on the targets as written: errors name their place in the file
+    places = {}
+    expanded = []
+    folded = any("folds" in t for t in targets)
+    for i, target in enumerate(targets):
+        for t in _fold_targets(path, i, target):
+            places[str(t["name"])] = f"targets[{i}]"
+            expanded.append(t)
+    targets = expanded
+    names = [base["name"]] + [t["name"] for t in targets]
+    require(len(set(names)) == len(names), path, f"dataset names must be unique, got {names}"
+            + (" (a target with 'folds: K' runs as <name>_fold0 … <name>_fold<K-1>)" if folded else ""))
     variants = settings["finetune"].get("variants", [])
     bad = [v for v in variants if v not in VARIANTS]
     require(not bad, path, f"finetune.variants: unknown variant(s) {bad}; expected some of {list(VARIANTS)}")
@@ -168,7 +182,7 @@ def load_study(path: str | os.PathLike, results_root: str | os.PathLike = "resul
         raise StudyError(f"{path}: {e}") from None
     return Study(name=name, profile=profile, stages=stages, base=base, targets=targets, settings=settings,
                  path=path, results_root=Path(results_root), description=str(doc.get("description") or "").strip(),
-                 resources=resources)
+                 resources=resources, places=places)
 
 
 def _fold_targets(path: Path, i: int, target: dict[str, Any]) -> list[dict[str, Any]]:
@@ -179,14 +193,14 @@ def _fold_targets(path: Path, i: int, target: dict[str, Any]) -> list[dict[str, 
     where = f"targets[{i}]"
     require(isinstance(k, int) and not isinstance(k, bool) and k >= 2, path,
             f"{where}.folds={k!r}: expected an integer >= 2 (the number of cross-validation folds)")
-    prepare = target.get("prepare") or {}
+    prepare = target.get("prepare", {})
     require(isinstance(prepare, dict), path, f"{where}.prepare must be a mapping of settings")
     require("prepared" not in target, path, f"{where}: 'folds' prepares each fold from 'source'; drop 'prepared'")
     clash = sorted({"FOLDS", "FOLD"} & set(prepare)) + (["TEST_FRACTION"] if prepare.get("TEST_FRACTION") else [])
     require(not clash, path, f"{where}.prepare: {clash} set with 'folds' (each fold's test split is one fold)")
     rest = {key: v for key, v in target.items() if key != "folds"}
-    return [{**copy.deepcopy(rest), "name": f"{target['name']}_fold{f}", "prepare": {**prepare, "FOLDS": k, "FOLD": f}}
-            for f in range(k)]
+    return [{**copy.deepcopy(rest), "name": f"{target['name']}_fold{f}",
+             "prepare": {**copy.deepcopy(prepare), "FOLDS": k, "FOLD": f}} for f in range(k)]
 
 
 # Lower-case keys configure the runner; every other key of a stage mapping is an UPPER_CASE notebook parameter.

@@ -128,7 +128,7 @@ def synthetic_variants(study: Study, target: dict[str, Any]) -> list[str]:
     if value == "all":
         return trained
     wanted = [value] if isinstance(value, str) else list(value)
-    where = f"targets[{study.targets.index(target)}].classify" if "synthetic_from" in target.get("classify", {}) \
+    where = f"{study.place(target)}.classify" if "synthetic_from" in target.get("classify", {}) \
         else "classify"
     bad = [v for v in wanted if v not in trained]
     require(not bad, study.path, f"{where}.synthetic_from: variant(s) {bad} are not trained by this study "
@@ -152,7 +152,7 @@ def generated_sets(study: Study, target: dict[str, Any]) -> list[tuple[str, dict
             given beside the notebook parameter it sets (``selections`` with ``SELECTION``).
     """
     gen = {**study.settings["generate"], **target.get("generate", {})}
-    where = f"targets[{study.targets.index(target)}].generate" if {"selections", "amounts"} & set(
+    where = f"{study.place(target)}.generate" if {"selections", "amounts"} & set(
         target.get("generate", {})) else "generate"
     from histlib.selection import SELECTIONS  # imports no torch
 

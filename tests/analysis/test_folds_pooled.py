@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -132,3 +133,40 @@ def test_two_cross_validated_studies_are_compared_on_the_pooled_folds_too(cv):
     assert pooled.at["real+synthetic", "diff_accuracy"] == pytest.approx(10.0)
     assert pooled.at["real+synthetic", "accuracy_b"] - pooled.at["real+synthetic", "accuracy_a"] == pytest.approx(10)
     assert (pooled["folds"] == 3).all() and len(table) == 2 * 3 + 2  # the folds' own rows stay
+
+
+def _set_prepare(tmp_path, k, **changes):
+    record = tmp_path / "data" / "prepared" / f"lung_fold{k}" / "prepare.json"
+    doc = json.loads(record.read_text())
+    doc["config"].update(changes)
+    record.write_text(json.dumps(doc))
+
+
+def test_folds_pool_only_with_the_same_seeds_and_distinct_fold_numbers(cv, tmp_path):
+    """Seed s of every fold is pooled as seed s: folds that ran other seeds get a note, no numbers; two datasets
+    that claim the same fold are not pooled, with a warning."""
+    run = cv / "lung_fold1" / "classify" / "real+synthetic__freeze_g2-fidelity-3x__resnet34__seed2"
+    m = json.loads((run / "metrics.json").read_text())
+    run.rename(run.with_name(run.name.replace("seed2", "seed5")))
+    (run.with_name(run.name.replace("seed2", "seed5")) / "metrics.json").write_text(json.dumps({**m, "seed": 5}))
+    table = analysis.scored_table(analysis.collect_metrics(cv), n_boot=100)
+    row = table[(table["dataset"] == "lung (3 folds pooled)") & (table["train_set"] == "real+synthetic")].iloc[0]
+    assert row["interval_note"] == "the folds ran other seeds" and math.isnan(row["accuracy"])
+    _set_prepare(tmp_path, 1, fold=0)
+    with pytest.warns(UserWarning, match=r"the same fold twice .* not pooled"):
+        table = analysis.scored_table(analysis.collect_metrics(cv), n_boot=0)
+    assert not table["dataset"].str.contains("pooled").any()
+
+
+def test_studies_whose_folds_differ_are_not_compared_on_the_pool(cv, tmp_path):
+    """Pools of two studies compare only when both ran the same folds of the same k-fold (same settings)."""
+    import shutil
+
+    other = cv.parent / "cv2"
+    shutil.copytree(cv, other)
+    for k in range(3):  # B's folds come from another split seed: other images in each fold
+        real_dir = _prepared(tmp_path / "b", k, seed=1)
+        for cfg in (other / f"lung_fold{k}" / "classify").glob("*/config.json"):
+            cfg.write_text(json.dumps({**json.loads(cfg.read_text()), "real_dir": str(real_dir)}))
+    table = analysis.compare_studies(analysis.collect_metrics(cv), analysis.collect_metrics(other), n_boot=0)
+    assert len(table) == 6 and not table["dataset"].str.contains("pooled").any()

@@ -101,3 +101,10 @@ def test_bad_folds_get_one_clear_error(kwargs, match):
     df = pd.DataFrame({"group": list("aabbccddeeff"), "class": ["x"] * 6 + ["y"] * 6})
     with pytest.raises(ValueError, match=match):
         group_split(df, 0.2, **kwargs)
+
+
+def test_folds_refuse_a_class_with_a_single_group():
+    """Such a class's images could never be tested by a classifier that saw the class."""
+    df = pd.DataFrame({"group": list("aabbccddeeffg"), "class": ["x"] * 6 + ["y"] * 6 + ["w"]})
+    with pytest.raises(ValueError, match=r"folds=2: class\(es\) \['w'\] have a single group"):
+        group_split(df, 0.2, folds=2, fold=0)

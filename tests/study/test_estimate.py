@@ -183,7 +183,8 @@ def test_format_seconds(seconds, text):
     ({"PATCH": None, "VAL_FRACTION": 0.2, "TEST_FRACTION": 0.2}, 6),  # whole images: 10 × 0.6
     ({"PATCH": None, "VAL_FRACTION": 0.2, "FOLDS": 5, "FOLD": 1}, 6),  # one fold of five is the test split
     ({"PATCH": 32, "VAL_FRACTION": 0.5}, 80),  # 128 px images cut into 16 patches of 32 px: 160 × 0.5
-    ({"VAL_FRACTION": 0.5}, 20),  # the notebook's default patch (64 px): four per image
+    ({"VAL_FRACTION": 0.5}, 45),  # the notebook's defaults, patch 64 and stride 32: nine per image
+    ({}, 67),  # and its default VAL_FRACTION 0.25: 90 × 0.75
 ])
 def test_the_real_train_split_before_the_data_step_has_run(tmp_path, prepare, expected):
     """Before its data step has run, a classify step's real train split is counted from the source images: whole

@@ -81,7 +81,12 @@ def test_paper_study_has_the_paper_variants():
      r"targets\[0\].prepare: \['TEST_FRACTION'\] set with 'folds'"),
     ("name: x\nbase: {name: a}\ntargets: [{name: b, prepared: p, folds: 3}]\n", r"drop 'prepared'"),
     ("name: x\nbase: {name: a, folds: 3}\n", r"base: 'folds' is for targets"),
-    ("name: x\nbase: {name: a}\ntargets: [{name: b, source: s, folds: 2}, {name: b_fold1}]\n", "unique"),
+    ("name: x\nbase: {name: a}\ntargets: [{name: b, source: s, folds: 2}, {name: b_fold1}]\n",
+     r"unique, .* \(a target with 'folds: K' runs as <name>_fold0"),
+    ("name: x\nbase: {name: a}\ntargets: [{name: b, source: s, folds: 3}, {name: c, classify: {synthetic_frm: p}}]\n",
+     r"targets\[1\].classify: unknown key 'synthetic_frm'"),  # the place in the file, not among the folds
+    ("name: x\nbase: {name: a}\ntargets: [{name: b, source: s, folds: 3, prepare: []}]\n",
+     r"targets\[0\].prepare must be a mapping"),
 ])
 def test_bad_study_files_get_one_clear_error(tmp_path, text, match):
     p = _write(tmp_path / "s.yaml", text)
@@ -110,6 +115,10 @@ def test_a_target_with_folds_runs_as_one_target_per_fold(tmp_path):
     for name in names:
         assert any(x.stage == "classify" and x.dataset == name for x in steps)
     analysis_step = next(x for x in steps if x.stage == "analysis")
+    assert [cv.place(t) for t in cv.targets] == ["targets[0]"] * 3
+    cv.targets[2]["classify"] = {"synthetic_from": "freeze_d3"}  # an error found at plan time names the file's place
+    with pytest.raises(study.StudyError, match=r"targets\[0\].classify.synthetic_from: variant\(s\) \['freeze_d3'\]"):
+        study.plan(cv)
     assert {x.name for x in steps if x.stage == "classify"} <= set(analysis_step.depends)
 
 
