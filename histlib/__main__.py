@@ -13,7 +13,7 @@ import sys
 
 # command -> (module, one-line description)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "prepare": ("histlib.data.prepare", "tile/validate/stain-normalise a raw dataset into a prepared dataset"),
+    "prepare": ("histlib.data.prepare_cli", "tile/validate/stain-normalise a raw dataset into a prepared dataset"),
     "merge": ("histlib.data.merge", "union of two or more datasets (e.g. NCT-CRC-HE-100K ∪ NONORM), source recorded"),
     "download": ("histlib.data.registry", "download a registered public dataset (resumable, checksum-verified)"),
     "datasets": ("histlib.data.registry_cli", "list the registered public datasets"),

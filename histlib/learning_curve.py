@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from histlib import runs
-from histlib.analysis.answer import paper_tables, scored_table
+from histlib.analysis.answer import scored_table
 from histlib.analysis.curve import (  # noqa: F401 (the curve's numbers, re-exported for notebook 06)
     BELOW,
     BEYOND,
@@ -22,6 +22,7 @@ from histlib.analysis.curve import (  # noqa: F401 (the curve's numbers, re-expo
     extra_real_images,
     learning_curve,
 )
+from histlib.analysis.tables import paper_tables
 
 PNG_NAME = "learning_curve.png"
 

@@ -20,6 +20,7 @@ Submodules, lowest first: :mod:`~histlib.analysis.rows` (the classifier runs, on
 bootstrap intervals), :mod:`~histlib.analysis.collect` (reading the results folder, the stage status),
 :mod:`~histlib.analysis.curve` (the real-data learning curve and a row's worth in real images),
 :mod:`~histlib.analysis.answer` (the one frame behind Table 1/2, the index page and the exported tables),
+:mod:`~histlib.analysis.tables` (that frame's views: Table 1/2 with caption and sentence, differences, runs),
 :mod:`~histlib.analysis.classification` (mean ± std and bootstrap tables, Table 1/2 of one dataset, every variant,
 differences to real), :mod:`~histlib.analysis.generators` (class fidelity and GAN metrics beside the classifiers),
 :mod:`~histlib.analysis.export` (the text and HTML views, the written CSV and Markdown tables) and
@@ -29,8 +30,8 @@ back; the learning curve's figure (:mod:`histlib.learning_curve`) sits above it.
 
 from __future__ import annotations
 
-from histlib.analysis import answer, curve, intervals  # noqa: F401 (analysis.intervals for users of the package)
-from histlib.analysis.answer import compare_studies, runs_table, scored_table  # noqa: F401 (notebook 06, the index page)
+from histlib.analysis import answer, curve, intervals, tables  # noqa: F401 (analysis.intervals, analysis.tables)
+from histlib.analysis.answer import compare_studies, scored_table  # noqa: F401 (notebook 06, the index page)
 from histlib.analysis.classification import (  # noqa: F401 (the package's names)
     PAPER_ROWS,
     BootstrapCI,
@@ -88,5 +89,6 @@ from histlib.analysis.rows import (  # noqa: F401 (the package's names)
     classify_rows,
     evaluated_on,
 )
+from histlib.analysis.tables import runs_table  # noqa: F401 (notebook 06, the index page)
 
-WORTH, WORTH_NOTE = answer.WORTH, answer.WORTH_NOTE  # Table 1/2 column beside a learning curve
+WORTH, WORTH_NOTE = answer.WORTH, tables.WORTH_NOTE  # Table 1/2 column beside a learning curve

@@ -10,7 +10,7 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from histlib.analysis import answer
+from histlib.analysis import answer, tables
 from histlib.analysis.rows import CLASSIFICATION_METRICS, TRAIN_SET_ORDER, classifier_runs, classify_rows
 from histlib.classify import sets as classify_sets
 
@@ -187,11 +187,11 @@ def paper_table(df: pd.DataFrame, dataset: str, train_set: str | None = None,
         ``n_seeds``, ``worth_note``, ``caption``. Empty when the dataset has no classifier run.
     """
     table = answer.scored_table(df, n_boot=0)
-    for _, part in answer.table_groups(table):
+    for _, part in tables.table_groups(table):
         gan = [t for t in dict.fromkeys(part["train_set"]) if classify_sets.needs_synthetic(t)]
         if part["dataset"].iloc[0] == dataset and (train_set is None or train_set in gan) and (
                 scored_on is None or part["scored_on"].iloc[0] == scored_on):
-            return answer.numbers_table(part)
+            return tables.numbers_table(part)
     return pd.DataFrame()
 
 
@@ -237,11 +237,11 @@ def paired_differences(df: pd.DataFrame, n_boot: int = 2000, ci: float = 0.95, s
     k against real seed k) has the sign of the mean difference.
 
     Returns:
-        :func:`histlib.analysis.answer.paired_differences_long` of :func:`histlib.analysis.answer.scored_table`
+        :func:`histlib.analysis.tables.paired_differences_long` of :func:`histlib.analysis.answer.scored_table`
         (differences in percentage points; ``evaluated_on`` repeats ``scored_on``). Empty without real runs or
         predictions.
     """
-    out = answer.paired_differences_long(answer.scored_table(df, n_boot=n_boot, ci=ci, seed=seed))
+    out = tables.paired_differences_long(answer.scored_table(df, n_boot=n_boot, ci=ci, seed=seed))
     if len(out):
         out.insert(out.columns.get_loc("scored_on") + 1, "evaluated_on", out["scored_on"])
     return out

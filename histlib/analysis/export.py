@@ -13,7 +13,7 @@ from typing import Any
 import pandas as pd
 
 from histlib import runs
-from histlib.analysis import answer, curve
+from histlib.analysis import answer, curve, tables
 from histlib.analysis.classification import variant_table
 from histlib.analysis.collect import ID_COLUMNS, collect_metrics, stage_status
 from histlib.analysis.gan import gan_table
@@ -55,8 +55,8 @@ class HTML:
 
 def paper_tables(df: pd.DataFrame, table: pd.DataFrame | None = None) -> dict[str, pd.DataFrame]:
     """Every Table 1/2 as numbers, ``{'<dataset>[ (<training set>)][ · <scored set>]': table}``
-    (:func:`histlib.analysis.answer.paper_tables`); ``table``: a :func:`scored_table` already computed."""
-    return answer.paper_tables(answer.scored_table(df) if table is None else table)
+    (:func:`histlib.analysis.tables.paper_tables`); ``table``: a :func:`scored_table` already computed."""
+    return tables.paper_tables(answer.scored_table(df) if table is None else table)
 
 
 def _caption(table: pd.DataFrame) -> str:
@@ -69,7 +69,7 @@ def paper_tables_view(df: pd.DataFrame, table: pd.DataFrame | None = None) -> HT
     """Every Table 1/2 with its one-sentence answer and a caption saying the scored set, its images and groups, the
     seeds and the chosen variant (the index page shows the same). ``table``: a :func:`scored_table` already
     computed from ``df``."""
-    return HTML(*answer.paper_tables_html(answer.scored_table(df) if table is None else table))
+    return HTML(*tables.paper_tables_html(answer.scored_table(df) if table is None else table))
 
 
 def run_overview(df: pd.DataFrame) -> pd.DataFrame:
@@ -157,7 +157,7 @@ def study_tables(df: pd.DataFrame, table: pd.DataFrame | None = None) -> dict[st
     gan_vs_cls = gan_vs_classifier(df)
     return {"classification": table, "classification_paper": table[table["paper_row"]] if len(table) else table,
             "learning_curve": curve.learning_curve(df),
-            "differences_to_real": answer.paired_differences_long(table), "runs": answer.runs_table(df),
+            "differences_to_real": tables.paired_differences_long(table), "runs": tables.runs_table(df),
             "variants": full, "gan": gan_table(df), "gan_vs_classifier": gan_vs_cls,
             "rank_correlations": rank_correlations(gan_vs_cls), "fidelity": fidelity_table(df)}
 
