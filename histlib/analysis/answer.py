@@ -454,46 +454,58 @@ def _pooled_cells(pooled: tuple) -> dict[str, Any]:
     return cell
 
 
+def _fold_parts(sides: list[pd.DataFrame], datasets: list[str]):
+    """The runs to pool, per scored set every fold of every side has and per classifier of the last side:
+    ``(scored_on, model, parts, common)`` with ``parts[i]`` side ``i``'s runs per fold (scored there, in seed order)
+    and ``common`` the settings (:data:`ROW_KEYS`) every fold of every side has."""
+    by_fold = [[r[r["dataset"] == ds] for ds in datasets] for r in sides]
+    scored = [s for s in scored_sets(by_fold[-1][0]) if all(s in scored_sets(d) for side in by_fold for d in side)]
+    for scored_on in scored:
+        accuracy = _scalar_keys(scored_on)["accuracy"]
+        for model in dict.fromkeys(sides[-1].loc[sides[-1]["dataset"].isin(datasets), "model"]):
+            parts = [[d[(d["model"] == model) & _col(d, accuracy).notna()].sort_values("seed") for d in side]
+                     for side in by_fold]
+            common = set.intersection(*(set(map(tuple, p[list(ROW_KEYS)].itertuples(index=False)))
+                                        for side in parts for p in side))
+            yield scored_on, model, parts, common
+
+
+def _runs_of(parts: list[pd.DataFrame], key: tuple) -> pd.DataFrame:
+    """Every fold's runs of one setting, together (their label is the pooled row's)."""
+    return pd.concat([p[p[list(ROW_KEYS)].apply(tuple, axis=1) == key] for p in parts])
+
+
 def _pooled_rows(pool: str, members: list[tuple[str, int]], runs_df: pd.DataFrame, fold_rows: list[dict],
                  preds: _Predictions, boot: tuple) -> list[dict[str, Any]]:
     """Rows of :func:`scored_table` for one pool of folds (module docstring): a setting is pooled where every fold
     has it, on a scored set every fold has. A pooled row is a Table 1/2 row (``paper_row``, ``best_frozen``) where it
     is one in every fold: when the folds' validation splits chose different frozen variants, the pool shows none."""
     datasets = [ds for ds, _ in members]
-    by_fold = {ds: runs_df[runs_df["dataset"] == ds] for ds in datasets}
     out = []
-    scored = [s for s in scored_sets(by_fold[datasets[0]]) if all(s in scored_sets(d) for d in by_fold.values())]
-    for scored_on in scored:
-        keys = _scalar_keys(scored_on)
-        for model in dict.fromkeys(runs_df.loc[runs_df["dataset"].isin(datasets), "model"]):
-            parts = {ds: d[(d["model"] == model) & _col(d, keys["accuracy"]).notna()].sort_values("seed")
-                     for ds, d in by_fold.items()}
-            settings = [set(map(tuple, p[list(ROW_KEYS)].itertuples(index=False))) for p in parts.values()]
-            common = set.intersection(*settings) if settings else set()
-            if REAL_ROW not in common:
-                continue
-            real = _pooled_setting(list(parts.values()), REAL_ROW, preds, scored_on)
-            for key in sorted(common, key=_row_order):
-                this = real if key == REAL_ROW else _pooled_setting(list(parts.values()), key, preds, scored_on)
-                rows = [r for r in fold_rows if r["dataset"] in datasets and r["scored_on"] == scored_on
-                        and r["model"] == model and tuple(r[k] for k in ROW_KEYS) == key]
-                every = pd.concat([p[p[list(ROW_KEYS)].apply(tuple, axis=1) == key] for p in parts.values()])
-                row = {"dataset": pool, "scored_on": scored_on, **dict(zip(ROW_KEYS, key)), "model": model,
-                       "training_set": row_label(key, every), "folds": len(members),
-                       "paper_row": all(r["paper_row"] for r in rows),
-                       "best_frozen": all(r["best_frozen"] for r in rows),
-                       "val_accuracy": float(np.mean([r["val_accuracy"] for r in rows])),
-                       **{c: float(pd.Series([r[c] for r in rows], dtype=float).mean())
-                          for c in ("n_train_real", "n_train_synthetic")}}
-                if isinstance(this, str):
-                    row.update({m: math.nan for m in intervals.METRICS}, interval_note=this)
-                else:
-                    row.update(_pooled_cells(this), n_images=len(this[1]))
-                    if this[2] is not None:
-                        row["n_groups"] = int(len(np.unique(this[2])))
-                if key != REAL_ROW and boot[0] > 0:
-                    row.update(_differences(real, this, *boot))
-                out.append(row)
+    for scored_on, model, (parts,), common in _fold_parts([runs_df], datasets):
+        if REAL_ROW not in common:
+            continue
+        real = _pooled_setting(parts, REAL_ROW, preds, scored_on)
+        for key in sorted(common, key=_row_order):
+            this = real if key == REAL_ROW else _pooled_setting(parts, key, preds, scored_on)
+            rows = [r for r in fold_rows if r["dataset"] in datasets and r["scored_on"] == scored_on
+                    and r["model"] == model and tuple(r[k] for k in ROW_KEYS) == key]
+            row = {"dataset": pool, "scored_on": scored_on, **dict(zip(ROW_KEYS, key)), "model": model,
+                   "training_set": row_label(key, _runs_of(parts, key)), "folds": len(members),
+                   "paper_row": all(r["paper_row"] for r in rows),
+                   "best_frozen": all(r["best_frozen"] for r in rows),
+                   "val_accuracy": float(np.mean([r["val_accuracy"] for r in rows])),
+                   **{c: float(pd.Series([r[c] for r in rows], dtype=float).mean())
+                      for c in ("n_train_real", "n_train_synthetic")}}
+            if isinstance(this, str):
+                row.update({m: math.nan for m in intervals.METRICS}, interval_note=this)
+            else:
+                row.update(_pooled_cells(this), n_images=len(this[1]))
+                if this[2] is not None:
+                    row["n_groups"] = int(len(np.unique(this[2])))
+            if key != REAL_ROW and boot[0] > 0:
+                row.update(_differences(real, this, *boot))
+            out.append(row)
     return out
 
 
@@ -505,32 +517,22 @@ def _pooled_comparison(ra: pd.DataFrame, rb: pd.DataFrame, preds_a: _Predictions
     out = []
     for pool in [p for p in pools_b if pools_a.get(p) == pools_b[p]]:  # the same folds of the same k-fold
         datasets = [ds for ds, _ in pools_b[pool][0]]
-        sides = [{ds: r[r["dataset"] == ds] for ds in datasets} for r in (ra, rb)]
-        scored = [s for s in scored_sets(sides[1][datasets[0]])
-                  if all(s in scored_sets(d) for side in sides for d in side.values())]
-        for scored_on in scored:
-            keys = _scalar_keys(scored_on)
-            for model in dict.fromkeys(rb.loc[rb["dataset"].isin(datasets), "model"]):
-                parts = [[d[(d["model"] == model) & _col(d, keys["accuracy"]).notna()].sort_values("seed")
-                          for d in side.values()] for side in sides]
-                common = set.intersection(*(set(map(tuple, p[list(ROW_KEYS)].itertuples(index=False)))
-                                            for side in parts for p in side))
-                for key in sorted(common, key=_row_order):
-                    this_a, this_b = (_pooled_setting(side, key, preds, scored_on)
-                                      for side, preds in zip(parts, (preds_a, preds_b)))
-                    every_b = pd.concat([p[p[list(ROW_KEYS)].apply(tuple, axis=1) == key] for p in parts[1]])
-                    row = {"dataset": pool, "scored_on": scored_on, **dict(zip(ROW_KEYS, key)), "model": model,
-                           "training_set": row_label(key, every_b), "folds": len(datasets)}
-                    for side, this in (("a", this_a), ("b", this_b)):
-                        cells = _pooled_cells(this) if not isinstance(this, str) else {}
-                        for metric in intervals.METRICS:
-                            row[f"{metric}_{side}"] = cells.get(metric, math.nan)
-                        row[f"n_seeds_{side}"] = cells.get("n_seeds", math.nan)
-                    if not isinstance(this_b, str):
-                        row["n_images"] = len(this_b[1])
-                    diffs = _differences(this_a, this_b, *boot, against="study A") if boot[0] > 0 else {}
-                    diffs.pop("n_seeds_real", None)
-                    out.append({**row, **diffs})
+        for scored_on, model, parts, common in _fold_parts([ra, rb], datasets):
+            for key in sorted(common, key=_row_order):
+                this_a, this_b = (_pooled_setting(side, key, preds, scored_on)
+                                  for side, preds in zip(parts, (preds_a, preds_b)))
+                row = {"dataset": pool, "scored_on": scored_on, **dict(zip(ROW_KEYS, key)), "model": model,
+                       "training_set": row_label(key, _runs_of(parts[1], key)), "folds": len(datasets)}
+                for side, this in (("a", this_a), ("b", this_b)):
+                    cells = _pooled_cells(this) if not isinstance(this, str) else {}
+                    for metric in intervals.METRICS:
+                        row[f"{metric}_{side}"] = cells.get(metric, math.nan)
+                    row[f"n_seeds_{side}"] = cells.get("n_seeds", math.nan)
+                if not isinstance(this_b, str):
+                    row["n_images"] = len(this_b[1])
+                diffs = _differences(this_a, this_b, *boot, against="study A") if boot[0] > 0 else {}
+                diffs.pop("n_seeds_real", None)
+                out.append({**row, **diffs})
     return out
 
 
