@@ -16,7 +16,9 @@ are untouched by the choice).
 ``folds: K``) are also pooled: one more row per setting under the dataset name ``<name> (K folds pooled)``, whose
 images are every fold's test split (each image once, scored by the classifiers of the fold that held it out), seed
 ``s`` of every fold taken together as seed ``s`` (the folds must have run the same seeds), and whose interval
-resamples the groups of all folds. A frozen variant is the pool's Table 1/2 row only where every fold's validation
+resamples the groups of all folds (each fold's fine-tuned generator held fixed). Beside it, the folds' view: the
+mean of the folds' own differences with the corrected resampled t interval (:func:`intervals.fold_interval`), which
+lets the generators vary, from K values. A frozen variant is the pool's Table 1/2 row only where every fold's validation
 chose it.
 """
 
@@ -302,8 +304,10 @@ def scored_table(df: pd.DataFrame, n_boot: int = 2000, ci: float = 0.95, seed: i
         over seeds), ``worth in real images`` (beside a learning curve: ``histlib.analysis.curve``) and against
         ``real``: ``diff_accuracy``,
         ``diff_balanced_accuracy`` (percentage points) with ``*_low``/``*_high`` (the interval; NaN when there is
-        none), ``n_seeds_real``, ``seeds_same_sign`` and ``interval_note`` (why there is no interval). Empty
-        without classifier runs.
+        none), ``n_seeds_real``, ``seeds_same_sign`` and ``interval_note`` (why there is no interval); on
+        fold-pooled rows also ``folds`` and, against real, ``folds_diff_<metric>`` (the mean of the folds' own
+        differences) with ``_low``/``_high`` (their corrected t interval: :func:`intervals.fold_interval`) and
+        ``folds_same_sign``. Empty without classifier runs.
     """
     runs_df = classifier_run_rows(df)
     if len(runs_df) == 0:
@@ -505,7 +509,32 @@ def _pooled_rows(pool: str, members: list[tuple[str, int]], runs_df: pd.DataFram
                     row["n_groups"] = int(len(np.unique(this[2])))
             if key != REAL_ROW and boot[0] > 0:
                 row.update(_differences(real, this, *boot))
+                real_rows = [r for r in fold_rows if r["dataset"] in datasets and r["scored_on"] == scored_on
+                             and r["model"] == model and tuple(r[k] for k in ROW_KEYS) == REAL_ROW]
+                row.update(_across_folds(rows, real_rows, len(members), boot[1]))
             out.append(row)
+    return out
+
+
+def _across_folds(rows: list[dict], real_rows: list[dict], folds: int, ci: float) -> dict[str, Any]:
+    """The folds' own differences to real of one pooled setting (``rows``, one per fold): ``folds_diff_<metric>``
+    (their mean) with ``_low`` / ``_high`` (:func:`histlib.analysis.intervals.fold_interval`, the test share from
+    the folds' real rows) and ``folds_same_sign`` (folds whose accuracy difference shares the mean's sign);
+    empty where a fold has no difference."""
+    if len(rows) != folds or any(pd.isna(r.get("diff_accuracy")) for r in rows) or len(real_rows) != folds:
+        return {}
+    n_test = pd.Series([r.get("n_images") for r in real_rows], dtype=float).mean()
+    n_train = pd.Series([r.get("n_train_real") for r in real_rows], dtype=float).mean()
+    if not (n_test > 0 and n_train > 0):
+        return {}
+    out: dict[str, Any] = {}
+    for metric in intervals.METRICS:
+        fi = intervals.fold_interval([r[f"diff_{metric}"] for r in rows], n_test / n_train, ci)
+        out.update({f"folds_diff_{metric}": fi.difference, f"folds_diff_{metric}_low": fi.low,
+                    f"folds_diff_{metric}_high": fi.high})
+    mean = out["folds_diff_accuracy"]
+    same = sum(np.sign(r["diff_accuracy"]) == np.sign(mean) for r in rows) if mean else 0
+    out["folds_same_sign"] = f"{int(same)}/{folds}"
     return out
 
 

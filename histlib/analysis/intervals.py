@@ -155,3 +155,48 @@ def paired_group_interval(correct_a: np.ndarray, correct_b: np.ndarray, y: np.nd
     if math.isnan(low) and res.bootstrap_distribution.size and np.ptp(res.bootstrap_distribution) == 0:
         low = high = float(res.bootstrap_distribution.flat[0])
     return PairedInterval(point, low, high, **sizes, note="")
+
+
+class FoldInterval(NamedTuple):
+    """Mean of the folds' own differences (points or fractions, as given), its interval and what it rests on."""
+
+    difference: float
+    low: float
+    high: float
+    n_folds: int
+
+
+def fold_interval(differences, test_over_train: float, ci: float = 0.95) -> FoldInterval:
+    """The cross-validation folds' view of a difference: the mean of each fold's own difference with the corrected
+    resampled t interval of Nadeau & Bengio (Machine Learning 52, 2003), as Bouckaert & Frank (2004) use it for
+    k-fold cross-validation.
+
+    Each fold's difference holds everything that fold drew on its own: its test images, its training split, its
+    fine-tuned generator and its classifiers. The folds are not independent (their training splits overlap), so
+    the plain t interval's variance ``s² / k`` is too small; the corrected one is ``s² (1/k + n_test/n_train)``,
+    with ``k - 1`` degrees of freedom. Where the group bootstrap of a pooled row (:func:`paired_group_interval`)
+    holds each fold's generator fixed, this one lets it vary, from only ``k`` values.
+
+    Args:
+        differences: one difference per fold.
+        test_over_train: ``n_test / n_train``, images in a fold's test split over its (real) training split.
+        ci: confidence level.
+
+    Returns:
+        :class:`FoldInterval`; ``low``/``high`` are NaN with fewer than two folds.
+    """
+    if not 0 < ci < 1:
+        raise ValueError(f"fold_interval: ci={ci!r}; expected a confidence level in (0, 1)")
+    if not test_over_train > 0:
+        raise ValueError(f"fold_interval: test_over_train={test_over_train!r}; expected n_test / n_train > 0")
+    d = np.asarray(differences, dtype=float)
+    if d.ndim != 1 or np.isnan(d).any():
+        raise ValueError(f"fold_interval: differences {d.tolist()}; expected one number per fold")
+    k = len(d)
+    if k < 2:
+        return FoldInterval(float(d.mean()) if k else math.nan, math.nan, math.nan, k)
+    from scipy.stats import t
+
+    half = float(t.ppf(0.5 + ci / 2, k - 1)) * math.sqrt(float(d.var(ddof=1)) * (1 / k + test_over_train))
+    mean = float(d.mean())
+    return FoldInterval(mean, mean - half, mean + half, k)

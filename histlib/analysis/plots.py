@@ -142,7 +142,8 @@ def plot_differences(table: pd.DataFrame, metrics: Sequence[str] = ("accuracy", 
     """Each row's difference to real with its 95 % interval (:func:`histlib.analysis.scored_table`), one line per
     dataset, scored set, training set and classifier, one panel per metric: a forest plot. Rows whose interval
     excludes 0 are drawn solid, the others hollow; fold-pooled rows (cross-validation) in black, after
-    all the other rows."""
+    all the other rows, each with the folds' own view just under it in grey (the mean of the folds' differences
+    and its corrected t interval: :func:`histlib.analysis.intervals.fold_interval`)."""
     import matplotlib.pyplot as plt
 
     if table.empty or "diff_accuracy" not in table or table["diff_accuracy"].notna().sum() == 0:
@@ -165,6 +166,13 @@ def plot_differences(table: pd.DataFrame, metrics: Sequence[str] = ("accuracy", 
             if not np.isnan(l):
                 ax.plot([l, h], [yi, yi], color=colour, lw=2.2 if whole else 1.4)
             ax.plot(di, yi, "o", color=colour, mfc=colour if excludes else "white", ms=6)
+        if f"folds_diff_{metric}" in rows:  # the folds' own view of a pooled row, just under it
+            fd, flo, fhi = (rows[f"folds_diff_{metric}{s}"].to_numpy(float) for s in ("", "_low", "_high"))
+            for yi, di, l, h in zip(y, fd, flo, fhi):
+                if not np.isnan(di):
+                    if not np.isnan(l):
+                        ax.plot([l, h], [yi - 0.3, yi - 0.3], color="grey", lw=1.2)
+                    ax.plot(di, yi - 0.3, "D", color="grey", ms=4)
         ax.axvline(0, color="grey", lw=1, ls=":")
         ax.set_xlabel(f"Δ {metric.replace('_', ' ')} vs real (points, 95 % interval)")
         ax.set_yticks(y)

@@ -42,6 +42,19 @@ def format_difference(row: Mapping[str, Any], metric: str) -> str:
     return f"{d:+.1f} [{lo:+.1f}, {hi:+.1f}]"
 
 
+def format_fold_difference(row: Mapping[str, Any], metric: str) -> str:
+    """``'+1.4 [-0.6, +3.3] 4/5'``: a pooled row's mean over the folds' own differences with their corrected t
+    interval (:func:`histlib.analysis.intervals.fold_interval`) and the folds that share its sign; ``'—'`` for
+    any other row."""
+    d = row.get(f"folds_diff_{metric}", math.nan)
+    if d is None or (isinstance(d, float) and math.isnan(d)):
+        return "—"
+    lo, hi = row.get(f"folds_diff_{metric}_low", math.nan), row.get(f"folds_diff_{metric}_high", math.nan)
+    sign = f" {row['folds_same_sign']}" if metric == "accuracy" and _text(row.get("folds_same_sign")) else ""
+    return (f"{d:+.1f}" if isinstance(lo, float) and math.isnan(lo) else f"{d:+.1f} [{lo:+.1f}, {hi:+.1f}]") + sign
+
+
+FOLD_COLUMNS = {"Δ Acc, folds' own [95 % CI]": "accuracy", "Δ Bal. Acc, folds' own [95 % CI]": "balanced_accuracy"}
 TABLE_COLUMNS = {"Acc": "accuracy", "Bal. Acc": "balanced_accuracy", "seeds": "n_seeds",
                  "Δ Acc vs real [95 % CI]": "diff_accuracy", "Δ Bal. Acc vs real [95 % CI]": "diff_balanced_accuracy",
                  WORTH: WORTH}
@@ -89,6 +102,9 @@ def display_table(part: pd.DataFrame) -> pd.DataFrame:
                     line[(r["model"], name)] = r[WORTH] if isinstance(r[WORTH], str) and r[WORTH] else "—"
             else:
                 line[(r["model"], name)] = _num(r[col])
+        if pd.notna(r.get("folds_diff_accuracy")):  # a fold-pooled row: the folds' own view beside it
+            for name, metric in FOLD_COLUMNS.items():
+                line[(r["model"], name)] = format_fold_difference(r, metric)
     out = pd.DataFrame.from_dict(cells, orient="index").fillna("—")
     out.columns = pd.MultiIndex.from_tuples(out.columns, names=["classifier", ""])
     out.index.name = "training set"
@@ -139,7 +155,11 @@ def caption(part: pd.DataFrame) -> str:
             f"real in points with its 95 % interval, resampling the groups (paired) and each row's seeds; no "
             f"interval from fewer than {intervals.MIN_GROUPS} groups or {intervals.MIN_SEEDS} seeds."
             + (f" Pooled over {int(part['folds'].max())} cross-validation folds: every image is scored once, by "
-               "the classifiers of the fold whose test split held it; seed s of every fold counts as seed s."
+               "the classifiers of the fold whose test split held it; seed s of every fold counts as seed s; its "
+               "interval holds each fold's generator fixed. Δ, folds' own: the mean of the folds' own differences "
+               "to real with the corrected resampled t interval (Nadeau & Bengio 2003; variance × (1/k + "
+               "n_test/n_train) for the folds' shared training images), which lets each fold's generator and "
+               "split vary, and the folds that share its sign."
                if "folds" in part and part["folds"].notna().any() else "")
             + (f" Best frozen variant, chosen on validation: {', '.join(best)}." if best else "")
             + (f" {WORTH_NOTE}" if worth else ""))
@@ -194,7 +214,8 @@ def paper_tables_html(table: pd.DataFrame) -> tuple[str, str]:
 def paired_differences_long(table: pd.DataFrame) -> pd.DataFrame:
     """The differences to real of :func:`scored_table` one line per metric: ``dataset, scored_on, <row keys>,
     model, metric, difference, ci_low, ci_high, n_images, n_groups, n_seeds, n_seeds_real, seeds_same_sign,
-    interval_note``."""
+    interval_note`` and, where folds were pooled, ``folds_difference, folds_ci_low, folds_ci_high,
+    folds_same_sign`` (the folds' own view: :func:`histlib.analysis.intervals.fold_interval`)."""
     if table.empty or "diff_accuracy" not in table:
         return pd.DataFrame()
     part = table[table["diff_accuracy"].notna()]
@@ -206,7 +227,12 @@ def paired_differences_long(table: pd.DataFrame) -> pd.DataFrame:
                          "ci_high": r[f"diff_{metric}_high"], "n_images": r["n_images"],
                          "n_groups": r.get("n_groups", math.nan), "n_seeds": r["n_seeds"],
                          "n_seeds_real": r["n_seeds_real"], "seeds_same_sign": r["seeds_same_sign"],
-                         "interval_note": r["interval_note"]})
+                         "interval_note": r["interval_note"],
+                         **({"folds_difference": r.get(f"folds_diff_{metric}", math.nan),
+                             "folds_ci_low": r.get(f"folds_diff_{metric}_low", math.nan),
+                             "folds_ci_high": r.get(f"folds_diff_{metric}_high", math.nan),
+                             "folds_same_sign": r.get("folds_same_sign", "")}
+                            if "folds_diff_accuracy" in part else {})})
     return pd.DataFrame(rows)
 
 

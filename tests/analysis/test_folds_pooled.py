@@ -86,6 +86,28 @@ def test_folds_are_pooled_into_one_row_per_setting(cv):
     assert "Pooled over 3 cross-validation folds" in tables["lung (3 folds pooled)"].attrs["caption"]
 
 
+def test_a_pooled_row_shows_the_folds_own_differences_with_their_corrected_t_interval(cv):
+    table = analysis.scored_table(analysis.collect_metrics(cv), n_boot=200)
+    row = table[(table["dataset"] == "lung (3 folds pooled)") & (table["train_set"] == "real+synthetic")].iloc[0]
+    per_fold = [100 * (np.mean(rs) - np.mean(r)) / 20 for rs, r in zip(RIGHT["real+synthetic"], RIGHT["real"])]
+    mean, var = np.mean(per_fold), np.var(per_fold, ddof=1)
+    half = 4.302652729911275 * math.sqrt(var * (1 / 3 + 20 / 101))  # t(0.975, 2); 20 test over 101 train images
+    assert row["folds_diff_accuracy"] == pytest.approx(mean)
+    low, high = row["folds_diff_accuracy_low"], row["folds_diff_accuracy_high"]
+    assert (low, high) == pytest.approx((mean - half, mean + half))
+    assert row["folds_same_sign"] == "3/3" and not math.isnan(row["folds_diff_balanced_accuracy_high"])
+    # only pooled rows have the folds' view, and only their tables show it
+    assert table.loc[table["folds"].isna(), "folds_diff_accuracy"].isna().all()
+    shown = {name: analysis.tables.display_table(part) for name, part in analysis.tables.table_groups(table)}
+    pooled = shown["lung (3 folds pooled)"]
+    cell = pooled.loc[row["training_set"], ("resnet34", "Δ Acc, folds' own [95 % CI]")]
+    assert cell == f"{mean:+.1f} [{mean - half:+.1f}, {mean + half:+.1f}] 3/3"
+    assert pooled.loc[pooled.index[0], ("resnet34", "Δ Acc, folds' own [95 % CI]")] == "—"  # the real row
+    assert all("folds' own" not in str(c) for c in shown["lung_fold0"].columns.get_level_values(1))
+    long = analysis.tables.paired_differences_long(table)
+    assert long.loc[long["dataset"] == "lung (3 folds pooled)", "folds_ci_high"].notna().all()
+
+
 def test_only_folds_of_one_k_fold_are_pooled(cv, tmp_path):
     """Folds prepared with other settings (here another split seed) are not one cross-validation; a missing fold
     pools the rest under 'n of K folds'; without the prepared datasets' records nothing is pooled."""
@@ -109,6 +131,10 @@ def test_the_forest_plot_draws_every_row_against_real_with_the_pooled_rows_last(
     # one line per row with a difference (3 folds + the pool, real+synthetic only), top to bottom: folds, then pool
     assert len(labels) == 4 and labels[-1].startswith("lung (3 folds pooled) · 101 real + 300 generated")
     assert len(fig.axes) == 2 and "balanced accuracy" in fig.axes[1].get_xlabel()
+    # the pooled row's folds' own view under it: one grey diamond and its interval per panel
+    for ax in fig.axes:
+        diamonds = [ln for ln in ax.get_lines() if ln.get_marker() == "D"]
+        assert len(diamonds) == 1 and diamonds[0].get_ydata()[0] == pytest.approx(-0.3)
     empty = analysis.plot_differences(table.iloc[0:0])
     assert "no row to compare with real" in empty.axes[0].texts[0].get_text()
 

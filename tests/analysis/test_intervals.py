@@ -70,3 +70,23 @@ def test_point_difference_pairing_and_refusals():
         intervals.paired_group_interval(a[:, :10], b, y, groups)
     with pytest.raises(ValueError, match="metric="):
         intervals.paired_group_interval(a, b, y, groups, metric="f1")
+
+
+def test_fold_interval_is_the_corrected_resampled_t_interval():
+    diffs = [1.3, -0.3, 1.0, 3.9, 1.0]  # five folds' own differences, points
+    share = 104 / 311  # a fold's test images over its training images
+    fi = intervals.fold_interval(diffs, share)
+    mean, var = np.mean(diffs), np.var(diffs, ddof=1)
+    half = 2.7764451051977987 * math.sqrt(var * (1 / 5 + share))  # t(0.975, 4 degrees of freedom)
+    assert fi.n_folds == 5 and fi.difference == pytest.approx(mean)
+    assert (fi.low, fi.high) == pytest.approx((mean - half, mean + half))
+    # the correction for the folds' shared training images widens the plain t interval by sqrt(1 + k n_test/n_train)
+    plain = 2.7764451051977987 * math.sqrt(var / 5)
+    assert (fi.high - fi.low) / (2 * plain) == pytest.approx(math.sqrt(1 + 5 * share))
+    assert (intervals.fold_interval(diffs, share, ci=0.8).high - mean) < half
+    one = intervals.fold_interval([2.0], share)
+    assert one.difference == 2.0 and math.isnan(one.low) and math.isnan(one.high)
+    for bad in (dict(differences=[1.0, math.nan], test_over_train=share), dict(differences=[1.0, 2.0],
+                test_over_train=0.0), dict(differences=[1.0, 2.0], test_over_train=share, ci=1.0)):
+        with pytest.raises(ValueError, match="fold_interval"):
+            intervals.fold_interval(**bad)
