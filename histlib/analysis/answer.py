@@ -511,25 +511,29 @@ def _pooled_rows(pool: str, members: list[tuple[str, int]], runs_df: pd.DataFram
                 row.update(_differences(real, this, *boot))
                 real_rows = [r for r in fold_rows if r["dataset"] in datasets and r["scored_on"] == scored_on
                              and r["model"] == model and tuple(r[k] for k in ROW_KEYS) == REAL_ROW]
-                row.update(_across_folds(rows, real_rows, len(members), boot[1]))
+                share = _test_share([r.get("n_images") for r in real_rows], [r.get("n_train_real") for r in real_rows])
+                row.update(_across_folds(rows, share, len(members), boot[1]))
             out.append(row)
     return out
 
 
-def _across_folds(rows: list[dict], real_rows: list[dict], folds: int, ci: float) -> dict[str, Any]:
-    """The folds' own differences to real of one pooled setting (``rows``, one per fold): ``folds_diff_<metric>``
-    (their mean) with ``_low`` / ``_high`` (:func:`histlib.analysis.intervals.fold_interval`, the test share from
-    the folds' real rows) and ``folds_same_sign`` (folds whose accuracy difference shares the mean's sign);
-    empty where a fold has no difference."""
-    if len(rows) != folds or any(pd.isna(r.get("diff_accuracy")) for r in rows) or len(real_rows) != folds:
-        return {}
-    n_test = pd.Series([r.get("n_images") for r in real_rows], dtype=float).mean()
-    n_train = pd.Series([r.get("n_train_real") for r in real_rows], dtype=float).mean()
-    if not (n_test > 0 and n_train > 0):
+def _test_share(n_test: list, n_train: list) -> float | None:
+    """Mean test images over mean real training images of the folds (:func:`intervals.fold_interval`'s
+    ``test_over_train``), or None where either is unknown."""
+    test, train = pd.Series(n_test, dtype=float).mean(), pd.Series(n_train, dtype=float).mean()
+    return float(test / train) if test > 0 and train > 0 else None
+
+
+def _across_folds(rows: list[dict], share: float | None, folds: int, ci: float) -> dict[str, Any]:
+    """The folds' own differences of one pooled setting (``rows``, one per fold, with their ``diff_<metric>``):
+    ``folds_diff_<metric>`` (their mean) with ``_low`` / ``_high`` (:func:`histlib.analysis.intervals.fold_interval`
+    for the test share ``share``) and ``folds_same_sign`` (folds whose accuracy difference shares the mean's sign);
+    empty where a fold has no difference or the share is unknown."""
+    if len(rows) != folds or any(pd.isna(r.get("diff_accuracy")) for r in rows) or share is None:
         return {}
     out: dict[str, Any] = {}
     for metric in intervals.METRICS:
-        fi = intervals.fold_interval([r[f"diff_{metric}"] for r in rows], n_test / n_train, ci)
+        fi = intervals.fold_interval([r[f"diff_{metric}"] for r in rows], share, ci)
         out.update({f"folds_diff_{metric}": fi.difference, f"folds_diff_{metric}_low": fi.low,
                     f"folds_diff_{metric}_high": fi.high})
     mean = out["folds_diff_accuracy"]
@@ -539,9 +543,10 @@ def _across_folds(rows: list[dict], real_rows: list[dict], folds: int, ci: float
 
 
 def _pooled_comparison(ra: pd.DataFrame, rb: pd.DataFrame, preds_a: _Predictions, preds_b: _Predictions,
-                       boot: tuple) -> list[dict[str, Any]]:
+                       boot: tuple, fold_rows: list[dict], all_b: pd.DataFrame) -> list[dict[str, Any]]:
     """Rows of :func:`compare_studies` for the cross-validations both studies ran (the same pool of folds): per
-    setting that every fold of both has, B's pooled predictions against A's."""
+    setting that every fold of both has, B's pooled predictions against A's, with the folds' own view of
+    ``fold_rows`` (the per-fold rows; the real training images from B's runs ``all_b``)."""
     pools_a, pools_b = fold_pools(ra, preds_a.root), fold_pools(rb, preds_b.root)
     out = []
     for pool in [p for p in pools_b if pools_a.get(p) == pools_b[p]]:  # the same folds of the same k-fold
@@ -561,6 +566,12 @@ def _pooled_comparison(ra: pd.DataFrame, rb: pd.DataFrame, preds_a: _Predictions
                     row["n_images"] = len(this_b[1])
                 diffs = _differences(this_a, this_b, *boot, against="study A") if boot[0] > 0 else {}
                 diffs.pop("n_seeds_real", None)
+                if diffs.get("diff_accuracy") is not None:
+                    rows = [r for r in fold_rows if r["dataset"] in datasets and r["scored_on"] == scored_on
+                            and r["model"] == model and tuple(r[k] for k in ROW_KEYS) == key]
+                    train = [all_b.loc[all_b["dataset"] == ds, "n_train_real"].max() for ds in datasets]
+                    diffs.update(_across_folds(rows, _test_share([r.get("n_images") for r in rows], train),
+                                               len(datasets), boot[1]))
                 out.append({**row, **diffs})
     return out
 
@@ -599,10 +610,13 @@ def compare_studies(df_a: pd.DataFrame, df_b: pd.DataFrame, n_boot: int = 2000, 
         ``dataset, scored_on, <row keys>, model, training_set`` (B's label), ``accuracy_a``, ``accuracy_b``,
         ``balanced_accuracy_a``, ``balanced_accuracy_b`` (seed means, %), ``n_seeds_a``, ``n_seeds_b``,
         ``n_images``, ``diff_accuracy``, ``diff_balanced_accuracy`` (B − A, points) with ``*_low`` / ``*_high``,
-        ``seeds_same_sign`` and ``interval_note`` (why there is no interval). Empty when the studies share no row.
+        ``seeds_same_sign`` and ``interval_note`` (why there is no interval); on fold-pooled rows also ``folds``
+        and the folds' own view as in :func:`scored_table` (``folds_diff_*``, ``folds_same_sign``). Empty when the
+        studies share no row.
     """
     amounts = None if amounts is None else tuple(classify_sets.amount_label(v) for v in amounts)  # checked first
     ra, rb = classifier_run_rows(df_a), classifier_run_rows(df_b)
+    all_b = rb
     if selections is not None and len(ra) and len(rb):
         sel_a, sel_b = (_no_selection(v) for v in selections)
         ra = ra[ra["selection"].map(_no_selection) == sel_a].assign(selection=sel_b)  # A's rows take B's keys
@@ -642,7 +656,7 @@ def compare_studies(df_a: pd.DataFrame, df_b: pd.DataFrame, n_boot: int = 2000, 
                 diffs = _differences(this_a, this_b, n_boot, ci, seed, against="study A") if n_boot > 0 else {}
                 diffs.pop("n_seeds_real", None)
                 rows.append({**row, **diffs})
-    rows.extend(_pooled_comparison(ra, rb, preds_a, preds_b, (n_boot, ci, seed)))
+    rows.extend(_pooled_comparison(ra, rb, preds_a, preds_b, (n_boot, ci, seed), rows, all_b))
     out = pd.DataFrame(rows)
     if len(out) == 0:
         return out

@@ -95,6 +95,9 @@ def _compare(args: argparse.Namespace) -> int:
         for _, r in part.iterrows():
             diff = (f"{r['diff_accuracy']:+.1f} [{r['diff_accuracy_low']:+.1f}, {r['diff_accuracy_high']:+.1f}] "
                     f"{r['seeds_same_sign']}" if pd.notna(r.get("diff_accuracy_low")) else r.get("interval_note", ""))
+            if pd.notna(r.get("folds_diff_accuracy_low")):
+                diff += (f"; folds' own {r['folds_diff_accuracy']:+.1f} [{r['folds_diff_accuracy_low']:+.1f}, "
+                         f"{r['folds_diff_accuracy_high']:+.1f}] {r['folds_same_sign']}")
             accuracies = f"{r['accuracy_a']:5.1f} {r['accuracy_b']:5.1f}"
             print(f"  {r['training_set']:{width}s}  {r['model']}  {accuracies}  {diff}")
     if args.out:

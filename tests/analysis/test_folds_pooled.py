@@ -148,7 +148,8 @@ def test_two_cross_validated_studies_are_compared_on_the_pooled_folds_too(cv):
     shutil.copytree(cv, other)
     for path in other.glob("lung_fold*/classify/real+synthetic__*/metrics.json"):
         m = json.loads(path.read_text())
-        right = int(round(m["test_accuracy"] * 20)) + 2  # two more images right in every fold and seed
+        k = int(path.parts[-4][-1])
+        right = int(round(m["test_accuracy"] * 20)) + 1 + k  # k + 1 more images right in fold k, every seed
         pred = Y.copy()
         pred[right:] = 1 - pred[right:]
         path.write_text(json.dumps({**m, "test_accuracy": right / 20, "test_y_pred": pred.tolist()}))
@@ -159,6 +160,11 @@ def test_two_cross_validated_studies_are_compared_on_the_pooled_folds_too(cv):
     assert pooled.at["real+synthetic", "diff_accuracy"] == pytest.approx(10.0)
     assert pooled.at["real+synthetic", "accuracy_b"] - pooled.at["real+synthetic", "accuracy_a"] == pytest.approx(10)
     assert (pooled["folds"] == 3).all() and len(table) == 2 * 3 + 2  # the folds' own rows stay
+    # the folds' own view: +5, +10, +15 points; 20 test over 101 real training images; t(0.975, 2)
+    half = 4.302652729911275 * math.sqrt(25 * (1 / 3 + 20 / 101))
+    row = pooled.loc["real+synthetic"]
+    assert row["folds_diff_accuracy"] == pytest.approx(10.0) and row["folds_same_sign"] == "3/3"
+    assert (row["folds_diff_accuracy_low"], row["folds_diff_accuracy_high"]) == pytest.approx((10 - half, 10 + half))
 
 
 def _set_prepare(tmp_path, k, **changes):
