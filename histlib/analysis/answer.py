@@ -15,7 +15,8 @@ are untouched by the choice).
 **Cross-validation.** Datasets prepared as the folds of one k-fold (``PrepareConfig.folds``; a study target with
 ``folds: K``) are also pooled: one more row per setting under the dataset name ``<name> (K folds pooled)``, whose
 images are every fold's test split (each image once, scored by the classifiers of the fold that held it out), seed
-``s`` of every fold taken together as seed ``s`` (the folds must have run the same seeds), and whose interval
+``s`` of every fold taken together as seed ``s`` (the folds must have run the same seeds; on an external set, which
+every fold scored, each image is there once with every fold's runs), and whose interval
 resamples the groups of all folds (each fold's fine-tuned generator held fixed). Beside it, the folds' view: the
 mean of the folds' own differences with the corrected resampled t interval (:func:`intervals.fold_interval`), which
 lets the generators vary, from K values. A frozen variant is the pool's Table 1/2 row only where every fold's validation
@@ -420,13 +421,21 @@ def fold_pools(runs_df: pd.DataFrame, root: Path) -> dict[str, tuple[list[tuple[
     return pools
 
 
-def _pooled_correct(parts: list[tuple]) -> tuple[np.ndarray, np.ndarray, Any] | str:
-    """One fold-pooled ``(correct [S, N], y, groups)`` from each fold's :func:`_correct`, or why there is none."""
+def _pooled_correct(parts: list[tuple], same_images: bool = False) -> tuple[np.ndarray, np.ndarray, Any] | str:
+    """One fold-pooled ``(correct [S, N], y, groups)`` from each fold's :func:`_correct`, or why there is none.
+    Each fold's own test images are put side by side; where every fold scored the ``same_images`` (an external
+    set), each image stays once and the folds' runs are put one under the other (``K × S`` runs)."""
     bad = next((p for p in parts if isinstance(p, str)), None)
     if bad is not None:
         return bad
     if len({c.shape[0] for c, _, _ in parts}) != 1:
         return "the folds have different numbers of seeds"
+    if same_images:
+        y, groups = parts[0][1], parts[0][2]
+        if any(not np.array_equal(yi, y) or (g is None) != (groups is None)
+               or (g is not None and not np.array_equal(g, groups)) for _, yi, g in parts):
+            return "the folds were scored on different images"
+        return np.concatenate([c for c, _, _ in parts], axis=0), y, groups
     groups = None
     if all(g is not None for _, _, g in parts):  # codes per fold, shifted past the earlier folds' codes
         offsets = np.cumsum([0] + [int(np.max(g)) + 1 if len(g) else 0 for _, _, g in parts[:-1]])
@@ -442,7 +451,8 @@ def _pooled_setting(parts: list[pd.DataFrame], key: tuple, preds: _Predictions, 
     seeds = [list(r["seed"]) for r in runs_of]
     if any(s != seeds[0] for s in seeds):
         return "the folds ran other seeds"
-    return _pooled_correct([_correct([preds.get(r, scored_on) for r in part["path"]], part) for part in runs_of])
+    return _pooled_correct([_correct([preds.get(r, scored_on) for r in part["path"]], part) for part in runs_of],
+                           same_images=scored_on.startswith("extra/"))
 
 
 def _pooled_cells(pooled: tuple) -> dict[str, Any]:
@@ -512,7 +522,7 @@ def _pooled_rows(pool: str, members: list[tuple[str, int]], runs_df: pd.DataFram
                 real_rows = [r for r in fold_rows if r["dataset"] in datasets and r["scored_on"] == scored_on
                              and r["model"] == model and tuple(r[k] for k in ROW_KEYS) == REAL_ROW]
                 share = _test_share([r.get("n_images") for r in real_rows], [r.get("n_train_real") for r in real_rows])
-                row.update(_across_folds(rows, share, len(members), boot[1]))
+                row.update(_across_folds(row, rows, scored_on, share, len(members), boot[1]))
             out.append(row)
     return out
 
@@ -524,20 +534,24 @@ def _test_share(n_test: list, n_train: list) -> float | None:
     return float(test / train) if test > 0 and train > 0 else None
 
 
-def _across_folds(rows: list[dict], share: float | None, folds: int, ci: float) -> dict[str, Any]:
+def _across_folds(pooled: dict, rows: list[dict], scored_on: str, share: float | None, folds: int, ci: float
+                  ) -> dict[str, Any]:
     """The folds' own differences of one pooled setting (``rows``, one per fold, with their ``diff_<metric>``):
     ``folds_diff_<metric>`` (their mean) with ``_low`` / ``_high`` (:func:`histlib.analysis.intervals.fold_interval`
-    for the test share ``share``) and ``folds_same_sign`` (folds whose accuracy difference shares the mean's sign);
-    empty where a fold has no difference or the share is unknown."""
-    if len(rows) != folds or any(pd.isna(r.get("diff_accuracy")) for r in rows) or share is None:
+    for the test share ``share``: a fold's test images over its real training images) and ``folds_same_sign`` (folds
+    whose accuracy difference shares the mean's sign). Empty where the pooled row has no difference, a fold has
+    none or the share is unknown, and on an external set: every fold scored the same images there, so the folds'
+    differences share their test images, which the correction does not model."""
+    if (scored_on != "test" or pd.isna(pooled.get("diff_accuracy")) or len(rows) != folds or share is None
+            or any(pd.isna(r.get(f"diff_{m}")) for r in rows for m in intervals.METRICS)):
         return {}
     out: dict[str, Any] = {}
     for metric in intervals.METRICS:
         fi = intervals.fold_interval([r[f"diff_{metric}"] for r in rows], share, ci)
         out.update({f"folds_diff_{metric}": fi.difference, f"folds_diff_{metric}_low": fi.low,
                     f"folds_diff_{metric}_high": fi.high})
-    mean = out["folds_diff_accuracy"]
-    same = sum(np.sign(r["diff_accuracy"]) == np.sign(mean) for r in rows) if mean else 0
+    mean = round(out["folds_diff_accuracy"], 9)  # a mean of 0 up to rounding shares no sign (as seeds_same_sign)
+    same = sum(np.sign(round(r["diff_accuracy"], 9)) == np.sign(mean) for r in rows) if mean else 0
     out["folds_same_sign"] = f"{int(same)}/{folds}"
     return out
 
@@ -566,12 +580,13 @@ def _pooled_comparison(ra: pd.DataFrame, rb: pd.DataFrame, preds_a: _Predictions
                     row["n_images"] = len(this_b[1])
                 diffs = _differences(this_a, this_b, *boot, against="study A") if boot[0] > 0 else {}
                 diffs.pop("n_seeds_real", None)
-                if diffs.get("diff_accuracy") is not None:
-                    rows = [r for r in fold_rows if r["dataset"] in datasets and r["scored_on"] == scored_on
-                            and r["model"] == model and tuple(r[k] for k in ROW_KEYS) == key]
-                    train = [all_b.loc[all_b["dataset"] == ds, "n_train_real"].max() for ds in datasets]
-                    diffs.update(_across_folds(rows, _test_share([r.get("n_images") for r in rows], train),
-                                               len(datasets), boot[1]))
+                rows = [r for r in fold_rows if r["dataset"] in datasets and r["scored_on"] == scored_on
+                        and r["model"] == model and tuple(r[k] for k in ROW_KEYS) == key]
+                # a fold's real training images: the most any of B's runs there trained on (every set with real
+                # images takes the whole real train split)
+                train = [_col(all_b[all_b["dataset"] == ds], "n_train_real").max() for ds in datasets]
+                diffs.update(_across_folds(diffs, rows, scored_on, _test_share([r.get("n_images") for r in rows],
+                                                                               train), len(datasets), boot[1]))
                 out.append({**row, **diffs})
     return out
 

@@ -169,13 +169,14 @@ class FoldInterval(NamedTuple):
 def fold_interval(differences, test_over_train: float, ci: float = 0.95) -> FoldInterval:
     """The cross-validation folds' view of a difference: the mean of each fold's own difference with the corrected
     resampled t interval of Nadeau & Bengio (Machine Learning 52, 2003), as Bouckaert & Frank (2004) use it for
-    k-fold cross-validation.
+    repeated k-fold cross-validation (here one repetition: ``k`` differences).
 
     Each fold's difference holds everything that fold drew on its own: its test images, its training split, its
     fine-tuned generator and its classifiers. The folds are not independent (their training splits overlap), so
     the plain t interval's variance ``s² / k`` is too small; the corrected one is ``s² (1/k + n_test/n_train)``,
-    with ``k - 1`` degrees of freedom. Where the group bootstrap of a pooled row (:func:`paired_group_interval`)
-    holds each fold's generator fixed, this one lets it vary, from only ``k`` values.
+    with ``k - 1`` degrees of freedom. The correction is a heuristic (it assumes how much overlapping training
+    splits correlate the folds) and ``s`` comes from only ``k`` values. Where the group bootstrap of a pooled row
+    (:func:`paired_group_interval`) holds each fold's generator fixed, this one lets it vary.
 
     Args:
         differences: one difference per fold.

@@ -172,7 +172,10 @@ def plot_differences(table: pd.DataFrame, metrics: Sequence[str] = ("accuracy", 
                 if not np.isnan(di):
                     if not np.isnan(l):
                         ax.plot([l, h], [yi - 0.3, yi - 0.3], color="grey", lw=1.2)
-                    ax.plot(di, yi - 0.3, "D", color="grey", ms=4)
+                    ax.plot(di, yi - 0.3, "D", color="grey", ms=4,
+                            label="folds' own (corrected t)" if not ax.get_legend_handles_labels()[1] else None)
+            if ax.get_legend_handles_labels()[1]:
+                ax.legend(loc="lower right", fontsize=7, frameon=False)
         ax.axvline(0, color="grey", lw=1, ls=":")
         ax.set_xlabel(f"Δ {metric.replace('_', ' ')} vs real (points, 95 % interval)")
         ax.set_yticks(y)

@@ -43,7 +43,7 @@ def format_difference(row: Mapping[str, Any], metric: str) -> str:
 
 
 def format_fold_difference(row: Mapping[str, Any], metric: str) -> str:
-    """``'+1.4 [-0.6, +3.3] 4/5'``: a pooled row's mean over the folds' own differences with their corrected t
+    """``'+1.4 [-1.7, +4.5] 4/5'``: a pooled row's mean over the folds' own differences with their corrected t
     interval (:func:`histlib.analysis.intervals.fold_interval`) and the folds that share its sign; ``'—'`` for
     any other row."""
     d = row.get(f"folds_diff_{metric}", math.nan)
@@ -106,6 +106,8 @@ def display_table(part: pd.DataFrame) -> pd.DataFrame:
             for name, metric in FOLD_COLUMNS.items():
                 line[(r["model"], name)] = format_fold_difference(r, metric)
     out = pd.DataFrame.from_dict(cells, orient="index").fillna("—")
+    names = [*TABLE_COLUMNS, *FOLD_COLUMNS]  # each classifier's columns together, in this order
+    out = out[sorted(out.columns, key=lambda c: (list(dict.fromkeys(part["model"])).index(c[0]), names.index(c[1])))]
     out.columns = pd.MultiIndex.from_tuples(out.columns, names=["classifier", ""])
     out.index.name = "training set"
     return out
@@ -156,11 +158,13 @@ def caption(part: pd.DataFrame) -> str:
             f"interval from fewer than {intervals.MIN_GROUPS} groups or {intervals.MIN_SEEDS} seeds."
             + (f" Pooled over {int(part['folds'].max())} cross-validation folds: every image is scored once, by "
                "the classifiers of the fold whose test split held it; seed s of every fold counts as seed s; its "
-               "interval holds each fold's generator fixed. Δ, folds' own: the mean of the folds' own differences "
-               "to real with the corrected resampled t interval (Nadeau & Bengio 2003; variance × (1/k + "
-               "n_test/n_train) for the folds' shared training images), which lets each fold's generator and "
-               "split vary, and the folds that share its sign."
+               "interval holds each fold's generator fixed."
                if "folds" in part and part["folds"].notna().any() else "")
+            + (" Δ, folds' own: the mean of the k folds' own differences to real with the corrected resampled t "
+               "interval (Nadeau & Bengio 2003): s²(1/k + n_test/n_train) in place of s²/k, k − 1 degrees of "
+               "freedom, for the folds' overlapping training splits (n_train: the real train split), which lets "
+               "each fold's generator and split vary; and the folds that share its sign."
+               if "folds_diff_accuracy" in part and part["folds_diff_accuracy"].notna().any() else "")
             + (f" Best frozen variant, chosen on validation: {', '.join(best)}." if best else "")
             + (f" {WORTH_NOTE}" if worth else ""))
 

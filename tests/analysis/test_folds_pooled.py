@@ -6,6 +6,7 @@ import json
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from histlib import analysis, runs
@@ -108,6 +109,46 @@ def test_a_pooled_row_shows_the_folds_own_differences_with_their_corrected_t_int
     assert long.loc[long["dataset"] == "lung (3 folds pooled)", "folds_ci_high"].notna().all()
 
 
+def test_an_external_set_every_fold_scored_is_pooled_once_with_every_folds_runs(cv):
+    """Every fold's classifiers score the same external images: the pooled row holds each of them once, with the
+    folds' runs as K × S runs, and no folds' own view (the folds' differences share their test images)."""
+    ext_right = {}
+    for path in sorted(cv.glob("lung_fold*/classify/*/metrics.json")):
+        m = json.loads(path.read_text())
+        right = 10 + int(path.parts[-4][-1]) + (2 if m["variant"] else 0) + int(path.parent.name[-1])
+        pred = Y.copy()
+        pred[right:] = 1 - pred[right:]
+        ext_right.setdefault(bool(m["variant"]), []).append(right)
+        path.write_text(json.dumps({**m, "extra/ext/accuracy": right / 20, "extra/ext/balanced_accuracy": 0.5,
+                                    "extra/ext/n": 20, "extra/ext/y_true": Y.tolist(),
+                                    "extra/ext/y_pred": pred.tolist(), "extra/ext/groups": GROUPS}))
+    table = analysis.scored_table(analysis.collect_metrics(cv), n_boot=200)
+    pooled = table[(table["dataset"] == "lung (3 folds pooled)") & (table["scored_on"] == "extra/ext")]
+    pooled = pooled.set_index("train_set")
+    assert (pooled["n_images"] == 20).all() and (pooled["n_seeds"] == 9).all() and (pooled["n_groups"] == 10).all()
+    assert pooled.at["real", "accuracy"] == pytest.approx(100 * np.mean(ext_right[False]) / 20)
+    assert pooled.at["real+synthetic", "diff_accuracy"] == pytest.approx(10.0)  # two more right in every run
+    assert math.isnan(pooled.at["real+synthetic", "folds_diff_accuracy"])
+    test = table[(table["dataset"] == "lung (3 folds pooled)") & (table["scored_on"] == "test")]
+    assert test["folds_diff_accuracy"].notna().sum() == 1  # the test split keeps its folds' view
+
+
+def test_the_folds_view_gets_its_own_columns_per_classifier():
+    rows = [{"training_set": ts, "model": model, "accuracy": 80.0, "balanced_accuracy": 80.0, "n_seeds": 3,
+             "diff_accuracy": d, "diff_accuracy_low": d - 2, "diff_accuracy_high": d + 2,
+             "diff_balanced_accuracy": d, "diff_balanced_accuracy_low": d - 2, "diff_balanced_accuracy_high": d + 2,
+             "interval_note": "", "folds_diff_accuracy": d, "folds_diff_accuracy_low": d - 3,
+             "folds_diff_accuracy_high": d + 3, "folds_diff_balanced_accuracy": d,
+             "folds_diff_balanced_accuracy_low": d - 3, "folds_diff_balanced_accuracy_high": d + 3,
+             "folds_same_sign": "4/5" if d else ""}
+            for model in ("resnet34", "densenet169") for ts, d in (("real", math.nan), ("real + synthetic", 1.5))]
+    shown = analysis.tables.display_table(pd.DataFrame(rows))
+    models = list(shown.columns.get_level_values(0))
+    assert models == ["resnet34"] * 7 + ["densenet169"] * 7  # each classifier's columns together
+    assert shown.loc["real + synthetic", ("densenet169", "Δ Acc, folds' own [95 % CI]")] == "+1.5 [-1.5, +4.5] 4/5"
+    assert shown.loc["real", ("resnet34", "Δ Acc, folds' own [95 % CI]")] == "—"
+
+
 def test_only_folds_of_one_k_fold_are_pooled(cv, tmp_path):
     """Folds prepared with other settings (here another split seed) are not one cross-validation; a missing fold
     pools the rest under 'n of K folds'; without the prepared datasets' records nothing is pooled."""
@@ -165,6 +206,14 @@ def test_two_cross_validated_studies_are_compared_on_the_pooled_folds_too(cv):
     row = pooled.loc["real+synthetic"]
     assert row["folds_diff_accuracy"] == pytest.approx(10.0) and row["folds_same_sign"] == "3/3"
     assert (row["folds_diff_accuracy_low"], row["folds_diff_accuracy_high"]) == pytest.approx((10 - half, 10 + half))
+    # runs that did not record their training images: the comparison stands, without the folds' own view
+    for path in other.glob("lung_fold*/classify/*/metrics.json"):
+        m = json.loads(path.read_text())
+        path.write_text(json.dumps({k: v for k, v in m.items() if k != "n_train_real"}))
+    table = analysis.compare_studies(analysis.collect_metrics(cv), analysis.collect_metrics(other), n_boot=100)
+    pooled = table[table["dataset"] == "lung (3 folds pooled)"].set_index("train_set")
+    assert pooled.at["real+synthetic", "diff_accuracy"] == pytest.approx(10.0)
+    assert "folds_diff_accuracy" not in pooled or pooled["folds_diff_accuracy"].isna().all()
 
 
 def _set_prepare(tmp_path, k, **changes):
