@@ -21,6 +21,7 @@ bootstrap intervals), :mod:`~histlib.analysis.collect` (reading the results fold
 :mod:`~histlib.analysis.curve` (the real-data learning curve and a row's worth in real images),
 :mod:`~histlib.analysis.answer` (the one frame behind Table 1/2, the index page and the exported tables),
 :mod:`~histlib.analysis.tables` (that frame's views: Table 1/2 with caption and sentence, differences, runs),
+:mod:`~histlib.analysis.per_class` (each class's recall per row of that frame),
 :mod:`~histlib.analysis.classification` (mean ± std and bootstrap tables, Table 1/2 of one dataset, every variant,
 differences to real), :mod:`~histlib.analysis.generators` (class fidelity and GAN metrics beside the classifiers),
 :mod:`~histlib.analysis.export` (the text and HTML views, the written CSV and Markdown tables) and
@@ -76,6 +77,7 @@ from histlib.analysis.generators import (  # noqa: F401 (the package's names)
     gan_vs_classifier,
     rank_correlations,
 )
+from histlib.analysis.per_class import class_recalls  # noqa: F401 (notebook 06)
 from histlib.analysis.plots import (  # noqa: F401
     plot_classification,
     plot_differences,

@@ -13,7 +13,7 @@ from typing import Any
 import pandas as pd
 
 from histlib import runs
-from histlib.analysis import answer, curve, tables
+from histlib.analysis import answer, curve, per_class, tables
 from histlib.analysis.classification import variant_table
 from histlib.analysis.collect import ID_COLUMNS, collect_metrics, stage_status
 from histlib.analysis.gan import gan_table
@@ -151,13 +151,15 @@ def study_tables(df: pd.DataFrame, table: pd.DataFrame | None = None) -> dict[st
     """Every table notebook 06 exports, by file name. ``classification`` (every training set and variant) and
     ``classification_paper`` (Table 1/2's rows) are :func:`histlib.analysis.answer.scored_table`, the frame the
     index page shows: the held-out sets' numbers per variant, the best frozen variant chosen on validation, with
-    the paired group intervals against real; ``runs`` has one line per classifier run."""
+    the paired group intervals against real; ``class_recalls`` each class's recall per row of it; ``runs`` has one
+    line per classifier run."""
     table = answer.scored_table(df) if table is None else table
     full = variant_table(df)
     gan_vs_cls = gan_vs_classifier(df)
     return {"classification": table, "classification_paper": table[table["paper_row"]] if len(table) else table,
             "learning_curve": curve.learning_curve(df),
             "differences_to_real": tables.paired_differences_long(table), "runs": tables.runs_table(df),
+            "class_recalls": per_class.class_recalls(df, table),
             "variants": full, "gan": gan_table(df), "gan_vs_classifier": gan_vs_cls,
             "rank_correlations": rank_correlations(gan_vs_cls), "fidelity": fidelity_table(df)}
 

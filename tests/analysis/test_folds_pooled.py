@@ -149,6 +149,38 @@ def test_the_folds_view_gets_its_own_columns_per_classifier():
     assert shown.loc["real", ("resnet34", "Δ Acc, folds' own [95 % CI]")] == "—"
 
 
+def test_each_class_recall_per_row_and_pool_against_real(cv):
+    for path in cv.glob("lung_fold*/classify/*/metrics.json"):  # the keys a run writes beside its predictions
+        m = json.loads(path.read_text())
+        right = int(round(m["test_accuracy"] * 20))  # the first `right` images, class a's ten first
+        recall = {"test_recall/a": min(right, 10) / 10, "test_recall/b": max(right - 10, 0) / 10}
+        path.write_text(json.dumps({**m, **recall}))
+    df = analysis.collect_metrics(cv)
+    recalls = analysis.class_recalls(df)
+    assert list(recalls.columns[-4:]) == ["recall/a", "recall/b", "diff_recall/a", "diff_recall/b"]
+    pooled = recalls[recalls["dataset"] == "lung (3 folds pooled)"].set_index("train_set")
+
+    def expected(ts, c):  # per seed: right answers of class c over the three folds' 30 images of it
+        per_seed = [sum(min(RIGHT[ts][k][s], 10) if c == "a" else max(RIGHT[ts][k][s] - 10, 0) for k in range(3)) / 30
+                    for s in range(3)]
+        return 100 * np.mean(per_seed)
+
+    for ts in RIGHT:
+        for c in "ab":
+            assert pooled.at[ts, f"recall/{c}"] == pytest.approx(expected(ts, c))
+    for c in "ab":
+        assert pooled.at["real+synthetic", f"diff_recall/{c}"] == pytest.approx(
+            expected("real+synthetic", c) - expected("real", c))
+    assert pooled[["diff_recall/a", "diff_recall/b"]].loc["real"].isna().all()
+    one = recalls[recalls["dataset"] == "lung_fold1"].set_index("train_set")
+    assert one.at["real", "recall/b"] == pytest.approx(100 * np.mean([max(r - 10, 0) / 10 for r in RIGHT["real"][1]]))
+    # the balanced accuracy of a row is the mean of its classes' recalls
+    table = analysis.scored_table(df, n_boot=0).set_index(["dataset", "train_set"])
+    assert table.loc[("lung (3 folds pooled)", "real+synthetic"), "balanced_accuracy"] == pytest.approx(
+        pooled.loc["real+synthetic", ["recall/a", "recall/b"]].mean())
+    assert "class_recalls" in analysis.study_tables(df)
+
+
 def test_only_folds_of_one_k_fold_are_pooled(cv, tmp_path):
     """Folds prepared with other settings (here another split seed) are not one cross-validation; a missing fold
     pools the rest under 'n of K folds'; without the prepared datasets' records nothing is pooled."""
