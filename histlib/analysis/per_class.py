@@ -11,6 +11,7 @@ No intervals here: a class holds only part of the groups, and the study's claims
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -67,7 +68,7 @@ def class_recalls(df: pd.DataFrame, table: pd.DataFrame | None = None) -> pd.Dat
     runs_df = answer.classifier_run_rows(df)
     if table.empty or len(runs_df) == 0:
         return pd.DataFrame()
-    preds = answer._Predictions(answer.Path(df.attrs.get("study_dir", ".")))
+    preds = answer._Predictions(Path(df.attrs.get("study_dir", ".")))
     pools = {name: [ds for ds, _ in members] for name, (members, _) in answer.fold_pools(runs_df, preds.root).items()}
     keys = list(answer.ROW_KEYS)
     rows, real = [], {}
