@@ -26,6 +26,11 @@ from histlib.analysis.answer import (
 from histlib.classify import sets as classify_sets
 
 
+def _count(v: Any) -> str:
+    """A count as text; ``'—'`` where unknown (a pooled row whose folds ran other seeds has none)."""
+    return "—" if v is None or pd.isna(v) else str(int(v))
+
+
 def _num(v: Any, digits: int = 1) -> str:
     return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
 
@@ -96,7 +101,7 @@ def display_table(part: pd.DataFrame) -> pd.DataFrame:
             if col.startswith("diff_"):
                 line[(r["model"], name)] = format_difference(r, col[5:])
             elif col == "n_seeds":
-                line[(r["model"], name)] = str(int(r[col]))
+                line[(r["model"], name)] = _count(r[col])
             elif col == WORTH:
                 if worth:
                     line[(r["model"], name)] = r[WORTH] if isinstance(r[WORTH], str) and r[WORTH] else "—"
@@ -134,7 +139,8 @@ def numbers_table(part: pd.DataFrame) -> pd.DataFrame:
     wide.attrs.update(dataset=part["dataset"].iloc[0], evaluated_on=part["scored_on"].iloc[0],
                       train_set=gan_sets[0] if gan_sets else None,
                       best_frozen=best[0] if len(best) == 1 else (best or None),
-                      n_seeds={f"{r.training_set} / {r.model}": int(r.n_seeds) for r in part.itertuples()},
+                      n_seeds={f"{r.training_set} / {r.model}": int(r.n_seeds) for r in part.itertuples()
+                               if pd.notna(r.n_seeds)},
                       worth_note=WORTH_NOTE if worth else "", caption=caption(part))
     return wide
 
@@ -186,7 +192,7 @@ def answer_sentence(part: pd.DataFrame) -> str:
         return f"{r[f'diff_{metric}']:+.1f}" + ("" if pd.isna(lo) else f" [{lo:+.1f}, {hi:+.1f}]")
 
     groups = f"{int(r['n_groups'])} groups" if pd.notna(r.get("n_groups")) else "groups not recorded"
-    rests = f"{int(r['n_images'])} images in {groups}, {int(r['n_seeds'])} + {int(r['n_seeds_real'])} seeds"
+    rests = f"{_count(r['n_images'])} images in {groups}, {_count(r['n_seeds'])} + {_count(r['n_seeds_real'])} seeds"
     note = _text(r.get("interval_note"))
     return (f"{where}: the best row on validation, {r['training_set']} ({r['model']}), differs from real by "
             f"{diff('accuracy')} points of accuracy and {diff('balanced_accuracy')} of balanced accuracy "

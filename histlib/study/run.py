@@ -225,7 +225,11 @@ def _write_study_json(study: Study, path: str | os.PathLike, rows: list[dict[str
     runs.write_json(runs.project_path(study.out_dir / "study.json"),
                     {"study": study.name, "profile": study.profile, "file": runs.display_path(path),
                      "description": study.description, "steps": rows})
-    build_index(study.out_dir)
+    try:
+        build_index(study.out_dir)
+    except Exception as e:  # the page is a view of the runs: a view that fails must not stop the steps it shows
+        print(f"{runs.display_path(study.out_dir / 'index.html')}: not rebuilt ({type(e).__name__}: {e}); the "
+              "steps go on, and study.json holds their state", file=sys.stderr)
 
 
 def _print_plan_summary(study: Study, steps: list[Step], rows: list[dict[str, Any]], probe: bool = True) -> None:

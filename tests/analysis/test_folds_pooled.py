@@ -265,6 +265,10 @@ def test_folds_pool_only_with_the_same_seeds_and_distinct_fold_numbers(cv, tmp_p
     table = analysis.scored_table(analysis.collect_metrics(cv), n_boot=100)
     row = table[(table["dataset"] == "lung (3 folds pooled)") & (table["train_set"] == "real+synthetic")].iloc[0]
     assert row["interval_note"] == "the folds ran other seeds" and math.isnan(row["accuracy"])
+    # Table 1/2 shows that row (as while a fold's classifiers are still running) with no seeds and no numbers
+    html, text = analysis.tables.paper_tables_html(table)
+    pooled = analysis.tables.display_table(table[table["dataset"] == "lung (3 folds pooled)"])
+    assert pooled.loc[row["training_set"], ("resnet34", "seeds")] == "—" and "the folds ran other seeds" in text
     _set_prepare(tmp_path, 1, fold=0)
     with pytest.warns(UserWarning, match=r"the same fold twice .* not pooled"):
         table = analysis.scored_table(analysis.collect_metrics(cv), n_boot=0)
