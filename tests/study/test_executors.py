@@ -272,3 +272,23 @@ def test_slurm_jobs_run_the_step_command_line(tmp_path):
     assert fn.command == [sys.executable, "-m", "histlib", "study", "step", "studies/demo.yaml", "--step",
                           "01_data_prep__a", "--results", "results"]
     assert fn.cwd == str(runs.project_root())
+
+
+def test_an_index_page_that_fails_to_build_does_not_stop_the_runner(tmp_path, monkeypatch, capsys):
+    """The runner rebuilds the index page after every step; a page that cannot be built (a bug in a view) is
+    reported and the study goes on, with study.json written first."""
+    import types
+
+    from histlib import report
+    from histlib.study import run as run_mod
+
+    def broken(out_dir):
+        raise TypeError("a view failed")
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(report, "build_index", broken)
+    spec = types.SimpleNamespace(name="s", profile="demo", description="", out_dir=Path("results") / "s")
+    run_mod._write_study_json(spec, "s.yaml", [{"step": "a", "status": "finished"}])
+    assert json.loads((tmp_path / "results" / "s" / "study.json").read_text())["steps"][0]["step"] == "a"
+    err = capsys.readouterr().err
+    assert "index.html: not rebuilt (TypeError: a view failed)" in err and "the steps go on" in err
