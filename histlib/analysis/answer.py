@@ -16,11 +16,10 @@ are untouched by the choice).
 ``folds: K``) are also pooled: one more row per setting under the dataset name ``<name> (K folds pooled)``, whose
 images are every fold's test split (each image once, scored by the classifiers of the fold that held it out), seed
 ``s`` of every fold taken together as seed ``s`` (the folds must have run the same seeds; on an external set, which
-every fold scored, each image is there once with every fold's runs), and whose interval
-resamples the groups of all folds (each fold's fine-tuned generator held fixed). Beside it, the folds' view: the
-mean of the folds' own differences with the corrected resampled t interval (:func:`intervals.fold_interval`), which
-lets the generators vary, from K values. A frozen variant is the pool's Table 1/2 row only where every fold's validation
-chose it.
+every fold scored, each image is there once with every fold's runs), and whose interval resamples the groups of all
+folds (each fold's fine-tuned generator held fixed). Beside it, the folds' view: the mean of the folds' own
+differences with the corrected resampled t interval (:func:`intervals.fold_interval`), which lets the generators
+vary, from K values. A frozen variant is the pool's Table 1/2 row only where every fold's validation chose it.
 """
 
 from __future__ import annotations
@@ -173,11 +172,15 @@ class _Predictions:
     def __init__(self, root: Path):
         self.root, self.cache = root, {}
 
-    def get(self, rel: str, scored_on: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None] | None:
+    def metrics(self, rel: str) -> dict[str, Any]:
+        """The run's whole ``metrics.json`` (``{}`` when the frame was built elsewhere: no predictions)."""
         if rel not in self.cache:
-            path = self.root / rel / "metrics.json"  # absent when the frame was built elsewhere: no predictions
+            path = self.root / rel / "metrics.json"
             self.cache[rel] = runs.read_json(path) if path.is_file() else {}
-        m = self.cache[rel]
+        return self.cache[rel]
+
+    def get(self, rel: str, scored_on: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None] | None:
+        m = self.metrics(rel)
         p = _prefix(scored_on)
         y, pred = m.get(f"{p}y_true"), m.get(f"{p}y_pred")
         if y is None or pred is None:
@@ -500,6 +503,9 @@ def _pooled_rows(pool: str, members: list[tuple[str, int]], runs_df: pd.DataFram
         if REAL_ROW not in common:
             continue
         real = _pooled_setting(parts, REAL_ROW, preds, scored_on)
+        real_rows = [r for r in fold_rows if r["dataset"] in datasets and r["scored_on"] == scored_on
+                     and r["model"] == model and tuple(r[k] for k in ROW_KEYS) == REAL_ROW]
+        share = _test_share([r.get("n_images") for r in real_rows], [r.get("n_train_real") for r in real_rows])
         for key in sorted(common, key=_row_order):
             this = real if key == REAL_ROW else _pooled_setting(parts, key, preds, scored_on)
             rows = [r for r in fold_rows if r["dataset"] in datasets and r["scored_on"] == scored_on
@@ -519,9 +525,6 @@ def _pooled_rows(pool: str, members: list[tuple[str, int]], runs_df: pd.DataFram
                     row["n_groups"] = int(len(np.unique(this[2])))
             if key != REAL_ROW and boot[0] > 0:
                 row.update(_differences(real, this, *boot))
-                real_rows = [r for r in fold_rows if r["dataset"] in datasets and r["scored_on"] == scored_on
-                             and r["model"] == model and tuple(r[k] for k in ROW_KEYS) == REAL_ROW]
-                share = _test_share([r.get("n_images") for r in real_rows], [r.get("n_train_real") for r in real_rows])
                 row.update(_across_folds(row, rows, scored_on, share, len(members), boot[1]))
             out.append(row)
     return out
@@ -565,6 +568,9 @@ def _pooled_comparison(ra: pd.DataFrame, rb: pd.DataFrame, preds_a: _Predictions
     out = []
     for pool in [p for p in pools_b if pools_a.get(p) == pools_b[p]]:  # the same folds of the same k-fold
         datasets = [ds for ds, _ in pools_b[pool][0]]
+        # a fold's real training images: the most any of B's runs there trained on (every set with real images
+        # takes the whole real train split)
+        train = [_col(all_b[all_b["dataset"] == ds], "n_train_real").max() for ds in datasets]
         for scored_on, model, parts, common in _fold_parts([ra, rb], datasets):
             for key in sorted(common, key=_row_order):
                 this_a, this_b = (_pooled_setting(side, key, preds, scored_on)
@@ -582,9 +588,6 @@ def _pooled_comparison(ra: pd.DataFrame, rb: pd.DataFrame, preds_a: _Predictions
                 diffs.pop("n_seeds_real", None)
                 rows = [r for r in fold_rows if r["dataset"] in datasets and r["scored_on"] == scored_on
                         and r["model"] == model and tuple(r[k] for k in ROW_KEYS) == key]
-                # a fold's real training images: the most any of B's runs there trained on (every set with real
-                # images takes the whole real train split)
-                train = [_col(all_b[all_b["dataset"] == ds], "n_train_real").max() for ds in datasets]
                 diffs.update(_across_folds(diffs, rows, scored_on, _test_share([r.get("n_images") for r in rows],
                                                                                train), len(datasets), boot[1]))
                 out.append({**row, **diffs})

@@ -10,7 +10,7 @@ No intervals here: a class holds only part of the groups, and the study's claims
 
 from __future__ import annotations
 
-import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -20,39 +20,44 @@ import pandas as pd
 from histlib.analysis import answer
 
 
-def _counts(preds: answer._Predictions, rel: str, scored_on: str) -> dict[str, tuple[int, int]] | None:
-    """``{class: (right, images)}`` of one run on one scored set, or None without its predictions."""
-    got = preds.get(rel, scored_on)
-    m, key = preds.cache.get(rel, {}), f"{answer._prefix(scored_on)}recall"
+def _predictions(preds: answer._Predictions, rel: str, scored_on: str
+                 ) -> tuple[tuple[str, ...], np.ndarray, np.ndarray] | None:
+    """``(classes, y_true, y_pred)`` of one run on one scored set, or None without its predictions."""
+    m, p = preds.metrics(rel), answer._prefix(scored_on)
+    key = f"{p}recall"
     nested = m.get(key) if isinstance(m.get(key), dict) else {}  # as written, or flattened to '<key>/<class>'
-    names = list(nested) or [k[len(key) + 1:] for k in m if k.startswith(f"{key}/")]
-    if got is None or not names:
+    names = tuple(nested) or tuple(k[len(key) + 1:] for k in m if k.startswith(f"{key}/"))
+    y, pred = m.get(f"{p}y_true"), m.get(f"{p}y_pred")
+    if y is None or pred is None or not names or (len(y) and max(y) >= len(names)):
         return None
-    y, pred, _ = got
-    if len(y) and int(np.max(y)) >= len(names):
-        return None
-    return {c: (int(((y == i) & (pred == i)).sum()), int((y == i).sum())) for i, c in enumerate(names)}
+    return names, np.asarray(y), np.asarray(pred)
 
 
 def _row_recalls(runs: list[pd.DataFrame], preds: answer._Predictions, scored_on: str) -> dict[str, float] | None:
     """Recall per class (%), mean over seeds, of one row's runs (``runs``: one frame per fold, or one frame); seed s
-    of every fold is counted together, as in the pooled rows."""
-    per_seed: dict[Any, dict[str, list[int]]] = {}
+    of every fold is scored together, as in the pooled rows."""
+    from sklearn.metrics import recall_score
+
+    per_seed: dict[Any, list[tuple[np.ndarray, np.ndarray]]] = {}
+    classes: set[tuple[str, ...]] = set()
     for part in runs:
         for rel, seed in zip(part["path"], part["seed"]):
-            counts = _counts(preds, rel, scored_on)
-            if counts is None:
+            got = _predictions(preds, rel, scored_on)
+            if got is None:
                 return None
-            cell = per_seed.setdefault(seed, {})
-            for c, (right, n) in counts.items():
-                cell.setdefault(c, [0, 0])
-                cell[c][0] += right
-                cell[c][1] += n
-    if not per_seed:
+            classes.add(got[0])
+            per_seed.setdefault(seed, []).append(got[1:])
+    if not per_seed or len(classes) != 1:
         return None
-    classes = list(dict.fromkeys(c for cell in per_seed.values() for c in cell))
-    return {c: 100 * float(np.mean([cell[c][0] / cell[c][1] for cell in per_seed.values()
-                                    if c in cell and cell[c][1] > 0] or [math.nan])) for c in classes}
+    names = classes.pop()
+    recalls = []
+    for pairs in per_seed.values():
+        y, pred = (np.concatenate(v) for v in zip(*pairs))
+        r = recall_score(y, pred, labels=list(range(len(names))), average=None, zero_division=0)
+        recalls.append(np.where(np.bincount(y, minlength=len(names)) > 0, r, np.nan))  # absent class: no recall
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a class no seed saw: NaN
+        return dict(zip(names, (100 * np.nanmean(recalls, axis=0)).tolist()))
 
 
 def class_recalls(df: pd.DataFrame, table: pd.DataFrame | None = None) -> pd.DataFrame:
