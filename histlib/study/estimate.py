@@ -10,7 +10,9 @@ Each stage's time is estimated, in this order of preference, from:
    finished runs a classify step keeps);
 2. **probe**: a few seconds of the stage's inner loop on this machine (a handful of GAN training iterations, a
    classifier batch forward and backward, a few generator batches, a few source images decoded), scaled to the
-   step; it leaves out what the loop does not do (start-up, snapshots, metrics), so it is a lower bound;
+   step (a generate step: the images it draws, ``OVERSAMPLE`` × those it keeps with a selection, and the epochs of
+   the real-image classifiers it trains on first use); it leaves out what the loop does not do (start-up,
+   snapshots, metrics), so it is a lower bound;
 3. **published**: the reference StyleGAN2-ADA speed where it exists (256 px), when the profile wants a GPU this
    machine does not have.
 
@@ -70,10 +72,10 @@ def work(stage: str, params: dict[str, Any]) -> tuple[tuple, float | None, str]:
         kimg = _profile_value(params, "KIMG", "train", "kimg")
         return (stage, profile, res), (float(kimg) if kimg is not None else None), "kimg"
     if stage == "generate":
-        per_class = _profile_value(params, "IMAGES_PER_CLASS", "generate", "images_per_class")
+        per_class = _drawn_per_class(params, _split_counts(params.get("DATASET_DIR")))
         sets = _profile_value(params, "NUM_SETS", "generate", "num_sets") or 1
-        amount = float(per_class) * int(sets) if isinstance(per_class, (int, float)) else None
-        return (stage, profile), amount, "image per class"
+        amount = per_class * int(sets) if per_class is not None else None
+        return (stage, profile), amount, "image drawn per class"
     if stage == "classify":
         sets = list(params.get("TRAIN_SETS") or ["real"])
         # the learning curve's fractions (< 1) are extra real runs, smaller ones: counted as whole runs (an upper bound)
@@ -89,6 +91,45 @@ def work(stage: str, params: dict[str, Any]) -> tuple[tuple, float | None, str]:
 
 # ----------------------------------------------------------------------------------------------------------------
 # Measured: earlier steps' state files on this machine
+
+
+def _generate_param(params: dict[str, Any], name: str) -> Any:
+    """A generate step's parameter, the notebook's default where the study is silent."""
+    if params.get(name) is not None:
+        return params[name]
+    return (stage_parameters("generate") or {}).get(name)
+
+
+def _drawn_per_class(params: dict[str, Any], counts: tuple[int, int] | None) -> float | None:
+    """Images per class a generate step draws for one set: ``AMOUNT`` × the real train split per class (``counts``:
+    train images and classes; None while unknown) or ``IMAGES_PER_CLASS``, × ``OVERSAMPLE`` with a selection (the
+    pool it keeps the best of: :func:`histlib.selection.pool_counts`)."""
+    amount = params.get("AMOUNT")
+    if amount is not None:
+        if not counts or not counts[1]:
+            return None
+        per_class = max(1.0, round(float(amount) * counts[0] / counts[1]))
+    else:
+        per_class = _profile_value(params, "IMAGES_PER_CLASS", "generate", "images_per_class")
+        if not isinstance(per_class, (int, float)):
+            return None
+    selection = _generate_param(params, "SELECTION") or "none"
+    oversample = float(_generate_param(params, "OVERSAMPLE") or 1.0) if selection != "none" else 1.0
+    return float(math.ceil(per_class * oversample - 1e-9))
+
+
+def _split_counts(real_dir: str | None, steps: list | None = None) -> tuple[int, int] | None:
+    """``(train images, classes)`` of a prepared dataset, or, before its data step has run, counted from the source
+    images that step reads (``steps``); None when neither is known."""
+    rows = _manifest_rows(real_dir)
+    if rows is not None:
+        train = sum(row.get("split") == "train" for row in rows)
+        return (train, len({row.get("class") for row in rows})) if train else None
+    data = next((s for s in steps or [] if s.stage == "data" and s.params.get("OUT_DIR") == real_dir), None)
+    src = runs.project_path(data.params["SOURCE_DIR"]) if data and data.params.get("SOURCE_DIR") else None
+    classes = len([d for d in src.iterdir() if d.is_dir()]) if src is not None and src.is_dir() else 0
+    train = _train_images_of(real_dir, steps or [])
+    return (train, classes) if train and classes else None
 
 
 def _stage_of(notebook: str) -> str | None:
@@ -372,8 +413,8 @@ def probe_generator(profile: str, resolution: int, n_classes: int) -> tuple[floa
 
     sec, _ = _timed(step)
     return sec / batch * n_classes, (f"probe: generator batches at {resolution} px on {device.type}, × {n_classes} "
-                                     "classes (sampling only: the memorisation audit, GAN metrics and the fidelity "
-                                     "classifier come on top)")
+                                     "classes (sampling only: the memorisation audit's and GAN metrics' feature "
+                                     "passes come on top)")
 
 
 def probe_decode(source: str | None) -> tuple[float, str] | None:
@@ -401,9 +442,13 @@ def probe_decode(source: str | None) -> tuple[float, str] | None:
 def _train_images(step, steps: list) -> int | None:
     """Real training images of a classify step: the prepared manifest's train split, or, before the data step has
     run, the patches its tiling settings cut from the source images (headers only)."""
+    return _train_images_of(step.params.get("REAL_DIR"), steps)
+
+
+def _train_images_of(real: str | None, steps: list) -> int | None:
+    """Train images of the prepared dataset ``real`` (as :func:`_train_images`)."""
     from histlib.data.tiling import tile_positions
 
-    real = step.params.get("REAL_DIR")
     rows = _manifest_rows(real)
     if rows is not None:
         return sum(row.get("split") == "train" for row in rows) or None
@@ -465,6 +510,10 @@ def step_estimate(step, steps: list, measured: dict[tuple, list[float]],
     """``(seconds or None, basis)`` of one step; ``probes`` caches each kind's probe result. With the ``study``, a
     classify step's finished runs that it keeps are not counted."""
     kind, amount, unit = work(step.stage, step.params)
+    if step.stage == "generate" and amount is None:  # AMOUNT before the data step: counted from the source images
+        per_class = _drawn_per_class(step.params, _split_counts(step.params.get("DATASET_DIR"), steps))
+        sets = _profile_value(step.params, "NUM_SETS", "generate", "num_sets") or 1
+        amount = per_class * int(sets) if per_class is not None else None
     if amount is None:
         return None, "amount of work unknown (source images not found)" if step.stage == "data" else "?"
     kept, share = _kept_runs(step, study)
@@ -488,7 +537,11 @@ def step_estimate(step, steps: list, measured: dict[tuple, list[float]],
             probes[key] = (math.nan, f"probe failed ({type(e).__name__}: {str(e)[:120]})")
     found = probes.get(key)
     if found is not None and math.isfinite(found[0]):
-        return found[0] * amount, f"{found[1]}; {found[0]:.3g} s per {unit}"
+        seconds, basis = found[0] * amount, f"{found[1]}; {found[0]:.3g} s per {unit}"
+        if step.stage == "generate":
+            extra, why = _generate_classifiers(step, steps, probes) if probe else (0.0, "")
+            seconds, basis = seconds + extra, basis + why
+        return seconds, basis
     if step.stage in ("base_gan", "finetune") and kind[2] in REFERENCE_SEC_PER_KIMG:
         rate, source = REFERENCE_SEC_PER_KIMG[kind[2]]
         return rate * amount, f"published: {rate:.3g} s/kimg, {source}; at most KIMG (early stopping may end sooner)"
@@ -503,6 +556,65 @@ def step_estimate(step, steps: list, measured: dict[tuple, list[float]],
     else:
         why = "no probe for this stage" if step.stage != "data" else "no source images to probe"
     return None, f"nothing measured on this machine yet; {why}"
+
+
+def _classifiers_to_train(step, steps: list) -> list[tuple[str, Any]]:
+    """``(what, FidelityConfig)`` of the real-image classifiers a generate step trains: the fidelity classifier
+    (class fidelity, and the GAN metrics' domain features) and the selection classifier of ``fidelity`` / ``agree``.
+    Both are cached per dataset (:func:`histlib.fidelity.fidelity_classifier`), so only the first generate step of a
+    dataset in ``steps`` trains them, and none whose cache already holds them."""
+    from histlib import fidelity, selection
+
+    p = step.params
+    data_dir = p.get("DATASET_DIR")
+    first = next((s for s in steps if s.stage == "generate" and s.params.get("DATASET_DIR") == data_dir), step)
+    if not data_dir or first is not step:
+        return []
+    wanted = []
+    if _generate_param(p, "FIDELITY") or (_generate_param(p, "METRICS")
+                                          and _generate_param(p, "EXTRACTOR") in ("auto", "fidelity")):
+        wanted.append(("fidelity classifier", fidelity.FidelityConfig()))
+    if (_generate_param(p, "SELECTION") or "none") in ("fidelity", "agree"):
+        wanted.append(("selection classifier", selection.selector_config()))
+    res = int(_profile_value(p, "RESOLUTION", "train", "resolution") or 32)
+    cache = Path(str(p.get("RUN_DIR") or "")).parent.parent / ".fidelity"
+    out = []
+    for what, cfg in wanted:
+        cfg.image_size = cfg.image_size or res
+        try:
+            done = (fidelity.classifier_dir(data_dir, cfg, cache) / "checkpoints" / "best.pt").is_file()
+        except (FileNotFoundError, OSError):  # not prepared yet: nothing can be cached
+            done = False
+        if not done:
+            out.append((what, cfg))
+    return out
+
+
+def _generate_classifiers(step, steps: list, probes: dict[tuple, tuple[float, str] | None]) -> tuple[float, str]:
+    """Seconds a generate step spends training its real-image classifiers (:func:`_classifiers_to_train`), by a probe
+    of their batches over the real train split's epochs (at most ``max_steps`` optimiser steps), and the words that
+    say so."""
+    todo = _classifiers_to_train(step, steps)
+    counts = _split_counts(step.params.get("DATASET_DIR"), steps)
+    if not todo:
+        return 0.0, "; its real-image classifiers cached or trained by another step"
+    if not counts:
+        return 0.0, "; the real-image classifiers it trains left out (train split unknown)"
+    seconds = 0.0
+    for _, cfg in todo:
+        key = ("fidelity classifier", cfg.model, cfg.image_size, cfg.batch_size)
+        if key not in probes:
+            try:
+                probes[key] = probe_classifier([cfg.model], int(cfg.image_size), int(cfg.batch_size), 1)
+            except Exception as e:  # noqa: BLE001 - a probe that cannot run costs the estimate, not the plan
+                probes[key] = (math.nan, f"probe failed ({type(e).__name__})")
+        per_image = (probes[key] or (math.nan, ""))[0]
+        if not math.isfinite(per_image):
+            return 0.0, "; the real-image classifiers it trains left out (no probe)"
+        images = min(cfg.epochs * counts[0], cfg.max_steps * cfg.batch_size)
+        seconds += per_image * images
+    names = " and ".join(what for what, _ in todo)
+    return seconds, f"; + the {names} it trains on first use ({todo[0][1].model} on the real train split, probed)"
 
 
 def estimate(steps: list, results_root: str | Path = "results", probe: bool = True,

@@ -200,3 +200,44 @@ def test_the_real_train_split_before_the_data_step_has_run(tmp_path, prepare, ex
                       {"REAL_DIR": str(tmp_path / "prep"), "MODELS": ["resnet34"], "SEEDS": [0], "EPOCHS": 1,
                        "TRAIN_SETS": ["real"]})
     assert estimate._train_images(step, [data, step]) == expected
+
+
+def _generate_step(tmp_path, name, dataset="prep", **params):
+    return study.Step("generate", "t", f"04_generate__t__{name}", "04_generate.ipynb",
+                      {"DATASET_DIR": str(tmp_path / dataset), "RUN_DIR": str(tmp_path / "t" / "generate" / name),
+                       **params})
+
+
+@pytest.mark.parametrize("params, counts, expected", [
+    ({"AMOUNT": 0.5}, (1212, 2), 303.0),  # half the real train split per class
+    ({"AMOUNT": 0.5, "SELECTION": "fidelity"}, (1212, 2), 606.0),  # the notebook's OVERSAMPLE 2: the pool
+    ({"AMOUNT": 3, "SELECTION": "agree", "OVERSAMPLE": 1.5}, (311, 3), 467.0),  # ceil(311 × 1.5)
+    ({"AMOUNT": 0.5}, None, None),  # train split unknown
+    ({"IMAGES_PER_CLASS": 40, "SELECTION": "realism"}, None, 80.0),
+])
+def test_a_generate_step_draws_its_amount_and_the_pool_of_its_selection(params, counts, expected):
+    assert estimate._drawn_per_class(params, counts) == expected
+
+
+def test_a_generate_step_pays_for_the_classifiers_it_trains_first(tmp_path, monkeypatch):
+    """The fidelity and selection classifiers are cached per dataset: the first generate step of a dataset trains
+    them (their epochs over the real train split, capped at max_steps), the others of that dataset do not."""
+    from histlib.fidelity import FidelityConfig
+
+    rows = [{"path": f"{c}/{i}.png", "class": c, "split": "train"} for c in "ab" for i in range(50)]
+    (tmp_path / "prep").mkdir()
+    with open(tmp_path / "prep" / "manifest.csv", "w") as f:
+        f.write("path,class,split\n" + "".join(f"{r['path']},{r['class']},{r['split']}\n" for r in rows))
+    monkeypatch.setattr(estimate, "probe_classifier", lambda *a, **k: (0.01, "probe"))
+    first = _generate_step(tmp_path, "pretrained-agree", SELECTION="agree")
+    second = _generate_step(tmp_path, "freeze_g2-agree", SELECTION="agree")
+    plain = _generate_step(tmp_path, "x", dataset="other", FIDELITY=False, METRICS=False)
+    steps = [first, second, plain]
+    assert [w for w, _ in estimate._classifiers_to_train(first, steps)] == ["fidelity classifier",
+                                                                            "selection classifier"]
+    assert estimate._classifiers_to_train(second, steps) == [] and estimate._classifiers_to_train(plain, steps) == []
+    seconds, basis = estimate._generate_classifiers(first, steps, {})
+    cfg = FidelityConfig()
+    assert seconds == pytest.approx(2 * 0.01 * min(cfg.epochs * 100, cfg.max_steps * cfg.batch_size))
+    assert "selection classifier" in basis
+    assert estimate._generate_classifiers(second, steps, {})[0] == 0.0
