@@ -21,6 +21,7 @@ Otherwise the stage says why it has no estimate. The basis of every figure is pr
 
 from __future__ import annotations
 
+import functools
 import math
 import statistics
 import time
@@ -93,11 +94,16 @@ def work(stage: str, params: dict[str, Any]) -> tuple[tuple, float | None, str]:
 # Measured: earlier steps' state files on this machine
 
 
+@functools.lru_cache(maxsize=1)
+def _generate_defaults() -> dict[str, Any]:
+    return stage_parameters("generate") or {}
+
+
 def _generate_param(params: dict[str, Any], name: str) -> Any:
     """A generate step's parameter, the notebook's default where the study is silent."""
     if params.get(name) is not None:
         return params[name]
-    return (stage_parameters("generate") or {}).get(name)
+    return _generate_defaults().get(name)
 
 
 def _drawn_per_class(params: dict[str, Any], counts: tuple[int, int] | None) -> float | None:
@@ -561,25 +567,32 @@ def step_estimate(step, steps: list, measured: dict[tuple, list[float]],
 def _classifiers_to_train(step, steps: list) -> list[tuple[str, Any]]:
     """``(what, FidelityConfig)`` of the real-image classifiers a generate step trains: the fidelity classifier
     (class fidelity, and the GAN metrics' domain features) and the selection classifier of ``fidelity`` / ``agree``.
-    Both are cached per dataset (:func:`histlib.fidelity.fidelity_classifier`), so only the first generate step of a
-    dataset in ``steps`` trains them, and none whose cache already holds them."""
+    Both are cached per dataset (:func:`histlib.fidelity.fidelity_classifier`), so each is trained by the first
+    generate step of the dataset in ``steps`` that wants it, and not at all when the cache already holds it."""
     from histlib import fidelity, selection
+
+    def wanted(p: dict[str, Any]) -> list[str]:
+        out = []
+        if _generate_param(p, "FIDELITY") or (_generate_param(p, "METRICS")
+                                              and _generate_param(p, "EXTRACTOR") in ("auto", "fidelity")):
+            out.append("fidelity classifier")
+        if (_generate_param(p, "SELECTION") or "none") in ("fidelity", "agree"):
+            out.append("selection classifier")
+        return out
 
     p = step.params
     data_dir = p.get("DATASET_DIR")
-    first = next((s for s in steps if s.stage == "generate" and s.params.get("DATASET_DIR") == data_dir), step)
-    if not data_dir or first is not step:
+    if not data_dir:
         return []
-    wanted = []
-    if _generate_param(p, "FIDELITY") or (_generate_param(p, "METRICS")
-                                          and _generate_param(p, "EXTRACTOR") in ("auto", "fidelity")):
-        wanted.append(("fidelity classifier", fidelity.FidelityConfig()))
-    if (_generate_param(p, "SELECTION") or "none") in ("fidelity", "agree"):
-        wanted.append(("selection classifier", selection.selector_config()))
+    mine = wanted(p)
+    others = [s for s in steps if s.stage == "generate" and s.params.get("DATASET_DIR") == data_dir]
+    # each classifier is paid by the first step of the dataset that wants it
+    mine = [w for w in mine if next((s for s in others if w in wanted(s.params)), step) is step]
+    configs = {"fidelity classifier": fidelity.FidelityConfig, "selection classifier": selection.selector_config}
     res = int(_profile_value(p, "RESOLUTION", "train", "resolution") or 32)
     cache = Path(str(p.get("RUN_DIR") or "")).parent.parent / ".fidelity"
     out = []
-    for what, cfg in wanted:
+    for what, cfg in ((w, configs[w]()) for w in mine):
         cfg.image_size = cfg.image_size or res
         try:
             done = (fidelity.classifier_dir(data_dir, cfg, cache) / "checkpoints" / "best.pt").is_file()

@@ -241,3 +241,8 @@ def test_a_generate_step_pays_for_the_classifiers_it_trains_first(tmp_path, monk
     assert seconds == pytest.approx(2 * 0.01 * min(cfg.epochs * 100, cfg.max_steps * cfg.batch_size))
     assert "selection classifier" in basis
     assert estimate._generate_classifiers(second, steps, {})[0] == 0.0
+    # a dataset's first step without a selection pays the fidelity classifier, the first with one the selector
+    unselected = _generate_step(tmp_path, "pretrained")
+    steps = [unselected, first]
+    assert [w for w, _ in estimate._classifiers_to_train(unselected, steps)] == ["fidelity classifier"]
+    assert [w for w, _ in estimate._classifiers_to_train(first, steps)] == ["selection classifier"]
