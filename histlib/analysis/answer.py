@@ -118,11 +118,12 @@ def _best_frozen(part: pd.DataFrame) -> str | None:
 
 def _row_order(key: tuple) -> tuple:
     """Real first, then the other sets without generated images (the yardsticks, then the learning curve's
-    fractions), then the generated sets in the order of ``classify_sets.TRAIN_SETS``; per set scratch, pretrained,
-    other variants, frozen."""
+    fractions), then the generated sets in the order of ``classify_sets.TRAIN_SETS``, each with stain augmentation
+    right after it without; per set scratch, pretrained, other variants, frozen."""
     train_set, variant, selection, amount = key
     sets = classify_sets.TRAIN_SETS
-    rank = sets.index(train_set) if train_set in sets else len(sets)
+    plain = train_set.removesuffix("+stain")
+    rank = (sets.index(plain) if plain in sets else len(sets), classify_sets.uses_stain(train_set))
     kind = (0 if variant == "" else 1 if variant == "scratch" else 2 if variant == "pretrained"
             else 4 if variant.startswith("freeze_") else 3)
     return (key != REAL_ROW, classify_sets.needs_synthetic(train_set), -classify_sets.label_fraction(train_set),

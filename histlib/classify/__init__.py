@@ -16,8 +16,9 @@ Training sets (``ClassifyConfig.train_set``, names in :mod:`histlib.classify.set
                         a nested fraction ``real_fraction`` of its groups (the real-data learning curve).
     ``synthetic``       ``synthetic_per_class`` images per class drawn from a generated ImageFolder.
     ``real+synthetic``  both of the above, concatenated.
-    ``real+stain``, ``real+synthetic+stain``: the same images with classic H&E stain augmentation (HED jitter of
-                        strength ``stain_strength``, ``histlib.data.stain_augment``) before the paper's augmentation.
+    ``real+stain``, ``real+synthetic+stain``, ``synthetic+stain``: the same images with classic H&E stain
+                        augmentation (HED jitter of strength ``stain_strength``, ``histlib.data.stain_augment``)
+                        before the paper's augmentation.
 Validation is always the real set's ``val_split``. Augmentation follows the paper: rot90, horizontal and
 vertical flips, brightness/contrast/saturation factors in [0.8, 1.2]; ImageNet normalisation.
 

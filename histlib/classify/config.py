@@ -19,7 +19,7 @@ class ClassifyConfig:
     Attributes:
         model: a timm model name (paper: ``resnet34``, ``densenet169``, ``efficientnet_b2``).
         train_set: one of ``histlib.classify.sets.TRAIN_SETS``: ``'real'``, ``'synthetic'``, ``'real+synthetic'``,
-            ``'real+stain'``, ``'real+synthetic+stain'``.
+            ``'real+stain'``, ``'real+synthetic+stain'``, ``'synthetic+stain'``.
         real_dir: prepared real dataset (``manifest.csv`` with train/val splits); always needed for validation.
         synthetic_dir: generated ImageFolder ``<dir>/<class>/*.png``; ``{seed}`` in the path is replaced by the
             seed, and a folder of generated sets ``set0, set1, …`` resolves to ``set<seed>``, so each seed trains on

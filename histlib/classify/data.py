@@ -1,8 +1,8 @@
 """Training data of the classification stage: the paper's augmentation, stain augmentation, and the training sets.
 
 The training sets by name (``real``, ``synthetic``, ``real+synthetic``, ``real+stain``, ``real+synthetic+stain``,
-and nested fractions of ``real``) are described in ``histlib.classify.sets``; this module builds them as torch
-datasets from the real set's train split and a generated ImageFolder.
+``synthetic+stain`` and nested fractions of ``real``) are described in ``histlib.classify.sets``; this module builds
+them as torch datasets from the real set's train split and a generated ImageFolder.
 """
 
 from __future__ import annotations

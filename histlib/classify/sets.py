@@ -9,6 +9,8 @@ Training sets (``ClassifyConfig.train_set``), each a ``+``-joined list of parts:
     ``real+stain``            the real images with classic H&E stain augmentation (HED jitter) on top of the
                               paper's augmentation: the yardstick a pathologist would try first.
     ``real+synthetic+stain``  real and generated images, all with stain augmentation.
+    ``synthetic+stain``       the generated images alone with stain augmentation: whether classic augmentation
+                              closes part of a synthetic-only set's gap to real.
 
 A ``real`` run on a fraction ``f < 1`` of the real train split is labelled ``real@<f>`` (e.g. ``real@0.25``) in its
 run name, ``metrics.json`` and every table, so it never mixes with the full ``real`` rows.
@@ -22,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-TRAIN_SETS = ("real", "synthetic", "real+synthetic", "real+stain", "real+synthetic+stain")
+TRAIN_SETS = ("real", "synthetic", "real+synthetic", "real+stain", "real+synthetic+stain", "synthetic+stain")
 # The learning curve's usual fractions of the real train split (a study sets its own with classify.REAL_FRACTIONS).
 DEFAULT_REAL_FRACTIONS = (0.25, 0.5, 0.75, 1.0)
 

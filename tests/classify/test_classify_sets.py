@@ -12,6 +12,7 @@ from histlib.classify import sets as cs
     ("real+stain__densenet169__seed1", ("real+stain", None, "densenet169", 1)),
     ("real+synthetic+stain__freeze_d1__resnet34__seed0", ("real+synthetic+stain", "freeze_d1", "resnet34", 0)),
     ("synthetic__freeze_d1_g2__efficientnet_b2__seed10", ("synthetic", "freeze_d1_g2", "efficientnet_b2", 10)),
+    ("synthetic+stain__freeze_g2__resnet34__seed1", ("synthetic+stain", "freeze_g2", "resnet34", 1)),
 ])
 def test_run_names_round_trip(name, parsed):
     got = cs.parse_run_name(name)
@@ -27,8 +28,9 @@ def test_real_only_sets_carry_no_variant_and_unknown_names_are_refused():
     with pytest.raises(ValueError, match=r"'real\+stain', 'real\+synthetic\+stain'"):
         cs.check_train_set("real+jitter")
     assert [t for t in cs.TRAIN_SETS if cs.needs_synthetic(t)] == ["synthetic", "real+synthetic",
-                                                                   "real+synthetic+stain"]
-    assert [t for t in cs.TRAIN_SETS if cs.uses_stain(t)] == ["real+stain", "real+synthetic+stain"]
+                                                                   "real+synthetic+stain", "synthetic+stain"]
+    assert [t for t in cs.TRAIN_SETS if cs.uses_stain(t)] == ["real+stain", "real+synthetic+stain", "synthetic+stain"]
+    assert not cs.uses_real("synthetic+stain")
     with pytest.raises(ValueError, match="real_fraction"):
         cs.check_fraction(0)
 
