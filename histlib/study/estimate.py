@@ -65,15 +65,17 @@ def _source_bytes(params: dict[str, Any]) -> float | None:
     return total / 1e6 or None
 
 
-def work(stage: str, params: dict[str, Any]) -> tuple[tuple, float | None, str]:
-    """``(kind, amount, unit)`` of one step: steps of the same ``kind`` run at comparable rates per ``unit``."""
+def work(stage: str, params: dict[str, Any], steps: list | None = None) -> tuple[tuple, float | None, str]:
+    """``(kind, amount, unit)`` of one step: steps of the same ``kind`` run at comparable rates per ``unit``
+    (``steps``: the plan, where a generate step's ``AMOUNT`` is counted from the source images before its data step
+    has run)."""
     profile = params.get("PROFILE", "demo")
     if stage in ("base_gan", "finetune"):
         res = _profile_value(params, "RESOLUTION", "train", "resolution")
         kimg = _profile_value(params, "KIMG", "train", "kimg")
         return (stage, profile, res), (float(kimg) if kimg is not None else None), "kimg"
     if stage == "generate":
-        per_class = _drawn_per_class(params, _split_counts(params.get("DATASET_DIR")))
+        per_class = _drawn_per_class(params, _split_counts(params.get("DATASET_DIR"), steps))
         sets = _profile_value(params, "NUM_SETS", "generate", "num_sets") or 1
         amount = per_class * int(sets) if per_class is not None else None
         return (stage, profile), amount, "image drawn per class"
@@ -131,11 +133,16 @@ def _split_counts(real_dir: str | None, steps: list | None = None) -> tuple[int,
     if rows is not None:
         train = sum(row.get("split") == "train" for row in rows)
         return (train, len({row.get("class") for row in rows})) if train else None
-    data = next((s for s in steps or [] if s.stage == "data" and s.params.get("OUT_DIR") == real_dir), None)
-    src = runs.project_path(data.params["SOURCE_DIR"]) if data and data.params.get("SOURCE_DIR") else None
-    classes = len([d for d in src.iterdir() if d.is_dir()]) if src is not None and src.is_dir() else 0
+    classes = _source_classes(real_dir, steps or [])
     train = _train_images_of(real_dir, steps or [])
     return (train, classes) if train and classes else None
+
+
+def _source_classes(real_dir: str | None, steps: list) -> int:
+    """Classes (sub-folders) of the source images the data step writing ``real_dir`` reads; 0 when unknown."""
+    data = next((s for s in steps if s.stage == "data" and s.params.get("OUT_DIR") == real_dir), None)
+    src = runs.project_path(data.params["SOURCE_DIR"]) if data and data.params.get("SOURCE_DIR") else None
+    return len([d for d in src.iterdir() if d.is_dir()]) if src is not None and src.is_dir() else 0
 
 
 def _stage_of(notebook: str) -> str | None:
@@ -492,9 +499,7 @@ def _probe_for(step, steps: list, kind: tuple) -> Probe | None:
                                         images)
     if step.stage == "generate":
         res = _profile_value(p, "RESOLUTION", "train", "resolution")
-        data = next((s for s in steps if s.stage == "data" and s.params.get("OUT_DIR") == p.get("DATASET_DIR")), None)
-        src = runs.project_path(data.params["SOURCE_DIR"]) if data and data.params.get("SOURCE_DIR") else None
-        classes = len([d for d in src.iterdir() if d.is_dir()]) if src is not None and src.is_dir() else 0
+        classes = _source_classes(p.get("DATASET_DIR"), steps)
         return (lambda: probe_generator(profile, int(res), classes)) if classes and res else None
     if step.stage == "data":
         return lambda: probe_decode(p.get("SOURCE_DIR"))
@@ -515,11 +520,7 @@ def step_estimate(step, steps: list, measured: dict[tuple, list[float]],
                   study=None) -> tuple[float | None, str]:
     """``(seconds or None, basis)`` of one step; ``probes`` caches each kind's probe result. With the ``study``, a
     classify step's finished runs that it keeps are not counted."""
-    kind, amount, unit = work(step.stage, step.params)
-    if step.stage == "generate" and amount is None:  # AMOUNT before the data step: counted from the source images
-        per_class = _drawn_per_class(step.params, _split_counts(step.params.get("DATASET_DIR"), steps))
-        sets = _profile_value(step.params, "NUM_SETS", "generate", "num_sets") or 1
-        amount = per_class * int(sets) if per_class is not None else None
+    kind, amount, unit = work(step.stage, step.params, steps)
     if amount is None:
         return None, "amount of work unknown (source images not found)" if step.stage == "data" else "?"
     kept, share = _kept_runs(step, study)
