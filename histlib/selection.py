@@ -14,6 +14,16 @@ links to the pool files where the file system allows, copies otherwise). Scores:
   another class and otherwise keeps the generator's variety: ranking by probability keeps a class's most typical
   draws, which narrows a set when nearly every draw is already of its class. When fewer than ``n`` draws agree, the
   most probable of the others fill the set;
+- ``'relabel'``: the classifier's most probable class becomes the label. Each class keeps, in draw order over the
+  whole pool, the first ``n`` draws the classifier labels as it, *whichever class they were asked for* (at equal draw
+  index, the draw asked for the class first; :func:`relabel_keep`). A draw asked for one class that looks like
+  another is kept as the other. Where a generator draws one class's images inside another's (on four of lung3's
+  folds the selector labelled 14–54 % of the draws asked for lung_scc as lung_aca), ``'agree'`` drops them, so the
+  synthetic classifier never sees that border from the side the real-data classifier puts it on; ``'relabel'``
+  keeps them with that label. The labels are then the real-data classifier's, so a classifier trained on such a
+  set also learns from that classifier, not from the generated images alone. Relabelled files are kept as
+  ``<label>/<class asked>__<file name>``; when fewer than ``n`` draws carry a class's label, the most probable of
+  that class's other draws fill it;
 - ``'none'``: no pool, the first ``n`` draws (the behaviour without selection).
 
 The scores come from a *selection classifier*: the fidelity classifier's recipe with another seed
@@ -52,7 +62,7 @@ from histlib import runs
 if TYPE_CHECKING:
     import torch
 
-SELECTIONS = ("none", "realism", "fidelity", "agree")
+SELECTIONS = ("none", "realism", "fidelity", "agree", "relabel")
 SELECTOR_SEED = 1  # the fidelity classifier that measures the set uses seed 0
 POOL_DIR = "pool"
 SCORES_NAME = "selection.csv"
@@ -111,6 +121,39 @@ def rank_scores(scores: pd.DataFrame, selection: str) -> np.ndarray:
     return scores["score"].to_numpy(float)
 
 
+def relabel_keep(scores: pd.DataFrame, counts: Mapping[str, int]) -> np.ndarray:
+    """``'relabel'``: the class each pool image is kept as (``''``: dropped)  # object [N]
+
+    ``scores`` has ``class`` (asked for), ``label`` (the classifier's most probable class), ``index`` (draw index)
+    and ``score`` (probability of the class asked for). Each class ``c`` keeps the first ``counts[c]`` draws labelled
+    ``c``, by draw index (at equal index the draw asked for ``c`` first); a class short of such draws is filled with
+    its own other draws (asked for ``c``, not kept as another class), the most probable first.
+
+    Raises:
+        ValueError: a class cannot be filled from the pool (raise ``oversample``).
+    """
+    asked = scores["class"].to_numpy(object)
+    label = scores["label"].to_numpy(object)
+    index = scores["index"].to_numpy(np.int64)
+    prob = scores["score"].to_numpy(float)
+    kept_as = np.full(len(scores), "", dtype=object)
+    for cls, n in counts.items():
+        rows = np.flatnonzero(label == cls)
+        order = np.lexsort((asked[rows] != cls, index[rows]))  # draw index, then the draw asked for cls first
+        kept_as[rows[order[:n]]] = cls
+    for cls, n in counts.items():
+        short = n - int((kept_as == cls).sum())
+        if short <= 0:
+            continue
+        rows = np.flatnonzero((asked == cls) & (kept_as == ""))
+        if len(rows) < short:
+            raise ValueError(f"class {cls}: {int((kept_as == cls).sum()) + len(rows)} pool images to keep {n} as it "
+                             "after relabelling; raise oversample")
+        order = np.lexsort((index[rows], -prob[rows]))
+        kept_as[rows[order[:short]]] = cls
+    return kept_as
+
+
 def draw_index(paths) -> np.ndarray:
     """Draw index of generated files ``<seed>_<index>.<ext>``  # int64 [N]"""
     return np.array([int(Path(p).stem.rsplit("_", 1)[1]) for p in paths], dtype=np.int64)
@@ -146,14 +189,15 @@ def score_pool(pool_dir: str | os.PathLike, selection: str, selector: str | os.P
 
     Args:
         pool_dir: the pool (one set).
-        selection: ``'realism'``, ``'fidelity'`` or ``'agree'``.
+        selection: ``'realism'``, ``'fidelity'``, ``'agree'`` or ``'relabel'``.
         selector: the selection classifier's checkpoint.
         real_dir, real_split: the real images (realism only), resized to the generated resolution.
         k: neighbourhood of the real balls (realism).
 
     Returns:
         Columns ``class, file, index, score`` in the folder's order (``file`` relative to ``pool_dir``); for
-        ``'agree'`` also ``agrees``: the classifier's most probable class is the one asked for.
+        ``'agree'`` and ``'relabel'`` also ``agrees`` (the classifier's most probable class is the one asked for);
+        ``'relabel'`` also ``label`` (that class) and ``label_score`` (its probability).
     """
     import torch
 
@@ -173,7 +217,7 @@ def score_pool(pool_dir: str | os.PathLike, selection: str, selector: str | os.P
             sel_f = g_ds.labels == i
             scores[sel_f] = realism_score(real[torch.from_numpy(r_ds.labels == r_ds.classes.index(cls))],
                                           fake[torch.from_numpy(sel_f)], k, device=device)
-    elif selection in ("fidelity", "agree"):
+    elif selection in ("fidelity", "agree", "relabel"):
         from histlib.fidelity import FidelityClassifier
 
         clf = FidelityClassifier(selector, device=resolve_device(device or "auto"))
@@ -188,15 +232,28 @@ def score_pool(pool_dir: str | os.PathLike, selection: str, selector: str | os.P
         asked = index[g_ds.labels]
         scores = p[np.arange(len(g_ds)), asked]
         agrees = p.argmax(1) == asked
+        seen = index[p[:, index].argmax(1)]  # 'relabel': the most probable of the pool's classes
     else:
-        raise ValueError(f"selection={selection!r}: expected 'realism', 'fidelity' or 'agree'")
+        raise ValueError(f"selection={selection!r}: expected 'realism', 'fidelity', 'agree' or 'relabel'")
     root = Path(g_ds.root)
     out = pd.DataFrame({"class": [g_ds.classes[i] for i in g_ds.labels],
                         "file": [Path(p).relative_to(root).as_posix() for p in g_ds.paths],
                         "index": draw_index(g_ds.paths), "score": scores})
-    if selection == "agree":
+    if selection in ("agree", "relabel"):
         out["agrees"] = agrees
+    if selection == "relabel":
+        out["label"] = [clf.classes[i] for i in seen]
+        out["label_score"] = p[np.arange(len(g_ds)), seen]
     return out
+
+
+def kept_path(row: Mapping[str, Any]) -> str:
+    """Where a kept pool image lies in the kept set: its pool path, or ``<label>/<class asked>__<file name>`` for
+    an image ``'relabel'`` keeps as another class than the one asked for."""
+    kept_as = row.get("kept_as", "")
+    if not isinstance(kept_as, str) or kept_as in ("", row["class"]):
+        return row["file"]
+    return f"{kept_as}/{row['class']}__{Path(row['file']).name}"
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
@@ -244,13 +301,17 @@ def generate_selected(cfg, run_dir: str | os.PathLike, counts: Mapping[str, int]
             classes = list(dict.fromkeys(df["class"]))
             labels = df["class"].map({c: i for i, c in enumerate(classes)}).to_numpy()
             idx = df["index"].to_numpy()
-            wanted = {classes.index(c): n for c, n in counts.items()}
-            df["kept"] = keep_mask(rank_scores(df, cfg.selection), labels, idx, wanted)
+            if cfg.selection == "relabel":
+                df["kept_as"] = relabel_keep(df, counts)
+                df["kept"] = df["kept_as"] != ""
+            else:
+                wanted = {classes.index(c): n for c, n in counts.items()}
+                df["kept"] = keep_mask(rank_scores(df, cfg.selection), labels, idx, wanted)
             df["unselected"] = idx < df["class"].map(counts).to_numpy()
             for cls in classes:
                 (kept_set / cls).mkdir(parents=True, exist_ok=True)
-            for f in df.loc[df["kept"], "file"]:
-                _link_or_copy(Path(pool_set) / f, kept_set / f)
+            for _, r in df[df["kept"]].iterrows():
+                _link_or_copy(Path(pool_set) / r["file"], kept_set / kept_path(r))
             df.insert(0, "set", j)
             tables.append(df)
         scores = pd.concat(tables, ignore_index=True)
@@ -272,8 +333,11 @@ def _report(cfg, pool: Mapping[str, Any], counts: Mapping[str, int], pcounts: Ma
         summary[f"score_dropped_mean/{cls}"] = float(dropped.mean()) if len(dropped) else None
         summary[f"threshold/{cls}"] = float(kept.min()) if len(kept) else None
         summary[f"kept_from_unselected/{cls}"] = float(part.loc[part["unselected"], "kept"].mean())
-        if "agrees" in part:  # 'agree': the share of the pool the classifier labels as the class asked for
+        if "agrees" in part:  # 'agree', 'relabel': the share of the pool the classifier labels as the class asked for
             summary[f"agreeing/{cls}"] = float(part["agrees"].mean())
+        if "kept_as" in scores:  # 'relabel': the share of the images kept as cls that were asked for another class
+            as_cls = scores[scores["kept_as"] == cls]
+            summary[f"relabelled_in/{cls}"] = float((as_cls["class"] != cls).mean()) if len(as_cls) else None
     seconds_all = float(pool["seconds"]) + seconds
     from histlib.generate.images import set_dirs
 

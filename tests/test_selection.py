@@ -92,6 +92,25 @@ def test_config_checks_selection_oversample_and_amount():
 
 
 # ----------------------------------------------------------------------------------------------------------------
+def test_relabel_keeps_the_first_draws_labelled_as_each_class_whichever_class_was_asked():
+    scores = pd.DataFrame({"class": ["a", "a", "a", "a", "b", "b", "b", "b"],
+                           "label": ["a", "b", "a", "a", "a", "b", "a", "a"],
+                           "index": [0, 1, 2, 3, 0, 1, 2, 3],
+                           "score": [0.9, 0.4, 0.8, 0.7, 0.3, 0.6, 0.45, 0.2]})
+    kept_as = selection.relabel_keep(scores, {"a": 3, "b": 2})
+    # a: the draws labelled a by draw index, the one asked for a first at equal index: a's 0, b's 0, a's 2 (b's 2 loses
+    # the tie); b: the two draws labelled b, b's 1 and a's 1 (asked for a, kept as b)
+    assert kept_as.tolist() == ["a", "b", "a", "", "a", "b", "", ""]
+    # b short of draws labelled b: its own most probable other draw fills it (b's 2, p 0.45), never one asked for a
+    kept_as = selection.relabel_keep(scores, {"a": 2, "b": 3})
+    assert kept_as.tolist() == ["a", "b", "", "", "a", "b", "b", ""]
+    assert selection.kept_path({"class": "b", "file": "b/0_000000.png", "kept_as": "a"}) == "a/b__0_000000.png"
+    assert selection.kept_path({"class": "b", "file": "b/0_000001.png", "kept_as": "b"}) == "b/0_000001.png"
+    assert selection.kept_path({"class": "b", "file": "b/0_000001.png"}) == "b/0_000001.png"  # other selections
+    with pytest.raises(ValueError, match="class b: 4 pool images to keep 5 as it after relabelling; raise oversample"):
+        selection.relabel_keep(scores, {"a": 3, "b": 5})
+
+
 # The stage, end to end on a tiny generator
 
 
@@ -138,7 +157,7 @@ def cheap_selector(monkeypatch):
                         lambda: FidelityConfig(seed=selection.SELECTOR_SEED, epochs=3, max_steps=6, batch_size=8))
 
 
-@pytest.mark.parametrize("method", ["realism", "fidelity", "agree"])
+@pytest.mark.parametrize("method", ["realism", "fidelity", "agree", "relabel"])
 def test_selected_run_keeps_the_best_of_a_larger_pool(checkpoint, real_dataset, tmp_path, cheap_selector, method):
     cfg = generate.GenerateConfig(checkpoint=str(checkpoint), dataset_dir=str(real_dataset), images_per_class=3,
                                   selection=method, oversample=2.5, num_sets=2, fidelity_cache=str(tmp_path / "fc"),
@@ -149,6 +168,14 @@ def test_selected_run_keeps_the_best_of_a_larger_pool(checkpoint, real_dataset, 
     assert len(scores) == 2 * 2 * 8 and report["n_images"] == 2 * 2 * 3  # ceil(2.5 × 3) = 8 drawn per class
     for (s, cls), part in scores.groupby(["set", "class"]):
         kept = sorted(p.name for p in (run_dir / "images" / f"set{s}" / cls).iterdir())
+        if method == "relabel":  # every class is filled, each pool image kept at most once, where its path says
+            in_set = scores[scores["set"] == s]
+            as_cls = in_set[in_set["kept_as"] == cls]
+            assert len(as_cls) == 3 and sorted(selection.kept_path(r).split("/")[-1]
+                                               for _, r in as_cls.iterrows()) == kept
+            assert (as_cls["label"] == cls).all() or (as_cls["class"] == cls).all()
+            assert (part["agrees"] == (part["label"] == part["class"])).all()  # two classes, both in the pool
+            continue
         if method == "agree":  # the first draws labelled as their class, then the most probable of the others
             best = pd.concat([part[part["agrees"]].sort_values("index"),
                               part[~part["agrees"]].sort_values(["score", "index"], ascending=[False, True])]).head(3)
@@ -160,7 +187,7 @@ def test_selected_run_keeps_the_best_of_a_larger_pool(checkpoint, real_dataset, 
         assert sorted(part.loc[part["unselected"], "index"]) == [0, 1, 2]  # the first draws: what 'none' keeps
     # the kept images are the pool's own files, byte for byte
     f = scores[scores["kept"]].iloc[0]
-    assert (run_dir / "images" / f"set{f['set']}" / f["file"]).read_bytes() == \
+    assert (run_dir / "images" / f"set{f['set']}" / selection.kept_path(f)).read_bytes() == \
         (run_dir / "pool" / f"set{f['set']}" / f["file"]).read_bytes()
     again = generate.run_generation(cfg, run_dir, progress=False)
     assert again["reused"] and again["set_dirs"] == report["set_dirs"]
@@ -170,7 +197,8 @@ def test_selected_run_keeps_the_best_of_a_larger_pool(checkpoint, real_dataset, 
                                    verbose=False)
     out = generate.write_generation_metrics(run_dir, report, metrics, cfg=cfg, unselected=unselected)
     assert out["selection/method"] == method and out["selection/n_pool"] == 32 and out["selection/oversample"] == 2.5
-    assert ("selection/agreeing/a" in out) == (method == "agree")
+    assert ("selection/agreeing/a" in out) == (method in ("agree", "relabel"))
+    assert ("selection/relabelled_in/a" in out) == (method == "relabel")
     table = selection.comparison_table(metrics, None, unselected)
     assert list(table.index) == ["kept", "unselected"] and table.loc["unselected", "random-test/n_fake"] == 6
     assert selection.plot_kept_dropped(report, n_per_class=2) is not None

@@ -44,7 +44,8 @@ class GenerateConfig:
             the run directory, i.e. ``results/<study>/<dataset>/.fidelity/``).
         selection: keep the best samples of each class (:mod:`histlib.selection`): ``'none'`` (every draw),
             ``'realism'`` (realism score of Kynkäänniemi et al. 2019), ``'fidelity'`` (probability of the class
-            asked for) or ``'agree'`` (the first draws a classifier labels as the class asked for, in draw order).
+            asked for), ``'agree'`` (the first draws a classifier labels as the class asked for, in draw order) or
+            ``'relabel'`` (the first draws a classifier labels as each class, whichever class they were asked for).
         oversample: with a selection, images drawn per image kept (``ceil(oversample × n)`` per class).
         amount: images per class as a multiple of the real train split, ``round(amount × N_train / classes)``
             (:func:`histlib.selection.amount_per_class`); replaces ``images_per_class`` when set.
