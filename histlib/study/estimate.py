@@ -567,7 +567,8 @@ def step_estimate(step, steps: list, measured: dict[tuple, list[float]],
 
 def _classifiers_to_train(step, steps: list) -> list[tuple[str, Any]]:
     """``(what, FidelityConfig)`` of the real-image classifiers a generate step trains: the fidelity classifier
-    (class fidelity, and the GAN metrics' domain features) and the selection classifier of ``fidelity`` / ``agree``.
+    (class fidelity, and the GAN metrics' domain features) and the selection classifier of every selection (its
+    probabilities score ``fidelity``, ``agree`` and ``relabel``, its features ``realism``).
     Both are cached per dataset (:func:`histlib.fidelity.fidelity_classifier`), so each is trained by the first
     generate step of the dataset in ``steps`` that wants it, and not at all when the cache already holds it."""
     from histlib import fidelity, selection
@@ -577,7 +578,7 @@ def _classifiers_to_train(step, steps: list) -> list[tuple[str, Any]]:
         if _generate_param(p, "FIDELITY") or (_generate_param(p, "METRICS")
                                               and _generate_param(p, "EXTRACTOR") in ("auto", "fidelity")):
             out.append("fidelity classifier")
-        if (_generate_param(p, "SELECTION") or "none") in ("fidelity", "agree"):
+        if (_generate_param(p, "SELECTION") or "none") != "none":  # its probabilities, or its features (realism)
             out.append("selection classifier")
         return out
 

@@ -246,3 +246,7 @@ def test_a_generate_step_pays_for_the_classifiers_it_trains_first(tmp_path, monk
     steps = [unselected, first]
     assert [w for w, _ in estimate._classifiers_to_train(unselected, steps)] == ["fidelity classifier"]
     assert [w for w, _ in estimate._classifiers_to_train(first, steps)] == ["selection classifier"]
+    # every selection scores with the selector: realism by its features, relabel by its probabilities
+    for sel in ("realism", "relabel"):
+        step = _generate_step(tmp_path, f"pretrained-{sel}", SELECTION=sel)
+        assert [w for w, _ in estimate._classifiers_to_train(step, [unselected, step])] == ["selection classifier"]
