@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,6 +88,18 @@ def classifier_dir(real_dir: str | os.PathLike, cfg: FidelityConfig,
     return root / f"{real.name}-{key[:12]}"
 
 
+_seconds_obtaining = 0.0  # this process's seconds in fidelity_classifier beyond cache hits (classifier_seconds)
+_seconds_lock = threading.Lock()
+
+
+def classifier_seconds() -> float:
+    """Seconds this process has spent training real-image classifiers in :func:`fidelity_classifier`, or waiting for
+    another process training the same one (cache hits cost nothing here). A study step runs in a kernel of its own,
+    so there it is the step's time on these classifiers; a generate run records it as ``classifier_seconds``, and
+    ``study plan`` leaves it out of a generate step's measured rate (one step of a dataset pays it, the others not)."""
+    return _seconds_obtaining
+
+
 def fidelity_classifier(real_dir: str | os.PathLike, image_size: int, *, cfg: FidelityConfig | None = None,
                         cache_root: str | os.PathLike | None = None, device: str = "auto",
                         progress: bool = False) -> Path:
@@ -113,10 +127,15 @@ def fidelity_classifier(real_dir: str | os.PathLike, image_size: int, *, cfg: Fi
     # Concurrent study steps (the generate steps of one target) share this cache: one trains, the others wait and
     # read its checkpoint. Unlocked, each trained its own and the last rename won, so a set measured before it was
     # scored by a classifier no longer in the cache.
-    with runs.file_lock(out.parent / f".{out.name}.lock"):
-        if (out / "metrics.json").is_file() and ckpt.is_file():
-            return ckpt
-        _train_fidelity_classifier(real_dir, cfg, out, device, progress)
+    global _seconds_obtaining
+    t0 = time.perf_counter()
+    try:
+        with runs.file_lock(out.parent / f".{out.name}.lock"):
+            if not ((out / "metrics.json").is_file() and ckpt.is_file()):
+                _train_fidelity_classifier(real_dir, cfg, out, device, progress)
+    finally:
+        with _seconds_lock:
+            _seconds_obtaining += time.perf_counter() - t0
     return ckpt
 
 

@@ -99,7 +99,9 @@ def test_classifier_is_trained_once_and_cached(classifier, colour_dataset, monke
         raise AssertionError("retrained although cached")
 
     monkeypatch.setattr(classify_train, "train_classifier", boom)
+    before = fidelity.classifier_seconds()
     assert fidelity.fidelity_classifier(colour_dataset, 16, cfg=cfg, cache_root=cache) == ckpt
+    assert fidelity.classifier_seconds() == before  # a cache hit costs no classifier time
     # other settings: another cache entry
     assert fidelity.classifier_dir(colour_dataset, fidelity.FidelityConfig(epochs=7), cache) != ckpt.parent.parent
 
@@ -131,6 +133,7 @@ def test_concurrent_callers_train_the_classifier_once(colour_dataset, tmp_path, 
         except BaseException as e:  # noqa: BLE001 - reported below
             errors.append(e)
 
+    before = fidelity.classifier_seconds()
     threads = [threading.Thread(target=call) for _ in range(3)]
     for t in threads:
         t.start()
@@ -138,6 +141,9 @@ def test_concurrent_callers_train_the_classifier_once(colour_dataset, tmp_path, 
         t.join()
     assert not errors and len(trained) == 1 and len(set(got)) == 1
     assert got[0].read_bytes() == b"1"
+    # one caller trained for 0.5 s, the other two waited for it: each counts its time (study plan leaves it out of
+    # a generate step's rate)
+    assert fidelity.classifier_seconds() - before >= 3 * 0.5 - 0.2
 
 
 class ColourGenerator(torch.nn.Module):

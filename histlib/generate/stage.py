@@ -18,7 +18,7 @@ import pandas as pd
 from histlib import runs, selection
 from histlib.audit import summarize_audit
 from histlib.device import resolve_device
-from histlib.fidelity import FidelityClassifier, classifier_for_run, metrics_keys, sets_fidelity
+from histlib.fidelity import FidelityClassifier, classifier_for_run, classifier_seconds, metrics_keys, sets_fidelity
 from histlib.generate.config import GenerateConfig
 from histlib.generate.images import generate_images, load_generator, plan_counts
 from histlib.metrics import features
@@ -108,6 +108,8 @@ def write_generation_metrics(run_dir: str | os.PathLike, report: Mapping[str, An
     """Writes ``metrics.json`` (flat keys) of a generate run and ``memorisation.csv`` when an audit is given.
 
     Keys: ``n_images``, ``num_sets``, ``images_per_class/<class>``, ``seconds``, ``images_per_s``,
+    ``classifier_seconds`` (this process's time training real-image classifiers or waiting for them:
+    :func:`histlib.fidelity.classifier_seconds`),
     ``truncation_psi``, ``seed``, ``checkpoint``, ``memorisation/<extractor>/…`` and the GAN metrics
     ``<extractor>/…``; without GAN metrics, ``metrics_skipped`` says why (``skipped_reason``, else derived from
     ``cfg``); the class fidelity ``fidelity/…`` (:func:`histlib.fidelity.metrics_keys`) when measured;
@@ -123,6 +125,7 @@ def write_generation_metrics(run_dir: str | os.PathLike, report: Mapping[str, An
         "resolution": report.get("resolution"), "seconds": report["seconds"], "images_per_s": report["images_per_s"],
         "images_reused": bool(report.get("reused", False)),
         "selection": report.get("selection") or {"method": "none"},
+        "classifier_seconds": round(classifier_seconds(), 3),
     }
     if cfg is not None and cfg.amount is not None:
         out["amount"] = cfg.amount

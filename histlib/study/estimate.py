@@ -155,7 +155,9 @@ OVERHEAD_KEY = ("overhead",)  # seconds every step pays whatever its work (kerne
 def measured_rates(results_root: str | Path) -> dict[tuple, list[float]]:
     """Seconds per unit of work of every finished step under ``results_root`` (all studies), per kind of work,
     beyond the per-step overhead (``OVERHEAD_KEY``: the shortest finished step's seconds, a kernel's start-up and
-    export), so a larger amount of work does not scale the start-up with it."""
+    export), so a larger amount of work does not scale the start-up with it. A generate step's seconds on the real-image
+    classifiers (its run's ``classifier_seconds``) are left out: they are costed apart, on the first step of each
+    dataset (:func:`_generate_classifiers`)."""
     root = runs.project_path(results_root)
     found: list[tuple[tuple, float, float]] = []
     for state in sorted(root.glob("*/notebooks/.state/*.json")) if root.is_dir() else []:
@@ -168,6 +170,8 @@ def measured_rates(results_root: str | Path) -> dict[tuple, list[float]]:
         if info.get("status") != "finished" or stage is None or not isinstance(seconds, (int, float)):
             continue
         kind, amount, _ = work(stage, info.get("params") or {})
+        if stage == "generate":  # the real-image classifiers it trained are costed apart (_generate_classifiers)
+            seconds = max(float(seconds) - _classifier_seconds(info.get("params") or {}), 0.0)
         counts = info.get("runs")  # a classify step that kept some of its runs trained only the others
         if amount and isinstance(counts, dict) and counts.get("planned"):
             amount *= counts.get("trained", 0) / counts["planned"]
@@ -183,6 +187,19 @@ def measured_rates(results_root: str | Path) -> dict[tuple, list[float]]:
     for kind, sec, amount in found:
         out.setdefault(kind, []).append(max(sec - overhead, 0.0) / amount)
     return out
+
+
+def _classifier_seconds(params: dict[str, Any]) -> float:
+    """The seconds a finished generate step spent on real-image classifiers (training them, or waiting for another
+    step training them), from its run's ``metrics.json`` (``classifier_seconds``; 0 when not recorded)."""
+    run_dir = params.get("RUN_DIR")
+    if not run_dir:
+        return 0.0
+    try:
+        value = runs.read_json(runs.project_path(run_dir) / "metrics.json").get("classifier_seconds")
+    except (OSError, ValueError):
+        return 0.0
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else 0.0
 
 
 IMAGES = "images"  # the last element of a classify kind measured per image trained (not per epoch)

@@ -45,6 +45,26 @@ def test_measured_rates_scale_with_the_work(tmp_path):
     assert rows["base_gan"]["seconds"] is None and "nothing measured" in rows["base_gan"]["basis"]
 
 
+def test_a_generate_steps_rate_leaves_out_its_classifier_training(tmp_path, monkeypatch):
+    """A dataset's first generate step trains the real-image classifiers (costed apart, _generate_classifiers): the
+    seconds its run recorded for them are not part of its measured rate per image drawn."""
+    monkeypatch.setattr(runs, "project_path", lambda p: tmp_path / p)
+    params = {"PROFILE": "demo", "IMAGES_PER_CLASS": 100, "RESOLUTION": 32}
+    for name, seconds, classifiers in (("first", 140.0, 100.0), ("second", 40.0, 0.0), ("older", 40.0, None)):
+        run_dir = f"results/other_study/x/generate/{name}"
+        if classifiers is not None:  # "older": a run from before classifier_seconds was recorded
+            runs.write_json(tmp_path / run_dir / "metrics.json", {"classifier_seconds": classifiers})
+        _write_state(tmp_path / "results", f"04_generate__x__{name}", "04_generate.ipynb",
+                     {**params, "RUN_DIR": run_dir}, seconds)
+    _write_state(tmp_path / "results", "05_classify__x__real", "05_classify.ipynb",
+                 {"MODELS": ["resnet34"], "SEEDS": [0], "TRAIN_SETS": ["real"], "EPOCHS": 1, "IMAGE_SIZE": 32}, 10.0)
+    rates = estimate.measured_rates("results")
+    kind = next(k for k in rates if k[0] == "generate")
+    # overhead: the shortest step's 10 s; each generate step then drew 100 images per class in 30 s once the first
+    # step's 100 s of classifier training are left out
+    assert rates[estimate.OVERHEAD_KEY] == [10.0] and rates[kind] == pytest.approx([0.3, 0.3, 0.3])
+
+
 def test_a_classify_step_costs_only_the_runs_it_trains(tmp_path):
     """A measured classify step that kept 1 of its 2 runs cost its seconds for the one it trained; a planned step whose
     finished runs it will keep (no state yet, or the same upstream) is costed for the others only, and for all of
