@@ -361,8 +361,10 @@ def read_scores(run_dir: str | os.PathLike) -> pd.DataFrame:
 
 
 def plot_kept_dropped(report: Mapping[str, Any], n_per_class: int = 6):
-    """The best kept (left) and the worst dropped (right) images of each class of the first set, with their scores;
-    None (with a line saying so) when the run made no selection."""
+    """The best kept (left) and the worst dropped (right) images of each class of the first set, with their scores
+    (the probability of the class asked for, or the realism score); with ``'relabel'``, the images kept as each
+    class show those asked for another class first, titled ``as <class>`` in blue with the probability of that
+    class. None (with a line saying so) when the run made no selection."""
     import matplotlib.pyplot as plt
     from PIL import Image
 
@@ -377,7 +379,11 @@ def plot_kept_dropped(report: Mapping[str, Any], n_per_class: int = 6):
                              figsize=(1.1 * 2 * n_per_class + 1.5, 1.25 * len(classes)))
     for i, cls in enumerate(classes):
         part = scores[scores["class"] == cls].sort_values("score", ascending=False)
-        shown = [("kept", part[part["kept"]].head(n_per_class)), ("dropped", part[~part["kept"]].tail(n_per_class))]
+        kept = part[part["kept"]]
+        if "kept_as" in scores:  # 'relabel': the images kept as cls, those asked for another class first
+            kept = scores[scores["kept_as"] == cls]
+            kept = kept.assign(_own=kept["class"] == cls).sort_values(["_own", "score"], ascending=[True, False])
+        shown = [("kept", kept.head(n_per_class)), ("dropped", part[~part["kept"]].tail(n_per_class))]
         for half, (what, rows) in enumerate(shown):
             for j in range(n_per_class):
                 ax = axes[i][half * n_per_class + j]
@@ -387,7 +393,10 @@ def plot_kept_dropped(report: Mapping[str, Any], n_per_class: int = 6):
                     r = rows.iloc[j]
                     with Image.open(pool / r["file"]) as im:
                         ax.imshow(np.asarray(im.convert("RGB")))
-                    ax.set_title(f"{what} {r['score']:.3g}", fontsize=6, color="black" if what == "kept" else "red")
+                    relabelled = what == "kept" and r["class"] != cls  # 'relabel': asked for another class
+                    title = f"as {cls} {r['label_score']:.3g}" if relabelled else f"{what} {r['score']:.3g}"
+                    colour = "blue" if relabelled else "black" if what == "kept" else "red"
+                    ax.set_title(title, fontsize=6, color=colour)
             if half == 0:
                 axes[i][0].set_ylabel(cls, rotation=0, ha="right", va="center", fontsize=8)
     fig.suptitle(f"selection by {report['selection']['method']} (oversample {report['selection']['oversample']:g}): "

@@ -201,7 +201,11 @@ def test_selected_run_keeps_the_best_of_a_larger_pool(checkpoint, real_dataset, 
     assert ("selection/relabelled_in/a" in out) == (method == "relabel")
     table = selection.comparison_table(metrics, None, unselected)
     assert list(table.index) == ["kept", "unselected"] and table.loc["unselected", "random-test/n_fake"] == 6
-    assert selection.plot_kept_dropped(report, n_per_class=2) is not None
+    fig = selection.plot_kept_dropped(report, n_per_class=2)
+    assert fig is not None
+    first = scores[(scores["set"] == 0) & scores["kept"]]
+    if method == "relabel" and (first["kept_as"] != first["class"]).any():  # shown first, titled with their label
+        assert any(ax.get_title().startswith("as ") for ax in fig.axes)
 
 
 def test_no_selection_keeps_the_plain_layout_and_amount_sets_the_counts(checkpoint, real_dataset, tmp_path):
