@@ -210,7 +210,16 @@ class _InterruptedWhileStarting(_Backend):
         return [True] * len(jobs)
 
 
-def test_an_interrupt_while_a_step_starts_still_stops_that_step(tmp_path):
+@pytest.fixture
+def ctrl_c_raises():
+    """Python's own SIGINT handler for the test: a process started in the background by a shell without job control
+    inherits SIGINT ignored, and an ignored Ctrl-C tests nothing."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
+def test_an_interrupt_while_a_step_starts_still_stops_that_step(tmp_path, ctrl_c_raises):
     """Ctrl-C arriving inside ``backend.start`` is held until the started step is registered, so the runner stops
     it instead of leaving it running unrecorded."""
     backend = _InterruptedWhileStarting()
