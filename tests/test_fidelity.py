@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
@@ -104,6 +107,35 @@ def test_classifier_is_trained_once_and_cached(classifier, colour_dataset, monke
     assert fidelity.classifier_seconds() == before  # a cache hit costs no classifier time
     # other settings: another cache entry
     assert fidelity.classifier_dir(colour_dataset, fidelity.FidelityConfig(epochs=7), cache) != ckpt.parent.parent
+
+
+def test_real_classifiers_benchmark_scores_the_cached_classifiers_on_the_test_split(classifier, colour_dataset,
+                                                                                    tmp_path, capsys):
+    """benchmarks/real_classifiers.py: each cached classifier of a study's datasets on the test split, then pooled."""
+    import shutil
+    import sys
+
+    sys.path.insert(0, str(runs.project_path("benchmarks")))
+    import real_classifiers
+
+    ckpt, _, _ = classifier
+    real = tmp_path / "real"
+    shutil.copytree(colour_dataset, real)
+    manifest = pd.read_csv(real / "manifest.csv")
+    cached = tmp_path / "study" / "ds" / ".fidelity" / ckpt.parent.parent.name
+    shutil.copytree(ckpt.parent.parent, cached)
+    settings = runs.read_json(cached / "fidelity.json")
+    runs.write_json(cached / "fidelity.json", {**settings, "real_dir": str(real)})
+    with pytest.raises(ValueError, match="no test split to score on"):
+        real_classifiers.main([str(tmp_path / "study")])
+    manifest.assign(split=manifest["split"].replace({"val": "test"})).to_csv(real / "manifest.csv", index=False)
+    assert real_classifiers.main([str(tmp_path / "study"), "--json", str(tmp_path / "out.json")]) == 0
+    rows = json.loads((tmp_path / "out.json").read_text())
+    n_test = int((manifest["split"] == "val").sum())
+    assert [r["dataset"] for r in rows] == ["ds", "pooled"] and all(r["n_test"] == n_test for r in rows)
+    assert rows[0]["accuracy"] > 90 and rows[1]["accuracy"] == rows[0]["accuracy"]  # colours: trivially separable
+    assert "seed 1 = selection classifier" in capsys.readouterr().out
+    assert real_classifiers.main([str(tmp_path / "study"), "--datasets", "other*"]) == 1
 
 
 def test_concurrent_callers_train_the_classifier_once(colour_dataset, tmp_path, monkeypatch):
