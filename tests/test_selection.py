@@ -8,7 +8,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 selection = pytest.importorskip("histlib.selection")
-from histlib import generate, runs  # noqa: E402
+from histlib import fidelity, generate, runs  # noqa: E402
 from histlib.metrics import compute_prdc, realism_score  # noqa: E402
 
 
@@ -196,6 +196,9 @@ def test_selected_run_keeps_the_best_of_a_larger_pool(checkpoint, real_dataset, 
     metrics = generate.gan_metrics(report["set_dirs"][0], real_dataset, "random-test", k_pr=2, k_dc=2,
                                    verbose=False)
     out = generate.write_generation_metrics(run_dir, report, metrics, cfg=cfg, unselected=unselected)
+    # this run's own classifier time: the selector trained (or waited for) since run_generation began, not earlier
+    # runs' in this process
+    assert 0 < out["classifier_seconds"] <= fidelity.classifier_seconds()
     assert out["selection/method"] == method and out["selection/n_pool"] == 32 and out["selection/oversample"] == 2.5
     assert ("selection/agreeing/a" in out) == (method in ("agree", "relabel"))
     assert ("selection/relabelled_in/a" in out) == (method == "relabel")

@@ -24,6 +24,8 @@ from histlib.generate.images import generate_images, load_generator, plan_counts
 from histlib.metrics import features
 from histlib.metrics.folders import get_feature_extractor, resolve_extractor
 
+CLASSIFIER_CLOCK = "classifier_seconds_at_start"  # a report's reading of fidelity.classifier_seconds() at its start
+
 
 def run_generation(cfg: GenerateConfig, run_dir: str | os.PathLike, progress: bool = True) -> dict[str, Any]:
     """Writes ``config.json``, ``env.json`` and ``images/`` (see :func:`generate_images`) of a generate run.
@@ -42,13 +44,16 @@ def run_generation(cfg: GenerateConfig, run_dir: str | os.PathLike, progress: bo
     run.metrics_path.unlink(missing_ok=True)  # metrics.json marks a finished stage: written last
     dev = resolve_device(cfg.device)
     run.write_env(device=str(dev))
+    start = classifier_seconds()  # write_generation_metrics counts this run's classifier time from here
     if cfg.selection != "none":
         counts = plan_counts(list(info["classes"]), cfg.images_per_class, cfg.classes)
-        return selection.generate_selected(cfg, run.path, counts, dev, progress=progress)
-    return generate_images(cfg.checkpoint, run.images, cfg.images_per_class, truncation_psi=cfg.truncation_psi,
-                           seed=cfg.seed, batch_size=cfg.batch_size, device=dev, classes=cfg.classes,
-                           image_format=cfg.image_format, num_sets=cfg.num_sets, noise_mode=cfg.noise_mode,
-                           progress=progress)
+        report = selection.generate_selected(cfg, run.path, counts, dev, progress=progress)
+    else:
+        report = generate_images(cfg.checkpoint, run.images, cfg.images_per_class, truncation_psi=cfg.truncation_psi,
+                                 seed=cfg.seed, batch_size=cfg.batch_size, device=dev, classes=cfg.classes,
+                                 image_format=cfg.image_format, num_sets=cfg.num_sets, noise_mode=cfg.noise_mode,
+                                 progress=progress)
+    return {**report, CLASSIFIER_CLOCK: start}
 
 
 
@@ -108,8 +113,8 @@ def write_generation_metrics(run_dir: str | os.PathLike, report: Mapping[str, An
     """Writes ``metrics.json`` (flat keys) of a generate run and ``memorisation.csv`` when an audit is given.
 
     Keys: ``n_images``, ``num_sets``, ``images_per_class/<class>``, ``seconds``, ``images_per_s``,
-    ``classifier_seconds`` (this process's time training real-image classifiers or waiting for them:
-    :func:`histlib.fidelity.classifier_seconds`),
+    ``classifier_seconds`` (this run's time training real-image classifiers or waiting for them, from
+    :func:`run_generation` on: :func:`histlib.fidelity.classifier_seconds`),
     ``truncation_psi``, ``seed``, ``checkpoint``, ``memorisation/<extractor>/…`` and the GAN metrics
     ``<extractor>/…``; without GAN metrics, ``metrics_skipped`` says why (``skipped_reason``, else derived from
     ``cfg``); the class fidelity ``fidelity/…`` (:func:`histlib.fidelity.metrics_keys`) when measured;
@@ -125,7 +130,7 @@ def write_generation_metrics(run_dir: str | os.PathLike, report: Mapping[str, An
         "resolution": report.get("resolution"), "seconds": report["seconds"], "images_per_s": report["images_per_s"],
         "images_reused": bool(report.get("reused", False)),
         "selection": report.get("selection") or {"method": "none"},
-        "classifier_seconds": round(classifier_seconds(), 3),
+        "classifier_seconds": round(classifier_seconds() - float(report.get(CLASSIFIER_CLOCK, 0.0)), 3),
     }
     if cfg is not None and cfg.amount is not None:
         out["amount"] = cfg.amount
