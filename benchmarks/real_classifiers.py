@@ -31,22 +31,16 @@ import torch  # noqa: E402
 from sklearn.metrics import balanced_accuracy_score  # noqa: E402
 
 from histlib import runs  # noqa: E402
-from histlib.data.dataset import to_uint8_tensor  # noqa: E402
 from histlib.fidelity import FidelityClassifier  # noqa: E402
+from histlib.metrics.folders import image_dataset  # noqa: E402
 
 
 def _test_images(real_dir: Path) -> tuple[torch.Tensor, np.ndarray]:
-    from PIL import Image
-
-    manifest = pd.read_csv(real_dir / "manifest.csv")
-    test = manifest[manifest["split"] == "test"]
-    if test.empty:
+    if not (pd.read_csv(real_dir / "manifest.csv")["split"] == "test").any():
         raise ValueError(f"{real_dir / 'manifest.csv'}: no test split to score on")
-    images = []
-    for rel in test["path"]:
-        with Image.open(real_dir / rel) as im:
-            images.append(to_uint8_tensor(im.convert("RGB")))
-    return torch.stack(images), test["class"].to_numpy()
+    ds = image_dataset(real_dir, "test", None)
+    images = torch.stack([ds[i][0] for i in range(len(ds))])
+    return images, np.array(ds.classes)[ds.labels]
 
 
 def main(argv: list[str] | None = None) -> int:

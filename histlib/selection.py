@@ -149,8 +149,7 @@ def relabel_keep(scores: pd.DataFrame, counts: Mapping[str, int]) -> np.ndarray:
         if len(rows) < short:
             raise ValueError(f"class {cls}: {int((kept_as == cls).sum()) + len(rows)} pool images to keep {n} as it "
                              "after relabelling; raise oversample")
-        order = np.lexsort((index[rows], -prob[rows]))
-        kept_as[rows[order[:short]]] = cls
+        kept_as[rows[keep_mask(prob[rows], np.zeros(len(rows), dtype=int), index[rows], {0: short})]] = cls
     return kept_as
 
 
